@@ -1,0 +1,137 @@
+"""Batched autoregressive decoding with the KV cache: greedy, temperature, top-k, top-p.
+
+Prompts may be padded on either side: the prefill uses the same input mask as
+training, and each row continues from its own last real token. Decoding stops
+per row at an EOS id and for the batch once every row stopped. Randomness is
+`fold_in(rng, step)`, so a seed fixes the output whatever the batch padding.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qpo_jax.models.config import ModelConfig
+from qpo_jax.models.transformer import Transformer, init_cache
+
+
+def filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
+  """Logits with temperature applied and tokens outside top-k / nucleus set to -inf."""
+  logits = logits.astype(jnp.float32) / temperature
+  if top_k > 0:
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each token
+    cutoff = jnp.min(jnp.where(before < top_p, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+  return logits
+
+
+def sample_token(logits, rng, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0):
+  if temperature == 0.0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return jax.random.categorical(rng, filter_logits(logits, temperature, top_k, top_p)).astype(jnp.int32)
+
+
+def last_real_index(input_mask: jax.Array) -> jax.Array:
+  """Index of the last True per row (right or left padding alike)."""
+  t = input_mask.shape[1]
+  return t - 1 - jnp.argmax(input_mask[:, ::-1], axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k",
+                                             "top_p"))
+def generate(cfg: ModelConfig, params, tokens: jax.Array, input_mask: jax.Array,
+             rng: jax.Array, eos_ids: jax.Array, pad_id: int | jax.Array, *,
+             max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
+             top_p: float = 1.0) -> tuple[jax.Array, jax.Array]:
+  """Continues each row of `tokens`.
+
+  Returns:
+    (new tokens [B, max_new_tokens] with pad after a row's EOS, number of
+     tokens before the EOS (or max_new_tokens) per row).
+  """
+  model = Transformer(cfg)
+  variables = {"params": params}
+  b, t = tokens.shape
+  cache = init_cache(cfg, b, t + max_new_tokens)
+  hidden, cache = model.apply(variables, tokens, input_mask, cache=cache)
+  last = hidden[jnp.arange(b), last_real_index(input_mask)]
+  logits = model.apply(variables, last, method=model.logits)
+
+  def cond(state):
+    step, done = state[0], state[1]
+    return (step < max_new_tokens) & ~jnp.all(done)
+
+  def body(state):
+    step, done, logits, cache, out, lengths = state
+    tok = sample_token(logits, jax.random.fold_in(rng, step), temperature, top_k, top_p)
+    is_eos = jnp.isin(tok, eos_ids)
+    tok = jnp.where(done, pad_id, tok)
+    lengths = lengths + (~done & ~is_eos)
+    out = out.at[:, step].set(jnp.where(is_eos & ~done, pad_id, tok))
+    new_done = done | is_eos
+    hidden, cache = model.apply(variables, tok[:, None], ~done[:, None], cache=cache)
+    logits = model.apply(variables, hidden[:, 0], method=model.logits)
+    return step + 1, new_done, logits, cache, out, lengths
+
+  out = jnp.full((b, max_new_tokens), pad_id, jnp.int32)
+  state = (jnp.int32(0), jnp.zeros((b,), bool), logits, cache, out, jnp.zeros((b,), jnp.int32))
+  _, _, _, _, out, lengths = jax.lax.while_loop(cond, body, state)
+  return out, lengths
+
+
+def bucket(n: int, multiple: int) -> int:
+  """Rounds a length up so shapes (and XLA compilations) come from a small set."""
+  return max(multiple, -(-n // multiple) * multiple)
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "left",
+              multiple: int = 16, rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Pads token lists into ([B, T] ids, [B, T] mask), T bucketed, B padded to `rows`."""
+  length = bucket(max(len(s) for s in seqs), multiple)
+  rows = rows or len(seqs)
+  ids = np.full((rows, length), pad_id, np.int32)
+  mask = np.zeros((rows, length), bool)
+  for i, s in enumerate(seqs):
+    s = list(s)[-length:]
+    sl = slice(length - len(s), length) if side == "left" else slice(0, len(s))
+    ids[i, sl], mask[i, sl] = s, True
+  return ids, mask
+
+
+def chat_prompt(tokenizer, user_text: str) -> list[int]:
+  """Token ids of a single user turn in the model's chat template (plain text without one)."""
+  if getattr(tokenizer, "chat_template", None):
+    text = tokenizer.apply_chat_template([{"role": "user", "content": user_text}],
+                                         tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+  return tokenizer(user_text)["input_ids"]
+
+
+def generate_text(lm, prompts: Sequence[str], *, max_new_tokens: int = 64, seed: int = 0,
+                  chat: bool = True, temperature: float = 0.0, top_k: int = 0,
+                  top_p: float = 1.0, batch_size: int = 8) -> list[str]:
+  """Host-side convenience: strings in, completions out (batched, bucketed shapes)."""
+  tok = lm.tokenizer
+  pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+  eos = jnp.array([tok.eos_token_id], jnp.int32)
+  outputs = []
+  for start in range(0, len(prompts), batch_size):
+    chunk = prompts[start:start + batch_size]
+    seqs = [chat_prompt(tok, p) if chat else tok(p)["input_ids"] for p in chunk]
+    ids, mask = pad_batch(seqs, pad_id, rows=batch_size)
+    out, lengths = generate(lm.cfg, lm.params, jnp.asarray(ids), jnp.asarray(mask),
+                            jax.random.key(seed + start), eos, pad_id,
+                            max_new_tokens=max_new_tokens, temperature=temperature,
+                            top_k=top_k, top_p=top_p)
+    out, lengths = np.asarray(out), np.asarray(lengths)
+    outputs += [tok.decode(out[i, :lengths[i]], skip_special_tokens=True) for i in range(len(chunk))]
+  return outputs

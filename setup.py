@@ -1,0 +1,32 @@
+"""qpo_jax: query-dependent prompt optimisation by multi-loop offline RL, in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="qpo_jax",
+    version="0.1.0",
+    description="Reference JAX/Flax implementation of QPO (query-dependent prompt optimization)",
+    packages=find_packages(include=["qpo_jax", "qpo_jax.*"]),
+    python_requires=">=3.11,<3.12",
+    install_requires=[
+        "jax==0.10.2",
+        "jaxlib==0.10.2",
+        "flax==0.12.8",
+        "optax==0.2.8",
+        "orbax-checkpoint",
+        "ml-collections",
+        "absl-py",
+        "numpy>=2",
+        "ml_dtypes",
+        "transformers>=5,<6",
+        "tokenizers",
+        "tensorflow-datasets",
+        "gguf==0.19.0",
+        "safetensors",
+    ],
+    extras_require={
+        # torch==2.13.0 is the CPU wheel on the build machines' disk; HF's GGUF
+        # loader (the reference in tests) needs accelerate.
+        "test": ["pytest", "torch==2.13.0", "accelerate"],
+    },
+)
