@@ -3,7 +3,8 @@
 Prompts may be padded on either side: the prefill uses the same input mask as
 training, and each row continues from its own last real token. Decoding stops
 per row at an EOS id and for the batch once every row stopped. Randomness is
-`fold_in(rng, step)`, so a seed fixes the output whatever the batch padding.
+per row (`row_keys[b]` folded with the step), so a row's sample depends on its
+own key only, not on its batch position or the padding around it.
 """
 
 from __future__ import annotations
@@ -34,10 +35,18 @@ def filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: floa
   return logits
 
 
-def sample_token(logits, rng, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0):
+def sample_token(logits, row_keys, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0):
+  """One token per row of `logits` [B, V], drawn with that row's key."""
   if temperature == 0.0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  return jax.random.categorical(rng, filter_logits(logits, temperature, top_k, top_p)).astype(jnp.int32)
+  filtered = filter_logits(logits, temperature, top_k, top_p)
+  return jax.vmap(jax.random.categorical)(row_keys, filtered).astype(jnp.int32)
+
+
+def row_keys(seed: int, row_ids) -> jax.Array:
+  """One key per row from a seed and stable row ids (e.g. query indices)."""
+  base = jax.random.key(seed)
+  return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(row_ids, jnp.uint32))
 
 
 def last_real_index(input_mask: jax.Array) -> jax.Array:
@@ -49,10 +58,10 @@ def last_real_index(input_mask: jax.Array) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k",
                                              "top_p"))
 def generate(cfg: ModelConfig, params, tokens: jax.Array, input_mask: jax.Array,
-             rng: jax.Array, eos_ids: jax.Array, pad_id: int | jax.Array, *,
+             keys: jax.Array, eos_ids: jax.Array, pad_id: int | jax.Array, *,
              max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0) -> tuple[jax.Array, jax.Array]:
-  """Continues each row of `tokens`.
+  """Continues each row of `tokens`; `keys` [B] are the rows' sampling keys.
 
   Returns:
     (new tokens [B, max_new_tokens] with pad after a row's EOS, number of
@@ -72,7 +81,8 @@ def generate(cfg: ModelConfig, params, tokens: jax.Array, input_mask: jax.Array,
 
   def body(state):
     step, done, logits, cache, out, lengths = state
-    tok = sample_token(logits, jax.random.fold_in(rng, step), temperature, top_k, top_p)
+    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
+    tok = sample_token(logits, step_keys, temperature, top_k, top_p)
     is_eos = jnp.isin(tok, eos_ids)
     tok = jnp.where(done, pad_id, tok)
     lengths = lengths + (~done & ~is_eos)
@@ -128,8 +138,8 @@ def generate_text(lm, prompts: Sequence[str], *, max_new_tokens: int = 64, seed:
     chunk = prompts[start:start + batch_size]
     seqs = [chat_prompt(tok, p) if chat else tok(p)["input_ids"] for p in chunk]
     ids, mask = pad_batch(seqs, pad_id, rows=batch_size)
-    out, lengths = generate(lm.cfg, lm.params, jnp.asarray(ids), jnp.asarray(mask),
-                            jax.random.key(seed + start), eos, pad_id,
+    keys = row_keys(seed, np.arange(start, start + batch_size))
+    out, lengths = generate(lm.cfg, lm.params, jnp.asarray(ids), jnp.asarray(mask), keys, eos, pad_id,
                             max_new_tokens=max_new_tokens, temperature=temperature,
                             top_k=top_k, top_p=top_p)
     out, lengths = np.asarray(out), np.asarray(lengths)

@@ -82,6 +82,8 @@ def spec_for(name: str, shape: Sequence[int], mesh: Mesh,
                    names, size)
       axis = None
     fitted.append(axis)
+  while fitted and fitted[-1] is None:  # canonical form: P(None, None) == P()
+    fitted.pop()
   return P(*fitted)
 
 

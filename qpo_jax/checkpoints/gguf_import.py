@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from qpo_jax.checkpoints.hf import CheckpointError, assemble_params
+from qpo_jax.checkpoints.hf import CheckpointError, assemble_params, load_hf_tokenizer
 from qpo_jax.models.config import ModelConfig, UnsupportedArchitecture
 
 _SUPPORTED_QUANTS = ("F32", "F16", "Q4_0", "Q4_1", "Q8_0")
@@ -42,27 +42,27 @@ def unpermute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
   return w.reshape(n_heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _field(reader, key: str, default: Any = KeyError) -> Any:
+def _field(reader, path: str, key: str, default: Any = KeyError) -> Any:
   field = reader.fields.get(key)
   if field is None:
     if default is KeyError:
-      raise CheckpointError(f"{reader.path}: GGUF metadata has no {key!r}")
+      raise CheckpointError(f"{path}: GGUF metadata has no {key!r}")
     return default
   return field.contents()
 
 
-def config_from_gguf(reader, **overrides) -> ModelConfig:
-  arch = _field(reader, "general.architecture")
+def config_from_gguf(reader, path: str, **overrides) -> ModelConfig:
+  arch = _field(reader, path, "general.architecture")
   if arch not in _PERMUTED:
     raise UnsupportedArchitecture(
-        f"{reader.path}: unsupported GGUF architecture {arch!r}; supported: {sorted(_PERMUTED)}")
-  get = lambda k, d=KeyError: _field(reader, f"{arch}.{k}", d)  # noqa: E731
+        f"{path}: unsupported GGUF architecture {arch!r}; supported: {sorted(_PERMUTED)}")
+  get = lambda k, d=KeyError: _field(reader, path, f"{arch}.{k}", d)  # noqa: E731
   n_heads, d_model = int(get("attention.head_count")), int(get("embedding_length"))
   names = {t.name for t in reader.tensors}
-  tokens = _field(reader, "tokenizer.ggml.tokens", None)
+  tokens = _field(reader, path, "tokenizer.ggml.tokens", None)
   vocab = int(get("vocab_size", len(tokens) if tokens is not None else 0))
   if not vocab:
-    raise CheckpointError(f"{reader.path}: GGUF metadata gives no vocabulary size")
+    raise CheckpointError(f"{path}: GGUF metadata gives no vocabulary size")
   return ModelConfig(
       vocab_size=vocab, d_model=d_model, n_layers=int(get("block_count")), n_heads=n_heads,
       n_kv_heads=int(get("attention.head_count_kv", n_heads)),
@@ -77,13 +77,13 @@ def config_from_gguf(reader, **overrides) -> ModelConfig:
 class _GGUFTensors(Mapping):
   """HF name -> dequantized float32 array, read on demand from a GGUF reader."""
 
-  def __init__(self, reader, cfg: ModelConfig, permuted: bool):
-    self._reader, self._cfg, self._permuted = reader, cfg, permuted
+  def __init__(self, reader, path: str, cfg: ModelConfig, permuted: bool):
+    self._path, self._cfg, self._permuted = path, cfg, permuted
     self._by_name = {}
     for t in reader.tensors:
       hf = _hf_name(t.name)
       if hf is None:
-        logging.warning("%s: ignoring GGUF tensor %s", reader.path, t.name)
+        logging.warning("%s: ignoring GGUF tensor %s", path, t.name)
       else:
         self._by_name[hf] = t
 
@@ -93,7 +93,7 @@ class _GGUFTensors(Mapping):
     t = self._by_name[name]
     if t.tensor_type.name not in _SUPPORTED_QUANTS:
       raise CheckpointError(
-          f"{self._reader.path}: tensor {t.name!r} is {t.tensor_type.name}; "
+          f"{self._path}: tensor {t.name!r} is {t.tensor_type.name}; "
           f"supported types: {_SUPPORTED_QUANTS}")
     w = gguf.quants.dequantize(t.data, t.tensor_type)
     w = np.asarray(w, np.float32).reshape(tuple(int(d) for d in reversed(t.shape)))
@@ -136,15 +136,16 @@ def load_gguf(path: str, tokenizer_path: str | None = None,
     reader = gguf.GGUFReader(path)
   except Exception as e:  # the reader raises assorted errors on garbage
     raise CheckpointError(f"{path}: not a readable GGUF file ({e})") from e
-  cfg = config_from_gguf(reader, **overrides)
-  arch = _field(reader, "general.architecture")
-  params = assemble_params(cfg, _GGUFTensors(reader, cfg, _PERMUTED[arch]), path)
+  cfg = config_from_gguf(reader, path, **overrides)
+  arch = _field(reader, path, "general.architecture")
+  params = assemble_params(cfg, _GGUFTensors(reader, path, cfg, _PERMUTED[arch]), path)
   if tokenizer_path:
-    from qpo_jax.checkpoints.hf import load_hf_tokenizer
-
     tokenizer = load_hf_tokenizer(tokenizer_path)
+  elif "tokenizer.ggml.model" in reader.fields:
+    tokenizer = tokenizer_from_gguf(reader, path)
   else:
-    tokenizer = tokenizer_from_gguf(reader)
+    logging.warning("%s: no tokenizer metadata; loading the model without a tokenizer", path)
+    tokenizer = None
   return cfg, params, tokenizer
 
 
@@ -152,21 +153,21 @@ def load_gguf(path: str, tokenizer_path: str | None = None,
 _PRE_TOKENIZERS = ("default", "gpt2", "smollm")
 
 
-def tokenizer_from_gguf(reader):
+def tokenizer_from_gguf(reader, path: str):
   """A transformers fast tokenizer rebuilt from the GGUF metadata (byte-level BPE)."""
   from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
   import transformers
 
-  model = _field(reader, "tokenizer.ggml.model")
-  pre = _field(reader, "tokenizer.ggml.pre", "default")
+  model = _field(reader, path, "tokenizer.ggml.model")
+  pre = _field(reader, path, "tokenizer.ggml.pre", "default")
   if model != "gpt2" or pre not in _PRE_TOKENIZERS:
     raise CheckpointError(
-        f"{reader.path}: cannot rebuild tokenizer model={model!r} pre={pre!r} from GGUF "
+        f"{path}: cannot rebuild tokenizer model={model!r} pre={pre!r} from GGUF "
         f"(supported: byte-level BPE with pre-tokenizers {_PRE_TOKENIZERS}); pass "
         "tokenizer_path= with the model's Hugging Face tokenizer directory")
-  tokens = list(_field(reader, "tokenizer.ggml.tokens"))
-  merges = [tuple(m.split(" ", 1)) for m in _field(reader, "tokenizer.ggml.merges")]
-  types = list(_field(reader, "tokenizer.ggml.token_type", [1] * len(tokens)))
+  tokens = list(_field(reader, path, "tokenizer.ggml.tokens"))
+  merges = [tuple(m.split(" ", 1)) for m in _field(reader, path, "tokenizer.ggml.merges")]
+  types = list(_field(reader, path, "tokenizer.ggml.token_type", [1] * len(tokens)))
   tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges,
                              fuse_unk=False, byte_fallback=False))
   byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -181,15 +182,15 @@ def tokenizer_from_gguf(reader):
                           for t, ty in zip(tokens, types) if ty in (3, 4)])
 
   def token(key):
-    i = _field(reader, f"tokenizer.ggml.{key}_token_id", None)
+    i = _field(reader, path, f"tokenizer.ggml.{key}_token_id", None)
     return tokens[int(i)] if i is not None else None
 
   bos = token("bos")
-  if _field(reader, "tokenizer.ggml.add_bos_token", False) and bos is not None:
+  if _field(reader, path, "tokenizer.ggml.add_bos_token", False) and bos is not None:
     tok.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
         special_tokens=[(bos, tokens.index(bos))])
   return transformers.PreTrainedTokenizerFast(
       tokenizer_object=tok, bos_token=bos, eos_token=token("eos"),
       unk_token=token("unknown"), pad_token=token("padding"),
-      chat_template=_field(reader, "tokenizer.chat_template", None))
+      chat_template=_field(reader, path, "tokenizer.chat_template", None))

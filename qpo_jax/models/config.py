@@ -77,12 +77,14 @@ class ModelConfig:
   def num_params(self) -> int:
     """Parameter count (embeddings included), for MFU and memory estimates."""
     d, f, hd = self.d_model, self.d_ff, self.head_dim
+    n_mats = 3 if self.mlp == "swiglu" else 2
     attn = d * hd * (self.n_heads * 2 + self.n_kv_heads * 2)
-    mlp = d * f * (3 if self.mlp == "swiglu" else 2)
-    norms = 2 * d * (2 if self.norm == "layernorm" else 1)
+    attn += self.qkv_bias * hd * (self.n_heads + 2 * self.n_kv_heads) + self.out_bias * d
+    mlp = d * f * n_mats + self.mlp_bias * (f * (n_mats - 1) + d)
+    norm = d * (2 if self.norm == "layernorm" else 1)
     emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
     pos = self.max_len * d if self.position == "learned" else 0
-    return self.n_layers * (attn + mlp + norms) + emb + pos + d
+    return self.n_layers * (attn + mlp + 2 * norm) + emb + pos + norm
 
 
 def gpt2_like(**kw) -> ModelConfig:

@@ -92,7 +92,8 @@ def _load_random(spec):
     from qpo_jax.checkpoints.gguf_import import tokenizer_from_gguf
     import gguf
 
-    tok = tokenizer_from_gguf(gguf.GGUFReader(smollm2_gguf_path()))
+    path = smollm2_gguf_path()
+    tok = tokenizer_from_gguf(gguf.GGUFReader(path), path)
   if tok is not None and len(tok) > cfg.vocab_size:
     cfg = cfg.replace(vocab_size=len(tok))
   params = init_params(cfg, jax.random.key(int(spec.get("seed", 0))))
