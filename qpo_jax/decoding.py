@@ -93,7 +93,8 @@ def generate(cfg: ModelConfig, params, tokens: jax.Array, input_mask: jax.Array,
     return step + 1, new_done, logits, cache, out, lengths
 
   out = jnp.full((b, max_new_tokens), pad_id, jnp.int32)
-  state = (jnp.int32(0), jnp.zeros((b,), bool), logits, cache, out, jnp.zeros((b,), jnp.int32))
+  empty = ~jnp.any(input_mask, axis=1)  # filler rows: done before they start
+  state = (jnp.int32(0), empty, logits, cache, out, jnp.zeros((b,), jnp.int32))
   _, _, _, _, out, lengths = jax.lax.while_loop(cond, body, state)
   return out, lengths
 

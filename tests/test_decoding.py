@@ -44,7 +44,8 @@ def test_padding_and_batch_position_do_not_change_outputs(kw):
   ids = [7, 3, 1]  # stable row ids give each prompt its own key wherever it sits
   ref = [_generate([p], row_ids=[r], **kw)[0][0] for p, r in zip(PROMPTS, ids)]
   for side in ("left", "right"):
-    out, _ = _generate(PROMPTS, side=side, rows=4, row_ids=ids + [9], **kw)
+    out, lengths = _generate(PROMPTS, side=side, rows=4, row_ids=ids + [9], **kw)
+    assert lengths[3] == 0 and (out[3] == 0).all()  # the all-padding filler row
     for i in range(3):
       np.testing.assert_array_equal(out[i], ref[i])
   rev, _ = _generate(PROMPTS[::-1], row_ids=ids[::-1], **kw)
