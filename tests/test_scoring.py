@@ -5,6 +5,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from qpo_jax import scoring
 from qpo_jax.models.config import preset
@@ -79,8 +80,6 @@ def test_compilations_stay_bounded():
 
 
 def test_bad_shapes_are_rejected():
-  import pytest
-
   with pytest.raises(ValueError, match="same number of options"):
     scoring.score(LM, [[1, 2], [3]], [[[1]], [[1], [2]]])
   with pytest.raises(ValueError, match="2 prefixes but 1 option lists"):
