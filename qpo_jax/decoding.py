@@ -118,13 +118,24 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "left",
   return ids, mask
 
 
+def encode(tokenizer, text: str) -> list[int]:
+  """Token ids of `text`; special tokens are added unless the text already starts with BOS."""
+  bos = getattr(tokenizer, "bos_token", None)
+  add = not (bos and text.startswith(bos))
+  return tokenizer(text, add_special_tokens=add)["input_ids"]
+
+
+def chat_text(tokenizer, user_text: str, chat: bool = True) -> str:
+  """The text the model continues: the chat template's user turn, or the raw text."""
+  if chat and getattr(tokenizer, "chat_template", None):
+    return tokenizer.apply_chat_template([{"role": "user", "content": user_text}],
+                                         tokenize=False, add_generation_prompt=True)
+  return user_text
+
+
 def chat_prompt(tokenizer, user_text: str) -> list[int]:
   """Token ids of a single user turn in the model's chat template (plain text without one)."""
-  if getattr(tokenizer, "chat_template", None):
-    text = tokenizer.apply_chat_template([{"role": "user", "content": user_text}],
-                                         tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-  return tokenizer(user_text)["input_ids"]
+  return encode(tokenizer, chat_text(tokenizer, user_text))
 
 
 def generate_text(lm, prompts: Sequence[str], *, max_new_tokens: int = 64, seed: int = 0,

@@ -21,6 +21,7 @@ import numpy as np
 from qpo_jax.decoding import bucket, last_real_index, pad_batch
 from qpo_jax.models.config import ModelConfig
 from qpo_jax.models.transformer import Transformer, init_cache
+from qpo_jax.sharding import batch_multiple, shard_batch
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -59,12 +60,47 @@ def option_nll(cfg: ModelConfig, params, prefix: jax.Array, prefix_mask: jax.Arr
   return jnp.where(count > 0, nll, jnp.inf).reshape(b, k)
 
 
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def token_logprobs(cfg: ModelConfig, params, tokens: jax.Array, input_mask: jax.Array) -> jax.Array:
+  """[B, T] log p(token t | tokens < t) (0 at t = 0 and at padding); right padding."""
+  model = Transformer(cfg)
+  hidden, _ = model.apply({"params": params}, tokens, input_mask)
+  logits = model.apply({"params": params}, hidden[:, :-1], method=model.logits)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  lp = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+  lp = jnp.where(input_mask[:, 1:] & input_mask[:, :-1], lp, 0.0)
+  return jnp.concatenate([jnp.zeros_like(lp[:, :1]), lp], axis=1)
+
+
+def _place(arrays, mesh):
+  return shard_batch(arrays, mesh) if mesh is not None else jax.tree_util.tree_map(jnp.asarray,
+                                                                                   arrays)
+
+
+def sequence_logprobs(lm, seqs: Sequence[Sequence[int]], *, batch_size: int = 8,
+                      length_multiple: int = 32, mesh=None) -> list[np.ndarray]:
+  """Per-token log-probabilities of whole sequences (entry 0 of each is 0)."""
+  rows = bucket(batch_size, batch_multiple(mesh)) if mesh is not None else batch_size
+  out = []
+  for start in range(0, len(seqs), rows):
+    chunk = seqs[start:start + rows]
+    ids, mask = pad_batch(chunk, 0, side="right", multiple=length_multiple, rows=rows)
+    lp = np.asarray(token_logprobs(lm.cfg, lm.params, *_place((ids, mask), mesh)))
+    out += [lp[i, :len(s)] for i, s in enumerate(chunk)]
+  return out
+
+
 def score(lm, prefixes: Sequence[Sequence[int]], options: Sequence[Sequence[Sequence[int]]], *,
-          batch_size: int = 8, length_multiple: int = 32, option_multiple: int = 4) -> np.ndarray:
+          batch_size: int = 8, length_multiple: int = 32, option_multiple: int = 4,
+          mesh=None) -> np.ndarray:
   """Host wrapper: token lists in, [N, K] mean NLLs out, in fixed-size bucketed batches.
 
   `options[i]` is row i's list of K option token lists (K equal for all rows).
+  With a mesh, the batch is padded to split over its data axes and `lm.params`
+  should already be placed on it (sharding.shard_params).
   """
+  if mesh is not None:
+    batch_size = bucket(batch_size, batch_multiple(mesh))
   if len(prefixes) != len(options):
     raise ValueError(f"{len(prefixes)} prefixes but {len(options)} option lists")
   k = len(options[0])
@@ -82,7 +118,6 @@ def score(lm, prefixes: Sequence[Sequence[int]], options: Sequence[Sequence[Sequ
     for r, i in enumerate(rows):
       for j, o in enumerate(options[i]):
         opt_ids[r, j, :len(o)], opt_mask[r, j, :len(o)] = o, True
-    nll = option_nll(lm.cfg, lm.params, jnp.asarray(ids), jnp.asarray(mask),
-                     jnp.asarray(opt_ids), jnp.asarray(opt_mask))
+    nll = option_nll(lm.cfg, lm.params, *_place((ids, mask, opt_ids, opt_mask), mesh))
     out[start:start + len(rows)] = np.asarray(nll)[:len(rows)]
   return out

@@ -1,0 +1,83 @@
+"""Persistent evaluation cache: a (query, prompt) pair is never sent to the target twice.
+
+One SQLite file in the workdir. The key is a hash of (target identity, task,
+setting, query, prompt, demonstration set, and the exact text sent), so a
+changed template or demo set is a different key. The value is the target's raw
+result as JSON. A `usage` table counts target calls, prompt tokens and
+generated tokens per target for cost accounting; it is updated in the same
+transaction as the results, so a killed run never counts work it did not keep.
+SQLite commits are atomic: after a crash the file holds every finished batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+from typing import Any, Iterable, Mapping, Sequence
+
+
+def cache_key(*parts: Any) -> str:
+  return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+class EvalCache:
+  """Results by key, plus usage counters per target. `path=None` keeps them in memory."""
+
+  def __init__(self, path: str | None):
+    self.path = path
+    if path:
+      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    self._lock = threading.Lock()
+    self._db = sqlite3.connect(path or ":memory:", check_same_thread=False)
+    try:
+      self._db.executescript(
+          "CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+          "CREATE TABLE IF NOT EXISTS usage (target TEXT PRIMARY KEY, calls INTEGER NOT NULL,"
+          " prompt_tokens INTEGER NOT NULL, generated_tokens INTEGER NOT NULL);")
+    except sqlite3.DatabaseError as e:
+      raise ValueError(f"evaluation cache {path} is not a readable SQLite file: {e}") from None
+
+  def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
+    found = {}
+    with self._lock:
+      for start in range(0, len(keys), 500):
+        chunk = list(keys[start:start + 500])
+        rows = self._db.execute(
+            f"SELECT key, value FROM results WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+        found.update((k, json.loads(v)) for k, v in rows)
+    return found
+
+  def put_many(self, items: Mapping[str, Any], target: str, calls: int, prompt_tokens: int,
+               generated_tokens: int) -> None:
+    """Stores results and adds their cost to the target's usage, in one transaction."""
+    with self._lock, self._db:
+      self._db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?)",
+                           [(k, json.dumps(v)) for k, v in items.items()])
+      self._db.execute(
+          "INSERT INTO usage VALUES (?, ?, ?, ?) ON CONFLICT(target) DO UPDATE SET "
+          "calls = calls + excluded.calls, prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
+          " generated_tokens = generated_tokens + excluded.generated_tokens",
+          (target, calls, prompt_tokens, generated_tokens))
+
+  def usage(self) -> dict[str, dict[str, int]]:
+    with self._lock:
+      rows = self._db.execute("SELECT target, calls, prompt_tokens, generated_tokens FROM usage")
+      return {t: {"calls": c, "prompt_tokens": p, "generated_tokens": g} for t, c, p, g in rows}
+
+  def __len__(self) -> int:
+    with self._lock:
+      return self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+
+  def close(self) -> None:
+    self._db.close()
+
+
+def total_usage(usages: Iterable[Mapping[str, int]]) -> dict[str, int]:
+  out = {"calls": 0, "prompt_tokens": 0, "generated_tokens": 0}
+  for u in usages:
+    for k in out:
+      out[k] += int(u.get(k, 0))
+  return out

@@ -1,0 +1,112 @@
+"""Evaluating (query, prompt) pairs on a target, through the cache, for any task and setting.
+
+A pair is rendered once per demonstration set (zero-shot: one empty set); each
+rendered text is one target call. Calls already in the cache are not made
+again; new results are written to the cache chunk by chunk, so a killed run
+loses at most one chunk. Outcomes follow the spec's record layout:
+
+  zero-shot choice: pred, nll (per option), gold_nll, correct
+  zero-shot math:   answer, response, nll (mean token NLL of the response), correct
+  few-shot:         acc_q (accuracy over the demo sets), correct (per set)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+from absl import logging
+import numpy as np
+
+from qpo_jax.eval_cache import EvalCache, cache_key
+from qpo_jax.tasks.base import CHOICE, Example, Task, demos_id, extract_answer, numbers_equal
+
+ZERO_SHOT, FEW_SHOT = "zero_shot", "few_shot"
+SETTINGS = (ZERO_SHOT, FEW_SHOT)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Call:
+  key: str
+  text: str
+  options: tuple[str, ...]
+
+
+def _calls(task: Task, target, pairs, setting: str, demo_sets) -> list[list[_Call]]:
+  if setting not in SETTINGS:
+    raise ValueError(f"setting {setting!r} is not one of {SETTINGS}")
+  if setting == FEW_SHOT and not demo_sets:
+    raise ValueError("the few-shot setting needs demonstration sets")
+  sets = demo_sets if setting == FEW_SHOT else [()]
+  out = []
+  for ex, prompt in pairs:
+    row = []
+    for demos in sets:
+      text = task.render(ex, prompt, demos)
+      options = task.options(ex) if task.kind == CHOICE else ()
+      key = cache_key(target.identity, task.name, setting, ex.query, prompt, demos_id(demos),
+                      text, options)
+      row.append(_Call(key, text, tuple(options)))
+    out.append(row)
+  return out
+
+
+def _run_missing(task: Task, target, calls: Sequence[_Call], cache: EvalCache, chunk: int,
+                 max_new_tokens: int) -> None:
+  for start in range(0, len(calls), chunk):
+    part = calls[start:start + chunk]
+    if task.kind == CHOICE:
+      nll, prompt_tokens = target.score_options([c.text for c in part],
+                                                [list(c.options) for c in part])
+      results = {c.key: {"nll": [float(x) for x in row]} for c, row in zip(part, nll)}
+      generated = 0
+    else:
+      gens = target.generate([c.text for c in part], max_new_tokens)
+      results = {c.key: {"response": g.text, "nll": float(g.nll)} for c, g in zip(part, gens)}
+      prompt_tokens = sum(g.prompt_tokens for g in gens)
+      generated = sum(g.generated_tokens for g in gens)
+    cache.put_many(results, target.identity, len(part), int(prompt_tokens), int(generated))
+    logging.info("evaluated %d/%d new target calls", start + len(part), len(calls))
+
+
+def _outcome(task: Task, ex: Example, raw: dict[str, Any]) -> dict[str, Any]:
+  if task.kind == CHOICE:
+    nll = np.asarray(raw["nll"], np.float64)
+    pred = int(np.argmin(nll))
+    return {"pred": pred, "nll": raw["nll"], "gold_nll": float(nll[ex.label]),
+            "correct": int(pred == ex.label)}
+  answer = extract_answer(raw["response"])
+  return {"answer": answer, "response": raw["response"], "nll": raw["nll"],
+          "correct": int(numbers_equal(answer, ex.answer))}
+
+
+def evaluate_pairs(task: Task, target, pairs: Sequence[tuple[Example, str]], *,
+                   setting: str = ZERO_SHOT, demo_sets: Sequence[Sequence[Example]] = (),
+                   cache: EvalCache | None = None, chunk: int = 64,
+                   max_new_tokens: int = 256) -> list[dict[str, Any]]:
+  """Outcome dict per (example, prompt) pair, in order; see the module docstring."""
+  cache = cache if cache is not None else EvalCache(None)
+  calls = _calls(task, target, pairs, setting, demo_sets)
+  flat = {c.key: c for row in calls for c in row}
+  have = cache.get_many(list(flat))
+  missing = [c for k, c in flat.items() if k not in have]
+  if missing:
+    logging.info("%d of %d target calls are new (%d cached)", len(missing), len(flat), len(have))
+    _run_missing(task, target, missing, cache, chunk, max_new_tokens)
+    have.update(cache.get_many([c.key for c in missing]))
+  outcomes = []
+  for (ex, _), row in zip(pairs, calls):
+    per_set = [_outcome(task, ex, have[c.key]) for c in row]
+    if setting == ZERO_SHOT:
+      outcomes.append(per_set[0])
+    else:
+      correct = [o["correct"] for o in per_set]
+      outcomes.append({"acc_q": float(np.mean(correct)), "correct": correct})
+  return outcomes
+
+
+def accuracy(outcomes: Sequence[dict[str, Any]]) -> float:
+  """Mean correctness (zero-shot) or mean per-query few-shot accuracy."""
+  if not outcomes:
+    return float("nan")
+  return float(np.mean([o["acc_q"] if "acc_q" in o else o["correct"] for o in outcomes]))

@@ -1,0 +1,108 @@
+"""The target LLM run locally in JAX: option scoring and greedy math generation.
+
+Both methods take *user texts* (the task's rendered prompt) and apply the
+model's chat template themselves when `chat` is on and the tokenizer has one,
+so the evaluation code does not care whether the target is local or remote.
+Parameters are placed on the mesh by the sharding rules, and every batch is
+padded to split over its data axes, so the same code runs a 135M model on a
+laptop and a 70B model data- and tensor-parallel on a pod.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from qpo_jax import decoding, scoring, sharding
+from qpo_jax.decoding import chat_text, encode
+from qpo_jax.models.registry import LanguageModel
+
+
+@dataclasses.dataclass
+class Generation:
+  """A target's answer: text, mean token NLL of the answer, token counts."""
+
+  text: str
+  nll: float
+  prompt_tokens: int
+  generated_tokens: int
+
+
+def option_text(option: str, chat: bool, tokenizer) -> str:
+  """How an option follows the prefix: as the assistant's reply, or after a space."""
+  templated = chat and getattr(tokenizer, "chat_template", None)
+  return option if templated else " " + option
+
+
+class LocalTarget:
+  """A `LanguageModel` as a target; `identity` keys the evaluation cache."""
+
+  def __init__(self, lm: LanguageModel, *, chat: bool = True, batch_size: int = 8,
+               length_multiple: int = 32, mesh=None, identity: str | None = None):
+    if lm.tokenizer is None:
+      raise ValueError(f"target {lm.name!r} has no tokenizer; set target.tokenizer_path")
+    self.lm = lm
+    self.chat = chat
+    self.batch_size = batch_size
+    self.length_multiple = length_multiple
+    self.mesh = mesh
+    if mesh is not None:
+      self.lm = dataclasses.replace(lm, params=sharding.shard_params(lm.params, mesh))
+    self.identity = identity or f"local:{lm.name}:chat={int(self._templated)}"
+    tok = lm.tokenizer
+    self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    self.eos_ids = sorted({i for i in (tok.eos_token_id, tok.pad_token_id) if i is not None})
+
+  @property
+  def _templated(self) -> bool:
+    return bool(self.chat and getattr(self.lm.tokenizer, "chat_template", None))
+
+  def prefix_ids(self, user_text: str) -> list[int]:
+    return encode(self.lm.tokenizer, chat_text(self.lm.tokenizer, user_text, self.chat))
+
+  def option_ids(self, option: str) -> list[int]:
+    return self.lm.tokenizer(option_text(option, self.chat, self.lm.tokenizer),
+                             add_special_tokens=False)["input_ids"]
+
+  def score_options(self, user_texts: Sequence[str],
+                    options: Sequence[Sequence[str]]) -> tuple[np.ndarray, int]:
+    """[N, K] mean NLL of each option after its user text, and the prompt tokens used."""
+    prefixes = [self.prefix_ids(t) for t in user_texts]
+    option_ids = [[self.option_ids(o) for o in opts] for opts in options]
+    nll = scoring.score(self.lm, prefixes, option_ids, batch_size=self.batch_size,
+                        length_multiple=self.length_multiple, mesh=self.mesh)
+    tokens = sum(len(p) + sum(len(o) for o in opts) for p, opts in zip(prefixes, option_ids))
+    return nll, tokens
+
+  def generate(self, user_texts: Sequence[str], max_new_tokens: int) -> list[Generation]:
+    """Greedy answers with the KV cache, and the mean NLL of each answer's tokens."""
+    tok = self.lm.tokenizer
+    rows = self.batch_size
+    if self.mesh is not None:
+      rows = decoding.bucket(rows, sharding.batch_multiple(self.mesh))
+    eos = jnp.asarray(self.eos_ids, jnp.int32)
+    prefixes = [self.prefix_ids(t) for t in user_texts]
+    answers: list[list[int]] = []
+    for start in range(0, len(prefixes), rows):
+      chunk = prefixes[start:start + rows]
+      ids, mask = decoding.pad_batch(chunk, self.pad_id, side="left",
+                                     multiple=self.length_multiple, rows=rows)
+      keys = decoding.row_keys(0, np.arange(rows))
+      args = (ids, mask, keys)
+      if self.mesh is not None:
+        args = sharding.shard_batch(args, self.mesh)
+      out, lengths = decoding.generate(self.lm.cfg, self.lm.params, *args, eos, self.pad_id,
+                                       max_new_tokens=max_new_tokens)
+      out, lengths = np.asarray(out), np.asarray(lengths)
+      answers += [out[i, :lengths[i]].tolist() for i in range(len(chunk))]
+    full = [p + a for p, a in zip(prefixes, answers)]
+    logps = scoring.sequence_logprobs(self.lm, full, batch_size=self.batch_size,
+                                      length_multiple=self.length_multiple, mesh=self.mesh)
+    results = []
+    for p, a, lp in zip(prefixes, answers, logps):
+      nll = float(-lp[len(p):].mean()) if a else 0.0
+      results.append(Generation(tok.decode(a, skip_special_tokens=True), nll, len(p), len(a)))
+    return results

@@ -1,0 +1,78 @@
+"""Task registry: `task.name` in a config picks an entry of `TASKS`.
+
+A config's `task` section:
+  name      registry key ("tweet_emotion", "gsm8k", "topics", ...)
+  seed      seed of the split shuffle (fixed per task; the spec's splits are random)
+  max_words queries and demonstrations are cut to this many words (spec: 100)
+  data      where rows come from: kind="files" | "tfds" | "builtin", plus that
+            kind's fields (sources.py); the task's defaults fill what is not set.
+Adding a task means adding one function returning a `Task` and a line here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from qpo_jax.tasks import builtin, paper, sources
+from qpo_jax.tasks.base import CHOICE, MATH, Example, Task, split_rows
+
+TASKS: dict[str, Callable[[], Task]] = {
+    "ag_news": paper.ag_news,
+    "imdb": paper.imdb,
+    "tweet_emotion": paper.tweet_emotion,
+    "boolq": paper.boolq,
+    "cosmos_qa": paper.cosmos_qa,
+    "hellaswag": paper.hellaswag,
+    "gsm8k": paper.gsm8k,
+    "svamp": paper.svamp,
+    "arithmetic": builtin.arithmetic,
+    "topics": builtin.topics,
+}
+
+SPLITS = ("train", "collect", "test")
+
+
+def get_task(name: str) -> Task:
+  if name not in TASKS:
+    raise ValueError(f"task.name={name!r} is not one of {sorted(TASKS)}")
+  return TASKS[name]()
+
+
+def data_spec(task: Task, data: Mapping[str, Any] | None) -> dict:
+  """The task's defaults for the chosen kind, overridden by the config's `data` fields."""
+  data = dict(data or {})
+  kind = data.get("kind") or ("builtin" if task.builtin_rows else "files")
+  defaults = {"files": task.file_defaults, "tfds": task.tfds_defaults}.get(kind, {})
+  if kind == "tfds" and not defaults and not data.get("name"):
+    raise ValueError(f"task {task.name!r} has no tensorflow-datasets builder; use data.kind='files'")
+  if kind == "builtin" and task.builtin_rows is None:
+    raise ValueError(f"task {task.name!r} is not built in; set data.kind to 'files' or 'tfds'")
+  spec = {**defaults, **{k: v for k, v in data.items() if v not in (None, "")}}
+  spec["kind"] = kind
+  return spec
+
+
+def load_source(task: Task, spec: Mapping[str, Any], source: str) -> list[Example]:
+  if spec["kind"] == "builtin":
+    rows = task.builtin_rows(int(spec.get("size", 800)), int(spec.get("seed", 0)))
+    return list(sources.to_examples(task, rows, f"built-in {task.name}", source))
+  return sources.load_split(task, spec, source)
+
+
+def load_splits(task_cfg: Mapping[str, Any], which: tuple[str, ...] = SPLITS
+                ) -> tuple[Task, dict[str, list[Example]]]:
+  """The task and its train / collect / test examples as the spec's split rules cut them."""
+  task = get_task(task_cfg["name"])
+  spec = data_spec(task, task_cfg.get("data"))
+  seed = int(task_cfg.get("seed", 0))
+  loaded: dict[str, list[Example]] = {}
+  out = {}
+  for split in which:
+    rule = task.splits[split]
+    if rule.source not in loaded:
+      loaded[rule.source] = load_source(task, spec, rule.source)
+    out[split] = split_rows(loaded[rule.source], rule, seed)
+  return task, out
+
+
+__all__ = ["CHOICE", "MATH", "Example", "Task", "TASKS", "get_task", "load_splits", "data_spec"]

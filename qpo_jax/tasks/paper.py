@@ -1,0 +1,192 @@
+"""The paper's eight tasks: templates, options, converters, splits and data defaults.
+
+Templates and verbalizers follow the QPO/InstructEval default prompts; splits
+follow the spec's table (train / collect / test as fractions of the source
+splits after a seeded shuffle). File defaults name the published formats
+(the files under ../shared/data for the tasks that have them); tfds defaults
+name the tensorflow-datasets builder.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+from qpo_jax.tasks.base import CHOICE, MATH, Example, SplitRule, Task, parse_number
+
+
+def _label(row: Mapping[str, Any], n: int) -> int:
+  value = row["label"]
+  label = int(value)
+  if not 0 <= label < n:
+    raise ValueError(f"label {value!r} is outside 0..{n - 1}")
+  return label
+
+
+def _clean(text: Any) -> str:
+  """One line of plain text: HTML breaks and escaped newlines become spaces."""
+  text = str(text).replace("<br />", " ").replace("\\n", " ")
+  return re.sub(r"\s+", " ", text).strip()
+
+
+def _text_task(name: str, field: str, answer_name: str, verbalizers: tuple[str, ...],
+               splits: Mapping[str, SplitRule], manual: str, file_defaults, tfds_defaults,
+               text_of=lambda row: row["text"]) -> Task:
+  def to_example(row, uid):
+    return Example(uid, {"text": _clean(text_of(row))}, label=_label(row, len(verbalizers)))
+  return Task(name=name, kind=CHOICE, field_names=(("text", field),), answer_name=answer_name,
+              verbalizers=verbalizers, splits=splits, to_example=to_example, manual_prompt=manual,
+              file_defaults=file_defaults, tfds_defaults=tfds_defaults)
+
+
+def _news_text(row) -> str:
+  if "text" in row:
+    return row["text"]
+  return f"{_clean(row['title'])} {_clean(row['description'])}"
+
+
+def _bool_label(row) -> int:
+  value = row["answer"] if "answer" in row else row["label"]
+  if isinstance(value, str):
+    if value.strip().lower() not in ("true", "false", "1", "0"):
+      raise ValueError(f"answer {value!r} is not a boolean")
+    return int(value.strip().lower() in ("true", "1"))
+  return int(bool(value))
+
+
+def _boolq_example(row, uid):
+  return Example(uid, {"passage": _clean(row["passage"]), "question": _clean(row["question"])},
+                 label=_bool_label(row))
+
+
+def _cosmos_example(row, uid):
+  options = tuple(_clean(row[f"answer{i}"]) for i in range(4))
+  return Example(uid, {"context": _clean(row["context"]), "question": _clean(row["question"])},
+                 label=_label(row, 4), options=options)
+
+
+def _hellaswag_example(row, uid):
+  context = row.get("ctx", row.get("context"))
+  if context is None:
+    raise KeyError("ctx")
+  endings = tuple(_clean(e) for e in row["endings"])
+  if len(endings) < 2:
+    raise ValueError(f"{len(endings)} endings; multiple choice needs at least 2")
+  return Example(uid, {"context": _clean(context)}, label=_label(row, len(endings)),
+                 options=endings)
+
+
+_CALC = re.compile(r"<<[^>]*>>")
+
+
+def _gsm8k_example(row, uid):
+  answer = str(row["answer"])
+  if "####" in answer:
+    solution, final = answer.rsplit("####", 1)
+  elif "short_answer" in row:
+    solution, final = row.get("annotation", ""), row["short_answer"]
+  else:
+    raise ValueError("answer has no '#### <number>' line")
+  return Example(uid, {"question": _clean(row["question"])},
+                 answer=parse_number(final, "gsm8k"), solution=_CALC.sub("", str(solution)).strip())
+
+
+def _svamp_example(row, uid):
+  if "Body" in row:
+    question = f"{_clean(row['Body'])} {_clean(row['Question'])}"
+  else:
+    question = _clean(row["question"])
+  answer = row["Answer"] if "Answer" in row else row["answer"]
+  equation = str(row.get("Equation", "")).strip()
+  return Example(uid, {"question": question}, answer=parse_number(answer, "svamp"),
+                 solution=f"{equation} = {answer}" if equation else "")
+
+
+def _math_task(name, splits, to_example, file_defaults, tfds_defaults) -> Task:
+  return Task(name=name, kind=MATH, field_names=(("question", "Question"),), answer_name="",
+              splits=splits, to_example=to_example,
+              manual_prompt="Let's think step by step.",
+              file_defaults=file_defaults, tfds_defaults=tfds_defaults)
+
+
+def _choice_task(name, field_names, to_example, splits, manual, file_defaults, tfds_defaults,
+                 verbalizers=()) -> Task:
+  return Task(name=name, kind=CHOICE, field_names=field_names, answer_name="Answer",
+              verbalizers=verbalizers, splits=splits, to_example=to_example,
+              manual_prompt=manual, file_defaults=file_defaults, tfds_defaults=tfds_defaults)
+
+
+def _splits(train, collect, test) -> dict[str, SplitRule]:
+  return {"train": SplitRule(*train), "collect": SplitRule(*collect), "test": SplitRule(*test)}
+
+
+def ag_news() -> Task:
+  return _text_task(
+      "ag_news", "News", "Category", ("World", "Sports", "Business", "Sci/Tech"),
+      _splits(("train", 0, .9), ("test", 0, .1), ("test", .1, 1)),
+      "Classify the news article into World, Sports, Business or Sci/Tech.",
+      dict(format="csv", header=False, columns=["label", "title", "description"], label_base=1,
+           files={"train": "train.csv", "test": "test.csv"}),
+      dict(name="ag_news_subset", splits={"train": "train", "test": "test"}),
+      text_of=_news_text)
+
+
+def imdb() -> Task:
+  return _text_task(
+      "imdb", "Review", "Sentiment", ("Negative", "Positive"),
+      _splits(("train", 0, .855), ("train", .855, .905), ("test", 0, 1)),
+      "Is the sentiment of the movie review Negative or Positive?",
+      dict(format="csv", header=True, files={"train": "train.csv", "test": "test.csv"}),
+      dict(name="imdb_reviews", splits={"train": "train", "test": "test"}))
+
+
+def tweet_emotion() -> Task:
+  return _text_task(
+      "tweet_emotion", "Tweet", "Emotion", ("Anger", "Joy", "Optimism", "Sadness"),
+      _splits(("train", 0, .8), ("validation", 0, 1), ("test", 0, 1)),
+      "Classify the emotion of the tweet as Anger, Joy, Optimism or Sadness.",
+      dict(format="tweeteval", files={"train": "train", "validation": "val", "test": "test"}),
+      {})
+
+
+def boolq() -> Task:
+  return _choice_task(
+      "boolq", (("passage", "Passage"), ("question", "Question")), _boolq_example,
+      _splits(("train", 0, .81), ("train", .81, .91), ("validation", 0, .9)),
+      "Read the passage and answer the question with True or False.",
+      dict(format="jsonl", files={"train": "train.jsonl", "validation": "dev.jsonl"}),
+      dict(name="bool_q", splits={"train": "train", "validation": "validation"}),
+      verbalizers=("False", "True"))
+
+
+def cosmos_qa() -> Task:
+  return _choice_task(
+      "cosmos_qa", (("context", "Passage"), ("question", "Question")), _cosmos_example,
+      _splits(("train", 0, .9), ("train", .9, 1), ("validation", 0, 1)),
+      "Read the passage and choose the most plausible answer to the question.",
+      dict(format="csv", header=True, files={"train": "train.csv", "validation": "valid.csv"}),
+      dict(name="cosmos_qa", splits={"train": "train", "validation": "validation"}))
+
+
+def hellaswag() -> Task:
+  return _choice_task(
+      "hellaswag", (("context", "Sentence"),), _hellaswag_example,
+      _splits(("train", 0, .81), ("train", .81, .91), ("validation", 0, 1)),
+      "Choose the most likely continuation of the sentence.",
+      dict(format="jsonl",
+           files={"train": "hellaswag_train.jsonl", "validation": "hellaswag_val.jsonl"}),
+      dict(name="hellaswag", splits={"train": "train", "validation": "validation"}))
+
+
+def gsm8k() -> Task:
+  return _math_task(
+      "gsm8k", _splits(("train", 0, .45), ("train", .45, .95), ("test", 0, 1)), _gsm8k_example,
+      dict(format="jsonl", files={"train": "train.jsonl", "test": "test.jsonl"}),
+      dict(name="gsm8k", splits={"train": "train", "test": "test"}))
+
+
+def svamp() -> Task:
+  # SVAMP.json is the 1000-problem challenge set; the common 700 / 300 split is the default.
+  return _math_task(
+      "svamp", _splits(("train", 0, .018), ("train", .018, .998), ("test", 0, 1)), _svamp_example,
+      dict(format="json", files={"train": "SVAMP.json[:700]", "test": "SVAMP.json[700:]"}), {})

@@ -1,0 +1,217 @@
+"""Task registry and loaders: the real files under ../shared/data, tfds mock data, general formats."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from qpo_jax import tasks
+from qpo_jax.tasks import base, sources
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+needs_data = pytest.mark.skipif(not os.path.isdir(DATA), reason="../shared/data not present")
+
+
+def _splits(name, **data):
+  return tasks.load_splits({"name": name, "seed": 0, "data": data})
+
+
+@needs_data
+def test_tweet_emotion_files():
+  task, s = _splits("tweet_emotion", dir=os.path.join(DATA, "tweet_emotion"))
+  # spec: train = 80% of train, collect = validation, test = test
+  assert {k: len(v) for k, v in s.items()} == {"train": 2606, "collect": 374, "test": 1421}
+  assert not {e.uid for e in s["train"]} & {e.uid for e in s["collect"]}
+  counts = np.bincount([e.label for e in s["test"]], minlength=4)
+  assert counts.sum() == 1421 and (counts > 0).all()
+  first = tasks.sources.read_file_split(
+      {"dir": os.path.join(DATA, "tweet_emotion"), "format": "tweeteval", "files": {"t": "train"}},
+      "t")[0][0]
+  assert not first["text"].endswith(" ")  # the files' trailing space is stripped
+  assert task.verbalizers == ("Anger", "Joy", "Optimism", "Sadness")
+
+
+@needs_data
+def test_ag_news_csv_without_header():
+  task, s = _splits("ag_news", dir=os.path.join(DATA, "ag_news"),
+                    files={"train": "test.csv[:50%]", "test": "test.csv[50%:]"})
+  assert len(s["collect"]) + len(s["test"]) == 3800 and len(s["train"]) == 3420
+  labels = [e.label for e in s["test"] + s["collect"]]
+  assert set(labels) == {0, 1, 2, 3}  # 1..4 in the file, label_base=1
+  ex = s["test"][0]
+  assert "\\n" not in ex.fields["text"] and len(ex.fields["text"]) > 20
+
+
+@needs_data
+def test_math_files():
+  task, s = _splits("gsm8k", dir=os.path.join(DATA, "gsm8k"))
+  assert len(s["test"]) == 1319 and len(s["train"]) == round(0.45 * 7473)
+  assert all(e.answer is not None and "####" not in e.solution for e in s["train"][:200])
+  with open(os.path.join(DATA, "gsm8k", "test.jsonl")) as f:
+    row = json.loads(f.readline())
+  ex = task.to_example(row, "x")
+  assert ex.answer == float(row["answer"].split("####")[1].replace(",", ""))
+  assert "<<" not in ex.solution
+  task, s = _splits("svamp", dir=os.path.join(DATA, "svamp"))
+  assert len(s["test"]) == 300 and len(s["train"]) + len(s["collect"]) == 699
+  assert all(float(e.answer) == e.answer for e in s["test"])
+
+
+@needs_data
+def test_boolq_and_cosmos_files():
+  task, s = _splits("boolq", dir=os.path.join(DATA, "boolq"),
+                    files={"train": "dev.jsonl[:2000]", "validation": "dev.jsonl[2000:]"})
+  assert len(s["test"]) == round(0.9 * 1270)
+  assert {e.label for e in s["train"]} == {0, 1}
+  assert task.options(s["train"][0]) == ("False", "True")
+  task, s = _splits("cosmos_qa", dir=os.path.join(DATA, "cosmos_qa"),
+                    files={"train": "valid.csv[:2000]", "validation": "valid.csv[2000:]"})
+  ex = s["test"][0]
+  assert len(task.options(ex)) == 4 and task.options(ex)[ex.label]
+  assert len(s["test"]) == 985
+
+
+def test_general_csv_and_jsonl_with_column_names(tmp_path):
+  (tmp_path / "train.csv").write_text("review,stars\ngreat film,1\nawful,0\nfine,1\n")
+  (tmp_path / "test.jsonl").write_text('{"body": "boring", "y": 0}\n{"body": "superb", "y": 1}\n')
+  spec = {"dir": str(tmp_path), "columns": {"text": "review", "label": "stars"}, "format": "csv",
+          "files": {"train": "train.csv"}}
+  task = tasks.get_task("imdb")
+  rows = sources.load_split(task, spec, "train")
+  assert [(e.fields["text"], e.label) for e in rows] == [("great film", 1), ("awful", 0),
+                                                         ("fine", 1)]
+  spec = {"dir": str(tmp_path), "columns": {"text": "body", "label": "y"}, "format": "jsonl",
+          "files": {"test": "test.jsonl"}}
+  assert [e.label for e in sources.load_split(task, spec, "test")] == [0, 1]
+
+
+def test_bad_data_is_named(tmp_path):
+  task = tasks.get_task("imdb")
+  (tmp_path / "t.jsonl").write_text('{"text": "ok", "label": 1}\n{"text": "x", "label": 7}\n')
+  spec = {"dir": str(tmp_path), "format": "jsonl", "files": {"train": "t.jsonl"}}
+  with pytest.raises(sources.DataError, match=r"t.jsonl, record 1.*outside"):
+    sources.load_split(task, spec, "train")
+  (tmp_path / "b.jsonl").write_text('{"text": "ok", "label": 1}\n{oops\n')
+  with pytest.raises(sources.DataError, match=r"b.jsonl line 2"):
+    sources.load_split(task, {**spec, "files": {"train": "b.jsonl"}}, "train")
+  with pytest.raises(sources.DataError, match=r"missing.jsonl"):
+    sources.load_split(task, {**spec, "files": {"train": "missing.jsonl"}}, "train")
+  with pytest.raises(sources.DataError, match="data.dir"):
+    sources.load_split(task, {**spec, "dir": str(tmp_path / "nope")}, "train")
+  with pytest.raises(ValueError, match="task.name='nope'"):
+    tasks.get_task("nope")
+  with pytest.raises(ValueError, match="no tensorflow-datasets builder"):
+    tasks.data_spec(tasks.get_task("tweet_emotion"), {"kind": "tfds"})
+
+
+@pytest.mark.parametrize("name,n_labels", [("ag_news", 4), ("imdb", 2), ("boolq", 2),
+                                           ("cosmos_qa", 4)])
+def test_tfds_mock(name, n_labels):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=20):
+    task, s = _splits(name, kind="tfds")
+  assert sum(len(v) for v in s.values()) > 0
+  ex = (s["test"] or s["train"])[0]
+  assert 0 <= ex.label < len(task.options(ex)) == n_labels
+
+
+def _hellaswag_rows(split, **kwargs):
+  del kwargs
+  rng = np.random.default_rng(len(split))
+  return [{"context": f"ctx {split} {i}", "endings": np.array([f"e{j}" for j in range(4)]),
+           "label": np.array(int(rng.integers(4)), np.int32), "activity_label": "a"}
+          for i in range(30)]
+
+
+def test_tfds_mock_hellaswag():
+  tfds = pytest.importorskip("tensorflow_datasets")
+
+  def source(builder, split, **kwargs):  # realistic rows: 4 endings, label in range
+    del builder
+    return _hellaswag_rows(str(split), **kwargs)
+
+  with tfds.testing.mock_data(as_data_source_fn=source):
+    task, s = _splits("hellaswag", kind="tfds")
+  assert len(s["train"]) == round(0.81 * 30) and len(s["test"]) == 30
+  ex = s["test"][0]
+  assert task.options(ex) == ("e0", "e1", "e2", "e3")
+  assert task.render(ex, "Pick.").endswith("Sentence: " + ex.fields["context"] + "\nAnswer:")
+
+
+def test_tfds_mock_gsm8k():
+  tfds = pytest.importorskip("tensorflow_datasets")
+
+  def source(builder, split, **kwargs):  # the builder's layout: answer = solution + "#### n"
+    del builder, kwargs
+    return [{"question": f"{split}: what is {i} + 2?", "answer": f"{i} + 2 = <<{i}+2={i + 2}>>"
+             f"{i + 2}\n#### {i + 2:,}", "annotation": "", "short_answer": str(i + 2)}
+            for i in range(998, 1018)]
+
+  with tfds.testing.mock_data(as_data_source_fn=source):
+    task, s = _splits("gsm8k", kind="tfds")
+  assert len(s["test"]) == 20 and len(s["train"]) == 9
+  ex = s["test"][0]
+  assert ex.answer == int(ex.query.split()[3]) + 2 and "<<" not in ex.solution
+
+
+def test_tfds_mock_bad_rows_are_named():
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=3):  # random mock: 24 endings, label 58
+    with pytest.raises(sources.DataError, match=r"tfds hellaswag/train, record 0.*label 58"):
+      _splits("hellaswag", kind="tfds")
+
+
+@pytest.mark.parametrize("name", ["topics", "arithmetic"])
+def test_builtin_tasks(name):
+  task, s = _splits(name)
+  _, again = _splits(name)
+  assert [e.query for e in s["test"]] == [e.query for e in again["test"]]  # seeded
+  assert {k: len(v) for k, v in s.items()} == {"train": 400, "collect": 200, "test": 200}
+  assert len({e.query for e in s["train"]}) > 300  # varied, not a handful of templates
+  assert task.source_prompts and all(task.source_prompts.values())
+  if task.kind == base.MATH:
+    for e in s["train"][:50]:  # the worked solution ends with the gold answer
+      assert base.extract_answer(e.solution) == e.answer
+  else:
+    assert set(np.bincount([e.label for e in s["train"]])) and len(set(
+        e.label for e in s["train"])) == 4
+
+
+def test_render_layout_and_demos():
+  task = tasks.get_task("tweet_emotion")
+  q = base.Example("q", {"text": "so happy today"}, label=1)
+  d = base.Example("d", {"text": "this is awful"}, label=0)
+  assert task.render(q, "Classify.", [d]) == (
+      "Classify.\n\nTweet: this is awful\nEmotion: Anger\n\nTweet: so happy today\nEmotion:")
+  assert task.render(q, "") == "Tweet: so happy today\nEmotion:"
+  math = tasks.get_task("gsm8k")
+  m = base.Example("m", {"question": "What is 2+3?"}, answer=5.0)
+  assert math.render(m, "Think.").startswith("What is 2+3?\nThink.")
+  rows = [base.Example(str(i), {"text": " ".join(["w"] * 150)}, label=i % 4) for i in range(40)]
+  sets = base.demo_sets(rows, k=5, n=6, seed=1)
+  assert len(sets) == 5 and all(len(s) == 6 and len({e.uid for e in s}) == 6 for s in sets)
+  assert all(len(e.fields["text"].split()) == 100 for e in sets[0])  # cut to 100 words
+  assert sets == base.demo_sets(rows, k=5, n=6, seed=1)
+  assert base.demos_id(sets[0]) != base.demos_id(sets[1])
+
+
+def test_balanced_sampling():
+  rows = [base.Example(str(i), {"text": f"t{i}"}, label=0 if i < 90 else 1 + i % 3)
+          for i in range(120)]
+  picked = base.sample_queries(rows, 40, seed=0)
+  assert sorted(np.bincount([e.label for e in picked])) == [10, 10, 10, 10]
+  assert len({e.uid for e in picked}) == 40
+
+
+@pytest.mark.parametrize("text,value", [
+    ("so 3 + 4 = 7. Final Answer: 7", 7.0), ("Final answer: $1,250.50", 1250.5),
+    ("The answer is 12 apples, then 15.", 15.0), ("Final Answer: -3\nCheck: 5", -3.0),
+    ("no numbers here", None), ("It is 7.", 7.0)])
+def test_extract_answer(text, value):
+  assert base.extract_answer(text) == value
+
+
+def test_numbers_equal():
+  assert base.numbers_equal(3.0, 3.0000000001) and not base.numbers_equal(3.0, 3.01)
+  assert not base.numbers_equal(None, 3.0)
