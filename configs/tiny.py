@@ -13,7 +13,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.mesh = dict(data=-1, fsdp=1, tensor=1)
   c.target = dict(name="random", preset="tiny-llama", tokenizer="smollm2", seed=0,
-                  dtype="float32", param_dtype="float32")
+                  dtype="float32", param_dtype="float32",
+                  backend="local", chat=True, batch_size=8)
+  c.task = dict(name="topics", seed=0, max_words=100,
+                data=dict(kind="builtin", size=80, seed=0, dir="", name=""))
+  c.eval_prompts = dict(split="test", num_queries=8, setting="zero_shot", num_demo_sets=3,
+                        num_demos=4, max_new_tokens=128, prompts=[])
+  c.serve = dict(host="127.0.0.1", port=8000, api_key_env="QPO_SERVE_KEY")
   c.generate = dict(questions=["What is the capital of France?", "Hi"], max_new_tokens=8,
                     chat=True, batch_size=2)
   return c

@@ -24,6 +24,8 @@ from qpo_jax.models.registry import load_model, smollm2_gguf_path
 
 _DATA = flags.DEFINE_string("data_dir", "../shared/data/tweet_emotion", "TweetEval emotion files")
 _N = flags.DEFINE_integer("n", 48, "queries to score")
+_BATCH = flags.DEFINE_integer("batch_size", 16, "rows per jitted scoring call (ours)")
+_MULTIPLE = flags.DEFINE_integer("length_multiple", 16, "prefix lengths are padded to a multiple")
 _PROMPT = flags.DEFINE_string(
     "prompt", "Classify the emotion of the tweet as Anger, Joy, Optimism or Sadness.",
     "instruction placed before the example")
@@ -41,9 +43,10 @@ def main(argv):
   prefixes = [tok(f"{_PROMPT.value}\nTweet: {t}\nEmotion:")["input_ids"] for t in texts]
   options = [tok(" " + label)["input_ids"] for label in LABELS]
 
-  scoring.score(lm, prefixes[:8], [options] * 8)  # compile outside the timing
+  kw = dict(batch_size=_BATCH.value, length_multiple=_MULTIPLE.value)
+  scoring.score(lm, prefixes, [options] * len(prefixes), **kw)  # compile every bucket first
   start = time.perf_counter()
-  ours = scoring.score(lm, prefixes, [options] * len(prefixes))
+  ours = scoring.score(lm, prefixes, [options] * len(prefixes), **kw)
   ours_s = time.perf_counter() - start
 
   import torch

@@ -10,8 +10,15 @@ from typing import Callable
 from absl import logging
 import ml_collections
 
-from qpo_jax import decoding
+import numpy as np
+
+from qpo_jax import decoding, evaluation, sharding
+from qpo_jax.eval_cache import EvalCache
 from qpo_jax.models.registry import load_model
+from qpo_jax.targets import build_target
+from qpo_jax.targets.server import ModelServer, make_server
+from qpo_jax.tasks import base as task_base
+from qpo_jax.tasks import load_splits
 from qpo_jax.utils import atomic_write_text
 
 
@@ -35,8 +42,76 @@ def generate_answers(config: ml_collections.ConfigDict, workdir: str) -> list[di
   return records
 
 
+def _prompt_list(task, configured) -> list[tuple[str, str]]:
+  """(source, prompt) pairs: the config's list, else the task's collections, else manual + none."""
+  if configured:
+    return [("config", p) for p in configured]
+  if task.source_prompts:
+    return [(src, p) for src, ps in task.source_prompts.items() for p in ps]
+  return [("manual", task.manual_prompt), ("none", "")]
+
+
+def evaluate_prompts(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Accuracy of each prompt on sampled queries of a split, the best one, and the per-query oracle.
+
+  The oracle (a query counts as solved if any prompt solves it) is the headroom
+  query-dependent prompting can reach. Results go through the evaluation cache
+  in the workdir, so a rerun or a larger prompt list only pays for new pairs.
+  """
+  ev = config.eval_prompts
+  task, splits = load_splits(config.task, (ev.split,))
+  queries = task_base.sample_queries(splits[ev.split], ev.num_queries, seed=config.seed,
+                                     max_words=config.task.get("max_words", 100))
+  demos = ()
+  if ev.setting == evaluation.FEW_SHOT:
+    _, train = load_splits(config.task, ("train",))
+    demos = task_base.demo_sets(train["train"], ev.num_demo_sets, ev.num_demos, seed=config.seed)
+  mesh = sharding.make_mesh(config.mesh)
+  target = build_target(config.target, mesh=mesh)
+  os.makedirs(workdir, exist_ok=True)
+  cache = EvalCache(os.path.join(workdir, "eval_cache.sqlite"))
+  prompts = _prompt_list(task, list(ev.get("prompts") or []))
+  rows, per_query = [], []
+  for source, prompt in prompts:
+    out = evaluation.evaluate_pairs(task, target, [(q, prompt) for q in queries],
+                                    setting=ev.setting, demo_sets=demos, cache=cache,
+                                    max_new_tokens=ev.max_new_tokens)
+    per_query.append([o.get("acc_q", o.get("correct")) for o in out])
+    rows.append({"source": source, "prompt": prompt, "accuracy": evaluation.accuracy(out)})
+    print(f"{rows[-1]['accuracy']:6.3f}  [{source}] {prompt[:80]!r}", flush=True)
+  best = max(rows, key=lambda r: r["accuracy"])
+  result = {"task": task.name, "split": ev.split, "setting": ev.setting,
+            "num_queries": len(queries), "prompts": rows, "best": best,
+            "oracle": float(np.mean(np.max(np.asarray(per_query), axis=0))),
+            "usage": cache.usage().get(target.identity, {})}
+  print(f"best single prompt {best['accuracy']:.3f}; per-query oracle {result['oracle']:.3f} "
+        f"over {len(prompts)} prompts x {len(queries)} queries", flush=True)
+  atomic_write_text(os.path.join(workdir, "prompt_eval.json"), json.dumps(result, indent=2))
+  return result
+
+
+def serve_target(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Serves `config.target` (a local model) over an OpenAI-compatible API until interrupted."""
+  del workdir
+  lm = load_model(config.target)
+  serve = config.serve
+  key = os.environ.get(serve.api_key_env, "") if serve.api_key_env else ""
+  server = make_server(ModelServer(lm, config.target.name), serve.host, serve.port, api_key=key)
+  host, port = server.server_address[:2]
+  print(f"serving {config.target.name} at http://{host}:{port}/v1"
+        f"{' (API key required)' if key else ''}; Ctrl-C stops", flush=True)
+  try:
+    server.serve_forever()
+  except KeyboardInterrupt:
+    pass
+  finally:
+    server.server_close()
+
+
 MODES: dict[str, Callable[[ml_collections.ConfigDict, str], object]] = {
     "generate": generate_answers,
+    "evaluate_prompts": evaluate_prompts,
+    "serve_target": serve_target,
 }
 
 

@@ -112,7 +112,7 @@ def batch_multiple(mesh: Mesh) -> int:
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
   """Places every array of a batch with its leading dimension split over the batch axes."""
   def put(x):
-    x = np.asarray(x)
+    x = x if isinstance(x, jax.Array) else np.asarray(x)  # typed PRNG keys stay jax arrays
     if x.shape[0] % batch_multiple(mesh):
       raise ValueError(f"batch of {x.shape[0]} rows does not split over "
                        f"{batch_multiple(mesh)} data x fsdp shards; pad it first")

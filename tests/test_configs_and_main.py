@@ -79,3 +79,26 @@ def test_main_rejects_bad_values_clearly(tmp_path):
   assert r.returncode != 0 and "--mode" in r.stderr
   r = _main("--config=configs/tiny.py", "--config.target.preset=huge", workdir=tmp_path)
   assert r.returncode != 0 and "unknown model preset 'huge'" in r.stderr
+
+
+def test_main_evaluate_prompts_and_cache_resume(tmp_path):
+  r = _main("--config=configs/tiny.py", "--mode=evaluate_prompts", workdir=tmp_path)
+  assert r.returncode == 0, r.stderr[-3000:]
+  result = json.loads((tmp_path / "prompt_eval.json").read_text())
+  assert result["task"] == "topics" and result["num_queries"] == 8
+  assert len(result["prompts"]) == 11 and result["usage"]["calls"] == 11 * 8
+  best = max(p["accuracy"] for p in result["prompts"])
+  assert result["best"]["accuracy"] == best <= result["oracle"]
+  r = _main("--config=configs/tiny.py", "--mode=evaluate_prompts", workdir=tmp_path)
+  again = json.loads((tmp_path / "prompt_eval.json").read_text())
+  assert again["usage"]["calls"] == 11 * 8 and again["prompts"] == result["prompts"]
+
+
+def test_main_rejects_bad_task_and_data(tmp_path):
+  r = _main("--config=configs/tiny.py", "--mode=evaluate_prompts", "--config.task.name=mnist",
+            workdir=tmp_path)
+  assert r.returncode != 0 and "task.name='mnist'" in r.stderr
+  r = _main("--config=configs/tiny.py", "--mode=evaluate_prompts", "--config.task.name=gsm8k",
+            "--config.task.data.kind=files", "--config.task.data.dir=/no/such/dir",
+            workdir=tmp_path)
+  assert r.returncode != 0 and "data.dir '/no/such/dir' is not a directory" in r.stderr

@@ -68,3 +68,25 @@ def test_greedy_chat_answer_is_sensible(smollm2):
   print("SmolLM2 answers:", answers)
   assert "Paris" in answers[0]
   assert "5" in answers[1]
+
+
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED), reason="../shared/data not present")
+def test_zero_shot_ag_news_above_chance(smollm2):
+  """50 class-balanced real AG News test queries, manual prompt: chance is 25%."""
+  from qpo_jax import evaluation
+  from qpo_jax.targets import LocalTarget
+  from qpo_jax.tasks import base, load_splits
+
+  task, s = load_splits({"name": "ag_news", "data": {
+      "dir": os.path.join(SHARED, "ag_news"),
+      "files": {"train": "test.csv[:10%]", "test": "test.csv[10%:]"}}}, ("test",))
+  queries = base.sample_queries(s["test"], 50, seed=0)
+  out = evaluation.evaluate_pairs(task, LocalTarget(smollm2, chat=False),
+                                  [(q, task.manual_prompt) for q in queries])
+  acc = evaluation.accuracy(out)
+  print(f"\nSmolLM2-135M-Instruct zero-shot AG News, 50 balanced queries, manual prompt: "
+        f"accuracy {acc:.2f} (chance 0.25)")
+  assert acc > 0.4
