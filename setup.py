@@ -23,10 +23,14 @@ setup(
         "tensorflow-datasets",
         "gguf==0.19.0",
         "safetensors",
+        "crc32c",  # TFRecord framing checksums (masked CRC-32C)
+        "pyyaml",
+        "matplotlib",
     ],
     extras_require={
         # torch==2.13.0 is the CPU wheel on the build machines' disk; HF's GGUF
         # loader (the reference in tests) needs accelerate.
-        "test": ["pytest", "torch==2.13.0", "accelerate"],
+        "test": ["pytest", "torch==2.13.0", "accelerate",
+                 "tfrecord"],  # an independent TFRecord reader for the store's tests
     },
 )

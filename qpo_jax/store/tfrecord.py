@@ -1,0 +1,96 @@
+"""TFRecord framing without TensorFlow: write, read and verify record files.
+
+A TFRecord file is a sequence of
+
+  uint64 length | uint32 masked_crc32c(length) | data | uint32 masked_crc32c(data)
+
+(little endian; CRC-32C from the `crc32c` package). Files are written to a
+temporary name and renamed, so a shard is either complete or absent. Reading
+checks both CRCs of every record; a corrupt or truncated file fails with the
+file name, the record index and the byte offset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import tempfile
+from typing import Iterable, Iterator
+
+import crc32c
+
+_MASK_DELTA = 0xA282EAD8
+
+
+class CorruptRecordError(ValueError):
+  """A TFRecord file that does not verify; the message says which file and record."""
+
+
+def masked_crc(data: bytes) -> int:
+  crc = crc32c.crc32c(data)
+  return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def frame(data: bytes) -> bytes:
+  length = struct.pack("<Q", len(data))
+  return length + struct.pack("<I", masked_crc(length)) + data + struct.pack("<I", masked_crc(data))
+
+
+def write_records(path: str, records: Iterable[bytes]) -> tuple[int, str]:
+  """Writes serialized records atomically; returns (count, sha256 of the file)."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
+  digest, count = hashlib.sha256(), 0
+  try:
+    with os.fdopen(fd, "wb") as fh:
+      for data in records:
+        framed = frame(data)
+        fh.write(framed)
+        digest.update(framed)
+        count += 1
+      fh.flush()
+      os.fsync(fh.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+  return count, digest.hexdigest()
+
+
+def read_records(path: str, verify: bool = True) -> Iterator[bytes]:
+  """Yields the serialized records of a file, checking lengths and CRCs."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"TFRecord file {path} does not exist")
+  with open(path, "rb") as fh:
+    index, offset = 0, 0
+    while True:
+      header = fh.read(12)
+      if not header:
+        return
+      if len(header) < 12:
+        raise CorruptRecordError(f"{path}: record {index} at byte {offset} is truncated "
+                                 f"(header of {len(header)} of 12 bytes)")
+      length, length_crc = struct.unpack("<QI", header)
+      if verify and masked_crc(header[:8]) != length_crc:
+        raise CorruptRecordError(f"{path}: record {index} at byte {offset}: length CRC mismatch")
+      data = fh.read(length)
+      footer = fh.read(4)
+      if len(data) < length or len(footer) < 4:
+        raise CorruptRecordError(f"{path}: record {index} at byte {offset} is truncated "
+                                 f"({len(data)} of {length} data bytes)")
+      if verify and masked_crc(data) != struct.unpack("<I", footer)[0]:
+        raise CorruptRecordError(f"{path}: record {index} at byte {offset}: data CRC mismatch")
+      yield data
+      index += 1
+      offset += 16 + length
+
+
+def file_sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as fh:
+    for block in iter(lambda: fh.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
