@@ -19,6 +19,11 @@ def get_config() -> ml_collections.ConfigDict:
                 data=dict(kind="builtin", size=80, seed=0, dir="", name=""))
   c.eval_prompts = dict(split="test", num_queries=8, setting="zero_shot", num_demo_sets=3,
                         num_demos=4, max_new_tokens=128, prompts=[])
+  c.data = dict(source="build", path="", prompts_dir="", prompt_sources=[], lp_model="",
+                prompts_file="", aliases_file="", target_name="", num_queries=8,
+                settings=["zero_shot"], num_demo_sets=3, num_demos=4,
+                threshold=ml_collections.config_dict.placeholder(float),
+                prompts_per_chunk=4, records_per_shard=4096, max_new_tokens=128, inspect="")
   c.serve = dict(host="127.0.0.1", port=8000, api_key_env="QPO_SERVE_KEY")
   c.generate = dict(questions=["What is the capital of France?", "Hi"], max_new_tokens=8,
                     chat=True, batch_size=2)

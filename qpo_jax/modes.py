@@ -12,13 +12,14 @@ import ml_collections
 
 import numpy as np
 
-from qpo_jax import decoding, evaluation, sharding
+from qpo_jax import decoding, evaluation, rewards, sharding
 from qpo_jax.eval_cache import EvalCache
 from qpo_jax.models.registry import load_model
 from qpo_jax.targets import build_target
+from qpo_jax.store import build, dataset, importers, inspect
 from qpo_jax.targets.server import ModelServer, make_server
 from qpo_jax.tasks import base as task_base
-from qpo_jax.tasks import load_splits
+from qpo_jax.tasks import data_spec, load_source, load_splits
 from qpo_jax.utils import atomic_write_text
 
 
@@ -108,10 +109,95 @@ def serve_target(config: ml_collections.ConfigDict, workdir: str) -> None:
     server.server_close()
 
 
+def loop_dir(workdir: str, loop: int) -> str:
+  return os.path.join(workdir, "data", f"loop_{loop}")
+
+
+def _source_prompts(config, task) -> list[tuple[str, str]]:
+  d = config.data
+  if d.prompts_dir:
+    found = importers.load_prompt_collection(d.prompts_dir, task.name,
+                                             list(d.prompt_sources) or None, d.lp_model or None)
+    return [(src, p) for src, ps in found.items() for p in ps]
+  return _prompt_list(task, [])
+
+
+def _imported(config, task) -> tuple[list, str]:
+  d = config.data
+  if d.source == "qpo_json":
+    recs, summary = importers.import_qpo_json(d.path, task=task.name, target=d.target_name or None,
+                                              verbalizers=task.verbalizers)
+  else:
+    with open(d.prompts_file) as f:
+      prompts = json.load(f)
+    with open(d.aliases_file) as f:
+      aliases = json.load(f)
+    spec = data_spec(task, config.task.get("data"))
+    queries = [ex.query for ex in load_source(task, spec, "train")] if task.name == "gsm8k" else None
+    recs, summary = importers.import_prompt_oirl(d.path, task=task.name, prompts=prompts,
+                                                 aliases=aliases, queries=queries)
+  return recs, str(summary)
+
+
+def build_data(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """D_0 in <workdir>/data/loop_0: built on the target from source prompts, or imported logs."""
+  d = config.data
+  out = loop_dir(workdir, 0)
+  task, splits = load_splits(config.task, ("train",))
+  if d.source in ("qpo_json", "prompt_oirl"):
+    if os.path.exists(os.path.join(out, dataset.MANIFEST)):
+      return dataset.read_manifest(out)
+    recs, summary = _imported(config, task)
+    print(summary, flush=True)
+    recs = rewards.keep_above(recs, d.threshold)
+    manifest = dataset.write_dataset(out, recs, normalizer=rewards.Normalizer.fit(
+        r.reward for r in recs), records_per_shard=d.records_per_shard,
+        meta={"loop": 0, "imported_from": d.path, "import_summary": summary})
+  elif d.source == "build":
+    queries = task_base.sample_queries(splits["train"], d.num_queries or len(splits["train"]),
+                                       seed=config.seed, max_words=config.task.max_words)
+    demos = task_base.demo_sets(splits["train"], d.num_demo_sets, d.num_demos, seed=config.seed,
+                                max_words=config.task.max_words) \
+        if evaluation.FEW_SHOT in d.settings else ()
+    target = build_target(config.target, mesh=sharding.make_mesh(config.mesh))
+    cache = EvalCache(os.path.join(workdir, "eval_cache.sqlite"))
+    manifest = build.build_initial_dataset(
+        out, task, target, queries, _source_prompts(config, task), settings=list(d.settings),
+        demo_sets=demos, cache=cache, prompts_per_chunk=d.prompts_per_chunk,
+        threshold=d.threshold, max_new_tokens=d.max_new_tokens,
+        meta={"task": task.name, "target": target.identity})
+  else:
+    raise ValueError(f"data.source={d.source!r} is not 'build', 'qpo_json' or 'prompt_oirl'")
+  print(f"D_0: {manifest['count']} records, {manifest['queries']} queries, "
+        f"{manifest['prompts']} prompts, reward {manifest['reward']} -> {out}", flush=True)
+  return manifest
+
+
+def inspect_data(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Prints a dataset's report and writes its reward plot (the latest loop unless data.inspect)."""
+  directory = config.data.inspect
+  if not directory:
+    loops = sorted(int(n.split("_")[1]) for n in os.listdir(os.path.join(workdir, "data"))
+                   if n.startswith("loop_") and n.split("_")[1].isdigit()) \
+        if os.path.isdir(os.path.join(workdir, "data")) else []
+    if not loops:
+      raise FileNotFoundError(f"no datasets under {workdir}/data; run --mode=build_data first "
+                              "or set --config.data.inspect")
+    directory = loop_dir(workdir, loops[-1])
+  recs, manifest = dataset.read_dataset(directory)
+  report = inspect.describe(recs, manifest)
+  print(report, flush=True)
+  png = inspect.plot(recs, os.path.join(directory + "_rewards.png"), os.path.basename(directory))
+  print(f"plot: {png}", flush=True)
+  return report
+
+
 MODES: dict[str, Callable[[ml_collections.ConfigDict, str], object]] = {
     "generate": generate_answers,
     "evaluate_prompts": evaluate_prompts,
     "serve_target": serve_target,
+    "build_data": build_data,
+    "inspect_data": inspect_data,
 }
 
 

@@ -80,9 +80,9 @@ class Normalizer:
     return cls(float(d["min"]), float(d["max"]))
 
 
-def keep_above(records: Sequence[Mapping[str, Any]], threshold: float | None,
-               field: str = "reward") -> list[Mapping[str, Any]]:
-  """The spec's "expert" filtering: drop records whose reward is below the threshold."""
+def keep_above(records: Sequence[Any], threshold: float | None) -> list[Any]:
+  """The spec's "expert" filtering: drop records (dicts or `Record`s) whose reward is below."""
   if threshold is None:
     return list(records)
-  return [r for r in records if r[field] >= threshold]
+  value = lambda r: r["reward"] if isinstance(r, Mapping) else r.reward  # noqa: E731
+  return [r for r in records if value(r) >= threshold]

@@ -16,3 +16,15 @@ def smollm2():
   from qpo_jax.models.registry import load_model
 
   return load_model({"name": "smollm2-135m-instruct"})
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+  """SmolLM2's tokenizer alone (read from the GGUF metadata; no weights)."""
+  import gguf
+
+  from qpo_jax.checkpoints.gguf_import import tokenizer_from_gguf
+  from qpo_jax.models.registry import smollm2_gguf_path
+
+  path = smollm2_gguf_path()
+  return tokenizer_from_gguf(gguf.GGUFReader(path), path)

@@ -102,3 +102,30 @@ def test_main_rejects_bad_task_and_data(tmp_path):
             "--config.task.data.kind=files", "--config.task.data.dir=/no/such/dir",
             workdir=tmp_path)
   assert r.returncode != 0 and "data.dir '/no/such/dir' is not a directory" in r.stderr
+
+
+def test_main_build_and_inspect_data(tmp_path):
+  r = _main("--config=configs/tiny.py", "--mode=build_data", workdir=tmp_path)
+  assert r.returncode == 0, r.stderr[-3000:]
+  manifest = json.loads((tmp_path / "data" / "loop_0" / "manifest.json").read_text())
+  assert manifest["count"] == 8 * 11 and manifest["normalizer"]["max"] > manifest["normalizer"]["min"]
+  r = _main("--config=configs/tiny.py", "--mode=inspect_data", workdir=tmp_path)
+  assert r.returncode == 0 and "| manual | 32 |" in r.stdout
+  assert (tmp_path / "data" / "loop_0_rewards.png").stat().st_size > 1000
+
+
+SHARED = os.path.join(ROOT, "..", "shared", "data")
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED), reason="../shared/data not present")
+def test_main_imports_published_qpo_logs(tmp_path):
+  path = os.path.join(SHARED, "qpo_offline", "tweet_emotion",
+                      "tweet_emotion_llama7b_ocml_round1_few_shot_expert.json")
+  r = _main("--config=configs/tiny.py", "--mode=build_data", "--config.data.source=qpo_json",
+            f"--config.data.path={path}", "--config.task.name=tweet_emotion",
+            "--config.task.data.kind=files",
+            f"--config.task.data.dir={os.path.join(SHARED, 'tweet_emotion')}", workdir=tmp_path)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "imported 8587, skipped 0" in r.stdout
+  manifest = json.loads((tmp_path / "data" / "loop_0" / "manifest.json").read_text())
+  assert (manifest["count"], manifest["queries"], manifest["prompts"]) == (8587, 260, 151)

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from qpo_jax.rewards import Normalizer
+from qpo_jax.rewards import Normalizer, keep_above
 from qpo_jax.store import records as records_lib
 from qpo_jax.store.records import Record
 from qpo_jax.store.tfrecord import CorruptRecordError, file_sha256, read_records, write_records
@@ -147,8 +147,7 @@ def dedupe(recs: Iterable[Record]) -> list[Record]:
 def merge(old: Sequence[Record], new: Sequence[Record], threshold: float | None = None
           ) -> list[Record]:
   """D_{t+1} = D_t U filter(new): new records below the threshold and repeats are dropped."""
-  kept = [r for r in new if threshold is None or r.reward >= threshold]
-  return dedupe(list(old) + kept)
+  return dedupe(list(old) + keep_above(new, threshold))
 
 
 def normalized(recs: Sequence[Record], normalizer: Normalizer) -> list[Record]:

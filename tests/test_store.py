@@ -1,0 +1,268 @@
+"""Offline store: TFRecord round trip, independent readers, corruption, importers, resume, pipeline."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from qpo_jax import evaluation, rewards, sharding
+from qpo_jax.eval_cache import EvalCache
+from qpo_jax.models.registry import load_model
+from qpo_jax.store import build, dataset, importers, inspect, pipeline, records, tfrecord
+from qpo_jax.store.records import Record
+from qpo_jax.targets import LocalTarget
+from qpo_jax.tasks import get_task
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+needs_data = pytest.mark.skipif(not os.path.isdir(DATA), reason="../shared/data not present")
+QPO_FILE = os.path.join(DATA, "qpo_offline", "tweet_emotion",
+                        "tweet_emotion_llama7b_ocml_round1_few_shot_expert.json")
+
+
+def _records(n=7):
+  out = []
+  for i in range(n):
+    out.append(Record(task="tweet_emotion", query=f"tweet {i} ünïcode 🙂\nline", prompt=f"p{i % 3}",
+                      reward=1.5 * i - 2, split="train", query_id=f"train:{i}", gold="Joy",
+                      label=1, prompt_source="manual", target="local:x", setting="zero_shot",
+                      correct=float(i % 2), pred=i % 4, option_nll=(0.5, 1.25, 3.0, 0.0),
+                      gold_nll=1.25, answer="", response="", acc_q=math.nan, avg_acc=0.5,
+                      loop=i % 2))
+  return out
+
+
+def test_round_trip_every_field(tmp_path):
+  recs = _records() + [Record(task="gsm8k", query="q", prompt="", reward=-0.25, setting="zero_shot",
+                              answer="12", response="so 12", response_nll=0.75, correct=1.0)]
+  manifest = dataset.write_dataset(str(tmp_path / "ds"), recs, records_per_shard=3)
+  assert [s["count"] for s in manifest["shards"]] == [3, 3, 2]
+  back, m2 = dataset.read_dataset(str(tmp_path / "ds"))
+  assert m2 == manifest and len(back) == len(recs)
+  assert all(records.same(a, b) for a, b in zip(recs, back))
+  assert back[0].query == recs[0].query and back[0].option_nll == (0.5, 1.25, 3.0, 0.0)
+  assert not records.same(recs[0], recs[1])
+
+
+def test_independent_reader_tfrecord_package(tmp_path):
+  reader = pytest.importorskip("tfrecord.reader")
+  recs = _records(4)
+  dataset.write_dataset(str(tmp_path / "ds"), recs)
+  path = str(tmp_path / "ds" / dataset.shard_name(0, 1))
+  rows = list(reader.tfrecord_loader(path, None, {"query": "byte", "reward": "float",
+                                                  "label": "int", "option_nll": "float"}))
+  assert len(rows) == 4
+  for r, row in zip(recs, rows):
+    assert bytes(row["query"]).decode() == r.query and int(row["label"][0]) == r.label
+    assert row["reward"][0] == pytest.approx(r.reward)
+    np.testing.assert_allclose(row["option_nll"], r.option_nll)
+
+
+def test_tensorflow_reader_if_installed(tmp_path):
+  tf = pytest.importorskip("tensorflow")
+  recs = _records(3)
+  dataset.write_dataset(str(tmp_path / "ds"), recs)
+  raw = list(tf.data.TFRecordDataset(str(tmp_path / "ds" / dataset.shard_name(0, 1))))
+  assert len(raw) == 3 and records.same(records.from_example(raw[0].numpy()), recs[0])
+
+
+def test_flipped_byte_and_truncation_are_detected(tmp_path):
+  d = str(tmp_path / "ds")
+  dataset.write_dataset(d, _records(5))
+  path = os.path.join(d, dataset.shard_name(0, 1))
+  blob = bytearray(open(path, "rb").read())
+  first_len = int.from_bytes(blob[:8], "little")
+  blob[16 + first_len + 16 + 40] ^= 0x01  # inside record 1's data
+  open(path, "wb").write(bytes(blob))
+  with pytest.raises(tfrecord.CorruptRecordError, match=r"data-00000-of-00001.tfrecord: record 1 "
+                     r"at byte \d+: data CRC mismatch"):
+    dataset.read_dataset(d)
+  blob[16 + first_len + 16 + 40] ^= 0x01
+  open(path, "wb").write(bytes(blob[:-7]))  # truncated last record
+  with pytest.raises(tfrecord.CorruptRecordError, match=r"record 4 at byte \d+ is truncated"):
+    dataset.read_dataset(d)
+  with pytest.raises(dataset.IncompleteDatasetError, match="no manifest.json"):
+    dataset.read_dataset(str(tmp_path))
+  with pytest.raises(FileExistsError):
+    dataset.write_dataset(d, _records(2))
+
+
+def test_crc_matches_the_tfrecord_spec():
+  # masked CRC-32C of the empty string, as TensorFlow writes it for a 0-length record
+  framed = tfrecord.frame(b"")
+  assert framed[:8] == b"\0" * 8 and framed[12:] == (0xA282EAD8).to_bytes(4, "little")
+
+
+@needs_data
+def test_import_qpo_tweet_emotion():
+  task = get_task("tweet_emotion")
+  recs, summary = importers.import_qpo_json(QPO_FILE, task="tweet_emotion",
+                                            verbalizers=task.verbalizers)
+  assert (summary.imported, summary.skipped) == (8587, 0)
+  assert len({r.query for r in recs}) == 260 and len({r.prompt for r in recs}) == 151
+  assert all(r.setting == "few_shot" and r.target == "llama7b" for r in recs)
+  assert not any(r.prompt.endswith("<|endoftext|>") for r in recs)
+  for r in recs:
+    assert r.reward == pytest.approx(10 * (r.acc_q + r.avg_acc))
+    assert 0.7 <= r.acc_q <= 1.0 and 0 <= r.avg_acc <= 1
+  values = [r.reward for r in recs]
+  assert 10 * 0.7 <= min(values) and max(values) <= 20
+  assert {r.prompt_source for r in recs} >= {"manual", "ape", "lp_rewrite", "no_instruction"}
+
+
+def test_import_reports_malformed_rows(tmp_path):
+  path = tmp_path / "x.json"
+  good = {"prompt_method": "instructions/manual", "query": "q", "label": 1, "prompt": "p",
+          "m": {"few_shot_accuracy": 0.9, "few_shot_avg_acc": 0.5}}
+  rows = [good, {**good, "label": None}, {"query": "q"}, {**good, "m": {"few_shot_accuracy": "x",
+                                                                       "few_shot_avg_acc": 1}},
+          {**good, "m": {"zero_shot_accuracy": 1, "zero_shot_avg_acc": 0.5, "nll": 2.0}}]
+  path.write_text(json.dumps(rows))
+  recs, summary = importers.import_qpo_json(str(path), task="t", model="m")
+  assert (summary.imported, summary.skipped) == (2, 3)
+  assert "row 2: missing field 'prompt'" in str(summary) or "row 2" in " ".join(summary.examples)
+  assert recs[1].setting == "zero_shot" and recs[1].reward == pytest.approx(10 + 5 - 2)
+  path.write_text("{broken")
+  with pytest.raises(ValueError, match=r"x.json: not valid JSON"):
+    importers.import_qpo_json(str(path), task="t", model="m")
+
+
+@needs_data
+def test_import_prompt_oirl_and_instructeval():
+  with open(os.path.join(DATA, "prompt_oirl", "prompts_16.json")) as f:
+    prompts = json.load(f)
+  with open(os.path.join(DATA, "prompt_oirl", "prompt_aliases_16.json")) as f:
+    aliases = json.load(f)
+  logs = os.path.join(DATA, "prompt_oirl", "llama2_chat_logs", "gsm8k")
+  train, s = importers.import_prompt_oirl(logs, task="gsm8k", prompts=prompts, aliases=aliases)
+  assert s.imported == 6 * 7473 and s.skipped == 0 and len({r.prompt for r in train}) == 6
+  test, _ = importers.import_prompt_oirl(logs, task="gsm8k", prompts=prompts, aliases=aliases,
+                                         split="test")
+  assert len(test) == 16 * 1000
+  cot = [r for r in train if r.prompt_source == "CoT"]
+  assert cot[0].avg_acc == pytest.approx(np.mean([r.correct for r in cot]))
+  root = os.path.join(DATA, "prompts", "instructeval", "instructions")
+  coll = importers.load_prompt_collection(root, "tweet_emotion", model="llama7b")
+  assert coll["no_instruction"] == [""] and len(coll["manual"]) == 5
+  assert len(coll["low_perplexity_prompts"]) == 5
+  with pytest.raises(FileNotFoundError, match="imdb.yaml"):
+    importers.load_prompt_collection(root, "imdb", ["nope"])
+
+
+def test_merge_dedupe_filter_and_normalise(tmp_path):
+  old = _records(4)
+  new = [Record(task="tweet_emotion", query=f"tweet {i} ünïcode 🙂\nline", prompt=f"p{i % 3}",
+                query_id=f"train:{i}", target="local:x", reward=r, loop=1)
+         for i, r in [(0, 9.0), (5, 3.0), (6, -10.0)]]
+  merged = dataset.merge(old, new, threshold=0.0)
+  assert len(merged) == 5  # (0, p0) repeats an old pair; the -10 record is filtered
+  assert merged[0].loop == 0 and merged[-1].reward == 3.0
+  norm = rewards.Normalizer.fit(r.reward for r in merged)
+  m = dataset.write_dataset(str(tmp_path / "d1"), merged, normalizer=norm)
+  assert rewards.Normalizer.from_dict(m["normalizer"]) == norm
+  values = [r.reward for r in dataset.normalized(merged, norm)]
+  assert min(values) == 0.0 and max(values) == 100.0
+
+
+class _Dies:
+  """A target that fails after `budget` calls, as a killed process would stop."""
+
+  def __init__(self, inner, budget):
+    self.inner, self.identity, self.budget, self.calls = inner, inner.identity, budget, 0
+
+  def score_options(self, texts, options):
+    if self.calls + len(texts) > self.budget:
+      raise KeyboardInterrupt("killed")
+    self.calls += len(texts)
+    return self.inner.score_options(texts, options)
+
+
+@pytest.fixture(scope="module")
+def tiny_target():
+  lm = load_model({"name": "random", "preset": "tiny-llama", "tokenizer": "smollm2", "seed": 4})
+  return LocalTarget(lm, chat=False, batch_size=8)
+
+
+def test_build_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_target):
+  task = get_task("topics")
+  queries = [task.to_example(r, f"all:{i}") for i, r in enumerate(task.builtin_rows(6, 0))]
+  prompts = [(src, p) for src, ps in task.source_prompts.items() for p in ps]  # 11 prompts
+  kw = dict(settings=["zero_shot"], prompts_per_chunk=3, threshold=-5.0)
+  full = _Dies(tiny_target, 10**9)
+  ref = build.build_initial_dataset(str(tmp_path / "a" / "loop_0"), task, full, queries, prompts,
+                                    cache=EvalCache(str(tmp_path / "a" / "c.sqlite")), **kw)
+  out, cache = str(tmp_path / "b" / "loop_0"), str(tmp_path / "b" / "c.sqlite")
+  dying = _Dies(tiny_target, 40)  # dies inside the third chunk
+  with pytest.raises(KeyboardInterrupt):
+    build.build_initial_dataset(out, task, dying, queries, prompts, cache=EvalCache(cache), **kw)
+  assert not os.path.exists(out) and len(os.listdir(out + ".partial")) == 2
+  resumed = _Dies(tiny_target, 10**9)
+  got = build.build_initial_dataset(out, task, resumed, queries, prompts, cache=EvalCache(cache),
+                                    **kw)
+  assert dying.calls + resumed.calls == full.calls == 66  # nothing evaluated twice
+  assert not os.path.exists(out + ".partial")
+  a, _ = dataset.read_dataset(str(tmp_path / "a" / "loop_0"))
+  b, _ = dataset.read_dataset(out)
+  assert len(a) == len(b) == ref["count"] == got["count"] and ref["count"] <= 66
+  assert all(records.same(x, y) for x, y in zip(a, b))
+  assert got["normalizer"] == ref["normalizer"] and got["meta"]["evaluated"] == 66
+  again = _Dies(tiny_target, 0)  # complete: returns the manifest, no target calls
+  assert build.build_initial_dataset(out, task, again, queries, prompts,
+                                     cache=EvalCache(cache), **kw)["count"] == got["count"]
+
+
+def test_build_records_carry_the_outcomes(tiny_target):
+  task = get_task("topics")
+  queries = [task.to_example(r, f"all:{i}") for i, r in enumerate(task.builtin_rows(3, 0))]
+  recs = build.evaluate_records(task, tiny_target, queries, [("m", "Topic?")],
+                                setting="zero_shot", cache=EvalCache(None), split="train", loop=0)
+  outs = evaluation.evaluate_pairs(task, tiny_target, [(q, "Topic?") for q in queries])
+  avg = np.mean([o["correct"] for o in outs])
+  for r, o, q in zip(recs, outs, queries):
+    assert r.pred == o["pred"] and r.gold == task.verbalizers[q.label]
+    assert r.reward == pytest.approx(10 * o["correct"] + 10 * avg - o["gold_nll"])
+
+
+def test_pipeline_batches_resume_and_shard(smollm2_tokenizer):
+  recs = _records(10)
+  b = pipeline.Batches(recs, smollm2_tokenizer, query_len=12, prompt_len=6, batch_size=4, seed=3)
+  first = b.next()
+  assert first["query"].shape == (4, 12) and first["prompt"].shape == (4, 6)
+  lengths = first["prompt_mask"].sum(1)
+  eos = smollm2_tokenizer.eos_token_id
+  assert all(first["prompt"][i, lengths[i] - 1] == eos for i in range(4))
+  seq = [b.next() for _ in range(5)]  # crosses epoch boundaries (2 steps per epoch)
+  state_after_two = None
+  b2 = pipeline.Batches(recs, smollm2_tokenizer, query_len=12, prompt_len=6, batch_size=4, seed=3)
+  b2.next(), b2.next()
+  state_after_two = b2.state()
+  b3 = pipeline.Batches(recs, smollm2_tokenizer, query_len=12, prompt_len=6, batch_size=4, seed=3)
+  b3.restore(state_after_two)
+  for want in seq[1:]:
+    got = b3.next()
+    np.testing.assert_array_equal(got["returns"], want["returns"])
+    np.testing.assert_array_equal(got["query"], want["query"])
+  epoch0 = np.concatenate([first["returns"], seq[0]["returns"]])
+  assert len(set(epoch0.tolist())) == 8  # no repeats within an epoch
+  norm = rewards.Normalizer.fit(r.reward for r in recs)
+  bn = pipeline.Batches(recs, smollm2_tokenizer, query_len=12, prompt_len=6, batch_size=4, seed=3,
+                        normalizer=norm)
+  assert 0 <= bn.next()["returns"].min() and bn.next()["returns"].max() <= 100
+  mesh = sharding.make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
+  with pytest.raises(ValueError, match="does not split"):
+    pipeline.Batches(recs, smollm2_tokenizer, query_len=12, prompt_len=6, batch_size=4, seed=3,
+                     mesh=mesh)
+  big = _records(16)
+  sb = pipeline.Batches(big, smollm2_tokenizer, query_len=12, prompt_len=6, batch_size=8, seed=3,
+                        mesh=mesh)
+  batch = sb.next()
+  assert len(batch["query"].sharding.device_set) == 8
+
+
+def test_inspect_report_and_plot(tmp_path):
+  recs = _records(9)
+  text = inspect.describe(recs, None)
+  assert "| manual | 9 |" in text and "reward histogram" in text and "best prompts" in text
+  png = inspect.plot(recs, str(tmp_path / "r.png"), "test")
+  assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
