@@ -118,11 +118,18 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "left",
   return ids, mask
 
 
-def encode(tokenizer, text: str) -> list[int]:
-  """Token ids of `text`; special tokens are added unless the text already starts with BOS."""
+def encode(tokenizer, text: str, with_offsets: bool = False):
+  """Token ids of `text` (and each token's start offset in `text` with `with_offsets`).
+
+  Special tokens are added unless the text already starts with BOS (a chat
+  template writes its own), so local scoring and the server agree.
+  """
   bos = getattr(tokenizer, "bos_token", None)
   add = not (bos and text.startswith(bos))
-  return tokenizer(text, add_special_tokens=add)["input_ids"]
+  enc = tokenizer(text, add_special_tokens=add, return_offsets_mapping=with_offsets)
+  if with_offsets:
+    return enc["input_ids"], [start for start, _ in enc["offset_mapping"]]
+  return enc["input_ids"]
 
 
 def chat_text(tokenizer, user_text: str, chat: bool = True) -> str:

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qpo_jax import decoding, scoring
-from qpo_jax.decoding import chat_text
+from qpo_jax.decoding import encode
 from qpo_jax.models.config import ModelConfig
 from qpo_jax.models.registry import LanguageModel
 from qpo_jax.models.transformer import Transformer
@@ -53,10 +53,7 @@ class ModelServer:
     self.lock = threading.Lock()
 
   def encode(self, text: str) -> tuple[list[int], list[int]]:
-    tok = self.lm.tokenizer
-    add = not (tok.bos_token and text.startswith(tok.bos_token))
-    enc = tok(text, add_special_tokens=add, return_offsets_mapping=True)
-    return enc["input_ids"], [s for s, _ in enc["offset_mapping"]]
+    return encode(self.lm.tokenizer, text, with_offsets=True)
 
   def continue_ids(self, seqs: list[list[int]], max_tokens: int, temperature: float,
                    top_p: float, seed: int) -> list[list[int]]:
@@ -135,7 +132,7 @@ class ModelServer:
     if getattr(tok, "chat_template", None):
       text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     else:
-      text = chat_text(tok, "\n\n".join(m["content"] for m in messages), chat=False)
+      text = "\n\n".join(m["content"] for m in messages)
     ids, _ = self.encode(text)
     max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 256)
     k = int(body.get("top_logprobs") or 0)
