@@ -26,6 +26,8 @@ setup(
         "crc32c",  # TFRecord framing checksums (masked CRC-32C)
         "pyyaml",
         "matplotlib",
+        "tensorboardX",  # TensorBoard event files without TensorFlow
+        "tqdm",
     ],
     extras_require={
         # torch==2.13.0 is the CPU wheel on the build machines' disk; HF's GGUF

@@ -59,7 +59,7 @@ def make_mesh(axes: Mapping[str, int], devices: Sequence[jax.Device] | None = No
   return Mesh(grid, AXES)
 
 
-def _path_str(path) -> str:
+def path_str(path) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
@@ -91,7 +91,7 @@ def param_shardings(params: Any, mesh: Mesh,
                     rules: Sequence[tuple[str, P]] = TRANSFORMER_RULES) -> Any:
   """NamedSharding for every leaf of a parameter tree (arrays or ShapeDtypeStructs)."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, x: NamedSharding(mesh, spec_for(_path_str(path), x.shape, mesh, rules)), params)
+      lambda path, x: NamedSharding(mesh, spec_for(path_str(path), x.shape, mesh, rules)), params)
 
 
 def shard_params(params: Any, mesh: Mesh, rules: Sequence[tuple[str, P]] = TRANSFORMER_RULES):

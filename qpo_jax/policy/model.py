@@ -1,0 +1,109 @@
+"""The prompt decision transformer: a causal LM conditioned on a target return.
+
+Input = [e(R); q_1..q_Lq; p_1..p_Lp] with e(R) = Linear(1->d)(R) + seg[0],
+query tokens = tok_emb + seg[1], prompt tokens = tok_emb + seg[2], then a
+LayerNorm, through any decoder of `models.transformer` (GPT-2 or Llama family).
+The prompt head is lm_head(ReLU(Linear(d->d)(h))): p_1 is predicted at the last
+real query token and p_t at p_{t-1}. The return head is Linear(d->1) on h at
+the return position. Query and prompt are right-padded; the mask carries the
+holes, so positions and attention see real tokens only, in training and in
+cached sampling alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from qpo_jax.models.config import ModelConfig
+from qpo_jax.models.transformer import Transformer
+
+SEG_RETURN, SEG_QUERY, SEG_PROMPT = 0, 1, 2
+
+
+class PromptDT(nn.Module):
+  """See the module docstring. Parameters: `backbone` (the LM) plus the small heads."""
+
+  cfg: ModelConfig
+
+  def setup(self):
+    cfg = self.cfg
+    dense = lambda n, name: nn.Dense(n, dtype=cfg.compute_dtype,  # noqa: E731
+                                     param_dtype=cfg.weight_dtype, name=name,
+                                     kernel_init=nn.initializers.normal(0.02))
+    self.backbone = Transformer(cfg)
+    self.return_embed = dense(cfg.d_model, "return_embed")
+    self.segment = nn.Embed(3, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+                            embedding_init=nn.initializers.normal(0.02))
+    self.input_norm = nn.LayerNorm(dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
+    self.prompt_proj = dense(cfg.d_model, "prompt_proj")
+    self.return_head = dense(1, "return_head")
+
+  def embed_return(self, returns: jax.Array) -> jax.Array:
+    """[B] returns -> [B, 1, D] normalised input embeddings."""
+    e = self.return_embed(returns.astype(jnp.float32)[:, None, None]) + self.segment(jnp.int32(SEG_RETURN))
+    return self.input_norm(e)
+
+  def embed_text(self, tokens: jax.Array, segment: int) -> jax.Array:
+    return self.input_norm(self.backbone.embed_tokens(tokens) + self.segment(jnp.int32(segment)))
+
+  def prompt_logits(self, hidden: jax.Array) -> jax.Array:
+    return self.backbone.logits(nn.relu(self.prompt_proj(hidden)))
+
+  def predict_return(self, hidden_at_return: jax.Array) -> jax.Array:
+    return self.return_head(hidden_at_return)[..., 0].astype(jnp.float32)
+
+  def __call__(self, returns, query, query_mask, prompt, prompt_mask, *,
+               deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
+    """Teacher-forced pass: ([B, Lp, V] logits predicting each prompt token, [B] R_hat)."""
+    b, lq = query.shape
+    embeds = jnp.concatenate([self.embed_return(returns), self.embed_text(query, SEG_QUERY),
+                              self.embed_text(prompt, SEG_PROMPT)], axis=1)
+    mask = jnp.concatenate([jnp.ones((b, 1), bool), query_mask, prompt_mask], axis=1)
+    hidden, _ = self.backbone(None, mask, embeds=embeds, deterministic=deterministic)
+    # slot of the last real query token (0, the return, for an empty query) predicts p_1
+    last_query = query_mask.sum(axis=1)
+    first = hidden[jnp.arange(b), last_query][:, None]
+    pred = jnp.concatenate([first, hidden[:, 1 + lq:-1]], axis=1)
+    return self.prompt_logits(pred), self.predict_return(hidden[:, 0])
+
+  def prefix(self, returns, query, query_mask, cache):
+    """Runs [R; query] into the cache for sampling; returns (hidden at the last real query, cache)."""
+    b = query.shape[0]
+    embeds = jnp.concatenate([self.embed_return(returns), self.embed_text(query, SEG_QUERY)], 1)
+    mask = jnp.concatenate([jnp.ones((b, 1), bool), query_mask], axis=1)
+    hidden, cache = self.backbone(None, mask, embeds=embeds, cache=cache)
+    return hidden[jnp.arange(b), query_mask.sum(axis=1)], cache
+
+  def step(self, token, token_mask, cache):
+    """One prompt token [B] into the cache; returns (next-token logits [B, V], cache)."""
+    embeds = self.embed_text(token[:, None], SEG_PROMPT)
+    hidden, cache = self.backbone(None, token_mask[:, None], embeds=embeds, cache=cache)
+    return self.prompt_logits(hidden[:, 0]), cache
+
+
+def init_policy(cfg: ModelConfig, rng: jax.Array, backbone_params: Any | None = None,
+                query_len: int = 4, prompt_len: int = 4) -> Any:
+  """Policy parameters; the backbone's are replaced by pretrained ones when given."""
+  model = PromptDT(cfg)
+  params = model.init(rng, jnp.zeros((1,)), jnp.zeros((1, query_len), jnp.int32),
+                      jnp.ones((1, query_len), bool), jnp.zeros((1, prompt_len), jnp.int32),
+                      jnp.ones((1, prompt_len), bool))["params"]
+  if backbone_params is not None:
+    want = jax.tree_util.tree_structure(params["backbone"])
+    if jax.tree_util.tree_structure(backbone_params) != want:
+      raise ValueError("pretrained parameters do not fit the policy's backbone config")
+    params = {**params, "backbone": backbone_params}
+  return params
+
+
+def pretrained_policy(spec, rng: jax.Array, **overrides):
+  """(cfg, policy params, tokenizer) with the backbone from a model spec (HF, GGUF, SmolLM2)."""
+  from qpo_jax.models.registry import load_model  # pylint: disable=g-import-not-at-top
+
+  lm = load_model(spec)
+  cfg = lm.cfg.replace(**overrides) if overrides else lm.cfg
+  return cfg, init_policy(cfg, rng, backbone_params=lm.params), lm.tokenizer

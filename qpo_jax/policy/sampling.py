@@ -1,0 +1,86 @@
+"""Reward-conditioned prompt generation with a KV cache.
+
+[R*; query] runs once into the cache; prompt tokens are then decoded one at a
+time (greedy, or temperature / top-k / top-p sampling with a key per row and
+step), stop at EOS, and carry the same mask as in training: a finished row
+feeds pad tokens with mask False, which attention and positions ignore. (The
+authors' code decodes a fixed 40 tokens and drops the mask while decoding.)
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qpo_jax import decoding
+from qpo_jax.models.config import ModelConfig
+from qpo_jax.models.transformer import init_cache
+from qpo_jax.policy.model import PromptDT
+from qpo_jax.store.pipeline import tokenize
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_len", "temperature", "top_k", "top_p"))
+def sample(cfg: ModelConfig, params, returns: jax.Array, query: jax.Array, query_mask: jax.Array,
+           keys: jax.Array, eos_ids: jax.Array, pad_id: int | jax.Array, *, max_len: int,
+           temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0
+           ) -> tuple[jax.Array, jax.Array]:
+  """([B, max_len] prompt tokens, pad after EOS; [B] lengths before EOS) for [B] returns."""
+  model = PromptDT(cfg)
+  variables = {"params": params}
+  b, lq = query.shape
+  cache = init_cache(cfg, b, 1 + lq + max_len)
+  hidden, cache = model.apply(variables, returns, query, query_mask, cache, method=model.prefix)
+  logits = model.apply(variables, hidden, method=model.prompt_logits)
+
+  def cond(state):
+    return (state[0] < max_len) & ~jnp.all(state[1])
+
+  def body(state):
+    step, done, logits, cache, out, lengths = state
+    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
+    tok = decoding.sample_token(logits, step_keys, temperature, top_k, top_p)
+    is_eos = jnp.isin(tok, eos_ids)
+    out = out.at[:, step].set(jnp.where(done | is_eos, pad_id, tok))
+    lengths = lengths + (~done & ~is_eos)
+    live = ~done & ~is_eos
+    logits, cache = model.apply(variables, jnp.where(live, tok, pad_id), live, cache,
+                                method=model.step)
+    return step + 1, done | is_eos, logits, cache, out, lengths
+
+  out = jnp.full((b, max_len), pad_id, jnp.int32)
+  state = (jnp.int32(0), jnp.zeros((b,), bool), logits, cache, out, jnp.zeros((b,), jnp.int32))
+  _, _, _, _, out, lengths = jax.lax.while_loop(cond, body, state)
+  return out, lengths
+
+
+def sample_prompts(cfg: ModelConfig, params, tokenizer, queries: Sequence[str], *,
+                   target_return: float, query_len: int, prompt_len: int, seed: int,
+                   num_samples: int = 1, batch_size: int = 16, temperature: float = 0.0,
+                   top_k: int = 0, top_p: float = 1.0) -> list[list[str]]:
+  """`num_samples` prompts per query (texts), conditioned on `target_return`.
+
+  Row keys come from (seed, query index, sample index), so a query's prompts do
+  not depend on the batch it lands in; greedy decoding ignores them.
+  """
+  rows = [(i, s) for i in range(len(queries)) for s in range(num_samples)]
+  ids, mask = tokenize(tokenizer, list(queries), query_len, append_eos=False)
+  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+  eos = jnp.asarray([tokenizer.eos_token_id], jnp.int32)
+  out: list[list[str]] = [[] for _ in queries]
+  for start in range(0, len(rows), batch_size):
+    chunk = rows[start:start + batch_size]
+    index = np.array([i for i, _ in chunk] + [0] * (batch_size - len(chunk)))
+    row_ids = np.array([i * num_samples + s for i, s in chunk] + [0] * (batch_size - len(chunk)))
+    keys = decoding.row_keys(seed, row_ids)
+    tokens, lengths = sample(cfg, params, jnp.full((batch_size,), target_return, jnp.float32),
+                             jnp.asarray(ids[index]), jnp.asarray(mask[index]), keys, eos, pad,
+                             max_len=prompt_len, temperature=temperature, top_k=top_k,
+                             top_p=top_p)
+    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+    for r, (i, _) in enumerate(chunk):
+      out[i].append(tokenizer.decode(tokens[r, :lengths[r]], skip_special_tokens=True))
+  return out

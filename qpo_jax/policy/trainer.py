@@ -1,0 +1,121 @@
+"""One round of policy training: batches, jitted updates, orbax checkpoints, metrics, resume.
+
+`train_round` is resumable at any point: the state (step, parameters,
+optimizer) and the data order (epoch, position) are checkpointed together
+with orbax under `<round_dir>/checkpoints`; a rerun restores the latest and
+continues, and the result equals an uninterrupted run. Metrics go to
+`<round_dir>/metrics.jsonl` (lines after the restored step are dropped on
+resume, so none repeat) and to TensorBoard event files in `<round_dir>/tb`.
+A finished round writes `<round_dir>/final` and is not trained again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Mapping, Sequence
+
+from absl import logging
+import jax
+import orbax.checkpoint as ocp
+import tqdm
+
+from qpo_jax.models.config import ModelConfig
+from qpo_jax.policy import train
+from qpo_jax.rewards import Normalizer
+from qpo_jax.store.pipeline import Batches
+from qpo_jax.store.records import Record
+from qpo_jax.utils import atomic_write_text
+
+
+def _trim_metrics(path: str, last_step: int) -> None:
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [ln for ln in f if ln.strip() and json.loads(ln)["step"] <= last_step]
+  atomic_write_text(path, "".join(lines))
+
+
+def _abstract(tree, shardings):
+  return jax.tree_util.tree_map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, recs: Sequence[Record],
+                tokenizer, tc: Mapping[str, Any], *, mesh, seed: int,
+                normalizer: Normalizer | None = None, stop_after: int | None = None) -> Any:
+  """Trains from `init_params` on `recs` for `tc.epochs`; returns the final parameters.
+
+  `stop_after` ends the run after that many steps of this call (tests of resume).
+  """
+  final = os.path.join(round_dir, "final")
+  batches = Batches(recs, tokenizer, query_len=tc["query_len"], prompt_len=tc["prompt_len"],
+                    batch_size=tc["batch_size"], seed=seed, normalizer=normalizer, mesh=mesh)
+  total = int(tc["epochs"] * batches.steps_per_epoch)
+  tx = train.make_optimizer(tc, batches.steps_per_epoch, init_params)
+  schedule = train.lr_schedule(tc, batches.steps_per_epoch)
+  shapes = jax.eval_shape(lambda p: train.init_state(p, tx), init_params)
+  shardings = train.state_shardings(shapes, mesh)
+  update = train.make_update(cfg, tx, schedule, mesh, shardings)
+  manager = ocp.CheckpointManager(
+      os.path.join(os.path.abspath(round_dir), "checkpoints"),
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+  latest = manager.latest_step()
+  if latest is not None:
+    restored = manager.restore(latest, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(shapes, shardings)),
+        data=ocp.args.JsonRestore()))
+    state = restored["state"]
+    batches.restore(restored["data"])
+    logging.info("resumed %s at step %d of %d", round_dir, latest, total)
+  else:
+    state = jax.jit(lambda p: train.init_state(p, tx), out_shardings=shardings)(init_params)
+  if os.path.exists(final) and latest == total:
+    return state.params
+  metrics_path = os.path.join(round_dir, "metrics.jsonl")
+  _trim_metrics(metrics_path, int(latest or 0))
+  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  writer = SummaryWriter(os.path.join(round_dir, "tb"))
+  rng = jax.random.key(seed)
+  log_every = int(tc.get("log_every", 10))
+  ckpt_every = int(tc.get("checkpoint_every", 200))
+  start_step = int(state.step)
+  bar = tqdm.tqdm(total=total, initial=start_step, desc=os.path.basename(round_dir), unit="step",
+                  disable=not tc.get("progress", True))
+  t0 = time.time()
+  try:
+    with open(metrics_path, "a") as log:
+      for step in range(start_step, total):
+        state, metrics = update(state, batches.next(), rng)
+        done = step + 1
+        bar.update(1)
+        if done % log_every == 0 or done == total:
+          row = {"step": done, "epoch": batches.epoch, **{k: float(v) for k, v in metrics.items()},
+                 "steps_per_s": (done - start_step) / max(time.time() - t0, 1e-9)}
+          log.write(json.dumps(row) + "\n")
+          log.flush()
+          for k, v in row.items():
+            if k != "step":
+              writer.add_scalar(f"train/{k}", v, done)
+          bar.set_postfix(loss=f"{row['loss']:.3f}", ce=f"{row['ce']:.3f}")
+        if done % ckpt_every == 0 or done == total or (stop_after and done - start_step ==
+                                                       stop_after):
+          manager.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                     data=ocp.args.JsonSave(batches.state())))
+        if stop_after and done - start_step == stop_after:
+          break
+  finally:
+    manager.wait_until_finished()
+    bar.close()
+    writer.close()
+  if int(state.step) == total:
+    atomic_write_text(final, json.dumps({"steps": total}))
+  return state.params
+
+
+def metrics_history(round_dir: str) -> list[dict[str, float]]:
+  path = os.path.join(round_dir, "metrics.jsonl")
+  with open(path) as f:
+    return [json.loads(ln) for ln in f if ln.strip()]
+

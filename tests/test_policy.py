@@ -1,0 +1,220 @@
+"""The prompt decision transformer: loss by hand, learning, sharded equality, resume, sampling."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from qpo_jax import sharding
+from qpo_jax.models.config import preset
+from qpo_jax.policy import sampling, train, trainer
+from qpo_jax.policy.model import PromptDT, init_policy
+from qpo_jax.store.records import Record
+
+CFG = preset("tiny-llama")
+TC = dict(learning_rate=3e-3, schedule="step", decay_every_epochs=1000, decay_rate=0.65,
+          grad_clip=1.0, weight_decay=1e-4, epochs=2, batch_size=8, query_len=10, prompt_len=8,
+          log_every=1, checkpoint_every=1000, progress=False)
+
+
+def _batch(seed=0, b=8, lq=6, lp=5):
+  rng = np.random.default_rng(seed)
+  return dict(returns=(rng.normal(size=b) * 5).astype(np.float32),
+              query=rng.integers(3, 500, (b, lq)).astype(np.int32),
+              query_mask=np.arange(lq)[None] < rng.integers(1, lq + 1, (b, 1)),
+              prompt=rng.integers(3, 500, (b, lp)).astype(np.int32),
+              prompt_mask=np.arange(lp)[None] < rng.integers(1, lp + 1, (b, 1)))
+
+
+def test_loss_by_hand_and_padding_independence():
+  params = init_policy(CFG, jax.random.key(0))
+  batch = _batch()
+  model = PromptDT(CFG)
+  logits, r_hat = model.apply({"params": params}, *[batch[k] for k in train.BATCH_KEYS])
+  # hand: per row, run only its real tokens (no padding anywhere) through the same modules
+  ce_sum, n = 0.0, 0
+  for i in range(8):
+    q = batch["query"][i][batch["query_mask"][i]]
+    p = batch["prompt"][i][batch["prompt_mask"][i]]
+    one = {"returns": batch["returns"][i:i + 1], "query": q[None], "query_mask": np.ones((1, len(q)),
+           bool), "prompt": p[None], "prompt_mask": np.ones((1, len(p)), bool)}
+    lg, rh = model.apply({"params": params}, *[one[k] for k in train.BATCH_KEYS])
+    np.testing.assert_allclose(lg[0], logits[i, :len(p)], atol=1e-4)
+    assert float(rh[0]) == pytest.approx(float(r_hat[i]), abs=1e-5)
+    logp = jax.nn.log_softmax(np.asarray(lg[0], np.float64), -1)
+    ce_sum -= sum(float(logp[t, tok]) for t, tok in enumerate(p))
+    n += len(p)
+  ce = ce_sum / n
+  mse = float(np.mean((np.asarray(r_hat) - batch["returns"]) ** 2))
+  lam = 0.5 if mse < 10 else 0.1
+  m = train.eval_loss(CFG, params, batch)
+  assert float(m["ce"]) == pytest.approx(ce, rel=1e-4)
+  assert float(m["mse"]) == pytest.approx(mse, rel=1e-4)
+  assert float(m["lambda"]) == lam and float(m["loss"]) == pytest.approx(ce + lam * mse, rel=1e-4)
+  big = dict(batch, returns=batch["returns"] * 100)  # MSE >= 10 switches lambda to 0.1
+  assert float(train.eval_loss(CFG, params, big)["lambda"]) == pytest.approx(0.1)
+
+
+def _state_and_update(mesh, params, tc=None):
+  tc = dict(TC, **(tc or {}))
+  tx = train.make_optimizer(tc, 10, params)
+  shapes = jax.eval_shape(lambda p: train.init_state(p, tx), params)
+  shard = train.state_shardings(shapes, mesh)
+  state = jax.jit(lambda p: train.init_state(p, tx), out_shardings=shard)(params)
+  return state, train.make_update(CFG, tx, train.lr_schedule(tc, 10), mesh, shard)
+
+
+def _losses(mesh, steps=8):
+  params = init_policy(CFG, jax.random.key(1))
+  state, update = _state_and_update(mesh, params)
+  out = []
+  for i in range(steps):
+    batch = sharding.shard_batch(_batch(i % 3), mesh)
+    state, m = update(state, batch, jax.random.key(0))
+    out.append({k: float(v) for k, v in m.items()})
+  return out, state
+
+
+def test_gradients_finite_and_return_head_learns():
+  losses, _ = _losses(sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}), steps=40)
+  assert all(np.isfinite(m["grad_norm"]) for m in losses)
+  assert losses[-1]["mse"] < 0.2 * losses[0]["mse"] and losses[-1]["ce"] < losses[0]["ce"]
+
+
+def test_eight_device_mesh_matches_one_device():
+  one, s1 = _losses(sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}))
+  eight, s8 = _losses(sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))
+  for a, b in zip(one, eight):
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
+  emb = s8.params["backbone"]["embed"]["embedding"]
+  assert len(emb.sharding.device_set) == 8
+
+
+def _store():
+  """Four queries, each with its own best prompt (reward 10) and worst prompt (reward 0)."""
+  recs = []
+  for i, (good, bad) in enumerate([("alpha beta", "zeta"), ("gamma", "eta theta"),
+                                   ("delta one", "iota"), ("epsilon", "kappa two")]):
+    q = f"query number {i} about topic {'abcd'[i]}"
+    recs += [Record(task="t", query=q, prompt=good, reward=10.0),
+             Record(task="t", query=q, prompt=bad, reward=0.0)]
+  return recs
+
+
+def test_overfit_is_query_dependent_and_reward_conditioned(tmp_path, smollm2_tokenizer):
+  cfg = CFG.replace(vocab_size=len(smollm2_tokenizer))
+  params = init_policy(cfg, jax.random.key(3))
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
+  tc = dict(TC, epochs=150, learning_rate=3e-3)
+  params = trainer.train_round(str(tmp_path), cfg, params, _store() * 1, smollm2_tokenizer, tc,
+                               mesh=mesh, seed=0)
+  queries = [r.query for r in _store()[::2]]
+  high = sampling.sample_prompts(cfg, params, smollm2_tokenizer, queries, target_return=10.0,
+                                 query_len=10, prompt_len=8, seed=0)
+  low = sampling.sample_prompts(cfg, params, smollm2_tokenizer, queries, target_return=0.0,
+                                query_len=10, prompt_len=8, seed=0)
+  assert [h[0] for h in high] == [r.prompt for r in _store()[::2]]
+  assert [x[0] for x in low] == [r.prompt for r in _store()[1::2]]
+  history = trainer.metrics_history(str(tmp_path))
+  assert history[-1]["token_accuracy"] == 1.0 and (tmp_path / "final").exists()
+  assert any(p.name.startswith("events") for p in (tmp_path / "tb").iterdir())
+
+
+def test_kill_and_resume_equals_uninterrupted(tmp_path, smollm2_tokenizer):
+  cfg = CFG.replace(vocab_size=len(smollm2_tokenizer))
+  params = init_policy(cfg, jax.random.key(4))
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
+  tc = dict(TC, epochs=5, batch_size=2)  # 4 steps per epoch, 20 steps
+  recs = _store()
+  ref = trainer.train_round(str(tmp_path / "a"), cfg, params, recs, smollm2_tokenizer, tc,
+                            mesh=mesh, seed=1)
+  part = trainer.train_round(str(tmp_path / "b"), cfg, params, recs, smollm2_tokenizer, tc,
+                             mesh=mesh, seed=1, stop_after=7)  # killed after step 7 (mid-epoch)
+  assert not (tmp_path / "b" / "final").exists()
+  got = trainer.train_round(str(tmp_path / "b"), cfg, params, recs, smollm2_tokenizer, tc,
+                            mesh=mesh, seed=1)
+  del part
+  for x, y in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
+  steps = [m["step"] for m in trainer.metrics_history(str(tmp_path / "b"))]
+  assert steps == list(range(1, 21))  # no step logged twice after the resume
+
+
+def test_cached_sampling_equals_recomputation_and_padding():
+  params = init_policy(CFG, jax.random.key(5))
+  model = PromptDT(CFG)
+  b = _batch(seed=2)
+  keys = jax.random.split(jax.random.key(0), 8)
+  out, lengths = sampling.sample(CFG, params, jnp.asarray(b["returns"]), b["query"],
+                                 b["query_mask"], keys, jnp.asarray([2]), 0, max_len=6)
+  out = np.asarray(out)
+  for i in range(8):  # greedy by full recomputation, row alone, no padding
+    q = b["query"][i][b["query_mask"][i]][None]
+    toks = []
+    for _ in range(int(lengths[i])):
+      p = np.array([toks + [0]], np.int32)
+      lg, _ = model.apply({"params": params}, b["returns"][i:i + 1], q, np.ones_like(q, bool), p,
+                          np.ones_like(p, bool))
+      toks.append(int(np.argmax(lg[0, len(toks)])))
+    assert out[i, :lengths[i]].tolist() == toks
+  # more query padding (wider bucket) gives the same prompts, sampled too
+  wide_q = np.concatenate([b["query"], np.zeros((8, 5), np.int32)], 1)
+  wide_m = np.concatenate([b["query_mask"], np.zeros((8, 5), bool)], 1)
+  for temp in (0.0, 1.0):
+    a = sampling.sample(CFG, params, jnp.asarray(b["returns"]), b["query"], b["query_mask"], keys,
+                        jnp.asarray([2]), 0, max_len=6, temperature=temp, top_k=5)
+    c = sampling.sample(CFG, params, jnp.asarray(b["returns"]), wide_q, wide_m, keys,
+                        jnp.asarray([2]), 0, max_len=6, temperature=temp, top_k=5)
+    np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(c[0]))
+
+
+@pytest.mark.parametrize("name", ["gpt2-small", "llama-2-7b"])
+def test_real_size_train_step_eval_shape(name):
+  cfg = preset(name, dtype="bfloat16")
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  params = jax.eval_shape(lambda: init_policy(cfg, jax.random.key(0)))
+  tc = dict(TC, batch_size=8, query_len=40, prompt_len=40)
+  tx = train.make_optimizer(tc, 100, params)
+  shapes = jax.eval_shape(lambda p: train.init_state(p, tx), params)
+  shard = train.state_shardings(shapes, mesh)
+  update = train.make_update(cfg, tx, train.lr_schedule(tc, 100), mesh, shard)
+  batch = {"returns": jax.ShapeDtypeStruct((8,), jnp.float32),
+           "query": jax.ShapeDtypeStruct((8, 40), jnp.int32),
+           "query_mask": jax.ShapeDtypeStruct((8, 40), bool),
+           "prompt": jax.ShapeDtypeStruct((8, 40), jnp.int32),
+           "prompt_mask": jax.ShapeDtypeStruct((8, 40), bool)}
+  new_state, metrics = jax.eval_shape(update, shapes, batch, jax.random.key(0))
+  assert jax.tree_util.tree_structure(new_state) == jax.tree_util.tree_structure(shapes)
+  assert metrics["loss"].shape == ()
+
+
+def test_frozen_backbone_and_grad_accumulation():
+  params = init_policy(CFG, jax.random.key(6))
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
+  state, update = _state_and_update(mesh, params, {"freeze_backbone": True})
+  before = jax.tree_util.tree_map(np.asarray, state.params)
+  for i in range(3):
+    state, _ = update(state, _batch(i), jax.random.key(0))
+  same = jax.tree_util.tree_map(lambda a, b: np.array_equal(a, np.asarray(b)),
+                                before["backbone"], state.params["backbone"])
+  assert all(jax.tree_util.tree_leaves(same))
+  assert not np.array_equal(before["prompt_proj"]["kernel"], state.params["prompt_proj"]["kernel"])
+  state, update = _state_and_update(mesh, init_policy(CFG, jax.random.key(6)), {"grad_accum": 2})
+  first = np.asarray(state.params["return_head"]["kernel"])
+  state, _ = update(state, _batch(0), jax.random.key(0))
+  assert np.array_equal(first, np.asarray(state.params["return_head"]["kernel"]))  # accumulating
+  state, _ = update(state, _batch(1), jax.random.key(0))
+  assert not np.array_equal(first, np.asarray(state.params["return_head"]["kernel"]))
+
+
+def test_policy_from_the_embedded_smollm2(smollm2):
+  from qpo_jax.policy.model import pretrained_policy
+
+  cfg, params, tok = pretrained_policy({"name": "smollm2-135m-instruct"}, jax.random.key(0))
+  assert params["backbone"] is not None and cfg.d_model == 576
+  for a, b in zip(jax.tree_util.tree_leaves(params["backbone"]),
+                  jax.tree_util.tree_leaves(smollm2.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  out = sampling.sample_prompts(cfg, params, tok, ["I love this sunny day!"], target_return=100.0,
+                                query_len=40, prompt_len=8, seed=0)
+  assert len(out) == 1 and isinstance(out[0][0], str)
