@@ -24,6 +24,16 @@ def get_config() -> ml_collections.ConfigDict:
                 settings=["zero_shot"], num_demo_sets=3, num_demos=4,
                 threshold=ml_collections.config_dict.placeholder(float),
                 prompts_per_chunk=4, records_per_shard=4096, max_new_tokens=128, inspect="")
+  c.policy = dict(name="random", preset="tiny-llama", tokenizer="smollm2", seed=1,
+                  dtype="float32", param_dtype="float32")
+  c.train = dict(round=1, learning_rate=1e-3, schedule="step", epochs=3,
+                 decay_every_epochs=1, decay_rate=0.65, warmup_steps=0,
+                 batch_size=8, grad_accum=1, grad_clip=0.25, weight_decay=1e-4,
+                 query_len=16, prompt_len=12, normalize=True,
+                 freeze_backbone=False, finetune_lr=1e-4, finetune_epochs=2,
+                 log_every=10, checkpoint_every=200, progress=False)
+  c.sample = dict(target_return=100.0, num_samples=1, batch_size=8, test=dict(temperature=0.0),
+                  collect=dict(temperature=1.0, top_k=2, top_p=0.9))
   c.serve = dict(host="127.0.0.1", port=8000, api_key_env="QPO_SERVE_KEY")
   c.generate = dict(questions=["What is the capital of France?", "Hi"], max_new_tokens=8,
                     chat=True, batch_size=2)

@@ -16,6 +16,7 @@ from qpo_jax import decoding, evaluation, rewards, sharding
 from qpo_jax.eval_cache import EvalCache
 from qpo_jax.models.registry import load_model
 from qpo_jax.targets import build_target
+from qpo_jax.policy import rounds
 from qpo_jax.store import build, dataset, importers, inspect
 from qpo_jax.targets.server import ModelServer, make_server
 from qpo_jax.tasks import base as task_base
@@ -109,10 +110,6 @@ def serve_target(config: ml_collections.ConfigDict, workdir: str) -> None:
     server.server_close()
 
 
-def loop_dir(workdir: str, loop: int) -> str:
-  return os.path.join(workdir, "data", f"loop_{loop}")
-
-
 def _source_prompts(config, task) -> list[tuple[str, str]]:
   d = config.data
   if d.prompts_dir:
@@ -142,7 +139,7 @@ def _imported(config, task) -> tuple[list, str]:
 def build_data(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """D_0 in <workdir>/data/loop_0: built on the target from source prompts, or imported logs."""
   d = config.data
-  out = loop_dir(workdir, 0)
+  out = rounds.data_dir(workdir, 0)
   task, splits = load_splits(config.task, ("train",))
   if d.source in ("qpo_json", "prompt_oirl"):
     if os.path.exists(os.path.join(out, dataset.MANIFEST)):
@@ -183,7 +180,7 @@ def inspect_data(config: ml_collections.ConfigDict, workdir: str) -> str:
     if not loops:
       raise FileNotFoundError(f"no datasets under {workdir}/data; run --mode=build_data first "
                               "or set --config.data.inspect")
-    directory = loop_dir(workdir, loops[-1])
+    directory = rounds.data_dir(workdir, loops[-1])
   recs, manifest = dataset.read_dataset(directory)
   report = inspect.describe(recs, manifest)
   print(report, flush=True)
@@ -192,12 +189,37 @@ def inspect_data(config: ml_collections.ConfigDict, workdir: str) -> str:
   return report
 
 
+def train_policy(config: ml_collections.ConfigDict, workdir: str):
+  """Trains policy round `train.round` on D_{round-1} (resumes if killed; skips if finished)."""
+  params = rounds.train_policy_round(config, workdir, config.train.round)
+  print(f"policy round {config.train.round}: {rounds.round_dir(workdir, config.train.round)}",
+        flush=True)
+  return params
+
+
+def sample_prompts(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """Greedy prompts of round `train.round` for `eval_prompts.num_queries` test queries."""
+  task, splits = load_splits(config.task, ("test",))
+  queries = task_base.sample_queries(splits["test"], config.eval_prompts.num_queries,
+                                     seed=config.seed, max_words=config.task.max_words)
+  prompts = rounds.policy_prompts(config, workdir, config.train.round, [q.query for q in queries],
+                                  collect=False, seed=config.seed)
+  rows = [{"query": q.query, "prompt": p[0]} for q, p in zip(queries, prompts)]
+  for r in rows:
+    print(f"{r['query'][:70]!r}\n    -> {r['prompt']!r}", flush=True)
+  atomic_write_text(os.path.join(rounds.round_dir(workdir, config.train.round), "prompts.json"),
+                    json.dumps(rows, indent=2))
+  return rows
+
+
 MODES: dict[str, Callable[[ml_collections.ConfigDict, str], object]] = {
     "generate": generate_answers,
     "evaluate_prompts": evaluate_prompts,
     "serve_target": serve_target,
     "build_data": build_data,
     "inspect_data": inspect_data,
+    "train_policy": train_policy,
+    "sample_prompts": sample_prompts,
 }
 
 

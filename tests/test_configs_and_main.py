@@ -129,3 +129,53 @@ def test_main_imports_published_qpo_logs(tmp_path):
   assert "imported 8587, skipped 0" in r.stdout
   manifest = json.loads((tmp_path / "data" / "loop_0" / "manifest.json").read_text())
   assert (manifest["count"], manifest["queries"], manifest["prompts"]) == (8587, 260, 151)
+
+
+def _policy_preset(spec):
+  """Architecture of a config's policy without loading weights."""
+  return {"random": lambda: preset(spec.preset),
+          "smollm2-135m-instruct": lambda: preset("smollm2-135m")}[spec.name]()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_config_train_step_eval_shape(path):
+  from qpo_jax.policy import train
+  from qpo_jax.policy.model import init_policy
+
+  spec = importlib.util.spec_from_file_location("cfg", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  cfg = _policy_preset(config.policy)
+  mesh = sharding.make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
+  params = jax.eval_shape(lambda: init_policy(cfg, jax.random.key(0)))
+  tc = dict(config.train)
+  tx = train.make_optimizer(tc, 10, params)
+  shapes = jax.eval_shape(lambda p: train.init_state(p, tx), params)
+  update = train.make_update(cfg, tx, train.lr_schedule(tc, 10), mesh,
+                             train.state_shardings(shapes, mesh))
+  b, lq, lp = tc["batch_size"], tc["query_len"], tc["prompt_len"]
+  batch = {"returns": jax.ShapeDtypeStruct((b,), jnp.float32),
+           "query": jax.ShapeDtypeStruct((b, lq), jnp.int32),
+           "query_mask": jax.ShapeDtypeStruct((b, lq), bool),
+           "prompt": jax.ShapeDtypeStruct((b, lp), jnp.int32),
+           "prompt_mask": jax.ShapeDtypeStruct((b, lp), bool)}
+  _, metrics = jax.eval_shape(update, shapes, batch, jax.random.key(0))
+  assert metrics["ce"].shape == ()
+
+
+def test_main_train_and_sample_policy(tmp_path):
+  assert _main("--config=configs/tiny.py", "--mode=build_data", workdir=tmp_path).returncode == 0
+  r = _main("--config=configs/tiny.py", "--mode=train_policy", workdir=tmp_path)
+  assert r.returncode == 0, r.stderr[-3000:]
+  round_dir = tmp_path / "policy" / "round_1"
+  lines = (round_dir / "metrics.jsonl").read_text().splitlines()
+  assert (round_dir / "final").exists() and len(lines) >= 1
+  r = _main("--config=configs/tiny.py", "--mode=train_policy", workdir=tmp_path)  # finished: skip
+  assert r.returncode == 0 and (round_dir / "metrics.jsonl").read_text().splitlines() == lines
+  r = _main("--config=configs/tiny.py", "--mode=sample_prompts", workdir=tmp_path)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert len(json.loads((round_dir / "prompts.json").read_text())) == 8
+  r = _main("--config=configs/tiny.py", "--mode=train_policy", "--config.train.round=0",
+            workdir=tmp_path)
+  assert r.returncode != 0 and "policy rounds start at 1" in r.stderr

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from typing import Any, Mapping, Sequence
 
@@ -50,6 +51,8 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, recs: Sequen
   `stop_after` ends the run after that many steps of this call (tests of resume).
   """
   final = os.path.join(round_dir, "final")
+  if os.path.exists(final):
+    return load_final_params(round_dir, init_params)
   batches = Batches(recs, tokenizer, query_len=tc["query_len"], prompt_len=tc["prompt_len"],
                     batch_size=tc["batch_size"], seed=seed, normalizer=normalizer, mesh=mesh)
   total = int(tc["epochs"] * batches.steps_per_epoch)
@@ -71,8 +74,6 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, recs: Sequen
     logging.info("resumed %s at step %d of %d", round_dir, latest, total)
   else:
     state = jax.jit(lambda p: train.init_state(p, tx), out_shardings=shardings)(init_params)
-  if os.path.exists(final) and latest == total:
-    return state.params
   metrics_path = os.path.join(round_dir, "metrics.jsonl")
   _trim_metrics(metrics_path, int(latest or 0))
   from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
@@ -110,8 +111,29 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, recs: Sequen
     bar.close()
     writer.close()
   if int(state.step) == total:
-    atomic_write_text(final, json.dumps({"steps": total}))
+    params_dir = os.path.join(os.path.abspath(round_dir), "params")
+    if os.path.exists(params_dir):  # left by a run killed between saving and marking final
+      shutil.rmtree(params_dir)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(params_dir, state.params)
+    checkpointer.wait_until_finished()
+    atomic_write_text(final, json.dumps({"steps": total, "last": history_tail(metrics_path)}))
   return state.params
+
+
+def load_final_params(round_dir: str, like: Any) -> Any:
+  """A finished round's parameters, restored with the shapes and shardings of `like`."""
+  abstract = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+      like)
+  return ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(round_dir), "params"),
+                                            abstract)
+
+
+def history_tail(path: str) -> dict[str, float]:
+  with open(path) as f:
+    lines = [ln for ln in f if ln.strip()]
+  return json.loads(lines[-1]) if lines else {}
 
 
 def metrics_history(round_dir: str) -> list[dict[str, float]]:

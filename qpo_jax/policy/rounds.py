@@ -1,0 +1,69 @@
+"""Policy rounds in a workdir: train round t on D_{t-1}, sample prompts with round t's policy.
+
+Round 1 starts from the pretrained LM (`config.policy`) with `config.train`;
+round t > 1 fine-tunes round t-1's final policy with `train.finetune_lr` and
+`train.finetune_epochs` (spec: lr 1e-4, 20 epochs). Rewards are normalised by
+the dataset's stored min/max when `train.normalize` is on.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+
+from qpo_jax import sharding
+from qpo_jax.policy import sampling, trainer
+from qpo_jax.policy.model import pretrained_policy
+from qpo_jax.rewards import Normalizer
+from qpo_jax.store import dataset
+
+
+def round_dir(workdir: str, t: int) -> str:
+  return os.path.join(workdir, "policy", f"round_{t}")
+
+
+def data_dir(workdir: str, loop: int) -> str:
+  return os.path.join(workdir, "data", f"loop_{loop}")
+
+
+def policy_init(config: ml_collections.ConfigDict):
+  """(cfg, initial policy params, tokenizer) from the pretrained LM the config names."""
+  cfg, params, tok = pretrained_policy(config.policy, jax.random.key(config.seed))
+  if tok is None:
+    raise ValueError(f"policy {config.policy.name!r} has no tokenizer; set policy.tokenizer_path")
+  return cfg, params, tok
+
+
+def train_policy_round(config: ml_collections.ConfigDict, workdir: str, t: int) -> Any:
+  """Trains (or resumes, or loads) round t; returns its final parameters."""
+  if t < 1:
+    raise ValueError(f"policy rounds start at 1, got {t}")
+  recs, manifest = dataset.read_dataset(data_dir(workdir, t - 1))
+  cfg, params, tok = policy_init(config)
+  tc = dict(config.train)
+  if t > 1:
+    params = trainer.load_final_params(round_dir(workdir, t - 1), params)
+    tc.update(learning_rate=tc["finetune_lr"], epochs=tc["finetune_epochs"])
+  normalizer = (Normalizer.from_dict(manifest["normalizer"])
+                if tc.get("normalize") and manifest.get("normalizer") else None)
+  mesh = sharding.make_mesh(config.mesh)
+  params = sharding.shard_params(params, mesh)
+  return trainer.train_round(round_dir(workdir, t), cfg, params, recs, tok, tc, mesh=mesh,
+                             seed=config.seed + t, normalizer=normalizer)
+
+
+def policy_prompts(config: ml_collections.ConfigDict, workdir: str, t: int, queries: Sequence[str],
+                   *, collect: bool, seed: int) -> list[list[str]]:
+  """Prompts of round t's policy: greedy for test, the collection sampler for collection."""
+  cfg, params, tok = policy_init(config)
+  params = trainer.load_final_params(round_dir(workdir, t), params)
+  sc = config.sample
+  knobs = dict(sc.collect) if collect else dict(sc.test)
+  return sampling.sample_prompts(cfg, params, tok, list(queries), target_return=sc.target_return,
+                                 query_len=config.train.query_len,
+                                 prompt_len=config.train.prompt_len, seed=seed,
+                                 num_samples=sc.num_samples if collect else 1,
+                                 batch_size=sc.batch_size, **knobs)
