@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
                 threshold=ml_collections.config_dict.placeholder(float),
                 prompts_per_chunk=4, records_per_shard=4096, max_new_tokens=128, inspect="")
   c.policy = dict(name="random", preset="tiny-llama", tokenizer="smollm2", seed=1,
-                  dtype="float32", param_dtype="float32")
+                  dtype="float32", param_dtype="float32", lora_rank=0, lora_alpha=16.0)
   c.train = dict(round=1, learning_rate=1e-3, schedule="step", epochs=3,
                  decay_every_epochs=1, decay_rate=0.65, warmup_steps=0,
                  batch_size=8, grad_accum=1, grad_clip=0.25, weight_decay=1e-4,

@@ -218,3 +218,30 @@ def test_policy_from_the_embedded_smollm2(smollm2):
   out = sampling.sample_prompts(cfg, params, tok, ["I love this sunny day!"], target_return=100.0,
                                 query_len=40, prompt_len=8, seed=0)
   assert len(out) == 1 and isinstance(out[0][0], str)
+
+
+def test_lora_starts_unchanged_and_trains_only_adapters(smollm2_tokenizer):
+  from qpo_jax.models.registry import load_model
+
+  lm = load_model({"name": "random", "preset": "tiny-llama", "seed": 7})
+  base = init_policy(CFG, jax.random.key(8), backbone_params=lm.params)
+  lcfg = CFG.replace(lora_rank=4)
+  lora = init_policy(lcfg, jax.random.key(8), backbone_params=lm.params)
+  assert lora["backbone"]["layers"]["attn"]["q_lora"]["a"].shape == (CFG.n_layers, 64, 4)
+  batch = _batch()
+  m0, m1 = train.eval_loss(CFG, base, batch), train.eval_loss(lcfg, lora, batch)
+  assert float(m0["ce"]) == pytest.approx(float(m1["ce"]), rel=1e-6)  # B = 0 at the start
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
+  tx = train.make_optimizer(TC, 10, lora)
+  shapes = jax.eval_shape(lambda p: train.init_state(p, tx), lora)
+  shard = train.state_shardings(shapes, mesh)
+  state = jax.jit(lambda p: train.init_state(p, tx), out_shardings=shard)(lora)
+  update = train.make_update(lcfg, tx, train.lr_schedule(TC, 10), mesh, shard)
+  before = jax.tree_util.tree_map(np.asarray, state.params)
+  for i in range(3):
+    state, _ = update(state, _batch(i), jax.random.key(0))
+  attn0, attn1 = before["backbone"]["layers"]["attn"], state.params["backbone"]["layers"]["attn"]
+  np.testing.assert_array_equal(attn0["q"]["kernel"], np.asarray(attn1["q"]["kernel"]))
+  assert not np.array_equal(attn0["q_lora"]["b"], np.asarray(attn1["q_lora"]["b"]))
+  with pytest.raises(ValueError, match="shape"):
+    init_policy(CFG.replace(d_model=32, head_dim=8), jax.random.key(0), backbone_params=lm.params)

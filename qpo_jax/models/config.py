@@ -44,6 +44,8 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"  # master weights
   remat: bool = False  # rematerialise each block in the backward pass
+  lora_rank: int = 0  # >0 adds low-rank adapters to the q and v projections
+  lora_alpha: float = 16.0
 
   def __post_init__(self):
     checks = {
@@ -60,6 +62,8 @@ class ModelConfig:
       raise ValueError(
           f"ModelConfig: n_heads={self.n_heads} is not a multiple of "
           f"n_kv_heads={self.n_kv_heads}")
+    if self.lora_rank < 0:
+      raise ValueError(f"ModelConfig: lora_rank must be >= 0, got {self.lora_rank}")
     if self.position == "rope" and self.head_dim % 2:
       raise ValueError(f"ModelConfig: RoPE needs an even head_dim, got {self.head_dim}")
 

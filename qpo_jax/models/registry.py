@@ -49,7 +49,8 @@ def smollm2_gguf_path() -> str:
 
 
 def _overrides(spec: Mapping[str, Any]) -> dict:
-  return {k: spec[k] for k in ("dtype", "param_dtype", "remat", "dropout") if spec.get(k) is not None}
+  return {k: spec[k] for k in ("dtype", "param_dtype", "remat", "dropout",
+                                           "lora_rank", "lora_alpha") if spec.get(k) is not None}
 
 
 def _require_path(spec, kind: str) -> str:

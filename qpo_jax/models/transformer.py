@@ -107,6 +107,22 @@ def _dense(cfg: ModelConfig, features, bias: bool, name: str, axis=-1):
                          kernel_init=nn.initializers.normal(0.02), name=name)
 
 
+class LoRA(nn.Module):
+  """Low-rank update (alpha / r) * x A B; B starts at zero so the model starts unchanged."""
+
+  cfg: ModelConfig
+  features: tuple[int, ...]
+
+  @nn.compact
+  def __call__(self, x):
+    cfg, r = self.cfg, self.cfg.lora_rank
+    a = self.param("a", nn.initializers.normal(x.shape[-1] ** -0.5), (x.shape[-1], r),
+                   cfg.weight_dtype)
+    b = self.param("b", nn.initializers.zeros, (r, *self.features), cfg.weight_dtype)
+    low = jnp.einsum("...d,dr->...r", x, a.astype(cfg.compute_dtype))
+    return (cfg.lora_alpha / r) * jnp.tensordot(low, b.astype(cfg.compute_dtype), axes=1)
+
+
 class Attention(nn.Module):
   """Grouped-query attention; writes this step's keys/values into the cache slice."""
 
@@ -119,6 +135,9 @@ class Attention(nn.Module):
     q = _dense(cfg, (h, hd), cfg.qkv_bias, "q")(x)
     k = _dense(cfg, (kvh, hd), cfg.qkv_bias, "k")(x)
     v = _dense(cfg, (kvh, hd), cfg.qkv_bias, "v")(x)
+    if cfg.lora_rank:
+      q = q + LoRA(cfg, (h, hd), name="q_lora")(x)
+      v = v + LoRA(cfg, (kvh, hd), name="v_lora")(x)
     if cfg.position == "rope":
       q, k = apply_rope(q, positions, cfg), apply_rope(k, positions, cfg)
     if kv is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -93,11 +94,27 @@ def init_policy(cfg: ModelConfig, rng: jax.Array, backbone_params: Any | None = 
                       jnp.ones((1, query_len), bool), jnp.zeros((1, prompt_len), jnp.int32),
                       jnp.ones((1, prompt_len), bool))["params"]
   if backbone_params is not None:
-    want = jax.tree_util.tree_structure(params["backbone"])
-    if jax.tree_util.tree_structure(backbone_params) != want:
-      raise ValueError("pretrained parameters do not fit the policy's backbone config")
-    params = {**params, "backbone": backbone_params}
+    params = {**params, "backbone": _with_pretrained(params["backbone"], backbone_params)}
   return params
+
+
+def _with_pretrained(fresh: Any, pretrained: Any) -> Any:
+  """`fresh` with every leaf the checkpoint has replaced by it (LoRA adapters stay fresh)."""
+  flat = flax.traverse_util.flatten_dict(pretrained, sep="/")
+  out = {}
+  for name, value in flax.traverse_util.flatten_dict(fresh, sep="/").items():
+    if name in flat:
+      if flat[name].shape != value.shape:
+        raise ValueError(f"pretrained {name} has shape {flat[name].shape}, the policy's backbone "
+                         f"config wants {value.shape}")
+      out[name] = flat.pop(name)
+    elif "_lora/" not in name:
+      raise ValueError(f"pretrained parameters lack {name} that the policy's backbone needs")
+    else:
+      out[name] = value
+  if flat:
+    raise ValueError(f"pretrained parameters have {sorted(flat)[:3]} the backbone does not use")
+  return flax.traverse_util.unflatten_dict(out, sep="/")
 
 
 def pretrained_policy(spec, rng: jax.Array, **overrides):

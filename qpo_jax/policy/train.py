@@ -46,16 +46,25 @@ def lr_schedule(tc: Mapping[str, Any], steps_per_epoch: int) -> optax.Schedule:
 
 def make_optimizer(tc: Mapping[str, Any], steps_per_epoch: int, params: Any
                    ) -> optax.GradientTransformation:
-  """AdamW with weight decay after global-norm clipping; optional frozen backbone, accumulation."""
+  """AdamW with weight decay after global-norm clipping; frozen backbone (or LoRA), accumulation."""
   schedule = lr_schedule(tc, steps_per_epoch)
   tx = optax.chain(optax.clip_by_global_norm(float(tc["grad_clip"])),
                    optax.adamw(schedule, weight_decay=float(tc["weight_decay"])))
-  if tc.get("freeze_backbone"):
-    labels = {k: ("frozen" if k == "backbone" else "train") for k in params}
+  if tc.get("freeze_backbone") or _has_lora(params):
+    # the backbone's pretrained weights stay fixed; heads and LoRA adapters train
+    labels = jax.tree_util.tree_map_with_path(
+        lambda path, _: "frozen" if (sharding.path_str(path).startswith("backbone/") and
+                                     "_lora/" not in sharding.path_str(path)) else "train",
+        params)
     tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
   if int(tc.get("grad_accum", 1)) > 1:
     tx = optax.MultiSteps(tx, int(tc["grad_accum"]))
   return tx
+
+
+def _has_lora(params: Any) -> bool:
+  return any("_lora/" in sharding.path_str(p)
+             for p, _ in jax.tree_util.tree_flatten_with_path(params)[0])
 
 
 def loss_fn(params, model: PromptDT, batch: Mapping[str, jax.Array], rng: jax.Array,
