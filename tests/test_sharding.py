@@ -1,7 +1,6 @@
 """Sharding rules and the 8-device simulated mesh (data x tensor) against one device."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
