@@ -5,6 +5,17 @@ Command (after `bash scripts/setup.sh`):
 Runtime: about 1 minute on a 2-core CPU (load 7 s, one XLA compile, 3 answers).
 Expected: sensible short answers, e.g. "Paris" for the capital of France; they
 are also written to <workdir>/answers.json.
+
+Other modes on the same config (add --mode=...):
+  evaluate_prompts  ~2 min: the 11 built-in `topics` prompts on 48 test queries;
+                    expected accuracies 0.25 to 0.94, per-query oracle 1.00.
+  build_data        D_0 = 64 train queries x 11 prompts on SmolLM2 (~1 min).
+  inspect_data      report and reward plot of the latest dataset.
+  train_policy      round 1 of the SmolLM2 policy on D_0: 88 steps per epoch at ~2.5 s
+                    each on 2 cores, so ~75 min for the configured 20 epochs; add
+                    --config.train.epochs=2 for a first look (~8 min).
+  sample_prompts    the trained policy's prompts for 48 test queries.
+  serve_target      SmolLM2 as an OpenAI-compatible API on 127.0.0.1:8000.
 """
 
 import ml_collections
