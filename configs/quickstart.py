@@ -47,6 +47,9 @@ def get_config() -> ml_collections.ConfigDict:
                  log_every=10, checkpoint_every=200, progress=True)
   c.sample = dict(target_return=100.0, num_samples=1, batch_size=8, test=dict(temperature=0.0),
                   collect=dict(temperature=1.0, top_k=2, top_p=0.9))
+  c.loop = dict(num_loops=2, collect_batches=2, collect_queries=32)
+  c.eval = dict(settings=["zero_shot"], num_queries=48, num_demo_sets=3,
+                num_demos=4, max_new_tokens=128)
   c.serve = dict(host="127.0.0.1", port=8000, api_key_env="QPO_SERVE_KEY")
   c.generate = dict(
       questions=["What is the capital of France?",

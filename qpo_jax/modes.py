@@ -12,15 +12,15 @@ import ml_collections
 
 import numpy as np
 
-from qpo_jax import decoding, evaluation, rewards, sharding
+from qpo_jax import decoding, evaluation, loop, report, sharding
 from qpo_jax.eval_cache import EvalCache
 from qpo_jax.models.registry import load_model
 from qpo_jax.targets import build_target
 from qpo_jax.policy import rounds
-from qpo_jax.store import build, dataset, importers, inspect
+from qpo_jax.store import dataset, inspect
 from qpo_jax.targets.server import ModelServer, make_server
 from qpo_jax.tasks import base as task_base
-from qpo_jax.tasks import data_spec, load_source, load_splits
+from qpo_jax.tasks import load_splits
 from qpo_jax.utils import atomic_write_text
 
 
@@ -44,15 +44,6 @@ def generate_answers(config: ml_collections.ConfigDict, workdir: str) -> list[di
   return records
 
 
-def _prompt_list(task, configured) -> list[tuple[str, str]]:
-  """(source, prompt) pairs: the config's list, else the task's collections, else manual + none."""
-  if configured:
-    return [("config", p) for p in configured]
-  if task.source_prompts:
-    return [(src, p) for src, ps in task.source_prompts.items() for p in ps]
-  return [("manual", task.manual_prompt), ("none", "")]
-
-
 def evaluate_prompts(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Accuracy of each prompt on sampled queries of a split, the best one, and the per-query oracle.
 
@@ -72,7 +63,7 @@ def evaluate_prompts(config: ml_collections.ConfigDict, workdir: str) -> dict:
   target = build_target(config.target, mesh=mesh)
   os.makedirs(workdir, exist_ok=True)
   cache = EvalCache(os.path.join(workdir, "eval_cache.sqlite"))
-  prompts = _prompt_list(task, list(ev.get("prompts") or []))
+  prompts = loop.source_prompts(config, task, list(ev.get("prompts") or []))
   rows, per_query = [], []
   for source, prompt in prompts:
     out = evaluation.evaluate_pairs(task, target, [(q, prompt) for q in queries],
@@ -110,64 +101,32 @@ def serve_target(config: ml_collections.ConfigDict, workdir: str) -> None:
     server.server_close()
 
 
-def _source_prompts(config, task) -> list[tuple[str, str]]:
-  d = config.data
-  if d.prompts_dir:
-    found = importers.load_prompt_collection(d.prompts_dir, task.name,
-                                             list(d.prompt_sources) or None, d.lp_model or None)
-    return [(src, p) for src, ps in found.items() for p in ps]
-  return _prompt_list(task, [])
-
-
-def _imported(config, task) -> tuple[list, str]:
-  d = config.data
-  if d.source == "qpo_json":
-    recs, summary = importers.import_qpo_json(d.path, task=task.name, target=d.target_name or None,
-                                              verbalizers=task.verbalizers)
-  else:
-    with open(d.prompts_file) as f:
-      prompts = json.load(f)
-    with open(d.aliases_file) as f:
-      aliases = json.load(f)
-    spec = data_spec(task, config.task.get("data"))
-    queries = [ex.query for ex in load_source(task, spec, "train")] if task.name == "gsm8k" else None
-    recs, summary = importers.import_prompt_oirl(d.path, task=task.name, prompts=prompts,
-                                                 aliases=aliases, queries=queries)
-  return recs, str(summary)
-
-
 def build_data(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """D_0 in <workdir>/data/loop_0: built on the target from source prompts, or imported logs."""
-  d = config.data
-  out = rounds.data_dir(workdir, 0)
-  task, splits = load_splits(config.task, ("train",))
-  if d.source in ("qpo_json", "prompt_oirl"):
-    if os.path.exists(os.path.join(out, dataset.MANIFEST)):
-      return dataset.read_manifest(out)
-    recs, summary = _imported(config, task)
-    print(summary, flush=True)
-    recs = rewards.keep_above(recs, d.threshold)
-    manifest = dataset.write_dataset(out, recs, normalizer=rewards.Normalizer.fit(
-        r.reward for r in recs), records_per_shard=d.records_per_shard,
-        meta={"loop": 0, "imported_from": d.path, "import_summary": summary})
-  elif d.source == "build":
-    queries = task_base.sample_queries(splits["train"], d.num_queries or len(splits["train"]),
-                                       seed=config.seed, max_words=config.task.max_words)
-    demos = task_base.demo_sets(splits["train"], d.num_demo_sets, d.num_demos, seed=config.seed,
-                                max_words=config.task.max_words) \
-        if evaluation.FEW_SHOT in d.settings else ()
-    target = build_target(config.target, mesh=sharding.make_mesh(config.mesh))
-    cache = EvalCache(os.path.join(workdir, "eval_cache.sqlite"))
-    manifest = build.build_initial_dataset(
-        out, task, target, queries, _source_prompts(config, task), settings=list(d.settings),
-        demo_sets=demos, cache=cache, prompts_per_chunk=d.prompts_per_chunk,
-        threshold=d.threshold, max_new_tokens=d.max_new_tokens,
-        meta={"task": task.name, "target": target.identity})
-  else:
-    raise ValueError(f"data.source={d.source!r} is not 'build', 'qpo_json' or 'prompt_oirl'")
-  print(f"D_0: {manifest['count']} records, {manifest['queries']} queries, "
-        f"{manifest['prompts']} prompts, reward {manifest['reward']} -> {out}", flush=True)
+  return loop.initial_data(config, workdir)
+
+
+def collect(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Collection and merge of loop `train.round`: its policy's prompts evaluated -> D_round."""
+  t = config.train.round
+  target = build_target(config.target, mesh=sharding.make_mesh(config.mesh))
+  manifest = loop.collect(config, workdir, t, target,
+                          EvalCache(os.path.join(workdir, "eval_cache.sqlite")))
+  print(f"D_{t}: {manifest['count']} records -> {rounds.data_dir(workdir, t)}", flush=True)
   return manifest
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """The results table of a run: QPO per loop against the baselines on the test split."""
+  loop.validate(config)
+  target = build_target(config.target, mesh=sharding.make_mesh(config.mesh))
+  return report.evaluate_and_report(config, workdir, target,
+                                    EvalCache(os.path.join(workdir, "eval_cache.sqlite")))
+
+
+def run_loop(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Everything: D_0, T loops of train / collect / merge, evaluation, table and plot."""
+  return loop.run_loop(config, workdir)
 
 
 def inspect_data(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -219,7 +178,10 @@ MODES: dict[str, Callable[[ml_collections.ConfigDict, str], object]] = {
     "build_data": build_data,
     "inspect_data": inspect_data,
     "train_policy": train_policy,
+    "collect": collect,
     "sample_prompts": sample_prompts,
+    "evaluate": evaluate,
+    "loop": run_loop,
 }
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from typing import Any
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -20,3 +22,14 @@ def atomic_write_text(path: str, text: str) -> None:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def read_json(path: str, default: Any = None) -> Any:
+  """The JSON in `path`, or `default` when the file does not exist."""
+  if not os.path.exists(path):
+    return default
+  with open(path) as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path} is not valid JSON: {e}") from None

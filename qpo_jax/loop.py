@@ -1,0 +1,200 @@
+"""Multi-loop QPO (Algorithm 1): D_0, then for t = 1..T train, collect, merge; then evaluate.
+
+Every stage leaves a finished artifact in the workdir and is skipped when it
+is there, and every stage resumes when it is not:
+
+  data/loop_0/                 D_0 (built chunk by chunk, or imported)
+  policy/round_<t>/            the policy trained on D_{t-1} (orbax resume)
+  data/loop_<t>.collect.json   collect-split queries and the prompts sampled for them
+  data/loop_<t>/               D_t = D_{t-1} U filter(rewarded new records)
+  eval/                        test-split outcomes (through the cache), results table
+  eval_cache.sqlite            every target result; nothing is evaluated twice
+  cost.json                    target calls / tokens at the end of each stage
+
+Kill the process anywhere and rerun the same command: it continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+from absl import logging
+import ml_collections
+
+from qpo_jax import evaluation, rewards, sharding
+from qpo_jax.eval_cache import EvalCache, total_usage
+from qpo_jax.models.registry import LOADERS
+from qpo_jax.policy import rounds
+from qpo_jax.store import build, dataset, importers
+from qpo_jax.store.records import record_from_outcome
+from qpo_jax.targets import BACKENDS, build_target
+from qpo_jax.tasks import TASKS, base as task_base, data_spec, load_source, load_splits
+from qpo_jax.utils import atomic_write_text, read_json
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Fails at start, with the field at fault, on values that would fail hours later."""
+  if config.task.name not in TASKS:
+    raise ValueError(f"task.name={config.task.name!r} is not one of {sorted(TASKS)}")
+  backend = config.target.get("backend", "local") or "local"
+  if backend not in BACKENDS:
+    raise ValueError(f"target.backend={backend!r} is not one of {sorted(BACKENDS)}")
+  if backend == "local" and config.target.name not in LOADERS:
+    raise ValueError(f"target.name={config.target.name!r} is not one of {sorted(LOADERS)}")
+  if config.policy.name not in LOADERS:
+    raise ValueError(f"policy.name={config.policy.name!r} is not one of {sorted(LOADERS)}")
+  if int(config.loop.num_loops) < 1:
+    raise ValueError(f"loop.num_loops={config.loop.num_loops} must be at least 1")
+  task = TASKS[config.task.name]()
+  spec = data_spec(task, config.task.get("data"))
+  if spec["kind"] == "files" and not os.path.isdir(os.path.expanduser(spec.get("dir") or "")):
+    raise ValueError(f"task.data.dir={spec.get('dir') or ''!r} is not a directory (task "
+                     f"{task.name!r} reads files from it)")
+  for s in list(config.data.settings) + list(config.eval.settings):
+    if s not in evaluation.SETTINGS:
+      raise ValueError(f"setting {s!r} is not one of {evaluation.SETTINGS}")
+
+
+def source_prompts(config, task, configured: Sequence[str] = ()) -> list[tuple[str, str]]:
+  """(source, prompt) pairs: the given list, else the collection in data.prompts_dir, else
+  the task's own collections, else its manual prompt and no instruction."""
+  if configured:
+    return [("config", p) for p in configured]
+  d = config.data
+  if d.prompts_dir:
+    found = importers.load_prompt_collection(d.prompts_dir, task.name,
+                                             list(d.prompt_sources) or None, d.lp_model or None)
+    return [(src, p) for src, ps in found.items() for p in ps]
+  if task.source_prompts:
+    return [(src, p) for src, ps in task.source_prompts.items() for p in ps]
+  return [("manual", task.manual_prompt), ("none", "")]
+
+
+def _cache(workdir: str) -> EvalCache:
+  return EvalCache(os.path.join(workdir, "eval_cache.sqlite"))
+
+
+def record_cost(workdir: str, stage: str, cache: EvalCache) -> None:
+  """Cumulative target usage at the end of a stage (kept from the first time it finished)."""
+  path = os.path.join(workdir, "cost.json")
+  cost = read_json(path, {})
+  if stage not in cost:
+    cost[stage] = total_usage(cache.usage().values())
+    atomic_write_text(path, json.dumps(cost, indent=2))
+
+
+def _imported(config, task) -> tuple[list, str]:
+  d = config.data
+  if d.source == "qpo_json":
+    recs, summary = importers.import_qpo_json(d.path, task=task.name, target=d.target_name or None,
+                                              verbalizers=task.verbalizers)
+  else:
+    with open(d.prompts_file) as f:
+      prompts = json.load(f)
+    with open(d.aliases_file) as f:
+      aliases = json.load(f)
+    spec = data_spec(task, config.task.get("data"))
+    queries = [ex.query for ex in load_source(task, spec, "train")] if task.name == "gsm8k" else None
+    recs, summary = importers.import_prompt_oirl(d.path, task=task.name, prompts=prompts,
+                                                 aliases=aliases, queries=queries)
+  return recs, str(summary)
+
+
+def initial_data(config: ml_collections.ConfigDict, workdir: str, target=None,
+                 cache: EvalCache | None = None) -> dict[str, Any]:
+  """D_0 in <workdir>/data/loop_0: built on the target from source prompts, or imported."""
+  d = config.data
+  out = rounds.data_dir(workdir, 0)
+  if os.path.exists(os.path.join(out, dataset.MANIFEST)):
+    return dataset.read_manifest(out)
+  task, splits = load_splits(config.task, ("train",))
+  if d.source in ("qpo_json", "prompt_oirl"):
+    recs, summary = _imported(config, task)
+    print(summary, flush=True)
+    recs = rewards.keep_above(recs, d.threshold)
+    manifest = dataset.write_dataset(out, recs, normalizer=rewards.Normalizer.fit(
+        r.reward for r in recs), records_per_shard=d.records_per_shard,
+        meta={"loop": 0, "imported_from": d.path, "import_summary": summary})
+  elif d.source == "build":
+    queries = task_base.sample_queries(splits["train"], d.num_queries or len(splits["train"]),
+                                       seed=config.seed, max_words=config.task.max_words)
+    demos = task_base.demo_sets(splits["train"], d.num_demo_sets, d.num_demos, seed=config.seed,
+                                max_words=config.task.max_words) \
+        if evaluation.FEW_SHOT in d.settings else ()
+    target = target or build_target(config.target, mesh=sharding.make_mesh(config.mesh))
+    cache = cache or _cache(workdir)
+    manifest = build.build_initial_dataset(
+        out, task, target, queries, source_prompts(config, task), settings=list(d.settings),
+        demo_sets=demos, cache=cache, prompts_per_chunk=d.prompts_per_chunk,
+        threshold=d.threshold, max_new_tokens=d.max_new_tokens,
+        meta={"task": task.name, "target": target.identity})
+    record_cost(workdir, "d0", cache)
+  else:
+    raise ValueError(f"data.source={d.source!r} is not 'build', 'qpo_json' or 'prompt_oirl'")
+  print(f"D_0: {manifest['count']} records, {manifest['queries']} queries, "
+        f"{manifest['prompts']} prompts, reward {manifest['reward']} -> {out}", flush=True)
+  return manifest
+
+
+def collect(config: ml_collections.ConfigDict, workdir: str, t: int, target,
+            cache: EvalCache) -> dict[str, Any]:
+  """Loop t's collection: sample prompts for fresh collect-split queries, evaluate, merge -> D_t."""
+  out = rounds.data_dir(workdir, t)
+  if os.path.exists(os.path.join(out, dataset.MANIFEST)):
+    return dataset.read_manifest(out)
+  c = config.loop
+  task, splits = load_splits(config.task, ("collect", "train"))
+  plan_path = out + ".collect.json"
+  queries = task_base.sample_queries(splits["collect"], c.collect_batches * c.collect_queries,
+                                     seed=config.seed + 1000 * t, balanced=False,
+                                     max_words=config.task.max_words)
+  if os.path.exists(plan_path):  # the prompts sampled before a kill are reused, not redrawn
+    with open(plan_path) as f:
+      plan = json.load(f)
+    if [q.uid for q in queries] != plan["query_ids"]:
+      raise ValueError(f"{plan_path} was made for other queries; delete it to resample")
+    prompts = plan["prompts"]
+  else:
+    prompts = rounds.policy_prompts(config, workdir, t, [q.query for q in queries], collect=True,
+                                    seed=config.seed + t)
+    atomic_write_text(plan_path, json.dumps({"query_ids": [q.uid for q in queries],
+                                             "prompts": prompts}))
+  setting = list(config.data.settings)[0]
+  demos = task_base.demo_sets(splits["train"], config.data.num_demo_sets, config.data.num_demos,
+                              seed=config.seed, max_words=config.task.max_words) \
+      if setting == evaluation.FEW_SHOT else ()
+  pairs = [(q, p) for q, ps in zip(queries, prompts) for p in ps]
+  outcomes = evaluation.evaluate_pairs(task, target, pairs, setting=setting, demo_sets=demos,
+                                       cache=cache, max_new_tokens=config.data.max_new_tokens)
+  rows = rewards.with_rewards([dict(o, prompt=p) for o, (_, p) in zip(outcomes, pairs)], setting,
+                              task.kind)
+  new = [record_from_outcome(task=task, example=q, prompt=p, outcome=o, target=target.identity,
+                             setting=setting, split="collect", prompt_source=f"qpo_loop_{t}",
+                             loop=t) for (q, p), o in zip(pairs, rows)]
+  old, _ = dataset.read_dataset(rounds.data_dir(workdir, t - 1))
+  merged = dataset.merge(old, new, threshold=config.data.threshold)
+  manifest = dataset.write_dataset(
+      out, merged, normalizer=rewards.Normalizer.fit(r.reward for r in merged),
+      records_per_shard=config.data.records_per_shard,
+      meta={"loop": t, "collected": len(new), "collect_accuracy": evaluation.accuracy(outcomes)})
+  record_cost(workdir, f"collect_{t}", cache)
+  logging.info("loop %d: %d new records (accuracy %.3f), D_%d has %d", t, len(new),
+               evaluation.accuracy(outcomes), t, manifest["count"])
+  return manifest
+
+
+def run_loop(config: ml_collections.ConfigDict, workdir: str, target=None) -> dict[str, Any]:
+  """The whole of Algorithm 1 plus the evaluation; returns the results table (see report.py)."""
+  from qpo_jax import report  # pylint: disable=g-import-not-at-top
+
+  validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  target = target or build_target(config.target, mesh=sharding.make_mesh(config.mesh))
+  cache = _cache(workdir)
+  initial_data(config, workdir, target, cache)
+  for t in range(1, int(config.loop.num_loops) + 1):
+    rounds.train_policy_round(config, workdir, t)
+    collect(config, workdir, t, target, cache)
+  return report.evaluate_and_report(config, workdir, target, cache)

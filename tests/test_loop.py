@@ -1,0 +1,115 @@
+"""The whole multi-loop run: end to end on the tiny config, killed in collection and resumed."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from qpo_jax import loop
+from qpo_jax.targets import build_target
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(name):
+  spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, "configs", name))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+class _Killable:
+  """Passes calls to the real target until `budget` is spent, then dies like a killed process."""
+
+  def __init__(self, inner, budget):
+    self.inner, self.identity, self.budget, self.calls = inner, inner.identity, budget, 0
+
+  def _spend(self, n):
+    if self.calls + n > self.budget:
+      raise KeyboardInterrupt("killed")
+    self.calls += n
+
+  def score_options(self, texts, options):
+    self._spend(len(texts))
+    return self.inner.score_options(texts, options)
+
+  def generate(self, texts, max_new_tokens):
+    self._spend(len(texts))
+    return self.inner.generate(texts, max_new_tokens)
+
+
+def test_loop_killed_in_collection_resumes_to_the_same_table(tmp_path):
+  config = _config("tiny.py")
+  target = build_target(config.target)
+  ref = loop.run_loop(config, str(tmp_path / "a"), target=_Killable(target, 10**9))
+  work = str(tmp_path / "b")
+  dying = _Killable(target, 88 + 3)  # D_0 is 88 calls; dies inside loop 1's collection
+  with pytest.raises(KeyboardInterrupt):
+    loop.run_loop(config, work, target=dying)
+  assert os.path.exists(os.path.join(work, "data", "loop_0", "manifest.json"))
+  assert os.path.exists(os.path.join(work, "data", "loop_1.collect.json"))
+  assert not os.path.exists(os.path.join(work, "data", "loop_1"))
+  got = loop.run_loop(config, work, target=_Killable(target, 10**9))
+  assert got["table"] == ref["table"] and got["qpo_prompts"] == ref["qpo_prompts"]
+  assert got["cost"]["total"] == ref["cost"]["total"]  # nothing evaluated twice
+  assert set(got["table"]) >= {"no instruction", "manual", "QPO loop 1", "QPO loop 2",
+                               "best source prompt, chosen on train",
+                               "reward model best-of-N (Prompt-OIRL-style)"}
+  md = open(os.path.join(work, "eval", "results.md")).read()
+  assert "| QPO loop 2 |" in md and "| collect_1 |" in md
+  assert os.path.getsize(os.path.join(work, "eval", "results.png")) > 1000
+  d2 = json.load(open(os.path.join(work, "data", "loop_2", "manifest.json")))
+  assert set(d2["by_loop"]) == {"0", "1", "2"} or set(d2["by_loop"]) >= {"0", "1"}
+  again = loop.run_loop(config, work, target=_Killable(target, 0))  # finished: no target calls
+  assert again["table"] == ref["table"]
+
+
+def _main(*args, workdir, one_device=False):
+  env = dict(os.environ)
+  if one_device:  # as a user runs it; 8 simulated devices would hold 8 copies of SmolLM2
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(
+        "--xla_force_host_platform_device_count=8", "")
+  return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args,
+                         f"--workdir={workdir}"], capture_output=True, text=True, cwd=ROOT,
+                        timeout=1800, env=env)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.task.name=mnist", "task.name='mnist' is not one of"),
+    ("--config.policy.name=gpt5", "policy.name='gpt5' is not one of"),
+    ("--config.target.name=gpt5", "target.name='gpt5' is not one of"),
+    ("--config.loop.num_loops=0", "loop.num_loops=0 must be at least 1"),
+    ("--config.task.name=gsm8k --config.task.data.kind=files", "task.data.dir='' is not a directory"),
+])
+def test_bad_values_fail_at_start(tmp_path, override, message):
+  r = _main("--config=configs/tiny.py", "--mode=loop", *override.split(), workdir=tmp_path)
+  assert r.returncode != 0 and message in r.stderr, r.stderr[-2000:]
+  assert not os.path.exists(tmp_path / "data")  # failed before doing any work
+
+
+QUICK_SMALL = ["--config.data.num_queries=8", "--config.train.epochs=1",
+               "--config.train.query_len=24", "--config.train.prompt_len=12",
+               "--config.train.progress=False", "--config.loop.num_loops=1",
+               "--config.loop.collect_batches=1", "--config.loop.collect_queries=8",
+               "--config.eval.num_queries=8"]
+
+
+def test_quickstart_small_variant(tmp_path):
+  """The quickstart (SmolLM2 target and policy, built-in task) at a CI-sized scale."""
+  r = _main("--config=configs/quickstart.py", "--mode=loop", *QUICK_SMALL, workdir=tmp_path,
+            one_device=True)
+  assert r.returncode == 0, r.stderr[-3000:]
+  result = json.loads((tmp_path / "eval" / "results.json").read_text())
+  assert result["num_test_queries"] == 8 and "QPO loop 1" in result["table"]
+  assert "| QPO loop 1 |" in r.stdout
+
+
+@pytest.mark.skipif(not os.environ.get("QPO_SLOW"), reason="slow (~15 min): set QPO_SLOW=1")
+def test_quickstart_full(tmp_path):
+  r = _main("--config=configs/quickstart.py", "--mode=loop", workdir=tmp_path, one_device=True)
+  assert r.returncode == 0, r.stderr[-3000:]
+  result = json.loads((tmp_path / "eval" / "results.json").read_text())
+  print(json.dumps(result["table"], indent=1))
