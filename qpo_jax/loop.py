@@ -58,11 +58,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def source_prompts(config, task, configured: Sequence[str] = ()) -> list[tuple[str, str]]:
-  """(source, prompt) pairs: the given list, else the collection in data.prompts_dir, else
-  the task's own collections, else its manual prompt and no instruction."""
+  """(source, prompt) pairs: the given list, else data.prompts_file (a JSON list), else the
+  collection in data.prompts_dir, else the task's own collections, else manual + none."""
   if configured:
     return [("config", p) for p in configured]
   d = config.data
+  if d.prompts_file:  # a JSON list of prompts, named by data.aliases_file (Prompt-OIRL's)
+    prompts = read_json(d.prompts_file)
+    names = read_json(d.aliases_file) if d.aliases_file else ["file"] * len(prompts)
+    keep = set(d.prompt_sources)
+    return [(n, p) for n, p in zip(names, prompts) if not keep or n in keep]
   if d.prompts_dir:
     found = importers.load_prompt_collection(d.prompts_dir, task.name,
                                              list(d.prompt_sources) or None, d.lp_model or None)

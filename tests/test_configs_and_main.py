@@ -20,15 +20,46 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
-def test_config_parses_and_names_known_modules(path):
+def _module(path):
   spec = importlib.util.spec_from_file_location("cfg", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  assert "Command" in module.__doc__ and "Expected" in module.__doc__
-  config = module.get_config()
-  assert config.target.name in LOADERS
+  return module
+
+
+def _all_configs():
+  """(id, config) for every config file, and every setting of the parametrised paper config."""
+  out = []
+  for path in CONFIGS:
+    module = _module(path)
+    args = module.settings() if hasattr(module, "settings") else [None]
+    out += [(f"{os.path.basename(path)}:{a}" if a else os.path.basename(path),
+             module.get_config(a) if a else module.get_config()) for a in args]
+  return out
+
+
+ALL = _all_configs()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_config_file_documents_command_and_expected(path):
+  doc = _module(path).__doc__
+  assert "Command" in doc and "Expected" in doc and "Runtime" in doc
+
+
+@pytest.mark.parametrize("name,config", ALL, ids=[n for n, _ in ALL])
+def test_config_parses_and_names_known_modules(name, config):
+  from qpo_jax import loop
+  from qpo_jax.tasks import TASKS
+
+  del name
+  if config.target.get("backend", "local") == "local":
+    assert config.target.name in LOADERS
+  assert config.policy.name in LOADERS and config.task.name in TASKS
+  assert config.loop.num_loops >= 1
   sharding.make_mesh(config.mesh)
+  if config.task.data.kind != "files" or os.path.isdir(config.task.data.dir):
+    loop.validate(config)
 
 
 @pytest.mark.parametrize("name", ["gpt2-small", "smollm2-135m", "llama-2-7b", "llama-2-70b"])
@@ -65,7 +96,7 @@ def _main(*args, workdir):
 
 
 def test_main_generate_on_tiny_config(tmp_path):
-  r = _main("--config=configs/tiny.py", workdir=tmp_path)
+  r = _main("--config=configs/tiny.py", "--mode=generate", workdir=tmp_path)
   assert r.returncode == 0, r.stderr[-3000:]
   records = json.loads((tmp_path / "answers.json").read_text())
   assert [x["question"] for x in records] == ["What is the capital of France?", "Hi"]
@@ -73,7 +104,8 @@ def test_main_generate_on_tiny_config(tmp_path):
 
 
 def test_main_rejects_bad_values_clearly(tmp_path):
-  r = _main("--config=configs/tiny.py", "--config.target.name=gpt5", workdir=tmp_path)
+  r = _main("--config=configs/tiny.py", "--mode=generate", "--config.target.name=gpt5",
+            workdir=tmp_path)
   assert r.returncode != 0 and "unknown model name 'gpt5'" in r.stderr
   r = _main("--config=configs/tiny.py", "--mode=fly", workdir=tmp_path)
   assert r.returncode != 0 and "--mode" in r.stderr
@@ -133,8 +165,9 @@ def test_main_imports_published_qpo_logs(tmp_path):
 
 def _policy_preset(spec):
   """Architecture of a config's policy without loading weights."""
-  return {"random": lambda: preset(spec.preset),
-          "smollm2-135m-instruct": lambda: preset("smollm2-135m")}[spec.name]()
+  if spec.name == "smollm2-135m-instruct":
+    return preset("smollm2-135m")
+  return preset(spec.preset)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
@@ -142,10 +175,7 @@ def test_config_train_step_eval_shape(path):
   from qpo_jax.policy import train
   from qpo_jax.policy.model import init_policy
 
-  spec = importlib.util.spec_from_file_location("cfg", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = _module(path).get_config()
   cfg = _policy_preset(config.policy)
   mesh = sharding.make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
   params = jax.eval_shape(lambda: init_policy(cfg, jax.random.key(0)))
