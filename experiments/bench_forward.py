@@ -11,7 +11,6 @@ best of a few large f32 matmuls timed in the same run.
 from __future__ import annotations
 
 import json
-import time
 
 from absl import app
 from absl import flags
@@ -20,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qpo_jax import decoding
+from qpo_jax.benchmark import best_time, matmul_peak
 from qpo_jax.models import config as config_lib
 from qpo_jax.models.registry import load_model
 from qpo_jax.models.transformer import Transformer, init_params
@@ -31,22 +31,6 @@ _NEW = flags.DEFINE_integer("new_tokens", 32, "tokens generated per row in the d
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed repetitions (best is reported)")
 _OUT = flags.DEFINE_string("out", "", "optional JSON output path")
-
-
-def best_time(fn, repeats: int) -> float:
-  jax.block_until_ready(fn())  # compile and warm up
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return min(times)
-
-
-def matmul_peak(repeats: int, n: int = 2048) -> float:
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
-  return 2 * n ** 3 / best_time(lambda: f(a), repeats)
 
 
 def main(argv):

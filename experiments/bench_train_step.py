@@ -1,0 +1,177 @@
+"""Policy train-step speed: ours (JAX) vs the same step in HF transformers + PyTorch, with MFU.
+
+  .venv/bin/python experiments/bench_train_step.py                      # gpt2-small and smollm2
+  .venv/bin/python experiments/bench_train_step.py --policies=gpt2-small --batch=16
+
+Both sides run the prompt decision transformer's step: return/segment embeddings and
+LayerNorm in front of the LM (GPT2LMHeadModel or LlamaForCausalLM on the PyTorch side),
+the prompt head lm_head(ReLU(Linear)), the return head, CE + lambda * MSE, global-norm
+clipping 0.25 and AdamW (lr 1e-3, wd 1e-4), same batch, Lq = Lp = 40 (paper). Weights are
+random (speed does not depend on them). MFU is against the f32 matmul peak measured in the
+same run. FLOPs per step: 6 x tokens x non-embedding parameters, plus the prompt head's
+vocabulary projection and attention (fwd + bwd).
+Hardware: any; about 6 minutes on the 2-core dev CPU with the defaults. Writes
+--out (JSON) and the same name with .md (table).
+"""
+
+from __future__ import annotations
+
+import time
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+from qpo_jax import sharding
+from qpo_jax.benchmark import matmul_peak, write_results
+from qpo_jax.models.config import preset
+from qpo_jax.policy import train
+from qpo_jax.policy.model import init_policy
+
+_POLICIES = flags.DEFINE_list("policies", ["gpt2-small", "smollm2-135m"], "policy presets")
+_BATCH = flags.DEFINE_integer("batch", 8, "rows per step")
+_LQ = flags.DEFINE_integer("query_len", 40, "query tokens")
+_LP = flags.DEFINE_integer("prompt_len", 40, "prompt tokens")
+_STEPS = flags.DEFINE_integer("steps", 5, "timed steps (after one warm-up step)")
+_OUT = flags.DEFINE_string("out", "experiments/results/train_step.json", "JSON output")
+TC = dict(learning_rate=1e-3, schedule="step", decay_every_epochs=20, decay_rate=0.65,
+          grad_clip=0.25, weight_decay=1e-4, epochs=100)
+
+
+def batch_arrays(cfg, b, lq, lp, seed=0):
+  rng = np.random.default_rng(seed)
+  return {"returns": rng.uniform(0, 100, b).astype(np.float32),
+          "query": rng.integers(3, cfg.vocab_size, (b, lq)).astype(np.int32),
+          "query_mask": np.arange(lq)[None] < rng.integers(lq // 2, lq + 1, (b, 1)),
+          "prompt": rng.integers(3, cfg.vocab_size, (b, lp)).astype(np.int32),
+          "prompt_mask": np.arange(lp)[None] < rng.integers(lp // 2, lp + 1, (b, 1))}
+
+
+def step_flops(cfg, b, lq, lp) -> float:
+  t = 1 + lq + lp
+  embed = cfg.vocab_size * cfg.d_model + (cfg.max_len * cfg.d_model
+                                          if cfg.position == "learned" else 0)
+  body = cfg.num_params() - embed - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model)
+  head = b * lp * (cfg.d_model * cfg.vocab_size + cfg.d_model ** 2)
+  attention = 2 * 2 * b * t * t * cfg.n_heads * cfg.head_dim * cfg.n_layers
+  return 6 * b * t * body + 6 * head + 3 * attention
+
+
+def time_ours(cfg, batch, steps):
+  params = init_policy(cfg, jax.random.key(0))
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
+  tx = train.make_optimizer(TC, 100, params)
+  shapes = jax.eval_shape(lambda p: train.init_state(p, tx), params)
+  shard = train.state_shardings(shapes, mesh)
+  state = jax.jit(lambda p: train.init_state(p, tx), out_shardings=shard)(params)
+  update = train.make_update(cfg, tx, train.lr_schedule(TC, 100), mesh, shard)
+  rng = jax.random.key(0)
+  state, m = update(state, batch, rng)  # compile
+  jax.block_until_ready(m)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, m = update(state, batch, rng)
+  jax.block_until_ready(m)
+  return (time.perf_counter() - start) / steps
+
+
+def torch_policy(cfg):
+  """The same policy in PyTorch around an HF causal LM of the same architecture."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  if cfg.position == "learned":
+    hf_cfg = transformers.GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.max_len,
+                                     n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads)
+    lm = transformers.GPT2LMHeadModel(hf_cfg)
+    body = lambda x, m: lm.transformer(inputs_embeds=x, attention_mask=m).last_hidden_state  # noqa
+  else:
+    hf_cfg = transformers.LlamaConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
+        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_kv_heads, rope_theta=cfg.rope_theta,
+        tie_word_embeddings=cfg.tie_embeddings, max_position_embeddings=cfg.max_len)
+    lm = transformers.LlamaForCausalLM(hf_cfg)
+    body = lambda x, m: lm.model(inputs_embeds=x, attention_mask=m).last_hidden_state  # noqa
+  d = cfg.d_model
+
+  class Policy(torch.nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.lm = lm
+      self.ret, self.seg = torch.nn.Linear(1, d), torch.nn.Embedding(3, d)
+      self.norm, self.proj, self.head = torch.nn.LayerNorm(d), torch.nn.Linear(d, d), \
+          torch.nn.Linear(d, 1)
+
+    def forward(self, returns, query, query_mask, prompt, prompt_mask):
+      emb = self.lm.get_input_embeddings()
+      seg = self.seg.weight
+      x = torch.cat([self.ret(returns[:, None, None]) + seg[0], emb(query) + seg[1],
+                     emb(prompt) + seg[2]], 1)
+      mask = torch.cat([torch.ones_like(query_mask[:, :1]), query_mask, prompt_mask], 1)
+      h = body(self.norm(x), mask.long())
+      lq = query.shape[1]
+      pred = h[:, lq:-1]  # same shapes as ours (which gathers the last real query slot)
+      logits = self.lm.lm_head(torch.relu(self.proj(pred)))
+      lp = torch.log_softmax(logits.float(), -1).gather(-1, prompt[..., None])[..., 0]
+      m = prompt_mask.float()
+      ce = -(lp * m).sum() / m.sum().clamp(min=1)
+      mse = ((self.head(h[:, 0])[:, 0] - returns) ** 2).mean()
+      lam = 0.5 if float(mse) < 10 else 0.1
+      return ce + lam * mse
+
+  return Policy()
+
+
+def time_torch(cfg, batch, steps):
+  import torch  # pylint: disable=g-import-not-at-top
+
+  torch.manual_seed(0)
+  model = torch_policy(cfg).train()
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+  tb = {k: torch.as_tensor(v) for k, v in batch.items()}
+
+  def step():
+    opt.zero_grad()
+    loss = model(**tb)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+    opt.step()
+    return float(loss)
+
+  step()
+  start = time.perf_counter()
+  for _ in range(steps):
+    step()
+  return (time.perf_counter() - start) / steps
+
+
+def main(argv):
+  del argv
+  peak = matmul_peak(5)
+  rows = []
+  for name in _POLICIES.value:
+    cfg = preset(name)
+    b, lq, lp = _BATCH.value, _LQ.value, _LP.value
+    batch = batch_arrays(cfg, b, lq, lp)
+    tokens = b * (1 + lq + lp)
+    flops = step_flops(cfg, b, lq, lp)
+    ours = time_ours(cfg, batch, _STEPS.value)
+    theirs = time_torch(cfg, batch, _STEPS.value)
+    rows.append({"policy": name, "batch": b, "tokens/step": tokens,
+                 "ours s/step": ours, "ours tokens/s": tokens / ours,
+                 "ours MFU": flops / ours / peak, "torch s/step": theirs,
+                 "torch tokens/s": tokens / theirs, "torch MFU": flops / theirs / peak,
+                 "speed-up ours/torch": theirs / ours})
+    print(rows[-1], flush=True)
+  cols = list(rows[0])
+  print(f"matmul peak {peak / 1e9:.0f} GFLOP/s ({jax.devices()[0].device_kind})")
+  print(write_results(_OUT.value, rows, cols, {"peak_flops": peak,
+                                               "device": jax.devices()[0].device_kind,
+                                               "steps": _STEPS.value}))
+
+
+if __name__ == "__main__":
+  app.run(main)
