@@ -166,7 +166,7 @@ def collect(config: ml_collections.ConfigDict, workdir: str, t: int, target,
                                     seed=config.seed + t)
     atomic_write_text(plan_path, json.dumps({"query_ids": [q.uid for q in queries],
                                              "prompts": prompts}))
-  setting = list(config.data.settings)[0]
+  setting = list(config.data.settings)[0]  # collection rewards use the run's first setting
   demos = task_base.demo_sets(splits["train"], config.data.num_demo_sets, config.data.num_demos,
                               seed=config.seed, max_words=config.task.max_words) \
       if setting == evaluation.FEW_SHOT else ()
