@@ -5,9 +5,9 @@ policy's initialisation; the task is the built-in `topics` (no data files).
 
 Command (after `bash scripts/setup.sh`):
   .venv/bin/python main.py --config configs/quickstart.py --workdir /tmp/qpo_quickstart
-Runtime: about 11 minutes on the 2-core dev CPU: D_0 (64 train queries x 11 prompts,
-~1 min), 2 loops of policy training (176 + ~100 steps at ~2.5 s) and collection
-(64 queries per loop), then the test evaluation (48 queries); peak memory ~5.5 GB.
+Runtime: about 10 minutes on the 2-core dev CPU: D_0 (64 train queries x 11 prompts,
+~1 min), 2 loops of policy training (176 + 96 steps at ~1.5 s) and collection
+(64 queries per loop), then the test evaluation (48 queries); peak memory ~6 GB.
 Rerunning the command after a kill continues where it stopped.
 Expected (measured 2026-11-25): the table in <workdir>/eval/results.md, e.g.
   best source prompt, chosen on train        0.938
