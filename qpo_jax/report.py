@@ -27,7 +27,7 @@ from qpo_jax.policy import rounds
 from qpo_jax.reward_model import RewardModel
 from qpo_jax.store import dataset
 from qpo_jax.tasks import base as task_base, load_splits
-from qpo_jax.utils import atomic_write_text, read_json
+from qpo_jax.utils import atomic_open, atomic_write_text, read_json
 
 
 def _outcome_accuracy(o: dict[str, Any]) -> float:
@@ -166,7 +166,7 @@ def plot(result: dict[str, Any], workdir: str) -> str:
   right.legend(fontsize=7)
   fig.tight_layout()
   path = os.path.join(workdir, "eval", "results.png")
-  fig.savefig(path + ".tmp.png", dpi=100)
+  with atomic_open(path, "wb") as fh:
+    fig.savefig(fh, format="png", dpi=100)
   plt.close(fig)
-  os.replace(path + ".tmp.png", path)
   return path

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import math
 import os
 import re
@@ -25,6 +24,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from qpo_jax.store.records import Record
+from qpo_jax.tasks.sources import read_json_list
 
 _EOT = "<|endoftext|>"
 
@@ -100,13 +100,7 @@ def _qpo_row(row: Any, model: str, task: str, target: str, verbalizers) -> Recor
 def import_qpo_json(path: str, *, task: str, target: str | None = None, model: str | None = None,
                     verbalizers: Sequence[str] = ()) -> tuple[list[Record], ImportSummary]:
   """Records of an authors' offline file; `model` is the outcome key (found if unique)."""
-  with open(path, encoding="utf-8") as f:
-    try:
-      rows = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-  if not isinstance(rows, list):
-    raise ValueError(f"{path}: expected a JSON list of records")
+  rows = read_json_list(path)
   if model is None:
     known = {"prompt_method", "query", "label", "prompt"}
     found = collections.Counter(k.split(".")[0] for r in rows if isinstance(r, Mapping)

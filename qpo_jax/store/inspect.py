@@ -7,12 +7,12 @@ distribution per prompt source and per loop.
 from __future__ import annotations
 
 import collections
-import os
 from typing import Sequence
 
 import numpy as np
 
 from qpo_jax.store.records import Record
+from qpo_jax.utils import atomic_open
 
 
 def _accuracy(r: Record) -> float:
@@ -78,9 +78,7 @@ def plot(recs: Sequence[Record], path: str, title: str = "") -> str:
     ax.legend(fontsize=7)
   fig.suptitle(title)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=100)
+  with atomic_open(path, "wb") as fh:
+    fig.savefig(fh, format="png", dpi=100)
   plt.close(fig)
-  os.replace(tmp, path)
   return path

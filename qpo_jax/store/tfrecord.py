@@ -15,10 +15,11 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-import tempfile
 from typing import Iterable, Iterator
 
 import crc32c
+
+from qpo_jax.utils import atomic_open
 
 _MASK_DELTA = 0xA282EAD8
 
@@ -39,24 +40,13 @@ def frame(data: bytes) -> bytes:
 
 def write_records(path: str, records: Iterable[bytes]) -> tuple[int, str]:
   """Writes serialized records atomically; returns (count, sha256 of the file)."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
   digest, count = hashlib.sha256(), 0
-  try:
-    with os.fdopen(fd, "wb") as fh:
-      for data in records:
-        framed = frame(data)
-        fh.write(framed)
-        digest.update(framed)
-        count += 1
-      fh.flush()
-      os.fsync(fh.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  with atomic_open(path, "wb") as fh:
+    for data in records:
+      framed = frame(data)
+      fh.write(framed)
+      digest.update(framed)
+      count += 1
   return count, digest.hexdigest()
 
 

@@ -98,7 +98,8 @@ def _read_jsonl(path: str) -> list[dict]:
   return rows
 
 
-def _read_json(path: str) -> list[dict]:
+def read_json_list(path: str) -> list:
+  """A JSON file holding a list of records; errors name the file (and line)."""
   with open(path, encoding="utf-8") as f:
     try:
       data = json.load(f)
@@ -139,7 +140,7 @@ def read_file_split(data: Mapping[str, Any], split: str) -> tuple[list[dict], st
   elif fmt == "jsonl":
     rows = _read_jsonl(path)
   elif fmt == "json":
-    rows = _read_json(path)
+    rows = read_json_list(path)
   else:
     raise DataError(f"data.format {fmt!r} is not one of tweeteval, csv, jsonl, json")
   rows, offset = _slice(rows, m["lo"], m["hi"])
