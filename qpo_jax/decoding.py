@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qpo_jax import sharding
 from qpo_jax.models.config import ModelConfig
 from qpo_jax.models.transformer import Transformer, init_cache
 
@@ -145,22 +146,50 @@ def chat_prompt(tokenizer, user_text: str) -> list[int]:
   return encode(tokenizer, chat_text(tokenizer, user_text))
 
 
+def pad_id(tokenizer) -> int:
+  """The id used for padding: the tokenizer's pad token, else its EOS."""
+  return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def stop_ids(tokenizer) -> list[int]:
+  """Ids that end a generation: EOS and the pad token."""
+  return sorted({i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None})
+
+
+def generate_ids(lm, seqs: Sequence[Sequence[int]], *, max_new_tokens: int,
+                 eos_ids: Sequence[int], batch_size: int = 8, length_multiple: int = 16,
+                 seed: int = 0, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                 mesh=None) -> list[list[int]]:
+  """Continuations of token lists, in fixed-size left-padded bucketed batches.
+
+  Row i's sampling key comes from (seed, i), so results do not depend on the
+  batch a row lands in. With a mesh the batch is padded to split over its data
+  axes and placed on it (`lm.params` should already be there).
+  """
+  pad = pad_id(lm.tokenizer)
+  eos = jnp.asarray(eos_ids, jnp.int32)
+  rows = bucket(batch_size, sharding.batch_multiple(mesh)) if mesh is not None else batch_size
+  out: list[list[int]] = []
+  for start in range(0, len(seqs), rows):
+    chunk = seqs[start:start + rows]
+    ids, mask = pad_batch(chunk, pad, multiple=length_multiple, rows=rows)
+    args = (ids, mask, row_keys(seed, np.arange(start, start + rows)))
+    args = sharding.shard_batch(args, mesh) if mesh is not None else tuple(
+        jnp.asarray(x) for x in args)
+    new, lengths = generate(lm.cfg, lm.params, *args, eos, pad, max_new_tokens=max_new_tokens,
+                            temperature=temperature, top_k=top_k, top_p=top_p)
+    new, lengths = np.asarray(new), np.asarray(lengths)
+    out += [new[i, :lengths[i]].tolist() for i in range(len(chunk))]
+  return out
+
+
 def generate_text(lm, prompts: Sequence[str], *, max_new_tokens: int = 64, seed: int = 0,
                   chat: bool = True, temperature: float = 0.0, top_k: int = 0,
                   top_p: float = 1.0, batch_size: int = 8) -> list[str]:
   """Host-side convenience: strings in, completions out (batched, bucketed shapes)."""
   tok = lm.tokenizer
-  pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-  eos = jnp.array([tok.eos_token_id], jnp.int32)
-  outputs = []
-  for start in range(0, len(prompts), batch_size):
-    chunk = prompts[start:start + batch_size]
-    seqs = [chat_prompt(tok, p) if chat else tok(p)["input_ids"] for p in chunk]
-    ids, mask = pad_batch(seqs, pad_id, rows=batch_size)
-    keys = row_keys(seed, np.arange(start, start + batch_size))
-    out, lengths = generate(lm.cfg, lm.params, jnp.asarray(ids), jnp.asarray(mask), keys, eos, pad_id,
-                            max_new_tokens=max_new_tokens, temperature=temperature,
-                            top_k=top_k, top_p=top_p)
-    out, lengths = np.asarray(out), np.asarray(lengths)
-    outputs += [tok.decode(out[i, :lengths[i]], skip_special_tokens=True) for i in range(len(chunk))]
-  return outputs
+  seqs = [chat_prompt(tok, p) if chat else tok(p)["input_ids"] for p in prompts]
+  new = generate_ids(lm, seqs, max_new_tokens=max_new_tokens, eos_ids=[tok.eos_token_id],
+                     batch_size=batch_size, seed=seed, temperature=temperature, top_k=top_k,
+                     top_p=top_p)
+  return [tok.decode(ids, skip_special_tokens=True) for ids in new]

@@ -68,7 +68,7 @@ def sample_prompts(cfg: ModelConfig, params, tokenizer, queries: Sequence[str], 
   """
   rows = [(i, s) for i in range(len(queries)) for s in range(num_samples)]
   ids, mask = tokenize(tokenizer, list(queries), query_len, append_eos=False)
-  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+  pad = decoding.pad_id(tokenizer)
   eos = jnp.asarray([tokenizer.eos_token_id], jnp.int32)
   out: list[list[str]] = [[] for _ in queries]
   for start in range(0, len(rows), batch_size):

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from qpo_jax import sharding
+from qpo_jax import decoding, sharding
 from qpo_jax.rewards import Normalizer
 from qpo_jax.store.records import Record
 
@@ -24,7 +24,7 @@ from qpo_jax.store.records import Record
 def tokenize(tokenizer, texts: Sequence[str], length: int, append_eos: bool
              ) -> tuple[np.ndarray, np.ndarray]:
   """[N, length] ids and masks, right-padded; with `append_eos` the text ends in EOS."""
-  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+  pad = decoding.pad_id(tokenizer)
   ids = np.full((len(texts), length), pad, np.int32)
   mask = np.zeros((len(texts), length), bool)
   encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-import jax.numpy as jnp
 import numpy as np
 
 from qpo_jax import decoding, scoring, sharding
@@ -53,8 +52,7 @@ class LocalTarget:
       self.lm = dataclasses.replace(lm, params=sharding.shard_params(lm.params, mesh))
     self.identity = identity or f"local:{lm.name}:chat={int(self._templated)}"
     tok = lm.tokenizer
-    self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    self.eos_ids = sorted({i for i in (tok.eos_token_id, tok.pad_token_id) if i is not None})
+    self.eos_ids = decoding.stop_ids(tok)
 
   @property
   def _templated(self) -> bool:
@@ -80,24 +78,10 @@ class LocalTarget:
   def generate(self, user_texts: Sequence[str], max_new_tokens: int) -> list[Generation]:
     """Greedy answers with the KV cache, and the mean NLL of each answer's tokens."""
     tok = self.lm.tokenizer
-    rows = self.batch_size
-    if self.mesh is not None:
-      rows = decoding.bucket(rows, sharding.batch_multiple(self.mesh))
-    eos = jnp.asarray(self.eos_ids, jnp.int32)
     prefixes = [self.prefix_ids(t) for t in user_texts]
-    answers: list[list[int]] = []
-    for start in range(0, len(prefixes), rows):
-      chunk = prefixes[start:start + rows]
-      ids, mask = decoding.pad_batch(chunk, self.pad_id, side="left",
-                                     multiple=self.length_multiple, rows=rows)
-      keys = decoding.row_keys(0, np.arange(rows))
-      args = (ids, mask, keys)
-      if self.mesh is not None:
-        args = sharding.shard_batch(args, self.mesh)
-      out, lengths = decoding.generate(self.lm.cfg, self.lm.params, *args, eos, self.pad_id,
-                                       max_new_tokens=max_new_tokens)
-      out, lengths = np.asarray(out), np.asarray(lengths)
-      answers += [out[i, :lengths[i]].tolist() for i in range(len(chunk))]
+    answers = decoding.generate_ids(self.lm, prefixes, max_new_tokens=max_new_tokens,
+                                    eos_ids=self.eos_ids, batch_size=self.batch_size,
+                                    length_multiple=self.length_multiple, mesh=self.mesh)
     full = [p + a for p, a in zip(prefixes, answers)]
     logps = scoring.sequence_logprobs(self.lm, full, batch_size=self.batch_size,
                                       length_multiple=self.length_multiple, mesh=self.mesh)

@@ -47,9 +47,7 @@ class ModelServer:
   def __init__(self, lm: LanguageModel, model_name: str, batch_size: int = 8):
     self.lm, self.model_name, self.batch_size = lm, model_name, batch_size
     tok = lm.tokenizer
-    self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    self.eos = jnp.asarray(sorted({i for i in (tok.eos_token_id, tok.pad_token_id)
-                                   if i is not None}), jnp.int32)
+    self.eos_ids = decoding.stop_ids(tok)
     self.lock = threading.Lock()
 
   def encode(self, text: str) -> tuple[list[int], list[int]]:
@@ -59,25 +57,18 @@ class ModelServer:
                    top_p: float, seed: int) -> list[list[int]]:
     if max_tokens <= 0:
       return [[] for _ in seqs]
-    out = []
-    for start in range(0, len(seqs), self.batch_size):
-      chunk = seqs[start:start + self.batch_size]
-      ids, mask = decoding.pad_batch(chunk, self.pad_id, rows=self.batch_size, multiple=32)
-      keys = decoding.row_keys(seed, np.arange(start, start + self.batch_size))
-      new, lengths = decoding.generate(
-          self.lm.cfg, self.lm.params, jnp.asarray(ids), jnp.asarray(mask), keys, self.eos,
-          self.pad_id, max_new_tokens=int(max_tokens), temperature=float(temperature),
-          top_p=float(top_p))
-      new, lengths = np.asarray(new), np.asarray(lengths)
-      out += [new[i, :lengths[i]].tolist() for i in range(len(chunk))]
-    return out
+    return decoding.generate_ids(self.lm, seqs, max_new_tokens=int(max_tokens),
+                                 eos_ids=self.eos_ids, batch_size=self.batch_size,
+                                 length_multiple=32, seed=seed, temperature=float(temperature),
+                                 top_p=float(top_p))
 
   def logprobs(self, seqs: list[list[int]]) -> list[np.ndarray]:
     return scoring.sequence_logprobs(self.lm, seqs, batch_size=self.batch_size)
 
   def top(self, seq: list[int], start: int, k: int) -> list[list[tuple[int, float]]]:
     """Top-k next-token log-probabilities at positions start-1 .. len-2 (the generated tokens)."""
-    ids, mask = decoding.pad_batch([seq], self.pad_id, side="right", multiple=32)
+    ids, mask = decoding.pad_batch([seq], decoding.pad_id(self.lm.tokenizer), side="right",
+                                   multiple=32)
     values, indices = _top_logprobs(self.lm.cfg, self.lm.params, jnp.asarray(ids),
                                     jnp.asarray(mask), k)
     values, indices = np.asarray(values[0]), np.asarray(indices[0])
