@@ -61,11 +61,8 @@ def step_flops(cfg, b, lq, lp) -> float:
 def time_ours(cfg, batch, steps):
   params = init_policy(cfg, jax.random.key(0))
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
-  tx = train.make_optimizer(TC, 100, params)
-  shapes = jax.eval_shape(lambda p: train.init_state(p, tx), params)
-  shard = train.state_shardings(shapes, mesh)
-  state = jax.jit(lambda p: train.init_state(p, tx), out_shardings=shard)(params)
-  update = train.make_update(cfg, tx, train.lr_schedule(TC, 100), mesh, shard)
+  step = train.make_train_step(cfg, TC, 100, params, mesh)
+  state, update = step.init(params), step.update
   rng = jax.random.key(0)
   state, m = update(state, batch, rng)  # compile
   jax.block_until_ready(m)

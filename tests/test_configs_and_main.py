@@ -180,17 +180,14 @@ def test_config_train_step_eval_shape(path):
   mesh = sharding.make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
   params = jax.eval_shape(lambda: init_policy(cfg, jax.random.key(0)))
   tc = dict(config.train)
-  tx = train.make_optimizer(tc, 10, params)
-  shapes = jax.eval_shape(lambda p: train.init_state(p, tx), params)
-  update = train.make_update(cfg, tx, train.lr_schedule(tc, 10), mesh,
-                             train.state_shardings(shapes, mesh))
+  step = train.make_train_step(cfg, tc, 10, params, mesh)
   b, lq, lp = tc["batch_size"], tc["query_len"], tc["prompt_len"]
   batch = {"returns": jax.ShapeDtypeStruct((b,), jnp.float32),
            "query": jax.ShapeDtypeStruct((b, lq), jnp.int32),
            "query_mask": jax.ShapeDtypeStruct((b, lq), bool),
            "prompt": jax.ShapeDtypeStruct((b, lp), jnp.int32),
            "prompt_mask": jax.ShapeDtypeStruct((b, lp), bool)}
-  _, metrics = jax.eval_shape(update, shapes, batch, jax.random.key(0))
+  _, metrics = jax.eval_shape(step.update, step.shapes, batch, jax.random.key(0))
   assert metrics["ce"].shape == ()
 
 

@@ -57,11 +57,8 @@ def test_loss_by_hand_and_padding_independence():
 
 def _state_and_update(mesh, params, tc=None):
   tc = dict(TC, **(tc or {}))
-  tx = train.make_optimizer(tc, 10, params)
-  shapes = jax.eval_shape(lambda p: train.init_state(p, tx), params)
-  shard = train.state_shardings(shapes, mesh)
-  state = jax.jit(lambda p: train.init_state(p, tx), out_shardings=shard)(params)
-  return state, train.make_update(CFG, tx, train.lr_schedule(tc, 10), mesh, shard)
+  step = train.make_train_step(CFG, tc, 10, params, mesh)
+  return step.init(params), step.update
 
 
 def _losses(mesh, steps=8):
@@ -174,17 +171,14 @@ def test_real_size_train_step_eval_shape(name):
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   params = jax.eval_shape(lambda: init_policy(cfg, jax.random.key(0)))
   tc = dict(TC, batch_size=8, query_len=40, prompt_len=40)
-  tx = train.make_optimizer(tc, 100, params)
-  shapes = jax.eval_shape(lambda p: train.init_state(p, tx), params)
-  shard = train.state_shardings(shapes, mesh)
-  update = train.make_update(cfg, tx, train.lr_schedule(tc, 100), mesh, shard)
+  step = train.make_train_step(cfg, tc, 100, params, mesh)
   batch = {"returns": jax.ShapeDtypeStruct((8,), jnp.float32),
            "query": jax.ShapeDtypeStruct((8, 40), jnp.int32),
            "query_mask": jax.ShapeDtypeStruct((8, 40), bool),
            "prompt": jax.ShapeDtypeStruct((8, 40), jnp.int32),
            "prompt_mask": jax.ShapeDtypeStruct((8, 40), bool)}
-  new_state, metrics = jax.eval_shape(update, shapes, batch, jax.random.key(0))
-  assert jax.tree_util.tree_structure(new_state) == jax.tree_util.tree_structure(shapes)
+  new_state, metrics = jax.eval_shape(step.update, step.shapes, batch, jax.random.key(0))
+  assert jax.tree_util.tree_structure(new_state) == jax.tree_util.tree_structure(step.shapes)
   assert metrics["loss"].shape == ()
 
 
@@ -232,11 +226,8 @@ def test_lora_starts_unchanged_and_trains_only_adapters(smollm2_tokenizer):
   m0, m1 = train.eval_loss(CFG, base, batch), train.eval_loss(lcfg, lora, batch)
   assert float(m0["ce"]) == pytest.approx(float(m1["ce"]), rel=1e-6)  # B = 0 at the start
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
-  tx = train.make_optimizer(TC, 10, lora)
-  shapes = jax.eval_shape(lambda p: train.init_state(p, tx), lora)
-  shard = train.state_shardings(shapes, mesh)
-  state = jax.jit(lambda p: train.init_state(p, tx), out_shardings=shard)(lora)
-  update = train.make_update(lcfg, tx, train.lr_schedule(TC, 10), mesh, shard)
+  step = train.make_train_step(lcfg, TC, 10, lora, mesh)
+  state, update = step.init(lora), step.update
   before = jax.tree_util.tree_map(np.asarray, state.params)
   for i in range(3):
     state, _ = update(state, _batch(i), jax.random.key(0))

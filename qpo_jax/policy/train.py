@@ -9,6 +9,7 @@ explicit shardings from the mesh's rules.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable, Mapping
 
@@ -120,6 +121,27 @@ def make_update(cfg: ModelConfig, tx: optax.GradientTransformation, schedule: op
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   return jax.jit(update, in_shardings=(state_sharding, batch_sharding, replicated),
                  out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+  """What a training loop needs for one config, parameter tree and mesh."""
+
+  update: Callable  # (state, batch, rng) -> (state, metrics), jitted
+  init: Callable  # params -> TrainState placed by `shardings`
+  shapes: TrainState
+  shardings: TrainState
+
+
+def make_train_step(cfg: ModelConfig, tc: Mapping[str, Any], steps_per_epoch: int, params: Any,
+                    mesh) -> TrainStep:
+  """Optimizer, state shapes and shardings, and the jitted update, built once."""
+  tx = make_optimizer(tc, steps_per_epoch, params)
+  shapes = jax.eval_shape(lambda p: init_state(p, tx), params)
+  shardings = state_shardings(shapes, mesh)
+  return TrainStep(update=make_update(cfg, tx, lr_schedule(tc, steps_per_epoch), mesh, shardings),
+                   init=jax.jit(lambda p: init_state(p, tx), out_shardings=shardings),
+                   shapes=shapes, shardings=shardings)
 
 
 def eval_loss(cfg: ModelConfig, params, batch) -> dict[str, jax.Array]:

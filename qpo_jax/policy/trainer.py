@@ -56,24 +56,20 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, recs: Sequen
   batches = Batches(recs, tokenizer, query_len=tc["query_len"], prompt_len=tc["prompt_len"],
                     batch_size=tc["batch_size"], seed=seed, normalizer=normalizer, mesh=mesh)
   total = int(tc["epochs"] * batches.steps_per_epoch)
-  tx = train.make_optimizer(tc, batches.steps_per_epoch, init_params)
-  schedule = train.lr_schedule(tc, batches.steps_per_epoch)
-  shapes = jax.eval_shape(lambda p: train.init_state(p, tx), init_params)
-  shardings = train.state_shardings(shapes, mesh)
-  update = train.make_update(cfg, tx, schedule, mesh, shardings)
+  step_fns = train.make_train_step(cfg, tc, batches.steps_per_epoch, init_params, mesh)
   manager = ocp.CheckpointManager(
       os.path.join(os.path.abspath(round_dir), "checkpoints"),
       options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
   latest = manager.latest_step()
   if latest is not None:
     restored = manager.restore(latest, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(shapes, shardings)),
+        state=ocp.args.StandardRestore(_abstract(step_fns.shapes, step_fns.shardings)),
         data=ocp.args.JsonRestore()))
     state = restored["state"]
     batches.restore(restored["data"])
     logging.info("resumed %s at step %d of %d", round_dir, latest, total)
   else:
-    state = jax.jit(lambda p: train.init_state(p, tx), out_shardings=shardings)(init_params)
+    state = step_fns.init(init_params)
   metrics_path = os.path.join(round_dir, "metrics.jsonl")
   _trim_metrics(metrics_path, int(latest or 0))
   from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
@@ -88,7 +84,7 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, recs: Sequen
   try:
     with open(metrics_path, "a") as log:
       for step in range(start_step, total):
-        state, metrics = update(state, batches.next(), rng)
+        state, metrics = step_fns.update(state, batches.next(), rng)
         done = step + 1
         bar.update(1)
         if done % log_every == 0 or done == total:
