@@ -79,13 +79,22 @@ def test_stops_at_eos_and_pads_after():
     assert (out[i, lengths[i]:] == 0).all()
 
 
-def test_top_p_and_top_k_filters_by_hand():
-  logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
-  kept = lambda **kw: np.isfinite(np.asarray(decoding.filter_logits(logits, 1.0, **kw)))[0].tolist()  # noqa
-  assert kept(top_k=0, top_p=0.6) == [True, True, False, False]
-  assert kept(top_k=0, top_p=0.5) == [True, False, False, False]
-  assert kept(top_k=0, top_p=0.81) == [True, True, True, False]
-  assert kept(top_k=3, top_p=1.0) == [True, True, True, False]
+def test_top_p_and_top_k_support_and_frequencies():
+  logits = jnp.log(jnp.array([[0.05, 0.5, 0.15, 0.3]]))
+  keys = decoding.row_keys(0, range(4000))
+
+  def freq(**kw):
+    draw = jax.vmap(lambda k: decoding.sample_token(logits, k[None], 1.0, **kw)[0])(keys)
+    return np.bincount(np.asarray(draw), minlength=4) / len(keys)
+
+  np.testing.assert_array_equal(freq(top_p=0.6) > 0, [False, True, False, True])
+  np.testing.assert_array_equal(freq(top_p=0.5) > 0, [False, True, False, False])
+  np.testing.assert_array_equal(freq(top_p=0.81) > 0, [False, True, True, True])
+  np.testing.assert_array_equal(freq(top_k=3) > 0, [False, True, True, True])
+  np.testing.assert_array_equal(freq(top_k=3, top_p=0.6) > 0, [False, True, False, True])
+  # Renormalised over the kept tokens: 0.5 / 0.8 and 0.3 / 0.8.
+  np.testing.assert_allclose(freq(top_k=2)[[1, 3]], [0.625, 0.375], atol=0.03)
+  np.testing.assert_allclose(freq()[[0, 1, 2, 3]], [0.05, 0.5, 0.15, 0.3], atol=0.03)
 
 
 def test_pad_batch_buckets_and_sides():
