@@ -4,13 +4,11 @@
   .venv/bin/python experiments/bench_forward.py --model=gpt2-small --batch=8 --seq=128
 
 Hardware: any; on the 2-core dev CPU it takes about 2 minutes for SmolLM2.
-Prints a Markdown table and writes JSON to --out (optional). The peak is the
+Prints a Markdown table and writes --out (JSON) and the same name with .md. The peak is the
 best of a few large f32 matmuls timed in the same run.
 """
 
 from __future__ import annotations
-
-import json
 
 from absl import app
 from absl import flags
@@ -23,6 +21,7 @@ from qpo_jax.benchmark import best_time, matmul_peak
 from qpo_jax.models import config as config_lib
 from qpo_jax.models.registry import load_model
 from qpo_jax.models.transformer import Transformer, init_params
+from qpo_jax.utils import write_table
 
 _MODEL = flags.DEFINE_string("model", "smollm2", "'smollm2' (embedded weights) or a preset name")
 _BATCH = flags.DEFINE_integer("batch", 8, "rows per forward")
@@ -30,7 +29,7 @@ _SEQ = flags.DEFINE_integer("seq", 128, "tokens per row")
 _NEW = flags.DEFINE_integer("new_tokens", 32, "tokens generated per row in the decoding test")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed repetitions (best is reported)")
-_OUT = flags.DEFINE_string("out", "", "optional JSON output path")
+_OUT = flags.DEFINE_string("out", "experiments/results/forward.json", "JSON output ('' for none)")
 
 
 def main(argv):
@@ -66,12 +65,8 @@ def main(argv):
       "forward_gflops": flops / fwd_s / 1e9, "forward_mfu": flops / fwd_s / peak,
       "decode_new_tokens_per_s": b * _NEW.value / gen_s,
   }
-  print("| metric | value |\n|---|---|")
-  for k, v in result.items():
-    print(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |")
-  if _OUT.value:
-    with open(_OUT.value, "w") as fh:
-      json.dump(result, fh, indent=2)
+  rows = [{"metric": k, "value": v} for k, v in result.items()]
+  print(write_table(_OUT.value, rows, ["metric", "value"], {"repeats": _REPEATS.value}))
 
 
 if __name__ == "__main__":

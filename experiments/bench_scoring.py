@@ -1,13 +1,19 @@
-"""Option-scoring throughput on TweetEval: our batched JAX scorer vs naive HF PyTorch.
+"""Option-scoring throughput on TweetEval: our batched JAX scorer vs HF PyTorch, in one run.
 
   .venv/bin/python experiments/bench_scoring.py --data_dir=../shared/data/tweet_emotion
 
-Both score the same (query, prompt) pairs with SmolLM2-135M-Instruct: ours runs
-the prefix once and projects to the vocabulary only at option positions; the
-naive baseline runs one full sequence per option (batch 8, full logits), as
-the authors' evaluation does. Also prints accuracy and the largest NLL
-difference between the two, so the speed-up is for the same numbers.
-Hardware: any; about 3 minutes on the 2-core dev CPU with the defaults.
+Three scorers rate the same (query, prompt) pairs over the four emotion options
+with SmolLM2-135M-Instruct (the same dequantized weights, float32):
+  - qpo_jax batched: the prefix runs once per pair, options fan out from its KV
+    cache, the vocabulary projection happens only at option positions, and
+    shapes are bucketed so XLA compiles a handful of times (compiled before timing);
+  - HF one by one: one forward of prefix + option per option, batch 1, full
+    logits, as the authors' evaluation code scores classification answers;
+  - HF batched: the same sequences padded into batches of --hf_batch (the
+    brief's naive baseline).
+Prints accuracy and the largest NLL difference to ours for each, so the speed-up
+is for the same numbers. Hardware: any; about a minute on the 2-core dev CPU
+with the defaults. Writes --out (JSON) and the same name with .md.
 """
 
 from __future__ import annotations
@@ -17,19 +23,42 @@ import time
 
 from absl import app
 from absl import flags
+import jax
 import numpy as np
 
 from qpo_jax import scoring
 from qpo_jax.models.registry import load_model, smollm2_gguf_path
+from qpo_jax.utils import write_table
 
 _DATA = flags.DEFINE_string("data_dir", "../shared/data/tweet_emotion", "TweetEval emotion files")
 _N = flags.DEFINE_integer("n", 48, "queries to score")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "rows per jitted scoring call (ours)")
 _MULTIPLE = flags.DEFINE_integer("length_multiple", 16, "prefix lengths are padded to a multiple")
+_HF_BATCH = flags.DEFINE_integer("hf_batch", 8, "sequences per forward (HF batched)")
 _PROMPT = flags.DEFINE_string(
     "prompt", "Classify the emotion of the tweet as Anger, Joy, Optimism or Sadness.",
     "instruction placed before the example")
+_OUT = flags.DEFINE_string("out", "experiments/results/scoring.json", "JSON output ('' for none)")
 LABELS = ["Anger", "Joy", "Optimism", "Sadness"]
+
+
+def hf_scores(model, prefixes, options, batch: int) -> np.ndarray:
+  """Mean option NLL from full-sequence forwards, `batch` (prefix + option) sequences at a time."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  seqs = [(i, j, p + o, len(p)) for i, p in enumerate(prefixes) for j, o in enumerate(options)]
+  out = np.zeros((len(prefixes), len(options)))
+  with torch.no_grad():
+    for s in range(0, len(seqs), batch):
+      chunk = seqs[s:s + batch]
+      width = max(len(x[2]) for x in chunk)
+      ids = torch.tensor([x[2] + [0] * (width - len(x[2])) for x in chunk])
+      mask = torch.tensor([[1] * len(x[2]) + [0] * (width - len(x[2])) for x in chunk])
+      logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits, -1)
+      for r, (i, j, seq, n) in enumerate(chunk):
+        lp = [logp[r, n - 1 + k, seq[n + k]].item() for k in range(len(seq) - n)]
+        out[i, j] = -np.mean(lp)
+  return out
 
 
 def main(argv):
@@ -46,34 +75,33 @@ def main(argv):
   kw = dict(batch_size=_BATCH.value, length_multiple=_MULTIPLE.value)
   scoring.score(lm, prefixes, [options] * len(prefixes), **kw)  # compile every bucket first
   start = time.perf_counter()
-  ours = scoring.score(lm, prefixes, [options] * len(prefixes), **kw)
-  ours_s = time.perf_counter() - start
+  results = {"qpo_jax batched": scoring.score(lm, prefixes, [options] * len(prefixes), **kw)}
+  seconds = {"qpo_jax batched": time.perf_counter() - start}
 
-  import torch
-  import transformers
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
 
   path = smollm2_gguf_path()
   ref = transformers.AutoModelForCausalLM.from_pretrained(
       os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
-  seqs = [(i, j, p + o, len(p)) for i, p in enumerate(prefixes) for j, o in enumerate(options)]
-  theirs = np.zeros_like(ours)
-  start = time.perf_counter()
-  with torch.no_grad():
-    for s in range(0, len(seqs), 8):
-      chunk = seqs[s:s + 8]
-      width = max(len(x[2]) for x in chunk)
-      ids = torch.tensor([x[2] + [0] * (width - len(x[2])) for x in chunk])
-      mask = torch.tensor([[1] * len(x[2]) + [0] * (width - len(x[2])) for x in chunk])
-      logp = torch.log_softmax(ref(input_ids=ids, attention_mask=mask).logits, -1)
-      for r, (i, j, seq, n) in enumerate(chunk):
-        lp = [logp[r, n - 1 + k, seq[n + k]].item() for k in range(len(seq) - n)]
-        theirs[i, j] = -np.mean(lp)
-  theirs_s = time.perf_counter() - start
+  hf_scores(ref, prefixes[:1], options, 1)  # warm-up
+  for name, batch in (("HF PyTorch one by one", 1), ("HF PyTorch batched", _HF_BATCH.value)):
+    start = time.perf_counter()
+    results[name] = hf_scores(ref, prefixes, options, batch)
+    seconds[name] = time.perf_counter() - start
 
-  print("| scorer | pairs/s | accuracy |\n|---|---|---|")
-  print(f"| qpo_jax batched | {len(texts) / ours_s:.2f} | {(ours.argmin(1) == gold).mean():.3f} |")
-  print(f"| HF PyTorch naive | {len(texts) / theirs_s:.2f} | {(theirs.argmin(1) == gold).mean():.3f} |")
-  print(f"speed-up {theirs_s / ours_s:.1f}x; max |NLL diff| {np.abs(ours - theirs).max():.2e}")
+  ours = results["qpo_jax batched"]
+  rows = [{"scorer": name, "pairs/s": len(texts) / seconds[name], "seconds": seconds[name],
+           "accuracy": float((nll.argmin(1) == gold).mean()),
+           "max |NLL - ours|": float(np.abs(nll - ours).max()),
+           "ours speed-up": seconds[name] / seconds["qpo_jax batched"]}
+          for name, nll in results.items()]
+  meta = {"model": "smollm2-135m-instruct (Q4_1 GGUF, dequantized, float32)",
+          "pairs": len(texts), "options": len(LABELS), "ours_batch": _BATCH.value,
+          "length_multiple": _MULTIPLE.value, "hf_batch": _HF_BATCH.value,
+          "device": jax.devices()[0].device_kind, "torch_threads": torch.get_num_threads()}
+  print(meta)
+  print(write_table(_OUT.value, rows, list(rows[0]), meta))
 
 
 if __name__ == "__main__":

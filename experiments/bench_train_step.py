@@ -21,13 +21,13 @@ import time
 from absl import app
 from absl import flags
 import jax
-import numpy as np
 
 from qpo_jax import sharding
-from qpo_jax.benchmark import matmul_peak, write_results
+from qpo_jax.benchmark import PAPER_TRAIN, matmul_peak, policy_batch
 from qpo_jax.models.config import preset
 from qpo_jax.policy import train
 from qpo_jax.policy.model import init_policy
+from qpo_jax.utils import write_table
 
 _POLICIES = flags.DEFINE_list("policies", ["gpt2-small", "smollm2-135m"], "policy presets")
 _BATCH = flags.DEFINE_integer("batch", 8, "rows per step")
@@ -35,17 +35,6 @@ _LQ = flags.DEFINE_integer("query_len", 40, "query tokens")
 _LP = flags.DEFINE_integer("prompt_len", 40, "prompt tokens")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps (after one warm-up step)")
 _OUT = flags.DEFINE_string("out", "experiments/results/train_step.json", "JSON output")
-TC = dict(learning_rate=1e-3, schedule="step", decay_every_epochs=20, decay_rate=0.65,
-          grad_clip=0.25, weight_decay=1e-4, epochs=100)
-
-
-def batch_arrays(cfg, b, lq, lp, seed=0):
-  rng = np.random.default_rng(seed)
-  return {"returns": rng.uniform(0, 100, b).astype(np.float32),
-          "query": rng.integers(3, cfg.vocab_size, (b, lq)).astype(np.int32),
-          "query_mask": np.arange(lq)[None] < rng.integers(lq // 2, lq + 1, (b, 1)),
-          "prompt": rng.integers(3, cfg.vocab_size, (b, lp)).astype(np.int32),
-          "prompt_mask": np.arange(lp)[None] < rng.integers(lp // 2, lp + 1, (b, 1))}
 
 
 def step_flops(cfg, b, lq, lp) -> float:
@@ -61,7 +50,7 @@ def step_flops(cfg, b, lq, lp) -> float:
 def time_ours(cfg, batch, steps):
   params = init_policy(cfg, jax.random.key(0))
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
-  step = train.make_train_step(cfg, TC, 100, params, mesh)
+  step = train.make_train_step(cfg, PAPER_TRAIN, 100, params, mesh)
   state, update = step.init(params), step.update
   rng = jax.random.key(0)
   state, m = update(state, batch, rng)  # compile
@@ -152,7 +141,7 @@ def main(argv):
   for name in _POLICIES.value:
     cfg = preset(name)
     b, lq, lp = _BATCH.value, _LQ.value, _LP.value
-    batch = batch_arrays(cfg, b, lq, lp)
+    batch = policy_batch(cfg, b, lq, lp)
     tokens = b * (1 + lq + lp)
     flops = step_flops(cfg, b, lq, lp)
     ours = time_ours(cfg, batch, _STEPS.value)
@@ -165,7 +154,7 @@ def main(argv):
     print(rows[-1], flush=True)
   cols = list(rows[0])
   print(f"matmul peak {peak / 1e9:.0f} GFLOP/s ({jax.devices()[0].device_kind})")
-  print(write_results(_OUT.value, rows, cols, {"peak_flops": peak,
+  print(write_table(_OUT.value, rows, cols, {"peak_flops": peak,
                                                "device": jax.devices()[0].device_kind,
                                                "steps": _STEPS.value}))
 

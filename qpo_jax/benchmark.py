@@ -1,16 +1,28 @@
-"""Timing helpers shared by the benchmarks in experiments/: best-of-N timing, matmul peak, output."""
+"""Helpers shared by the benchmarks in experiments/: timing, matmul peak, policy batches."""
 
 from __future__ import annotations
 
-import json
-import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from qpo_jax.utils import atomic_write_text
+
+# The paper's policy optimizer (spec: AdamW 1e-3, wd 1e-4, clip 0.25, step decay).
+PAPER_TRAIN = dict(learning_rate=1e-3, schedule="step", decay_every_epochs=20, decay_rate=0.65,
+                   grad_clip=0.25, weight_decay=1e-4, epochs=100)
+
+
+def policy_batch(cfg, b: int, lq: int, lp: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """A random policy training batch with ragged query/prompt masks (speed and sharding checks)."""
+  rng = np.random.default_rng(seed)
+  return {"returns": rng.uniform(0, 100, b).astype(np.float32),
+          "query": rng.integers(3, cfg.vocab_size, (b, lq)).astype(np.int32),
+          "query_mask": np.arange(lq)[None] < rng.integers(lq // 2, lq + 1, (b, 1)),
+          "prompt": rng.integers(3, cfg.vocab_size, (b, lp)).astype(np.int32),
+          "prompt_mask": np.arange(lp)[None] < rng.integers(lp // 2, lp + 1, (b, 1))}
 
 
 def best_time(fn: Callable[[], Any], repeats: int) -> float:
@@ -29,18 +41,3 @@ def matmul_peak(repeats: int, n: int = 2048) -> float:
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   f = jax.jit(lambda x: x @ x)
   return 2 * n ** 3 / best_time(lambda: f(a), repeats)
-
-
-def write_results(path: str, rows: Sequence[dict[str, Any]], columns: Sequence[str],
-                  meta: dict[str, Any]) -> str:
-  """Writes rows as JSON (`path`) and a Markdown table (`path` with .md); returns the table."""
-  table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-  for r in rows:
-    table.append("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])
-                                   for c in columns) + " |")
-  markdown = "\n".join(table) + "\n"
-  if path:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic_write_text(path, json.dumps({"meta": meta, "rows": list(rows)}, indent=2))
-    atomic_write_text(os.path.splitext(path)[0] + ".md", markdown)
-  return markdown

@@ -1,12 +1,13 @@
-"""Small I/O helpers shared across the package."""
+"""Small I/O helpers shared across the package: atomic writes, JSON, result tables, configs."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import tempfile
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterator, Sequence
 
 
 @contextlib.contextmanager
@@ -45,3 +46,35 @@ def read_json(path: str, default: Any = None) -> Any:
       return json.load(f)
     except json.JSONDecodeError as e:
       raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def write_table(path: str, rows: Sequence[dict[str, Any]], columns: Sequence[str],
+                meta: dict[str, Any]) -> str:
+  """Writes rows as JSON (`path`, with `meta`) and a Markdown table (`path` with .md).
+
+  Returns the Markdown; with an empty `path` nothing is written.
+  """
+  table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  for r in rows:
+    table.append("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])
+                                   for c in columns) + " |")
+  markdown = "\n".join(table) + "\n"
+  if path:
+    atomic_write_text(path, json.dumps({"meta": meta, "rows": list(rows)}, indent=2))
+    atomic_write_text(os.path.splitext(path)[0] + ".md", markdown)
+  return markdown
+
+
+def load_config(spec: str):
+  """`get_config()` of a config file, as `--config` reads it: 'configs/paper.py:tweet_emotion,...'.
+
+  For notebooks and scripts that call the library without absl flags.
+  """
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path} does not exist")
+  module_spec = importlib.util.spec_from_file_location(
+      "qpo_config_" + os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()

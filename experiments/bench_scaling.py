@@ -1,0 +1,160 @@
+"""The policy train step over 1, 2, 4 and 8 devices: same numbers on every mesh, and step time.
+
+  .venv/bin/python experiments/bench_scaling.py                  # CPU: simulated devices
+  .venv/bin/python experiments/bench_scaling.py --simulate=false \
+      --meshes=data=1,data=2,data=4,data=8                       # real accelerators
+
+Each mesh runs in its own process (on CPU with
+XLA_FLAGS=--xla_force_host_platform_device_count=N, since the device count is
+fixed when JAX starts): the same initial parameters, batch and key go through
+--steps jitted, sharded updates (`policy.train.make_train_step`, the trainer's).
+The table gives each step's loss and gradient norm and the final parameters as
+their largest difference to the first mesh (the parameter difference also
+relative to the first mesh's whole update); data, FSDP and tensor sharding must
+all agree to float32 rounding. Simulated CPU devices share the same cores, so their
+step times say nothing about speed; with --simulate=false on a GPU/TPU host they
+are real. Hardware: any; about 6 minutes on the 2-core dev CPU with the defaults.
+Writes --out (JSON) and the same name with .md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+
+_POLICY = flags.DEFINE_string("policy", "gpt2-small", "policy preset (random weights)")
+_MESHES = flags.DEFINE_string(
+    "meshes", "data=1;data=2;data=4;data=8;data=2,fsdp=2,tensor=2;fsdp=4,tensor=2",
+    "meshes separated by ';', each axis=size separated by ','")
+_BATCH = flags.DEFINE_integer("batch", 8, "global rows per step (divisible by every data axis)")
+_LQ = flags.DEFINE_integer("query_len", 40, "query tokens")
+_LP = flags.DEFINE_integer("prompt_len", 40, "prompt tokens")
+_STEPS = flags.DEFINE_integer("steps", 4, "updates per mesh")
+_SIMULATE = flags.DEFINE_bool("simulate", True, "simulate the devices on the host CPU")
+_CHILD = flags.DEFINE_string("child", "", "internal: run one mesh and print JSON")
+_REF = flags.DEFINE_string("ref", "", "internal: the first mesh's final parameters (.npz)")
+_OUT = flags.DEFINE_string("out", "experiments/results/scaling.json", "JSON output ('' for none)")
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+  axes = {"data": 1, "fsdp": 1, "tensor": 1}
+  for part in text.split(","):
+    name, _, size = part.partition("=")
+    if name not in axes or not size.isdigit():
+      raise ValueError(f"--meshes: {part!r} is not axis=size with axis in {sorted(axes)}")
+    axes[name] = int(size)
+  return axes
+
+
+def compare_params(params, init, ref_path: str) -> dict[str, float]:
+  """Saves the final parameters at `ref_path` (first mesh) or compares with the ones there.
+
+  Returns the largest absolute difference and the difference's L2 norm relative to
+  the reference's total update (final - initial): how far the meshes' training
+  paths differ, measured against how far training moved.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+
+  flat = {jax.tree_util.keystr(k): np.asarray(v, np.float32)
+          for k, v in jax.tree_util.tree_leaves_with_path(params)}
+  if not os.path.exists(ref_path):
+    np.savez(ref_path, **flat)
+    return {"max |param diff|": 0.0, "param diff / update": 0.0}
+  ref = np.load(ref_path)
+  start = {jax.tree_util.keystr(k): np.asarray(v, np.float32)
+           for k, v in jax.tree_util.tree_leaves_with_path(init)}
+  diff2 = update2 = biggest = 0.0
+  for name, value in flat.items():
+    d = value.astype(np.float64) - ref[name]
+    diff2 += float(np.sum(d * d))
+    u = ref[name].astype(np.float64) - start[name]
+    update2 += float(np.sum(u * u))
+    biggest = max(biggest, float(np.abs(d).max()))
+  return {"max |param diff|": biggest, "param diff / update": float(np.sqrt(diff2 / update2))}
+
+
+def run_child(mesh_text: str, ref_path: str) -> dict:
+  """One mesh in this process: losses, gradient norms, parameters vs the first mesh, s/step."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from qpo_jax import sharding  # pylint: disable=g-import-not-at-top
+  from qpo_jax.models.config import preset  # pylint: disable=g-import-not-at-top
+  from qpo_jax.policy import train  # pylint: disable=g-import-not-at-top
+  from qpo_jax.policy.model import init_policy  # pylint: disable=g-import-not-at-top
+  from qpo_jax.benchmark import PAPER_TRAIN, policy_batch  # pylint: disable=g-import-not-at-top
+
+  axes = parse_mesh(mesh_text)
+  mesh = sharding.make_mesh(axes)
+  cfg = preset(_POLICY.value)
+  params = init_policy(cfg, jax.random.key(0))
+  init = jax.tree_util.tree_map(np.asarray, params)  # the state is donated
+  step = train.make_train_step(cfg, PAPER_TRAIN, 100, params, mesh)
+  state = step.init(params)
+  batch = sharding.shard_batch(policy_batch(cfg, _BATCH.value, _LQ.value, _LP.value), mesh)
+  rng = jax.random.key(1)
+  losses, norms, times = [], [], []
+  for _ in range(_STEPS.value):
+    start = time.perf_counter()
+    state, metrics = step.update(state, batch, rng)
+    losses.append(float(metrics["loss"]))
+    norms.append(float(metrics["grad_norm"]))
+    times.append(time.perf_counter() - start)
+  return {"mesh": mesh_text, "devices": int(np.prod(list(axes.values()))),
+          "platform": jax.devices()[0].platform, "losses": losses, "grad_norms": norms,
+          **compare_params(state.params, init, ref_path),
+          "s/step": float(np.min(times[1:])) if len(times) > 1 else times[0]}
+
+
+def run_mesh(mesh_text: str, ref_path: str) -> dict:
+  devices = int(np.prod(list(parse_mesh(mesh_text).values())))
+  env = dict(os.environ)
+  if _SIMULATE.value:
+    env.update(JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  args = [sys.executable, os.path.abspath(__file__), f"--child={mesh_text}", f"--ref={ref_path}"] + [
+      f"--{f}={flags.FLAGS[f].serialize().split('=', 1)[1]}"
+      for f in ("policy", "batch", "query_len", "prompt_len", "steps")]
+  proc = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+  if proc.returncode:
+    raise RuntimeError(f"mesh {mesh_text} failed:\n{proc.stderr[-3000:]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv):
+  del argv
+  if _CHILD.value:
+    print(json.dumps(run_child(_CHILD.value, _REF.value)))
+    return
+  from qpo_jax.utils import write_table  # pylint: disable=g-import-not-at-top
+
+  results = []
+  ref_path = os.path.join(tempfile.mkdtemp(prefix="qpo_scaling_"), "params.npz")
+  for mesh_text in _MESHES.value.split(";"):
+    results.append(run_mesh(mesh_text, ref_path))
+    print(mesh_text, results[-1]["losses"], f"{results[-1]['s/step']:.2f} s/step", flush=True)
+  base = results[0]
+  os.unlink(ref_path)
+  rel = lambda a, b: float(np.max(np.abs(np.subtract(a, b)) / np.abs(b)))  # noqa
+  rows = [{"mesh": r["mesh"], "devices": r["devices"],
+           "final loss": r["losses"][-1],
+           "max |loss diff|": float(np.max(np.abs(np.subtract(r["losses"], base["losses"])))),
+           "max grad-norm rel diff": rel(r["grad_norms"], base["grad_norms"]),
+           "max |param diff|": r["max |param diff|"],
+           "param diff / update": r["param diff / update"],
+           "s/step": r["s/step"]} for r in results]
+  meta = {"policy": _POLICY.value, "batch": _BATCH.value, "query_len": _LQ.value,
+          "prompt_len": _LP.value, "steps": _STEPS.value, "simulated": _SIMULATE.value,
+          "platform": base["platform"], "losses": {r["mesh"]: r["losses"] for r in results}}
+  print(write_table(_OUT.value, rows, list(rows[0]), meta))
+
+
+if __name__ == "__main__":
+  app.run(main)
