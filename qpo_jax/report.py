@@ -84,10 +84,12 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str, target,
         config, workdir, t, [q.query for q in queries], collect=False, seed=config.seed)]
   os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
   table: dict[str, dict[str, float]] = collections.defaultdict(dict)
+  calls_per_pair = {}  # target calls for one (query, prompt): the demo sets in few-shot
   for setting in e.settings:
     demos = task_base.demo_sets(splits["train"], e.num_demo_sets, e.num_demos,
                                 seed=config.seed + 11, max_words=config.task.max_words) \
         if setting == evaluation.FEW_SHOT else ()
+    calls_per_pair[setting] = max(1, len(demos))
     acc = _evaluate(task, target, cache, queries, prompts, setting, demos, e.max_new_tokens)
     row = {p: i for i, p in enumerate(prompts)}
     table["no instruction"][setting] = float(acc[row[""]].mean())
@@ -112,6 +114,7 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str, target,
   result = {"task": task.name, "target": target.identity, "policy": config.policy.name,
             "num_test_queries": len(queries), "settings": list(e.settings),
             "best_train_prompt": best_train, "reward_model": rm_fit, "table": dict(table),
+            "num_source_prompts": len(candidate_texts), "calls_per_pair": calls_per_pair,
             "qpo_prompts": {str(t): ps for t, ps in qpo_prompts.items()},
             "cost": _cost(workdir, cache, num_loops)}
   markdown = to_markdown(result)

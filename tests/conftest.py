@@ -2,8 +2,9 @@
 
 import os
 
+EIGHT_DEVICES = "--xla_force_host_platform_device_count=8"
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+                           " " + EIGHT_DEVICES).strip()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -19,6 +20,18 @@ def smollm2():
 
 
 @pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+  """(workdir, results) of one uninterrupted QPO run on configs/tiny.py, shared by tests."""
+  from qpo_jax import loop
+  from qpo_jax.utils import load_config
+
+  work = str(tmp_path_factory.mktemp("tiny_run"))
+  config = load_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs",
+                                    "tiny.py"))
+  return work, loop.run_loop(config, work)
+
+
+@pytest.fixture(scope="session")
 def smollm2_tokenizer():
   """SmolLM2's tokenizer alone (read from the GGUF metadata; no weights)."""
   import gguf
@@ -28,3 +41,13 @@ def smollm2_tokenizer():
 
   path = smollm2_gguf_path()
   return tokenizer_from_gguf(gguf.GGUFReader(path), path)
+
+
+def one_device_env() -> dict[str, str]:
+  """The environment for a child process that runs as a user would: one CPU device.
+
+  (8 simulated devices would make a data-parallel mesh hold 8 copies of SmolLM2.)
+  """
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(EIGHT_DEVICES, "").strip()
+  return env

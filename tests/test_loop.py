@@ -1,6 +1,5 @@
 """The whole multi-loop run: end to end on the tiny config, killed in collection and resumed."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,15 +9,14 @@ import pytest
 
 from qpo_jax import loop
 from qpo_jax.targets import build_target
+from qpo_jax.utils import load_config
+from tests.conftest import one_device_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(name):
-  spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, "configs", name))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return load_config(os.path.join(ROOT, "configs", name))
 
 
 class _Killable:
@@ -41,10 +39,10 @@ class _Killable:
     return self.inner.generate(texts, max_new_tokens)
 
 
-def test_loop_killed_in_collection_resumes_to_the_same_table(tmp_path):
+def test_loop_killed_in_collection_resumes_to_the_same_table(tmp_path, tiny_run):
   config = _config("tiny.py")
   target = build_target(config.target)
-  ref = loop.run_loop(config, str(tmp_path / "a"), target=_Killable(target, 10**9))
+  ref = tiny_run[1]  # uninterrupted
   work = str(tmp_path / "b")
   dying = _Killable(target, 88 + 3)  # D_0 is 88 calls; dies inside loop 1's collection
   with pytest.raises(KeyboardInterrupt):
@@ -68,10 +66,7 @@ def test_loop_killed_in_collection_resumes_to_the_same_table(tmp_path):
 
 
 def _main(*args, workdir, one_device=False):
-  env = dict(os.environ)
-  if one_device:  # as a user runs it; 8 simulated devices would hold 8 copies of SmolLM2
-    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(
-        "--xla_force_host_platform_device_count=8", "")
+  env = one_device_env() if one_device else None
   return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args,
                          f"--workdir={workdir}"], capture_output=True, text=True, cwd=ROOT,
                         timeout=1800, env=env)
