@@ -33,6 +33,7 @@ setup(
         # torch==2.13.0 is the CPU wheel on the build machines' disk; HF's GGUF
         # loader (the reference in tests) needs accelerate.
         "test": ["pytest", "torch==2.13.0", "accelerate",
-                 "tfrecord"],  # an independent TFRecord reader for the store's tests
+                 "tfrecord",  # an independent TFRecord reader for the store's tests
+                 "nbclient", "nbformat", "ipykernel"],  # the colab/ notebooks run in tests
     },
 )
