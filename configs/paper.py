@@ -61,28 +61,28 @@ def get_config(arg: str = "tweet_emotion,few_shot,llama-2-7b-chat") -> ml_collec
   data.update(FILES.get(task, {}))
   c.task = dict(name=task, seed=0, max_words=100, data=data)
   if target in LOCAL_TARGETS:
-    c.target = dict(name="hf", path="", preset=LOCAL_TARGETS[target], backend="local",
-                    dtype="bfloat16", param_dtype="bfloat16", chat=True, batch_size=32,
-                    length_multiple=64, base_url="", model="", api_key_env="OPENAI_API_KEY",
-                    scoring="completions", concurrency=8, max_retries=5, timeout_s=60.0)
+    c.target = dict(name="hf", path="", tokenizer_path="", preset=LOCAL_TARGETS[target],
+                    backend="local", dtype="bfloat16", param_dtype="bfloat16", chat=True,
+                    batch_size=32, length_multiple=64, base_url="", model="",
+                    api_key_env="OPENAI_API_KEY", scoring="completions", concurrency=8, max_retries=5, timeout_s=60.0)
   else:
-    c.target = dict(name=target, path="", preset="", backend="http", dtype="", param_dtype="",
-                    chat=True, batch_size=16, length_multiple=64,
+    c.target = dict(name=target, path="", tokenizer_path="", preset="", backend="http", dtype="",
+                    param_dtype="", chat=True, batch_size=16, length_multiple=64,
                     base_url="https://api.openai.com/v1", model=target,
                     api_key_env="OPENAI_API_KEY", scoring="chat_first_token", concurrency=8,
                     max_retries=5, timeout_s=120.0)
   c.policy = dict(name="hf", path="", preset="gpt2-small", tokenizer_path="", dtype="float32",
                   param_dtype="float32", lora_rank=0, lora_alpha=16.0)
   c.data = dict(source="build", path="", prompts_dir=f"{SHARED}/prompts/instructeval/instructions",
-                prompt_sources=[], lp_model="llama7b", prompts_file="", aliases_file="",
-                target_name="", num_queries=0, settings=[setting], num_demo_sets=5,
+                prompt_sources=(), lp_model="llama7b", prompts_file="", aliases_file="",
+                target_name="", num_queries=0, settings=(setting,), num_demo_sets=5,
                 num_demos=6, threshold=ml_collections.config_dict.placeholder(float),
                 prompts_per_chunk=8, records_per_shard=4096, max_new_tokens=512, inspect="")
   if math:  # source prompts: Prompt-OIRL's 6 training prompts
     c.data.prompts_dir = ""
     c.data.prompts_file = f"{SHARED}/prompt_oirl/prompts_16.json"
     c.data.aliases_file = f"{SHARED}/prompt_oirl/prompt_aliases_16.json"
-    c.data.prompt_sources = ["nan", "CoT", "APE", "Dis", "ToT", "Decomp"]
+    c.data.prompt_sources = ("nan", "CoT", "APE", "Dis", "ToT", "Decomp")
   c.train = dict(round=1, learning_rate=1e-3, schedule="step", epochs=100, decay_every_epochs=20,
                  decay_rate=0.65, warmup_steps=0, batch_size=128, grad_accum=1, grad_clip=0.25,
                  weight_decay=1e-4, query_len=40, prompt_len=40, normalize=True,
@@ -91,11 +91,11 @@ def get_config(arg: str = "tweet_emotion,few_shot,llama-2-7b-chat") -> ml_collec
   c.sample = dict(target_return=100.0, num_samples=1, batch_size=64,
                   test=dict(temperature=0.0), collect=dict(temperature=1.0, top_k=2, top_p=0.9))
   c.loop = dict(num_loops=3, collect_batches=10, collect_queries=100)
-  c.eval = dict(settings=[setting], num_queries=200 if math else 100, num_demo_sets=10,
+  c.eval = dict(settings=(setting,), num_queries=200 if math else 100, num_demo_sets=10,
                 num_demos=6, max_new_tokens=512)
   c.eval_prompts = dict(split="test", num_queries=100, setting=setting, num_demo_sets=10,
-                        num_demos=6, max_new_tokens=512, prompts=[])
+                        num_demos=6, max_new_tokens=512, prompts=())
   c.serve = dict(host="127.0.0.1", port=8000, api_key_env="QPO_SERVE_KEY")
-  c.generate = dict(questions=["What is the capital of France?"], max_new_tokens=32, chat=True,
+  c.generate = dict(questions=("What is the capital of France?",), max_new_tokens=32, chat=True,
                     batch_size=1)
   return c

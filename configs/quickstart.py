@@ -41,10 +41,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.task = dict(name="topics", seed=0, max_words=100,
                 data=dict(kind="builtin", size=800, seed=0, dir="", name=""))
   c.eval_prompts = dict(split="test", num_queries=48, setting="zero_shot", num_demo_sets=3,
-                        num_demos=4, max_new_tokens=128, prompts=[])
-  c.data = dict(source="build", path="", prompts_dir="", prompt_sources=[], lp_model="",
+                        num_demos=4, max_new_tokens=128, prompts=())
+  c.data = dict(source="build", path="", prompts_dir="", prompt_sources=(), lp_model="",
                 prompts_file="", aliases_file="", target_name="", num_queries=64,
-                settings=["zero_shot"], num_demo_sets=3, num_demos=4,
+                settings=("zero_shot",), num_demo_sets=3, num_demos=4,
                 threshold=ml_collections.config_dict.placeholder(float),
                 prompts_per_chunk=4, records_per_shard=4096, max_new_tokens=128, inspect="")
   c.policy = dict(name="smollm2-135m-instruct", path="", tokenizer_path="", dtype="float32",
@@ -58,13 +58,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.sample = dict(target_return=100.0, num_samples=1, batch_size=8, test=dict(temperature=0.0),
                   collect=dict(temperature=1.0, top_k=2, top_p=0.9))
   c.loop = dict(num_loops=2, collect_batches=2, collect_queries=32)
-  c.eval = dict(settings=["zero_shot"], num_queries=48, num_demo_sets=3,
+  c.eval = dict(settings=("zero_shot",), num_queries=48, num_demo_sets=3,
                 num_demos=4, max_new_tokens=128)
   c.serve = dict(host="127.0.0.1", port=8000, api_key_env="QPO_SERVE_KEY")
   c.generate = dict(
-      questions=["What is the capital of France?",
+      questions=("What is the capital of France?",
                  "Name three primary colors.",
                  "Classify the emotion of this tweet as anger, joy, optimism or sadness: "
-                 "'I just got the job, best day ever!'"],
+                 "'I just got the job, best day ever!'"),
       max_new_tokens=48, chat=True, batch_size=4)
   return c

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import flax
 import jax
 import jax.numpy as jnp
 import pytest
@@ -60,6 +61,10 @@ def test_config_parses_and_names_known_modules(name, config):
   sharding.make_mesh(config.mesh)
   if config.task.data.kind != "files" or os.path.isdir(config.task.data.dir):
     loop.validate(config)
+  # ml_collections cannot override list fields from the command line (tuples it can).
+  lists = [k for k, v in flax.traverse_util.flatten_dict(config.to_dict(), sep=".").items()
+           if isinstance(v, list)]
+  assert not lists, f"use tuples so --config.<field> can override: {lists}"
 
 
 @pytest.mark.parametrize("name", ["gpt2-small", "smollm2-135m", "llama-2-7b", "llama-2-70b"])

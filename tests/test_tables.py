@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from qpo_jax import tables
+from tests.conftest import one_device_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {name: os.path.join(ROOT, "experiments", f"table_{name}.py") for name in tables.TABLES}
@@ -92,3 +93,31 @@ def test_tables_assemble_from_run_results(tiny_result, tmp_path):
   assert got["QPO calls / test query"] == 1
   assert got["trying all N source prompts: calls / test query"] == a["num_source_prompts"] > 1
   assert rows["ag_news,few_shot,llama-2-7b-chat"]["loop collection calls"] == tables.MISSING
+
+
+def test_table_script_runs_a_paper_setting_end_to_end(tmp_path, smollm2_tokenizer):
+  """nlu_zero_shot on TweetEval with the real InstructEval prompts, tiny random models on CPU."""
+  tok_dir = str(tmp_path / "tokenizer")
+  smollm2_tokenizer.save_pretrained(tok_dir)
+  small = {
+      "target.name": "random", "target.preset": "tiny-llama", "target.tokenizer_path": tok_dir,
+      "target.dtype": "float32", "target.param_dtype": "float32", "target.batch_size": "8",
+      "target.length_multiple": "16", "policy.name": "random", "policy.preset": "tiny-llama",
+      "policy.tokenizer_path": tok_dir, "data.num_queries": "6",
+      "data.prompt_sources": "('manual', 'generic_instruction')", "train.epochs": "2",
+      "train.finetune_epochs": "1", "train.batch_size": "8", "train.query_len": "16",
+      "train.prompt_len": "12", "train.progress": "False", "sample.batch_size": "8",
+      "loop.num_loops": "1", "loop.collect_batches": "1", "loop.collect_queries": "8",
+      "eval.num_queries": "8"}
+  root = str(tmp_path / "runs")
+  r = subprocess.run([sys.executable, SCRIPTS["nlu_zero_shot"], f"--root={root}",
+                      "--tasks=tweet_emotion"] + [f"--override={k}={v}" for k, v in small.items()],
+                     capture_output=True, text=True, cwd=ROOT, timeout=1200, env=one_device_env())
+  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+  table = json.load(open(os.path.join(root, "tables", "nlu_zero_shot.json")))
+  assert table["meta"]["missing"] == [] and table["meta"]["test_queries"] == {
+      "tweet_emotion,zero_shot,llama-2-7b-chat": 8}
+  rows = {row["method"]: row for row in table["rows"]}
+  assert {"QPO loop 1", "manual", "source: manual", "source: generic_instruction"} <= set(rows)
+  assert all(0.0 <= row["tweet_emotion"] <= 1.0 for row in rows.values())
+  assert "| QPO loop 1 |" in r.stdout
