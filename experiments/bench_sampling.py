@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qpo_jax import decoding
-from qpo_jax.benchmark import best_time
+from qpo_jax.benchmark import best_times
 from qpo_jax.models.registry import load_model, smollm2_gguf_path
 from qpo_jax.policy import sampling
 from qpo_jax.policy.model import init_policy
@@ -38,7 +38,7 @@ from qpo_jax.utils import write_table
 _DATA = flags.DEFINE_string("data_dir", "../shared/data/tweet_emotion", "TweetEval emotion files")
 _BATCHES = flags.DEFINE_list("batches", ["1", "8"], "batch sizes")
 _NEW = flags.DEFINE_integer("new_tokens", 40, "tokens generated per row (the paper's Lp is 40)")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "timed repetitions per row (best is reported)")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "timed repetitions per row (best is reported; round-robin)")
 _OUT = flags.DEFINE_string("out", "experiments/results/sampling.json", "JSON output ('' for none)")
 SAMPLED = dict(temperature=1.0, top_k=2, top_p=0.9)
 
@@ -96,10 +96,8 @@ def main(argv):
              ("qpo_jax generate", "sampled", lambda: ours(**SAMPLED)),
              ("HF generate", "sampled", lambda: theirs(**SAMPLED)),
              ("qpo_jax policy sampler", "sampled", lambda: policy(**SAMPLED))]
-    seconds = {}
-    for name, mode, fn in timed:
-      seconds[name, mode] = best_time(fn, _REPEATS.value)
-      print(name, mode, b, f"{seconds[name, mode]:.2f}s", flush=True)
+    seconds = best_times({(name, mode): fn for name, mode, fn in timed}, _REPEATS.value)
+    print(b, {k: round(v, 2) for k, v in seconds.items()}, flush=True)
     rows_same, tokens_same = matching(np.asarray(ours()), theirs())
     for name, mode, _ in timed:
       hf = seconds["HF generate", mode]

@@ -36,6 +36,23 @@ def best_time(fn: Callable[[], Any], repeats: int) -> float:
   return min(times)
 
 
+def best_times(fns: dict[Any, Callable[[], Any]], repeats: int) -> dict[Any, float]:
+  """Best wall time of each function, timed round-robin after one warm-up call each.
+
+  Interleaving spreads drift in machine load (and other runtimes' idle threads)
+  over all contenders instead of charging it to whichever runs first.
+  """
+  for fn in fns.values():
+    jax.block_until_ready(fn())
+  best = {k: float("inf") for k in fns}
+  for _ in range(repeats):
+    for k, fn in fns.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      best[k] = min(best[k], time.perf_counter() - start)
+  return best
+
+
 def matmul_peak(repeats: int, n: int = 2048) -> float:
   """FLOP/s of a jitted n x n f32 matmul on this machine: the denominator of MFU."""
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
