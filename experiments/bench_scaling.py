@@ -67,7 +67,7 @@ def compare_params(params, init, ref_path: str) -> dict[str, float]:
           for k, v in jax.tree_util.tree_leaves_with_path(params)}
   if not os.path.exists(ref_path):
     np.savez(ref_path, **flat)
-    return {"max |param diff|": 0.0, "param diff / update": 0.0}
+    return {"max abs param diff": 0.0, "param diff / update": 0.0}
   ref = np.load(ref_path)
   start = {jax.tree_util.keystr(k): np.asarray(v, np.float32)
            for k, v in jax.tree_util.tree_leaves_with_path(init)}
@@ -78,7 +78,7 @@ def compare_params(params, init, ref_path: str) -> dict[str, float]:
     u = ref[name].astype(np.float64) - start[name]
     update2 += float(np.sum(u * u))
     biggest = max(biggest, float(np.abs(d).max()))
-  return {"max |param diff|": biggest, "param diff / update": float(np.sqrt(diff2 / update2))}
+  return {"max abs param diff": biggest, "param diff / update": float(np.sqrt(diff2 / update2))}
 
 
 def run_child(mesh_text: str, ref_path: str) -> dict:
@@ -145,9 +145,9 @@ def main(argv):
   rel = lambda a, b: float(np.max(np.abs(np.subtract(a, b)) / np.abs(b)))  # noqa
   rows = [{"mesh": r["mesh"], "devices": r["devices"],
            "final loss": r["losses"][-1],
-           "max |loss diff|": float(np.max(np.abs(np.subtract(r["losses"], base["losses"])))),
+           "max abs loss diff": float(np.max(np.abs(np.subtract(r["losses"], base["losses"])))),
            "max grad-norm rel diff": rel(r["grad_norms"], base["grad_norms"]),
-           "max |param diff|": r["max |param diff|"],
+           "max abs param diff": r["max abs param diff"],
            "param diff / update": r["param diff / update"],
            "s/step": r["s/step"]} for r in results]
   meta = {"policy": _POLICY.value, "batch": _BATCH.value, "query_len": _LQ.value,

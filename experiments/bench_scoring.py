@@ -93,7 +93,7 @@ def main(argv):
   ours = results["qpo_jax batched"]
   rows = [{"scorer": name, "pairs/s": len(texts) / seconds[name], "seconds": seconds[name],
            "accuracy": float((nll.argmin(1) == gold).mean()),
-           "max |NLL - ours|": float(np.abs(nll - ours).max()),
+           "max abs NLL diff to ours": float(np.abs(nll - ours).max()),
            "ours speed-up": seconds[name] / seconds["qpo_jax batched"]}
           for name, nll in results.items()]
   meta = {"model": "smollm2-135m-instruct (Q4_1 GGUF, dequantized, float32)",
