@@ -40,7 +40,8 @@ class Table:
 
 
 def workdir(root: str, setting: str) -> str:
-  return os.path.join(root, setting.replace(",", "_"))
+  """A setting's run directory (absolute: the runs start in the repository root)."""
+  return os.path.join(os.path.abspath(root), setting.replace(",", "_"))
 
 
 def command(setting: str, root: str, overrides: Mapping[str, str]) -> list[str]:
