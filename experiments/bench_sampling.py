@@ -5,8 +5,9 @@
 
 SmolLM2-135M-Instruct (the embedded weights, float32) continues real TweetEval
 tweets wrapped in its chat template, left-padded to 16-token buckets, for exactly
---new_tokens tokens (EOS does not stop a row on either side, and is not banned
-either, so both do the same work and greedy decoding can agree token for token). Rows, for each batch size:
+--new_tokens tokens. EOS neither stops a row nor is banned on either side, so
+both do the same work and greedy decoding can agree token for token. Rows, for
+each batch size:
   - qpo_jax decoding.generate and HF `model.generate` (PyTorch, use_cache=True),
     greedy and sampled (temperature 1, top-k 2, top-p 0.9: the loop's
     collection settings); prefill is included in the time;
@@ -38,7 +39,7 @@ from qpo_jax.utils import write_table
 _DATA = flags.DEFINE_string("data_dir", "../shared/data/tweet_emotion", "TweetEval emotion files")
 _BATCHES = flags.DEFINE_list("batches", ["1", "8"], "batch sizes")
 _NEW = flags.DEFINE_integer("new_tokens", 40, "tokens generated per row (the paper's Lp is 40)")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "timed repetitions per row (best is reported; round-robin)")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "timed rounds (round-robin; best is reported)")
 _OUT = flags.DEFINE_string("out", "experiments/results/sampling.json", "JSON output ('' for none)")
 SAMPLED = dict(temperature=1.0, top_k=2, top_p=0.9)
 

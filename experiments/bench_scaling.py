@@ -119,7 +119,8 @@ def run_mesh(mesh_text: str, ref_path: str) -> dict:
   if _SIMULATE.value:
     env.update(JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  args = [sys.executable, os.path.abspath(__file__), f"--child={mesh_text}", f"--ref={ref_path}"] + [
+  args = [sys.executable, os.path.abspath(__file__), f"--child={mesh_text}",
+          f"--ref={ref_path}"] + [
       f"--{f}={flags.FLAGS[f].serialize().split('=', 1)[1]}"
       for f in ("policy", "batch", "query_len", "prompt_len", "steps")]
   proc = subprocess.run(args, env=env, capture_output=True, text=True, check=False)

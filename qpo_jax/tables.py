@@ -1,4 +1,4 @@
-"""The paper's tables from QPO runs: the settings each table needs, and the table from their results.
+"""The paper's tables from QPO runs: the settings each table needs, and the table from results.
 
 A table is a list of `configs/paper.py` settings plus a way to lay their
 `<root>/<setting>/eval/results.json` out as rows. The scripts in experiments/
@@ -17,14 +17,14 @@ import subprocess
 import sys
 from typing import Any, Callable, Mapping, Sequence
 
-from qpo_jax.utils import load_config, read_json, write_table
+from qpo_jax.utils import config_module, load_config, read_json, write_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_CONFIG = os.path.join(ROOT, "configs", "paper.py")
-NLU = ("ag_news", "imdb", "tweet_emotion", "boolq", "cosmos_qa", "hellaswag")
-MATH = ("gsm8k", "svamp")
-SCALES = ("llama-2-7b-chat", "llama-2-13b-chat", "llama-2-70b-chat")
-MATH_TARGETS = ("gpt-3.5-turbo", "gpt-4o", "llama-2-7b-chat")
+_PAPER = config_module(PAPER_CONFIG)  # tasks and targets as the config names them
+NLU, MATH = tuple(_PAPER.NLU), tuple(_PAPER.MATH)
+SCALES = tuple(_PAPER.LOCAL_TARGETS)  # Llama-2-chat 7B, 13B, 70B
+MATH_TARGETS = tuple(_PAPER.API_TARGETS) + ("llama-2-7b-chat",)
 MISSING = "-"
 
 
@@ -167,24 +167,22 @@ def _cost_settings(tasks):
 
 
 def _cost_rows(results, tasks):
-  """Target usage per stage, and calls per test query: QPO's one prompt vs trying every source prompt."""
+  """Target usage per stage, and calls per test query: QPO's one prompt vs every source prompt."""
   columns = ["setting", "D_0 calls (0 if imported)", "loop collection calls",
              "loop collection tokens", "QPO calls / test query",
              "trying all N source prompts: calls / test query"]
   rows = []
   for s in _cost_settings(tasks):
-    r = results.get(s)
-    if r is None:
+    r = results.get(s, {})
+    per_pair = r.get("calls_per_pair", {}).get(s.split(",")[1])
+    if per_pair is None:  # not run, or a report from before these fields existed
       rows.append({"setting": s, **{c: MISSING for c in columns[1:]}})
       continue
     collect = [v for k, v in r["cost"].items() if k.startswith("collect_")]
-    per_pair = r["calls_per_pair"][s.split(",")[1]]
-    rows.append({"setting": s, "D_0 calls (0 if imported)": r["cost"].get("d0", {}).get("calls", 0),
-                 "loop collection calls": sum(c["calls"] for c in collect),
-                 "loop collection tokens": sum(c["prompt_tokens"] + c["generated_tokens"]
-                                               for c in collect),
-                 "QPO calls / test query": per_pair,
-                 "trying all N source prompts: calls / test query": per_pair * r["num_source_prompts"]})
+    rows.append(dict(zip(columns, [
+        s, r["cost"].get("d0", {}).get("calls", 0), sum(c["calls"] for c in collect),
+        sum(c["prompt_tokens"] + c["generated_tokens"] for c in collect), per_pair,
+        per_pair * r["num_source_prompts"]])))
   return rows, columns
 
 

@@ -65,16 +65,22 @@ def write_table(path: str, rows: Sequence[dict[str, Any]], columns: Sequence[str
   return markdown
 
 
-def load_config(spec: str):
-  """`get_config()` of a config file, as `--config` reads it: 'configs/paper.py:tweet_emotion,...'.
-
-  For notebooks and scripts that call the library without absl flags.
-  """
-  path, _, arg = spec.partition(":")
+def config_module(path: str):
+  """The module of a config file (its `get_config` and any constants it defines)."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"config file {path} does not exist")
   module_spec = importlib.util.spec_from_file_location(
       "qpo_config_" + os.path.splitext(os.path.basename(path))[0], path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
+  return module
+
+
+def load_config(spec: str):
+  """`get_config()` of a config file, as `--config` reads it: 'configs/paper.py:tweet_emotion,...'.
+
+  For notebooks and scripts that call the library without absl flags.
+  """
+  path, _, arg = spec.partition(":")
+  module = config_module(path)
   return module.get_config(arg) if arg else module.get_config()

@@ -1,7 +1,6 @@
 """Every config parses; real-size models pass eval_shape sharded; main.py runs and fails clearly."""
 
 import glob
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,23 +15,17 @@ from qpo_jax import sharding
 from qpo_jax.models.config import PRESETS, preset
 from qpo_jax.models.registry import LOADERS
 from qpo_jax.models.transformer import Transformer, init_cache, param_shapes
+from qpo_jax.utils import config_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
-
-
-def _module(path):
-  spec = importlib.util.spec_from_file_location("cfg", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def _all_configs():
   """(id, config) for every config file, and every setting of the parametrised paper config."""
   out = []
   for path in CONFIGS:
-    module = _module(path)
+    module = config_module(path)
     args = module.settings() if hasattr(module, "settings") else [None]
     out += [(f"{os.path.basename(path)}:{a}" if a else os.path.basename(path),
              module.get_config(a) if a else module.get_config()) for a in args]
@@ -44,7 +37,7 @@ ALL = _all_configs()
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_config_file_documents_command_and_expected(path):
-  doc = _module(path).__doc__
+  doc = config_module(path).__doc__
   assert "Command" in doc and "Expected" in doc and "Runtime" in doc
 
 
@@ -180,7 +173,7 @@ def test_config_train_step_eval_shape(path):
   from qpo_jax.policy import train
   from qpo_jax.policy.model import init_policy
 
-  config = _module(path).get_config()
+  config = config_module(path).get_config()
   cfg = _policy_preset(config.policy)
   mesh = sharding.make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
   params = jax.eval_shape(lambda: init_policy(cfg, jax.random.key(0)))
