@@ -12,7 +12,8 @@ each batch size:
     greedy and sampled (temperature 1, top-k 2, top-p 0.9: the loop's
     collection settings); prefill is included in the time;
   - the policy's own sampler (`policy.sampling.sample`: the prompt decision
-    transformer on the same backbone, [R; query] prefilled into the cache).
+    transformer on the same backbone, [R; query] prefilled into the cache, with the
+    same tokens as query, so its prefix is one slot longer).
 For greedy decoding the table also gives how many rows and tokens match HF
 (float32 on both sides; a near-tie can flip a token and everything after it).
 Hardware: any; about 5 minutes on the 2-core dev CPU with the defaults. Writes
@@ -75,7 +76,6 @@ def main(argv):
     keys = decoding.row_keys(0, range(b))
     ids_j, mask_j = jnp.asarray(ids), jnp.asarray(mask)
     ids_t, mask_t = torch.as_tensor(ids).long(), torch.as_tensor(mask).long()
-    query, query_mask = ids_j[:, -min(ids.shape[1], 48):], mask_j[:, -min(ids.shape[1], 48):]
     returns = jnp.full((b,), 100.0)
 
     def ours(**kw):
@@ -89,7 +89,7 @@ def main(argv):
       return out[:, ids.shape[1]:].numpy()
 
     def policy(**kw):
-      return sampling.sample(lm.cfg, policy_params, returns, query, query_mask, keys, never, pad,
+      return sampling.sample(lm.cfg, policy_params, returns, ids_j, mask_j, keys, never, pad,
                              max_len=n_new, **kw)[0]
 
     timed = [("qpo_jax generate", "greedy", lambda: ours()),

@@ -9,6 +9,8 @@ import glob
 import os
 import re
 
+import nbclient
+import nbformat
 import pytest
 
 from tests.conftest import one_device_env
@@ -29,8 +31,6 @@ def test_every_notebook_is_checked():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: os.path.basename(p)[:-6])
 def test_notebook_runs_top_to_bottom(path, tmp_path):
-  nbformat = pytest.importorskip("nbformat")
-  nbclient = pytest.importorskip("nbclient")
   book = nbformat.read(path, as_version=4)
   params = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
   assert len(params) == 1, "one cell tagged 'parameters'"
