@@ -19,7 +19,7 @@ TC = dict(learning_rate=3e-3, schedule="step", decay_every_epochs=1000, decay_ra
 
 def _batch(seed=0, b=8, lq=6, lp=5):
   rng = np.random.default_rng(seed)
-  return dict(returns=(rng.normal(size=b) * 5).astype(np.float32),
+  return dict(returns=rng.uniform(0, 100, b).astype(np.float32),  # normalised returns
               query=rng.integers(3, 500, (b, lq)).astype(np.int32),
               query_mask=np.arange(lq)[None] < rng.integers(1, lq + 1, (b, 1)),
               prompt=rng.integers(3, 500, (b, lp)).astype(np.int32),
@@ -50,9 +50,16 @@ def test_loss_by_hand_and_padding_independence():
   m = train.eval_loss(CFG, params, batch)
   assert float(m["ce"]) == pytest.approx(ce, rel=1e-4)
   assert float(m["mse"]) == pytest.approx(mse, rel=1e-4)
-  assert float(m["lambda"]) == lam and float(m["loss"]) == pytest.approx(ce + lam * mse, rel=1e-4)
-  big = dict(batch, returns=batch["returns"] * 100)  # MSE >= 10 switches lambda to 0.1
-  assert float(train.eval_loss(CFG, params, big)["lambda"]) == pytest.approx(0.1)
+  assert float(m["lambda"]) == pytest.approx(lam)
+  assert float(m["loss"]) == pytest.approx(ce + lam * mse / 100 ** 2, rel=1e-4)
+  # lambda = 0.5 while MSE < 10, 0.1 above; with a zeroed return head R_hat = 0, MSE = mean(R^2)
+  zero_head = dict(params, return_head={k: jnp.zeros_like(v)
+                                        for k, v in params["return_head"].items()})
+  for scale, lam in ((0.01, 0.5), (1.0, 0.1)):
+    returns = batch["returns"] * scale
+    m = train.eval_loss(CFG, zero_head, dict(batch, returns=returns))
+    assert float(m["mse"]) == pytest.approx(float(np.mean(returns ** 2)), rel=1e-5)
+    assert float(m["lambda"]) == pytest.approx(lam)
 
 
 def _state_and_update(mesh, params, tc=None):
@@ -88,17 +95,42 @@ def test_eight_device_mesh_matches_one_device():
 
 
 def _store():
-  """Four queries, each with its own best prompt (reward 10) and worst prompt (reward 0)."""
+  """Four queries, each with its own best prompt (return 100) and a worse one (return 50)."""
   recs = []
   for i, (good, bad) in enumerate([("alpha beta", "zeta"), ("gamma", "eta theta"),
                                    ("delta one", "iota"), ("epsilon", "kappa two")]):
     q = f"query number {i} about topic {'abcd'[i]}"
-    recs += [Record(task="t", query=q, prompt=good, reward=10.0),
-             Record(task="t", query=q, prompt=bad, reward=0.0)]
+    recs += [Record(task="t", query=q, prompt=good, reward=100.0),
+             Record(task="t", query=q, prompt=bad, reward=50.0)]
   return recs
 
 
+def _return_embeddings(params, cfg, returns):
+  return np.asarray(PromptDT(cfg).apply({"params": params}, jnp.asarray(returns, jnp.float32),
+                                        method=PromptDT.embed_return))[:, 0]
+
+
+@pytest.mark.parametrize("pretrained", [False, True])
+def test_return_is_visible_at_init(pretrained):
+  """R = 50 and R = 100 must give clearly different inputs before any training (the spec's
+  LN(Linear(R) + seg) gave an RMS difference of about 0.002 between R = 80 and R = 100)."""
+  backbone = init_policy(CFG, jax.random.key(5))["backbone"] if pretrained else None
+  params = init_policy(CFG, jax.random.key(6), backbone_params=backbone)
+  e = _return_embeddings(params, CFG, [0.0, 50.0, 80.0, 100.0])
+  tokens = np.asarray(PromptDT(CFG).apply({"params": params}, jnp.arange(3, 40)[None],
+                                          1, method=PromptDT.embed_text))[0]
+  token_rms = np.sqrt(np.mean(tokens ** 2))
+  rms = lambda x: float(np.sqrt(np.mean(x ** 2)))  # noqa: E731
+  assert rms(e[1] - e[3]) > 0.3 * token_rms  # R = 50 vs 100
+  assert rms(e[2] - e[3]) > 0.1 * token_rms  # R = 80 vs 100
+  assert rms(e[0] - e[3]) > 2 * rms(e[1] - e[3]) * 0.9  # linear in R: twice as far
+  if pretrained:  # the input norm and R start at the backbone's embedding scale
+    emb = np.asarray(backbone["embed"]["embedding"])
+    assert token_rms == pytest.approx(np.sqrt(np.mean(emb ** 2)), rel=0.1)
+
+
 def test_overfit_is_query_dependent_and_reward_conditioned(tmp_path, smollm2_tokenizer):
+  """The prompt depends on the query and on R: R* = 100 and R* = 50 give different prompts."""
   cfg = CFG.replace(vocab_size=len(smollm2_tokenizer))
   params = init_policy(cfg, jax.random.key(3))
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
@@ -106,9 +138,9 @@ def test_overfit_is_query_dependent_and_reward_conditioned(tmp_path, smollm2_tok
   params = trainer.train_round(str(tmp_path), cfg, params, _store() * 1, smollm2_tokenizer, tc,
                                mesh=mesh, seed=0)
   queries = [r.query for r in _store()[::2]]
-  high = sampling.sample_prompts(cfg, params, smollm2_tokenizer, queries, target_return=10.0,
+  high = sampling.sample_prompts(cfg, params, smollm2_tokenizer, queries, target_return=100.0,
                                  query_len=10, prompt_len=8, seed=0)
-  low = sampling.sample_prompts(cfg, params, smollm2_tokenizer, queries, target_return=0.0,
+  low = sampling.sample_prompts(cfg, params, smollm2_tokenizer, queries, target_return=50.0,
                                 query_len=10, prompt_len=8, seed=0)
   assert [h[0] for h in high] == [r.prompt for r in _store()[::2]]
   assert [x[0] for x in low] == [r.prompt for r in _store()[1::2]]

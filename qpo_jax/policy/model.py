@@ -1,13 +1,25 @@
 """The prompt decision transformer: a causal LM conditioned on a target return.
 
-Input = [e(R); q_1..q_Lq; p_1..p_Lp] with e(R) = Linear(1->d)(R) + seg[0],
-query tokens = tok_emb + seg[1], prompt tokens = tok_emb + seg[2], then a
-LayerNorm, through any decoder of `models.transformer` (GPT-2 or Llama family).
-The prompt head is lm_head(ReLU(Linear(d->d)(h))): p_1 is predicted at the last
-real query token and p_t at p_{t-1}. The return head is Linear(d->1) on h at
-the return position. Query and prompt are right-padded; the mask carries the
-holes, so positions and attention see real tokens only, in training and in
-cached sampling alike.
+Input = [e(R); q_1..q_Lq; p_1..p_Lp]: query tokens = LN(tok_emb + seg[1]),
+prompt tokens = LN(tok_emb + seg[2]) (the spec's segment embeddings and
+LayerNorm), through any decoder of `models.transformer` (GPT-2 or Llama
+family). The prompt head is lm_head(ReLU(Linear(d->d)(h))): p_1 is predicted
+at the last real query token and p_t at p_{t-1}. Query and prompt are
+right-padded; the mask carries the holes, so positions and attention see real
+tokens only, in training and in cached sampling alike.
+
+The return enters as e(R) = LN(seg[0]) + Linear(1->d)(R / RETURN_SCALE): on
+the normalised 0..100 scale divided to 0..1, added *after* the normalisation.
+(The spec's LN(Linear(R) + seg[0]) removes R's magnitude: at init R = 80 and
+R = 100 gave inputs whose RMS differed by 0.002, so R* = 100 meant little.)
+With a pretrained backbone the LayerNorm's gain and the return projection
+start at the scale of the backbone's token embeddings, so the pretrained LM
+first sees inputs of the size it was trained on.
+
+The return head is Linear(d->1) on h at the return position, predicting
+R / RETURN_SCALE. Causal attention lets that position see only e(R), so R_hat
+can only reconstruct R: the MSE term shapes how R is represented (as in the
+authors' code); it does not value a prompt (train.py says how it is weighed).
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ from qpo_jax.models.config import ModelConfig
 from qpo_jax.models.transformer import Transformer
 
 SEG_RETURN, SEG_QUERY, SEG_PROMPT = 0, 1, 2
+RETURN_SCALE = 100.0  # returns are min-max normalised to 0..100 (spec); the model sees R / 100
 
 
 class PromptDT(nn.Module):
@@ -36,7 +49,9 @@ class PromptDT(nn.Module):
                                      param_dtype=cfg.weight_dtype, name=name,
                                      kernel_init=nn.initializers.normal(0.02))
     self.backbone = Transformer(cfg)
-    self.return_embed = dense(cfg.d_model, "return_embed")
+    self.return_embed = nn.Dense(cfg.d_model, dtype=cfg.compute_dtype,
+                                 param_dtype=cfg.weight_dtype, name="return_embed",
+                                 kernel_init=nn.initializers.normal(1.0))
     self.segment = nn.Embed(3, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
                             embedding_init=nn.initializers.normal(0.02))
     self.input_norm = nn.LayerNorm(dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
@@ -44,9 +59,9 @@ class PromptDT(nn.Module):
     self.return_head = dense(1, "return_head")
 
   def embed_return(self, returns: jax.Array) -> jax.Array:
-    """[B] returns -> [B, 1, D] normalised input embeddings."""
-    e = self.return_embed(returns.astype(jnp.float32)[:, None, None]) + self.segment(jnp.int32(SEG_RETURN))
-    return self.input_norm(e)
+    """[B] returns (0..100) -> [B, 1, D]: the segment, normalised, plus R / 100 projected."""
+    r = returns.astype(jnp.float32)[:, None, None] / RETURN_SCALE
+    return self.input_norm(self.segment(jnp.int32(SEG_RETURN))) + self.return_embed(r)
 
   def embed_text(self, tokens: jax.Array, segment: int) -> jax.Array:
     return self.input_norm(self.backbone.embed_tokens(tokens) + self.segment(jnp.int32(segment)))
@@ -55,7 +70,8 @@ class PromptDT(nn.Module):
     return self.backbone.logits(nn.relu(self.prompt_proj(hidden)))
 
   def predict_return(self, hidden_at_return: jax.Array) -> jax.Array:
-    return self.return_head(hidden_at_return)[..., 0].astype(jnp.float32)
+    """R_hat in return units (0..100); the head itself works on the 0..1 scale."""
+    return RETURN_SCALE * self.return_head(hidden_at_return)[..., 0].astype(jnp.float32)
 
   def __call__(self, returns, query, query_mask, prompt, prompt_mask, *,
                deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
@@ -95,7 +111,25 @@ def init_policy(cfg: ModelConfig, rng: jax.Array, backbone_params: Any | None = 
                       jnp.ones((1, prompt_len), bool))["params"]
   if backbone_params is not None:
     params = {**params, "backbone": _with_pretrained(params["backbone"], backbone_params)}
+    params = _at_embedding_scale(params)
   return params
+
+
+def _at_embedding_scale(params: Any) -> Any:
+  """Input LayerNorm gain and return projection scaled to the backbone's token-embedding RMS.
+
+  LN(tok_emb + seg) has unit RMS; a pretrained LM's embeddings are much smaller
+  (SmolLM2: 0.13), so with gain 1 its first layers would see inputs 7x the
+  size they were trained on. The return projection gets the same scale, so
+  R and the tokens start comparable.
+  """
+  emb = params["backbone"]["embed"]["embedding"]
+  rms = jnp.sqrt(jnp.mean(jnp.square(jnp.asarray(emb, jnp.float32))))
+  norm = dict(params["input_norm"], scale=jnp.full_like(params["input_norm"]["scale"], rms))
+  ret = dict(params["return_embed"],
+             kernel=params["return_embed"]["kernel"] * rms.astype(
+                 params["return_embed"]["kernel"].dtype))
+  return {**params, "input_norm": norm, "return_embed": ret}
 
 
 def _with_pretrained(fresh: Any, pretrained: Any) -> Any:

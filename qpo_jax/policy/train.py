@@ -1,7 +1,12 @@
 """Offline RL objective and the pure, jitted, sharded train step.
 
 L = CE(prompt tokens | R, q) + lambda * MSE(R_hat, R), lambda = 0.5 if MSE < 10
-else 0.1 (spec); no KL or ranking term. `make_update` returns
+else 0.1 (spec); no KL or ranking term. lambda is chosen on the MSE in return
+units (0..100), as the spec states it; the term added to the loss is the same
+MSE on the model's 0..1 scale (R / RETURN_SCALE). On the 0..100 scale an
+untrained head's MSE is in the thousands: its gradient would swamp the prompt
+loss in the shared backbone and, after global-norm clipping, shrink the
+prompt loss's gradients toward Adam's epsilon. `make_update` returns
 `update(state, batch, rng) -> (state, metrics)`: the rng is folded with the
 step, the state is donated, and parameters, optimizer state and batch carry
 explicit shardings from the mesh's rules.
@@ -20,7 +25,7 @@ import optax
 
 from qpo_jax import sharding
 from qpo_jax.models.config import ModelConfig
-from qpo_jax.policy.model import PromptDT
+from qpo_jax.policy.model import RETURN_SCALE, PromptDT
 
 BATCH_KEYS = ("returns", "query", "query_mask", "prompt", "prompt_mask")
 
@@ -81,7 +86,7 @@ def loss_fn(params, model: PromptDT, batch: Mapping[str, jax.Array], rng: jax.Ar
   mse = jnp.mean(jnp.square(r_hat - batch["returns"].astype(jnp.float32)))
   lam = jnp.where(jax.lax.stop_gradient(mse) < 10.0, 0.5, 0.1)
   accuracy = ((jnp.argmax(logits, -1) == batch["prompt"]) * mask).sum() / n
-  loss = ce + lam * mse
+  loss = ce + lam * mse / RETURN_SCALE ** 2
   return loss, {"loss": loss, "ce": ce, "mse": mse, "lambda": lam, "token_accuracy": accuracy}
 
 
