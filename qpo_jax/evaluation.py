@@ -2,8 +2,10 @@
 
 A pair is rendered once per demonstration set (zero-shot: one empty set); each
 rendered text is one target call. Calls already in the cache are not made
-again; new results are written to the cache chunk by chunk, so a killed run
-loses at most one chunk. Outcomes follow the spec's record layout:
+again; new ones go to the target ordered by instruction and demonstration
+set, then by length, so a local target's batches share their common prefix
+and pad little (scoring.py); results are written to the cache chunk by chunk,
+so a killed run loses at most one chunk. Outcomes follow the spec's record layout:
 
   zero-shot choice: pred, nll (per option), gold_nll, correct
   zero-shot math:   answer, response, nll (mean token NLL of the response), correct
@@ -19,6 +21,7 @@ from absl import logging
 import numpy as np
 
 from qpo_jax.eval_cache import EvalCache, cache_key
+from qpo_jax.rewards import outcome_accuracy
 from qpo_jax.tasks.base import CHOICE, Example, Task, demos_id, extract_answer, numbers_equal
 
 ZERO_SHOT, FEW_SHOT = "zero_shot", "few_shot"
@@ -30,6 +33,7 @@ class _Call:
   key: str
   text: str
   options: tuple[str, ...]
+  group: tuple[str, str] = ("", "")  # (instruction, demo set): calls that share a prefix
 
 
 def _calls(task: Task, target, pairs, setting: str, demo_sets) -> list[list[_Call]]:
@@ -44,9 +48,9 @@ def _calls(task: Task, target, pairs, setting: str, demo_sets) -> list[list[_Cal
     for demos in sets:
       text = task.render(ex, prompt, demos)
       options = task.options(ex) if task.kind == CHOICE else ()
-      key = cache_key(target.identity, task.name, setting, ex.query, prompt, demos_id(demos),
-                      text, options)
-      row.append(_Call(key, text, tuple(options)))
+      did = demos_id(demos)
+      key = cache_key(target.identity, task.name, setting, ex.query, prompt, did, text, options)
+      row.append(_Call(key, text, tuple(options), (prompt, did)))
     out.append(row)
   return out
 
@@ -82,7 +86,7 @@ def _outcome(task: Task, ex: Example, raw: dict[str, Any]) -> dict[str, Any]:
 
 def evaluate_pairs(task: Task, target, pairs: Sequence[tuple[Example, str]], *,
                    setting: str = ZERO_SHOT, demo_sets: Sequence[Sequence[Example]] = (),
-                   cache: EvalCache | None = None, chunk: int = 64,
+                   cache: EvalCache | None = None, chunk: int = 256,
                    max_new_tokens: int = 256) -> list[dict[str, Any]]:
   """Outcome dict per (example, prompt) pair, in order; see the module docstring."""
   cache = cache if cache is not None else EvalCache(None)
@@ -92,6 +96,7 @@ def evaluate_pairs(task: Task, target, pairs: Sequence[tuple[Example, str]], *,
   missing = [c for k, c in flat.items() if k not in have]
   if missing:
     logging.info("%d of %d target calls are new (%d cached)", len(missing), len(flat), len(have))
+    missing.sort(key=lambda c: (c.group, len(c.text)))
     _run_missing(task, target, missing, cache, chunk, max_new_tokens)
     have.update(cache.get_many([c.key for c in missing]))
   outcomes = []
@@ -109,4 +114,4 @@ def accuracy(outcomes: Sequence[dict[str, Any]]) -> float:
   """Mean correctness (zero-shot) or mean per-query few-shot accuracy."""
   if not outcomes:
     return float("nan")
-  return float(np.mean([o["acc_q"] if "acc_q" in o else o["correct"] for o in outcomes]))
+  return float(np.mean([outcome_accuracy(o) for o in outcomes]))

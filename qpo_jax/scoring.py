@@ -2,11 +2,21 @@
 
 Classification and multiple choice pick the option with the lowest mean token
 NLL under the target. The expensive part, the (query, prompt) prefix, runs
-once per row into the KV cache; the cache is then fanned out to the K options,
-which are scored in one pass. The vocabulary projection is computed only at
-the positions that predict an option token. Prefix and option lengths and the
+once per row into the KV cache; the K options then run in one pass as
+independent branches of that cache (each sees the prefix and its own earlier
+tokens), so the cache is never copied per option. The vocabulary projection
+is computed only at the positions that predict an option token. Prefix and option lengths and the
 batch are padded to buckets, so XLA compiles a handful of shapes however the
 texts vary.
+
+Prefix sharing (the idea of vLLM's automatic prefix caching): a batch's
+longest common token prefix (the chat header, and the instruction when a
+prompt is evaluated on many queries) runs once, its KV cache is broadcast to
+every row, and only each row's own remainder runs per row. Positions and the
+attention mask are those of the full sequence, so the NLLs equal the unshared
+computation. Rows are batched in the order given: callers put rows with a
+common beginning next to each other, shortest first (evaluation.py orders
+calls by instruction, then length), which also keeps padding small.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from qpo_jax.decoding import bucket, last_real_index, pad_batch
 from qpo_jax.models.config import ModelConfig
@@ -26,13 +37,16 @@ from qpo_jax.sharding import batch_multiple, shard_batch
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def option_nll(cfg: ModelConfig, params, prefix: jax.Array, prefix_mask: jax.Array,
-               options: jax.Array, option_mask: jax.Array) -> jax.Array:
+               options: jax.Array, option_mask: jax.Array, shared: jax.Array | None = None,
+               shared_mask: jax.Array | None = None) -> jax.Array:
   """Mean NLL of each option given its row's prefix.
 
   Args:
     prefix, prefix_mask: [B, T] ids and mask (any padding side).
     options, option_mask: [B, K, L] option ids, right-padded; row b's options
       may differ from row c's (multiple choice) or be the same (verbalizers).
+    shared, shared_mask: optional [1, S] tokens that precede every row's
+      prefix; they run once and their KV cache is broadcast to the B rows.
 
   Returns:
     [B, K] float32 mean NLL over each option's real tokens (inf for an empty option).
@@ -41,23 +55,30 @@ def option_nll(cfg: ModelConfig, params, prefix: jax.Array, prefix_mask: jax.Arr
   variables = {"params": params}
   b, t = prefix.shape
   k, length = options.shape[1:]
-  cache = init_cache(cfg, b, t + length)
+  slots = t + k * (length - 1)
+  if shared is None:
+    cache = init_cache(cfg, b, slots)
+  else:
+    one = init_cache(cfg, 1, shared.shape[1] + slots)
+    _, one = model.apply(variables, shared, shared_mask, cache=one)
+    cache = {name: (jnp.broadcast_to(v, (v.shape[0], b, *v.shape[2:])) if name in ("k", "v")
+                    else v if name == "index" else jnp.broadcast_to(v, (b, *v.shape[1:])))
+             for name, v in one.items()}
   hidden, cache = model.apply(variables, prefix, prefix_mask, cache=cache)
   first = hidden[jnp.arange(b), last_real_index(prefix_mask)]  # predicts option token 0
-  fan = lambda x: jnp.repeat(x, k, axis=0)  # noqa: E731  row b -> rows b*K .. b*K+K-1
-  cache = {name: (jnp.repeat(v, k, axis=1) if name in ("k", "v") else
-                  v if name == "index" else fan(v)) for name, v in cache.items()}
-  flat_ids = options.reshape(b * k, length)
-  flat_mask = option_mask.reshape(b * k, length)
-  # Option token j is predicted by the hidden state of option token j-1.
-  opt_hidden, _ = model.apply(variables, flat_ids[:, :-1], flat_mask[:, :-1], cache=cache)
-  pred = jnp.concatenate([fan(first)[:, None], opt_hidden], axis=1)  # [B*K, L, D]
-  logits = model.apply(variables, pred, method=model.logits)
+  pred = jnp.broadcast_to(first[:, None, None], (b, k, 1, first.shape[-1]))
+  if length > 1:  # option token j is predicted by the hidden state of option token j-1
+    ids = options[:, :, :-1].reshape(b, k * (length - 1))
+    branch = jnp.broadcast_to(jnp.repeat(jnp.arange(1, k + 1), length - 1), ids.shape)
+    opt_hidden, _ = model.apply(variables, ids, option_mask[:, :, :-1].reshape(ids.shape),
+                                cache=cache, branches=branch)
+    pred = jnp.concatenate([pred, opt_hidden.reshape(b, k, length - 1, -1)], axis=2)
+  logits = model.apply(variables, pred, method=model.logits)  # [B, K, L, V]
   logp = jax.nn.log_softmax(logits, axis=-1)
-  token_lp = jnp.take_along_axis(logp, flat_ids[..., None], axis=-1)[..., 0]
-  count = flat_mask.sum(axis=1)
-  nll = -(token_lp * flat_mask).sum(axis=1) / jnp.maximum(count, 1)
-  return jnp.where(count > 0, nll, jnp.inf).reshape(b, k)
+  token_lp = jnp.take_along_axis(logp, options[..., None], axis=-1)[..., 0]
+  count = option_mask.sum(axis=-1)
+  nll = -(token_lp * option_mask).sum(axis=-1) / jnp.maximum(count, 1)
+  return jnp.where(count > 0, nll, jnp.inf)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -77,6 +98,22 @@ def _place(arrays, mesh):
                                                                                    arrays)
 
 
+def _replicate(arrays, mesh):
+  if mesh is None:
+    return jax.tree_util.tree_map(jnp.asarray, arrays)
+  return jax.device_put(arrays, NamedSharding(mesh, PartitionSpec()))
+
+
+def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
+  """Tokens every sequence starts with, leaving each at least one token of its own."""
+  limit = min(len(s) for s in seqs) - 1
+  first = seqs[0]
+  for i in range(max(limit, 0)):
+    if any(s[i] != first[i] for s in seqs[1:]):
+      return i
+  return max(limit, 0)
+
+
 def sequence_logprobs(lm, seqs: Sequence[Sequence[int]], *, batch_size: int = 8,
                       length_multiple: int = 32, mesh=None) -> list[np.ndarray]:
   """Per-token log-probabilities of whole sequences (entry 0 of each is 0)."""
@@ -91,13 +128,15 @@ def sequence_logprobs(lm, seqs: Sequence[Sequence[int]], *, batch_size: int = 8,
 
 
 def score(lm, prefixes: Sequence[Sequence[int]], options: Sequence[Sequence[Sequence[int]]], *,
-          batch_size: int = 8, length_multiple: int = 32, option_multiple: int = 4,
-          mesh=None) -> np.ndarray:
+          batch_size: int = 8, length_multiple: int = 32, option_multiple: int = 2,
+          mesh=None, min_shared: int = 8) -> np.ndarray:
   """Host wrapper: token lists in, [N, K] mean NLLs out, in fixed-size bucketed batches.
 
   `options[i]` is row i's list of K option token lists (K equal for all rows).
-  With a mesh, the batch is padded to split over its data axes and `lm.params`
-  should already be placed on it (sharding.shard_params).
+  A batch whose rows share at least `min_shared` leading tokens runs them once
+  (module docstring; `min_shared=0` turns sharing off). With a mesh,
+  the batch is padded to split over its data axes and `lm.params` should
+  already be placed on it (sharding.shard_params).
   """
   if mesh is not None:
     batch_size = bucket(batch_size, batch_multiple(mesh))
@@ -109,8 +148,16 @@ def score(lm, prefixes: Sequence[Sequence[int]], options: Sequence[Sequence[Sequ
   pad_id = 0
   out = np.zeros((len(prefixes), k), np.float32)
   for start in range(0, len(prefixes), batch_size):
-    rows = range(start, min(start + batch_size, len(prefixes)))
-    ids, mask = pad_batch([prefixes[i] for i in rows], pad_id, side="left",
+    rows = list(range(start, min(start + batch_size, len(prefixes))))
+    shared = common_prefix_length([prefixes[i] for i in rows]) if min_shared else 0
+    extra = {}
+    if min_shared and shared >= min_shared:
+      sh_ids, sh_mask = pad_batch([prefixes[rows[0]][:shared]], pad_id, side="left",
+                                  multiple=length_multiple)
+      extra = dict(zip(("shared", "shared_mask"), _replicate((sh_ids, sh_mask), mesh)))
+    else:
+      shared = 0
+    ids, mask = pad_batch([prefixes[i][shared:] for i in rows], pad_id, side="left",
                           multiple=length_multiple, rows=batch_size)
     opt_len = bucket(max(len(o) for i in rows for o in options[i]), option_multiple)
     opt_ids = np.full((batch_size, k, opt_len), pad_id, np.int32)
@@ -118,6 +165,6 @@ def score(lm, prefixes: Sequence[Sequence[int]], options: Sequence[Sequence[Sequ
     for r, i in enumerate(rows):
       for j, o in enumerate(options[i]):
         opt_ids[r, j, :len(o)], opt_mask[r, j, :len(o)] = o, True
-    nll = option_nll(lm.cfg, lm.params, *_place((ids, mask, opt_ids, opt_mask), mesh))
-    out[start:start + len(rows)] = np.asarray(nll)[:len(rows)]
+    nll = option_nll(lm.cfg, lm.params, *_place((ids, mask, opt_ids, opt_mask), mesh), **extra)
+    out[rows] = np.asarray(nll)[:len(rows)]
   return out

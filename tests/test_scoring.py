@@ -84,3 +84,33 @@ def test_bad_shapes_are_rejected():
     scoring.score(LM, [[1, 2], [3]], [[[1]], [[1], [2]]])
   with pytest.raises(ValueError, match="2 prefixes but 1 option lists"):
     scoring.score(LM, [[1, 2], [3]], [[[1]]])
+
+
+def test_shared_prefix_equals_unshared(monkeypatch):
+  """Rows with common beginnings (a chat header, one instruction over many queries) run their
+  shared tokens once; the NLLs equal the unshared computation and the naive one."""
+  shared_lengths = []
+  real = scoring.option_nll
+
+  def spy(*args, shared=None, shared_mask=None):
+    shared_lengths.append(0 if shared is None else int(shared_mask.sum()))
+    return real(*args, shared=shared, shared_mask=shared_mask)
+
+  header = RNG.integers(1, 512, 21).tolist()
+  instructions = [RNG.integers(1, 512, n).tolist() for n in (5, 17)]
+  prefixes = [header + instructions[i // 7] + RNG.integers(1, 512, RNG.integers(1, 30)).tolist()
+              for i in range(13)]  # rows 0-6 have instruction 0, rows 7-12 instruction 1
+  prefixes.append(list(prefixes[0]))  # a duplicate row
+  options = [[[7], [8, 9], [10, 11, 12]]] * len(prefixes)
+  assert scoring.common_prefix_length(prefixes[:7]) >= 26
+  assert scoring.common_prefix_length([prefixes[0], prefixes[-1]]) == len(prefixes[0]) - 1
+  monkeypatch.setattr(scoring, "option_nll", spy)
+  shared = scoring.score(LM, prefixes, options, batch_size=4)
+  # batches of 4 in the given order: one instruction (rows 0-3, 8-11) shares it too, a mixed
+  # batch (4-7, 12-13) the header
+  assert shared_lengths[0] >= 26 and shared_lengths[2] >= 38
+  assert 21 <= shared_lengths[1] < 26 and 21 <= shared_lengths[3] < 26
+  plain = scoring.score(LM, prefixes, options, batch_size=4, min_shared=0)
+  np.testing.assert_allclose(shared, plain, atol=1e-5)
+  want = np.array([[_naive_nll(LM, p, o) for o in opts] for p, opts in zip(prefixes, options)])
+  np.testing.assert_allclose(shared, want, atol=1e-5)

@@ -229,6 +229,7 @@ class Transformer(nn.Module):
 
   def __call__(self, tokens: jax.Array | None, input_mask: jax.Array, *,
                embeds: jax.Array | None = None, cache: Cache | None = None,
+               branches: jax.Array | None = None,
                deterministic: bool = True) -> tuple[jax.Array, Cache | None]:
     """Runs the stack.
 
@@ -239,6 +240,11 @@ class Transformer(nn.Module):
         return/segment-augmented inputs).
       cache: from `init_cache`; the T new tokens go into slots
         [cache["index"], cache["index"] + T).
+      branches: [B, T] int ids (with a cache): the new tokens form independent
+        continuations of the cached sequence, one per id (scoring K answer
+        options in one pass). A token sees the cache and the earlier tokens of
+        its own branch; its position continues the cached sequence. (The
+        returned cache is not meant to be continued.)
       deterministic: False enables dropout (needs a "dropout" rng).
 
     Returns:
@@ -257,6 +263,14 @@ class Transformer(nn.Module):
       q_slots = write_index + jnp.arange(t)
       kv = (cache["k"], cache["v"])
     mask = attention_mask(key_valid, q_slots)
+    if branches is not None:
+      if cache is None:
+        raise ValueError("branches continue a cached sequence; pass a cache")
+      same = (branches[:, :, None] == branches[:, None, :]) & input_mask[:, None, :]
+      earlier = jnp.tril(jnp.ones((t, t), bool), -1)[None]
+      positions = cache["pos"][:, None] + (same & earlier).sum(axis=-1, dtype=jnp.int32)
+      new_mask = jax.lax.dynamic_slice_in_dim(mask, write_index, t, axis=2) & same
+      mask = jax.lax.dynamic_update_slice(mask, new_mask, (0, 0, write_index))
     if cfg.position == "learned":
       x = x + self.pos_embed(positions)
     x = self.input_dropout(x, deterministic=deterministic or cfg.dropout == 0.0)
