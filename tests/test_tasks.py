@@ -20,8 +20,9 @@ def _splits(name, **data):
 @needs_data
 def test_tweet_emotion_files():
   task, s = _splits("tweet_emotion", dir=os.path.join(DATA, "tweet_emotion"))
-  # spec: train = 80% of train, collect = validation, test = test
-  assert {k: len(v) for k, v in s.items()} == {"train": 2606, "collect": 374, "test": 1421}
+  # spec: train = 80% of train, collect = validation, test = test; train's repeated tweets and
+  # those also in validation or test are dropped (2606 -> 2585)
+  assert {k: len(v) for k, v in s.items()} == {"train": 2585, "collect": 374, "test": 1421}
   assert not {e.uid for e in s["train"]} & {e.uid for e in s["collect"]}
   counts = np.bincount([e.label for e in s["test"]], minlength=4)
   assert counts.sum() == 1421 and (counts > 0).all()
@@ -69,7 +70,7 @@ def test_boolq_and_cosmos_files():
                     files={"train": "valid.csv[:2000]", "validation": "valid.csv[2000:]"})
   ex = s["test"][0]
   assert len(task.options(ex)) == 4 and task.options(ex)[ex.label]
-  assert len(s["test"]) == 985
+  assert len(s["test"]) == 854  # 985 rows, 131 repeat a (passage, question) of another
 
 
 def test_general_csv_and_jsonl_with_column_names(tmp_path):
@@ -167,7 +168,10 @@ def test_builtin_tasks(name):
   task, s = _splits(name)
   _, again = _splits(name)
   assert [e.query for e in s["test"]] == [e.query for e in again["test"]]  # seeded
-  assert {k: len(v) for k, v in s.items()} == {"train": 400, "collect": 200, "test": 200}
+  # the generator repeats some texts; they are dropped before splitting (800 rows)
+  assert {k: len(v) for k, v in s.items()} == {
+      "topics": {"train": 368, "collect": 183, "test": 184},
+      "arithmetic": {"train": 400, "collect": 199, "test": 200}}[name]
   assert len({e.query for e in s["train"]}) > 300  # varied, not a handful of templates
   assert task.source_prompts and all(task.source_prompts.values())
   if task.kind == base.MATH:
@@ -176,6 +180,53 @@ def test_builtin_tasks(name):
   else:
     assert set(np.bincount([e.label for e in s["train"]])) and len(set(
         e.label for e in s["train"])) == 4
+
+
+_EVERY_TASK_WITH_DATA = {
+    "tweet_emotion": {},  # the files ship in the package
+    "ag_news": dict(dir=os.path.join(DATA, "ag_news"),
+                    files={"train": "test.csv[:50%]", "test": "test.csv[50%:]"}),
+    "gsm8k": dict(dir=os.path.join(DATA, "gsm8k")),
+    "svamp": dict(dir=os.path.join(DATA, "svamp")),
+    "boolq": dict(dir=os.path.join(DATA, "boolq"),
+                  files={"train": "dev.jsonl[:2000]", "validation": "dev.jsonl[2000:]"}),
+    "cosmos_qa": dict(dir=os.path.join(DATA, "cosmos_qa"),
+                      files={"train": "valid.csv[:2000]", "validation": "valid.csv[2000:]"}),
+    "topics": {}, "arithmetic": {},
+}
+
+
+@pytest.mark.parametrize("name", sorted(_EVERY_TASK_WITH_DATA))
+def test_no_text_is_in_two_places(name):
+  """Texts are deduplicated before splitting: no test query is trained on or collected."""
+  data = _EVERY_TASK_WITH_DATA[name]
+  if data.get("dir") and not os.path.isdir(data["dir"]):
+    pytest.skip("../shared/data not present")
+  _, s = _splits(name, **data)
+  texts = [e.query for split in ("train", "collect", "test") for e in s[split]]
+  assert len(texts) == len(set(texts)) and all(s.values())
+  assert len(tasks.unique_texts(s["train"] + s["train"][:3])) == len(s["train"])
+
+
+def test_imdb_and_hellaswag_tfds_mock_splits_are_disjoint():
+  """The tasks without files here, on tfds mock data (hellaswag: the same context in two
+  source splits must stay in one)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  with tfds.testing.mock_data(num_examples=40):
+    _, imdb = _splits("imdb", kind="tfds")
+
+  def source(builder, split, **kwargs):
+    del builder
+    rows = _hellaswag_rows(str(split), **kwargs)
+    return rows + [dict(rows[0], context="a context in both splits")]
+
+  with tfds.testing.mock_data(as_data_source_fn=source):
+    _, hella = _splits("hellaswag", kind="tfds")
+  for s in (imdb, hella):  # (imdb's mock repeats the same texts in train and test)
+    texts = [e.query for split in ("train", "collect", "test") for e in s[split]]
+    assert len(texts) == len(set(texts)) and s["test"]
+  assert sum(e.query == "a context in both splits" for v in hella.values() for e in v) == 1
 
 
 def test_render_layout_and_demos():

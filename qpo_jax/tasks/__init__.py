@@ -59,20 +59,40 @@ def load_source(task: Task, spec: Mapping[str, Any], source: str) -> list[Exampl
   return sources.load_split(task, spec, source)
 
 
+def unique_texts(rows: list[Example]) -> list[Example]:
+  """The rows with the first occurrence of each query text only."""
+  seen: set[str] = set()
+  out = []
+  for ex in rows:
+    if ex.query not in seen:
+      seen.add(ex.query)
+      out.append(ex)
+  return out
+
+
 def load_splits(task_cfg: Mapping[str, Any], which: tuple[str, ...] = SPLITS
                 ) -> tuple[Task, dict[str, list[Example]]]:
-  """The task and its train / collect / test examples as the spec's split rules cut them."""
+  """The task and its train / collect / test examples as the spec's split rules cut them.
+
+  Texts are deduplicated before splitting, and across splits a text belongs to
+  the last of train < collect < test that has it, so no test query is trained
+  on or collected, and no collect query is in D_0.
+  """
   task = get_task(task_cfg["name"])
   spec = data_spec(task, task_cfg.get("data"))
   seed = int(task_cfg.get("seed", 0))
   loaded: dict[str, list[Example]] = {}
-  out = {}
-  for split in which:
+  splits = {}
+  for split in SPLITS:
     rule = task.splits[split]
     if rule.source not in loaded:
-      loaded[rule.source] = load_source(task, spec, rule.source)
-    out[split] = split_rows(loaded[rule.source], rule, seed)
-  return task, out
+      loaded[rule.source] = unique_texts(load_source(task, spec, rule.source))
+    splits[split] = split_rows(loaded[rule.source], rule, seed)
+  later: set[str] = set()
+  for split in reversed(SPLITS):
+    splits[split] = [ex for ex in splits[split] if ex.query not in later]
+    later.update(ex.query for ex in splits[split])
+  return task, {split: splits[split] for split in which}
 
 
 __all__ = ["CHOICE", "MATH", "Example", "Task", "TASKS", "get_task", "load_splits", "data_spec"]

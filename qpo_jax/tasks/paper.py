@@ -9,10 +9,34 @@ name the tensorflow-datasets builder.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
 from typing import Any, Mapping
 
-from qpo_jax.tasks.base import CHOICE, MATH, Example, SplitRule, Task, parse_number
+import yaml
+
+from qpo_jax.tasks.base import (CHOICE, MATH, Example, SplitRule, Task, format_number,
+                                parse_number)
+
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
+
+
+def package_data(name: str) -> str:
+  """A data directory shipped inside the package (qpo_jax/data/<name>)."""
+  return os.path.join(DATA_DIR, name)
+
+
+def packaged_prompts(task_name: str) -> dict[str, tuple[str, ...]]:
+  """{source: prompts} of the collection shipped for a task (qpo_jax/data/prompts/<task>.yaml)."""
+  path = os.path.join(DATA_DIR, "prompts", f"{task_name}.yaml")
+  with open(path, encoding="utf-8") as f:
+    found = yaml.safe_load(f)
+  if not isinstance(found, dict) or not all(
+      isinstance(v, list) and all(isinstance(p, str) for p in v) for v in found.values()):
+    raise ValueError(f"{path}: expected a mapping of source name -> list of prompt strings")
+  return {source: tuple(prompts) for source, prompts in found.items()}
 
 
 def _label(row: Mapping[str, Any], n: int) -> int:
@@ -91,15 +115,50 @@ def _gsm8k_example(row, uid):
                  answer=parse_number(final, "gsm8k"), solution=_CALC.sub("", str(solution)).strip())
 
 
+_NUMBER_SLOT = re.compile(r"\bnumber(\d+)\b")
+
+
+def _unmask(text: str, numbers: list[str]) -> str:
+  """SVAMP's CSV layout: 'numberK' placeholders filled from the Numbers column, and the
+  tokenised spacing (' .', ' ,') undone."""
+  def fill(m):
+    k = int(m[1])
+    if k >= len(numbers):
+      raise ValueError(f"number{k} has no value among Numbers={' '.join(numbers)!r}")
+    return format_number(parse_number(numbers[k], "svamp Numbers"))
+  return re.sub(r" ([.,?!;:])", r"\1", _NUMBER_SLOT.sub(fill, _clean(text)))
+
+
 def _svamp_example(row, uid):
-  if "Body" in row:
+  """SVAMP.json objects (Body, Question, Equation, Answer), the CSV files of the SVAMP repo
+  (MAWPS + ASDiv-A and the CV folds: Question with numberK slots, Numbers), or plain rows."""
+  if "Numbers" in row:
+    numbers = str(row["Numbers"]).split()
+    question = _unmask(row["Question"], numbers)
+    equation = _unmask(row.get("Equation", ""), numbers)
+  elif "Body" in row:
     question = f"{_clean(row['Body'])} {_clean(row['Question'])}"
+    equation = str(row.get("Equation", "")).strip()
   else:
-    question = _clean(row["question"])
+    question, equation = _clean(row["question"]), str(row.get("Equation", "")).strip()
   answer = row["Answer"] if "Answer" in row else row["answer"]
-  equation = str(row.get("Equation", "")).strip()
   return Example(uid, {"question": question}, answer=parse_number(answer, "svamp"),
-                 solution=f"{equation} = {answer}" if equation else "")
+                 solution=f"{equation} = {format_number(parse_number(answer, 'svamp'))}"
+                 if equation else "")
+
+
+def svamp_fold_queries(directory: str) -> list[Example]:
+  """The five CV folds' train.csv of the SVAMP repo in fold order: the 19,690-query index
+  space of Prompt-OIRL's SVAMP logs (MAWPS, ASDiv-A and SVAMP problems; folds overlap)."""
+  from qpo_jax.tasks import sources  # pylint: disable=g-import-not-at-top
+
+  out = []
+  for k in range(5):
+    rows, where = sources.read_file_split(
+        {"dir": directory, "format": "csv", "files": {"f": f"cv_svamp_augmented/fold{k}/train.csv"}},
+        "f")
+    out += sources.to_examples(svamp(), rows, where, f"fold{k}")
+  return out
 
 
 def _math_task(name, splits, to_example, file_defaults, tfds_defaults) -> Task:
@@ -141,12 +200,15 @@ def imdb() -> Task:
 
 
 def tweet_emotion() -> Task:
-  return _text_task(
+  """TweetEval emotion; its files and our own source prompts ship in the package (NOTICE)."""
+  task = _text_task(
       "tweet_emotion", "Tweet", "Emotion", ("Anger", "Joy", "Optimism", "Sadness"),
       _splits(("train", 0, .8), ("validation", 0, 1), ("test", 0, 1)),
       "Classify the emotion of the tweet as Anger, Joy, Optimism or Sadness.",
-      dict(format="tweeteval", files={"train": "train", "validation": "val", "test": "test"}),
+      dict(format="tweeteval", dir=package_data("tweet_emotion"),
+           files={"train": "train", "validation": "val", "test": "test"}),
       {})
+  return dataclasses.replace(task, source_prompts=packaged_prompts("tweet_emotion"))
 
 
 def boolq() -> Task:
@@ -186,7 +248,12 @@ def gsm8k() -> Task:
 
 
 def svamp() -> Task:
-  # SVAMP.json is the 1000-problem challenge set; the common 700 / 300 split is the default.
+  """SVAMP. D_0 is built on MAWPS + ASDiv-A (the SVAMP repo's mawps-asdiv-a_svamp/train.csv,
+  3,138 problems: the benchmark's training data, none of them a SVAMP problem); collection uses
+  the first 700 of the 1,000 SVAMP challenge problems and the test the other 300. (The spec's
+  1.8% / 98% of 700 left 13 train queries, too few to train a policy on.)"""
   return _math_task(
-      "svamp", _splits(("train", 0, .018), ("train", .018, .998), ("test", 0, 1)), _svamp_example,
-      dict(format="json", files={"train": "SVAMP.json[:700]", "test": "SVAMP.json[700:]"}), {})
+      "svamp", _splits(("train", 0, 1), ("validation", 0, 1), ("test", 0, 1)), _svamp_example,
+      dict(format="auto", files={"train": "mawps-asdiv-a_svamp/train.csv",
+                                 "validation": "SVAMP.json[:700]", "test": "SVAMP.json[700:]"}),
+      {})

@@ -2,7 +2,8 @@
 
 A task's `data` config section says where rows come from:
 
-  kind="files": dir, format ("tweeteval" | "csv" | "jsonl" | "json"),
+  kind="files": dir, format ("tweeteval" | "csv" | "jsonl" | "json" | "auto": by each
+      file's extension),
       files {source split: file name, optionally sliced "SVAMP.json[:700]" or
       "test.csv[50%:]"}, columns (rename {our name: file column}, or for a CSV
       without header the list of column names), header (CSV), label_base
@@ -131,6 +132,10 @@ def read_file_split(data: Mapping[str, Any], split: str) -> tuple[list[dict], st
     raise DataError(f"data.dir {directory!r} is not a directory")
   path = os.path.join(directory, m["file"])
   fmt = data.get("format", "")
+  if fmt == "auto":
+    fmt = {".csv": "csv", ".jsonl": "jsonl", ".json": "json"}.get(os.path.splitext(path)[1], "")
+    if not fmt:
+      raise DataError(f"data.format='auto' cannot tell the format of {path} by its extension")
   if fmt == "tweeteval":
     rows = _read_tweeteval(path)
   elif not os.path.exists(path):
