@@ -73,7 +73,7 @@ class RewardModel:
 
   def fit(self, recs: Sequence[Record]) -> dict[str, float]:
     x = self._features([r.query for r in recs], [r.prompt for r in recs])
-    y = np.asarray([r.acc_q if not np.isnan(r.acc_q) else r.correct for r in recs], np.float32)
+    y = np.asarray([r.accuracy for r in recs], np.float32)
     self.mean, self.std = x.mean(0), x.std(0) + 1e-6
     x = (x - self.mean) / self.std
     model = _Mlp(self.hidden)

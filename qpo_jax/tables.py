@@ -17,6 +17,7 @@ import subprocess
 import sys
 from typing import Any, Callable, Mapping, Sequence
 
+from qpo_jax.report import label as report_label
 from qpo_jax.utils import config_module, load_config, read_json, write_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,25 +92,20 @@ def load_results(root: str, settings: Sequence[str]) -> dict[str, dict[str, Any]
   return out
 
 
-def _method(name: str) -> str:
-  """Source rows name their prompt count, which differs by task: 'source: APE (mean of 7)'."""
-  return re.sub(r" \(mean of \d+\)$", "", name)
-
-
 def _accuracy_rows(results: Mapping[str, Any], columns: Sequence[tuple[str, str, str]]
                    ) -> tuple[list[dict[str, Any]], list[str]]:
   """Methods x columns; a column is (label, paper setting, evaluation setting)."""
   methods: dict[str, None] = {}
   values: dict[tuple[str, str], float] = {}
   for label, setting, ev in columns:
-    for name, accs in results.get(setting, {}).get("table", {}).items():
-      methods.setdefault(_method(name))
+    for method, accs in results.get(setting, {}).get("methods", {}).items():
+      methods.setdefault(method)
       if ev in accs:
-        values[_method(name), label] = accs[ev]
+        values[method, label] = accs[ev]
   labels = [c[0] for c in columns]
   rows = []
   for m in methods:
-    row: dict[str, Any] = {"method": m}
+    row: dict[str, Any] = {"method": report_label(m)}
     got = [values[m, label] for label in labels if (m, label) in values]
     for label in labels:
       row[label] = values.get((m, label), MISSING)
@@ -149,11 +145,11 @@ def _loop_rows(results, tasks):
   """Per task: QPO after each loop, against the best source prompt chosen on train."""
   rows, loops = [], 0
   for t in tasks:
-    table = results.get(f"{t},zero_shot,llama-2-7b-chat", {}).get("table", {})
-    qpo = {int(k.rsplit(" ", 1)[1]): v["zero_shot"] for k, v in table.items()
-           if k.startswith("QPO loop ")}
+    methods = results.get(f"{t},zero_shot,llama-2-7b-chat", {}).get("methods", {})
+    qpo = {int(k.rsplit("_", 1)[1]): v["zero_shot"] for k, v in methods.items()
+           if k.startswith("qpo_loop_")}
     loops = max(loops, *qpo) if qpo else loops
-    best = table.get("best source prompt, chosen on train", {}).get("zero_shot", MISSING)
+    best = methods.get("best_train_prompt", {}).get("zero_shot", MISSING)
     rows.append({"task": t, "best source prompt (train)": best,
                  **{f"loop {i}": v for i, v in sorted(qpo.items())}})
   columns = ["task", "best source prompt (train)"] + [f"loop {i}" for i in range(1, loops + 1)]

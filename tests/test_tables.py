@@ -50,8 +50,8 @@ def tiny_result(tiny_run):
 def _place(root, setting, results_path, scale=1.0):
   """Puts a run's results where the setting's run would write them (accuracies scaled)."""
   result = json.load(open(results_path))
-  result["table"] = {m: {s: v * scale for s, v in accs.items()}
-                     for m, accs in result["table"].items()}
+  result["methods"] = {m: {s: v * scale for s, v in accs.items()}
+                       for m, accs in result["methods"].items()}
   os.makedirs(os.path.join(tables.workdir(root, setting), "eval"))
   with open(os.path.join(tables.workdir(root, setting), "eval", "results.json"), "w") as f:
     json.dump(result, f)
@@ -67,7 +67,7 @@ def test_tables_assemble_from_run_results(tiny_result, tmp_path):
   assert missing == ["imdb,zero_shot,llama-2-7b-chat"] and "Not run yet (1)" in md
   rows = {r["method"]: r for r in json.load(open(out))["rows"]}
   assert os.path.exists(str(tmp_path / "t.md"))
-  qpo = a["table"]["QPO loop 2"]["zero_shot"]
+  qpo = a["methods"]["qpo_loop_2"]["zero_shot"]
   assert rows["QPO loop 2"]["ag_news"] == qpo and rows["QPO loop 2"]["tweet_emotion"] == qpo / 2
   assert rows["QPO loop 2"]["imdb"] == tables.MISSING and rows["QPO loop 2"]["mean"] == "-"
   assert {"no instruction", "manual", "best source prompt, chosen on train",
@@ -76,12 +76,12 @@ def test_tables_assemble_from_run_results(tiny_result, tmp_path):
   md, missing = tables.assemble("nlu_zero_shot", root, ["ag_news", "tweet_emotion"], out)
   rows = {r["method"]: r for r in json.load(open(out))["rows"]}
   assert not missing and rows["manual"]["mean"] == pytest.approx(
-      0.75 * a["table"]["manual"]["zero_shot"])
+      0.75 * a["methods"]["manual"]["zero_shot"])
 
   md, _ = tables.assemble("loop_ablation", root, ["ag_news", "tweet_emotion"], out)
   rows = json.load(open(out))["rows"]
   assert [r["task"] for r in rows] == ["ag_news", "tweet_emotion"]
-  assert rows[1]["loop 1"] == b["table"]["QPO loop 1"]["zero_shot"] and "loop 2" in rows[1]
+  assert rows[1]["loop 1"] == b["methods"]["qpo_loop_1"]["zero_shot"] and "loop 2" in rows[1]
 
   md, missing = tables.assemble("cost", root, ["ag_news"], out)
   assert missing == ["ag_news,few_shot,llama-2-7b-chat"]

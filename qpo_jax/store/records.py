@@ -45,6 +45,11 @@ class Record:
   avg_acc: float = NAN  # the prompt's accuracy over its evaluated batch
   loop: int = 0
 
+  @property
+  def accuracy(self) -> float:
+    """Few-shot acc_q when the record has one, else zero-shot correctness."""
+    return self.correct if math.isnan(self.acc_q) else self.acc_q
+
   def key(self) -> tuple[str, str, str, str, str]:
     """Identity for dedupe across loops: the same pair under the same target and setting."""
     return (self.task, self.setting, self.target, self.query_id or self.query, self.prompt)

@@ -1,0 +1,72 @@
+"""The report's statistics: paired bootstrap, prompt statistics, method ids, the results file."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from qpo_jax import report
+from qpo_jax.store.records import Record
+
+
+def test_paired_bootstrap_interval():
+  same = report.paired_bootstrap([1, 0, 1, 0], [1, 0, 1, 0], seed=0)
+  assert same["mean"] == same["low"] == same["high"] == 0.0
+  better = report.paired_bootstrap([1] * 50, [0] * 50, seed=0)
+  assert better["mean"] == better["low"] == better["high"] == 1.0
+  rng = np.random.default_rng(0)
+  a = (rng.random(400) < 0.6).astype(float)  # 0.6 vs 0.4 accurate, independent errors
+  b = (rng.random(400) < 0.4).astype(float)
+  got = report.paired_bootstrap(a, b, seed=1)
+  assert got["low"] < got["mean"] < got["high"] and got["low"] > 0
+  assert got["mean"] == pytest.approx(a.mean() - b.mean())
+  d = a - b  # the interval is about +-1.96 standard errors of the mean difference
+  assert got["high"] - got["low"] == pytest.approx(2 * 1.96 * d.std() / np.sqrt(len(d)), rel=0.1)
+  # the same pairs in another order give the same interval (resampling is over queries)
+  perm = rng.permutation(400)
+  again = report.paired_bootstrap(a[perm], b[perm], seed=1)
+  assert again["mean"] == pytest.approx(got["mean"]) and abs(again["low"] - got["low"]) < 0.02
+
+
+def test_prompt_stats_and_best_train_prompt():
+  stats = report.prompt_stats(["a", "a", "b", "new"], {"a", "b", "c"}, best_train="a")
+  assert stats == {"distinct": 3, "not_a_source_prompt": 0.25, "best_train_prompt": 0.5}
+  recs = [Record(task="t", query=f"q{i}", prompt=p, reward=0.0, correct=c)
+          for i, (p, c) in enumerate([("x", 1), ("x", 0), ("y", 1), ("y", 1), ("z", 0)])]
+  assert report.best_train_prompt(recs) == "y"
+
+
+def test_labels_come_from_ids():
+  assert report.label("qpo_loop_3") == "QPO loop 3"
+  assert report.label("source_ape", {"ape": 5}) == "source: ape (mean of 5)"
+  assert report.label("source_ape") == "source: ape"
+  assert report.label("best_train_prompt") == "best source prompt, chosen on train"
+
+
+def test_results_file_says_whether_qpo_is_query_dependent(tiny_run):
+  work, result = tiny_run
+  saved = json.load(open(os.path.join(work, "eval", "results.json")))
+  assert saved["methods"] == result["methods"]
+  ids = set(saved["methods"])
+  assert {"none", "manual", "best_train_prompt", "reward_model", "qpo_loop_1", "qpo_loop_2",
+          "best_test_prompt", "oracle"} <= ids
+  assert {f"source_{s}" for s in saved["source_sizes"]} <= ids
+  for name in ("qpo_vs_best_train", "qpo_vs_reward_model"):
+    c = saved[name]["zero_shot"]
+    assert c["low"] <= c["mean"] <= c["high"]
+  q = saved["queries"]
+  assert len(q) == saved["num_test_queries"]
+  best = saved["methods"]["best_train_prompt"]["zero_shot"]
+  assert np.mean([x["correct"]["zero_shot"]["best_train_prompt"] for x in q]) == \
+      pytest.approx(best)
+  last = saved["methods"]["qpo_loop_2"]["zero_shot"]
+  assert np.mean([x["correct"]["zero_shot"]["qpo_loop_2"] for x in q]) == pytest.approx(last)
+  assert saved["qpo_vs_best_train"]["zero_shot"]["mean"] == pytest.approx(last - best)
+  for t in ("1", "2"):
+    prompts = [x["qpo"][t] for x in q]
+    assert prompts == saved["qpo_prompts"][t]
+    assert saved["qpo_prompt_stats"][t]["distinct"] == len(set(prompts))
+  assert all(x["uid"] and x["gold"] in ("Sports", "Food", "Weather", "Technology") for x in q)
+  md = open(os.path.join(work, "eval", "results.md")).read()
+  assert "| QPO - best source prompt, chosen on train |" in md and "| loop 2 |" in md
