@@ -23,13 +23,15 @@ def get_config() -> ml_collections.ConfigDict:
                 prompts_file="", aliases_file="", target_name="", num_queries=8,
                 settings=("zero_shot",), num_demo_sets=3, num_demos=4,
                 threshold=ml_collections.config_dict.placeholder(float),
+                top_fraction=ml_collections.config_dict.placeholder(float),
+                prompts_per_query=0, nll_term="token",
                 prompts_per_chunk=4, records_per_shard=4096, max_new_tokens=128, inspect="")
   c.policy = dict(name="random", preset="tiny-llama", tokenizer="smollm2", seed=1,
                   dtype="float32", param_dtype="float32", lora_rank=0, lora_alpha=16.0)
   c.train = dict(round=1, learning_rate=1e-3, schedule="step", epochs=3,
                  decay_every_epochs=1, decay_rate=0.65, warmup_steps=0,
-                 batch_size=8, grad_accum=1, grad_clip=0.25, weight_decay=1e-4,
-                 query_len=16, prompt_len=12, normalize=True,
+                 batch_size=8, grad_accum=1, grad_clip=0.25, pad_multiple=16, weight_decay=1e-4,
+                 query_len=16, prompt_len=18, normalize=True,
                  freeze_backbone=False, finetune_lr=1e-4, finetune_epochs=2,
                  log_every=10, checkpoint_every=200, progress=False)
   c.sample = dict(target_return=100.0, num_samples=1, batch_size=8, test=dict(temperature=0.0),

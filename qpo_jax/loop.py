@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Sequence
 
 from absl import logging
@@ -25,12 +26,14 @@ import ml_collections
 
 from qpo_jax import evaluation, rewards, sharding
 from qpo_jax.eval_cache import EvalCache, total_usage
-from qpo_jax.models.registry import LOADERS
+from qpo_jax.models.registry import LOADERS, load_tokenizer
 from qpo_jax.policy import rounds
-from qpo_jax.store import build, dataset, importers
+from qpo_jax.store import build, dataset, importers, pipeline
 from qpo_jax.store.records import record_from_outcome
 from qpo_jax.targets import BACKENDS, build_target
 from qpo_jax.tasks import TASKS, base as task_base, data_spec, load_source, load_splits
+from qpo_jax.tasks.paper import svamp_fold_queries
+from qpo_jax.tasks.sources import read_json_list
 from qpo_jax.utils import atomic_write_text, read_json
 
 
@@ -45,6 +48,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"target.name={config.target.name!r} is not one of {sorted(LOADERS)}")
   if config.policy.name not in LOADERS:
     raise ValueError(f"policy.name={config.policy.name!r} is not one of {sorted(LOADERS)}")
+  if config.data.nll_term not in rewards.NLL_TERMS:
+    raise ValueError(f"data.nll_term={config.data.nll_term!r} is not one of {rewards.NLL_TERMS}")
   if int(config.loop.num_loops) < 1:
     raise ValueError(f"loop.num_loops={config.loop.num_loops} must be at least 1")
   task = TASKS[config.task.name]()
@@ -55,6 +60,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for s in list(config.data.settings) + list(config.eval.settings):
     if s not in evaluation.SETTINGS:
       raise ValueError(f"setting {s!r} is not one of {evaluation.SETTINGS}")
+  if config.data.source == "build":  # imported prompts are checked when D_0 is imported
+    tokenizer = load_tokenizer(config.policy)
+    if tokenizer is not None:
+      pipeline.check_prompt_lengths(tokenizer, [p for _, p in source_prompts(config, task)],
+                                    config.train.prompt_len)
 
 
 def source_prompts(config, task, configured: Sequence[str] = ()) -> list[tuple[str, str]]:
@@ -64,8 +74,8 @@ def source_prompts(config, task, configured: Sequence[str] = ()) -> list[tuple[s
     return [("config", p) for p in configured]
   d = config.data
   if d.prompts_file:  # a JSON list of prompts, named by data.aliases_file (Prompt-OIRL's)
-    prompts = read_json(d.prompts_file)
-    names = read_json(d.aliases_file) if d.aliases_file else ["file"] * len(prompts)
+    prompts = read_json_list(d.prompts_file)
+    names = read_json_list(d.aliases_file) if d.aliases_file else ["file"] * len(prompts)
     keep = set(d.prompt_sources)
     return [(n, p) for n, p in zip(names, prompts) if not keep or n in keep]
   if d.prompts_dir:
@@ -90,20 +100,35 @@ def record_cost(workdir: str, stage: str, cache: EvalCache) -> None:
     atomic_write_text(path, json.dumps(cost, indent=2))
 
 
-def _imported(config, task) -> tuple[list, str]:
+def _plain_text(text: str) -> str:
+  """Case and punctuation folded: SVAMP's CSV copies of a problem are lower-cased and tokenised."""
+  return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+def _imported(config, task, splits) -> tuple[list, str]:
+  """Records of a published log, restricted to queries of this run's train split.
+
+  Prompt-OIRL logs index GSM8K's train.jsonl (whose rows our split rules divide into
+  train and collect) and SVAMP's five CV folds (MAWPS, ASDiv-A and SVAMP problems);
+  records of collect or test queries are dropped, and the rest get their query texts.
+  """
   d = config.data
   if d.source == "qpo_json":
     recs, summary = importers.import_qpo_json(d.path, task=task.name, target=d.target_name or None,
                                               verbalizers=task.verbalizers)
+    return recs, str(summary)
+  prompts, aliases = read_json_list(d.prompts_file), read_json_list(d.aliases_file)
+  spec = data_spec(task, config.task.get("data"))
+  if task.name == "svamp":
+    queries = [ex.query for ex in svamp_fold_queries(spec["dir"])]
+    held_out = {_plain_text(ex.query) for s in ("collect", "test") for ex in splits[s]}
+    keep = lambda text: _plain_text(text) not in held_out  # noqa: E731
   else:
-    with open(d.prompts_file) as f:
-      prompts = json.load(f)
-    with open(d.aliases_file) as f:
-      aliases = json.load(f)
-    spec = data_spec(task, config.task.get("data"))
-    queries = [ex.query for ex in load_source(task, spec, "train")] if task.name == "gsm8k" else None
-    recs, summary = importers.import_prompt_oirl(d.path, task=task.name, prompts=prompts,
-                                                 aliases=aliases, queries=queries)
+    queries = [ex.query for ex in load_source(task, spec, "train")]
+    train = {ex.query for ex in splits["train"]}
+    keep = lambda text: text in train  # noqa: E731
+  recs, summary = importers.import_prompt_oirl(d.path, task=task.name, prompts=prompts,
+                                               aliases=aliases, queries=queries, keep=keep)
   return recs, str(summary)
 
 
@@ -114,11 +139,14 @@ def initial_data(config: ml_collections.ConfigDict, workdir: str, target=None,
   out = rounds.data_dir(workdir, 0)
   if os.path.exists(os.path.join(out, dataset.MANIFEST)):
     return dataset.read_manifest(out)
-  task, splits = load_splits(config.task, ("train",))
+  task, splits = load_splits(config.task)
   if d.source in ("qpo_json", "prompt_oirl"):
-    recs, summary = _imported(config, task)
+    recs, summary = _imported(config, task, splits)
     print(summary, flush=True)
-    recs = rewards.keep_above(recs, d.threshold)
+    tokenizer = load_tokenizer(config.policy)
+    if tokenizer is not None:
+      pipeline.check_prompt_lengths(tokenizer, sorted({r.prompt for r in recs}),
+                                    config.train.prompt_len)
     manifest = dataset.write_dataset(out, recs, normalizer=rewards.Normalizer.fit(
         r.reward for r in recs), records_per_shard=d.records_per_shard,
         meta={"loop": 0, "imported_from": d.path, "import_summary": summary})
@@ -133,7 +161,8 @@ def initial_data(config: ml_collections.ConfigDict, workdir: str, target=None,
     manifest = build.build_initial_dataset(
         out, task, target, queries, source_prompts(config, task), settings=list(d.settings),
         demo_sets=demos, cache=cache, prompts_per_chunk=d.prompts_per_chunk,
-        threshold=d.threshold, max_new_tokens=d.max_new_tokens,
+        prompts_per_query=d.prompts_per_query, seed=config.seed, max_new_tokens=d.max_new_tokens,
+        nll_term=d.nll_term,
         meta={"task": task.name, "target": target.identity})
     record_cost(workdir, "d0", cache)
   else:
@@ -173,15 +202,19 @@ def collect(config: ml_collections.ConfigDict, workdir: str, t: int, target,
   pairs = [(q, p) for q, ps in zip(queries, prompts) for p in ps]
   outcomes = evaluation.evaluate_pairs(task, target, pairs, setting=setting, demo_sets=demos,
                                        cache=cache, max_new_tokens=config.data.max_new_tokens)
-  rows = rewards.with_rewards([dict(o, prompt=p) for o, (_, p) in zip(outcomes, pairs)], setting,
-                              task.kind)
+  rows = []  # avg_acc: each collection batch's accuracy (the policy's prompts, evaluated together)
+  per_batch = c.collect_queries * len(prompts[0])
+  for start in range(0, len(pairs), per_batch):
+    batch = [dict(o, prompt=p) for o, (_, p) in zip(outcomes[start:start + per_batch],
+                                                   pairs[start:start + per_batch])]
+    rows += rewards.with_rewards(batch, setting, task.kind, by_prompt=False,
+                                 nll_term=config.data.nll_term)
   new = [record_from_outcome(task=task, example=q, prompt=p, outcome=o, target=target.identity,
                              setting=setting, split="collect", prompt_source=f"qpo_loop_{t}",
                              loop=t) for (q, p), o in zip(pairs, rows)]
-  old, _ = dataset.read_dataset(rounds.data_dir(workdir, t - 1))
-  merged = dataset.merge(old, new, threshold=config.data.threshold)
-  manifest = dataset.write_dataset(
-      out, merged, normalizer=rewards.Normalizer.fit(r.reward for r in merged),
+  old, previous = dataset.read_dataset(rounds.data_dir(workdir, t - 1))
+  manifest = dataset.write_dataset(  # D_0's normaliser: R* means the same raw reward every round
+      out, dataset.merge(old, new), normalizer=rewards.Normalizer.from_dict(previous["normalizer"]),
       records_per_shard=config.data.records_per_shard,
       meta={"loop": t, "collected": len(new), "collect_accuracy": evaluation.accuracy(outcomes)})
   record_cost(workdir, f"collect_{t}", cache)

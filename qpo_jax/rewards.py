@@ -4,15 +4,35 @@
   zero-shot math:   R = 10*correct + 10*avg_acc(p) - NLL(response)
   few-shot:         R = 10*(acc_q(p) + avg_acc(p))
 
-avg_acc(p) is the prompt's mean accuracy over the records it was evaluated on
-in the same batch. Normalisation R <- 100*(R - min)/(max - min) uses a min
-and max computed on the data and stored with it (the official code reads them
-from a file it never published).
+NLL(gold option) is, by `nll_term`: "token" (the spec), the gold option's
+mean token NLL as the target continues the prompt; or "choice", the NLL of the
+gold option among the options, -log softmax(-option NLLs)[gold] (the
+classification cross-entropy of the target's choice). They differ for a chat
+target: a bare-label reply's token NLL mostly measures whether the prompt
+makes the model answer in one word (SmolLM2 on TweetEval: about 1.5 after
+prompts that list the options and ask for one word, 3 to 5 after others),
+so with "token" the reward ranks prompts by reply format, not by how sure the
+target is of the right label; "choice" is invariant to that shared shift.
+
+avg_acc(p) is the prompt's accuracy over the batch it was evaluated in: in
+D_0 a source prompt over all its train queries; in a collection batch, where
+the policy writes one prompt per query, the accuracy of the whole batch (as
+the authors' code stores it), so collected rewards are on D_0's scale.
+Normalisation R <- 100*(R - min)/(max - min) uses the min and max of D_0,
+stored with it (the official code reads them from a file it never
+published); every later loop keeps them, clipping to [0, 100], so R* = 100
+means the same raw reward in every round.
+
+Expert filtering happens when a round's training data is drawn (the datasets
+keep every record, so baselines and analyses see all of them): an absolute
+threshold on the raw reward and/or each query's top fraction by reward.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import math
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -20,33 +40,62 @@ import numpy as np
 from qpo_jax.tasks.base import CHOICE
 
 
+def outcome_accuracy(outcome: Mapping[str, Any]) -> float:
+  """A pair's accuracy: few-shot acc_q (over the demo sets), else zero-shot correctness."""
+  return float(outcome["acc_q"] if "acc_q" in outcome else outcome["correct"])
+
+
 def prompt_accuracy(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
   """Mean accuracy of each prompt over the records given (the spec's avg_acc)."""
   sums: dict[str, list[float]] = {}
   for r in records:
-    sums.setdefault(r["prompt"], []).append(r["acc_q"] if "acc_q" in r else r["correct"])
+    sums.setdefault(r["prompt"], []).append(outcome_accuracy(r))
   return {p: float(np.mean(v)) for p, v in sums.items()}
 
 
-def reward(record: Mapping[str, Any], avg_acc: float, setting: str, kind: str) -> float:
+NLL_TERMS = ("token", "choice")
+
+
+def choice_nll(option_nll: Sequence[float], gold_nll: float) -> float:
+  """-log of the gold option's share of softmax(-option NLLs): the choice's cross-entropy,
+  gold_nll + log sum_k exp(-nll_k)."""
+  scores = -np.asarray(option_nll, np.float64)
+  top = scores.max()
+  return float(gold_nll + top + np.log(np.exp(scores - top).sum()))
+
+
+def reward(record: Mapping[str, Any], avg_acc: float, setting: str, kind: str,
+           nll_term: str = "token") -> float:
   """R of one evaluated record (its outcome fields as evaluation.py writes them)."""
   if setting == "few_shot":
     return 10.0 * (record["acc_q"] + avg_acc)
   if setting != "zero_shot":
     raise ValueError(f"setting {setting!r} is not zero_shot or few_shot")
-  penalty = record["gold_nll"] if kind == CHOICE else record["nll"]
+  if nll_term not in NLL_TERMS:
+    raise ValueError(f"data.nll_term={nll_term!r} is not one of {NLL_TERMS}")
+  if kind != CHOICE:
+    penalty = record["nll"]
+  elif nll_term == "choice":
+    penalty = choice_nll(record["nll"], record["gold_nll"])
+  else:
+    penalty = record["gold_nll"]
   return 10.0 * record["correct"] + 10.0 * avg_acc - float(penalty)
 
 
-def with_rewards(records: Sequence[Mapping[str, Any]], setting: str,
-                 kind: str) -> list[dict[str, Any]]:
-  """Copies of the records with `avg_acc` and `reward` filled in, over this batch."""
+def with_rewards(records: Sequence[Mapping[str, Any]], setting: str, kind: str, *,
+                 by_prompt: bool = True, nll_term: str = "token") -> list[dict[str, Any]]:
+  """Copies of the records with `avg_acc` and `reward` filled in, over this batch.
+
+  avg_acc is each prompt's accuracy over these records (`by_prompt`, D_0), or
+  the accuracy of all of them together (a collection batch).
+  """
   acc = prompt_accuracy(records)
+  batch = float(np.mean([outcome_accuracy(r) for r in records])) if records else 0.0
   out = []
   for r in records:
     r = dict(r)
-    r["avg_acc"] = acc[r["prompt"]]
-    r["reward"] = reward(r, r["avg_acc"], setting, kind)
+    r["avg_acc"] = acc[r["prompt"]] if by_prompt else batch
+    r["reward"] = reward(r, r["avg_acc"], setting, kind, nll_term)
     out.append(r)
   return out
 
@@ -66,10 +115,10 @@ class Normalizer:
     return cls(float(values.min()), float(values.max()))
 
   def __call__(self, r):
-    """Normalised reward(s); a degenerate range (max == min) maps everything to 100."""
+    """Normalised reward(s), clipped to [0, 100]; a degenerate range maps everything to 100."""
     r = np.asarray(r, np.float64)
     span = self.max - self.min
-    out = np.full_like(r, 100.0) if span <= 0 else 100.0 * (r - self.min) / span
+    out = np.full_like(r, 100.0) if span <= 0 else np.clip(100.0 * (r - self.min) / span, 0, 100)
     return float(out) if out.ndim == 0 else out
 
   def to_dict(self) -> dict[str, float]:
@@ -80,9 +129,41 @@ class Normalizer:
     return cls(float(d["min"]), float(d["max"]))
 
 
+def _reward_of(r) -> float:
+  return r["reward"] if isinstance(r, Mapping) else r.reward
+
+
 def keep_above(records: Sequence[Any], threshold: float | None) -> list[Any]:
-  """The spec's "expert" filtering: drop records (dicts or `Record`s) whose reward is below."""
+  """Drops records (dicts or `Record`s) whose raw reward is below `threshold`."""
   if threshold is None:
     return list(records)
-  value = lambda r: r["reward"] if isinstance(r, Mapping) else r.reward  # noqa: E731
-  return [r for r in records if value(r) >= threshold]
+  return [r for r in records if _reward_of(r) >= threshold]
+
+
+def top_per_query(records: Sequence[Any], fraction: float | None) -> list[Any]:
+  """Each query's best ceil(fraction * n) records by reward (ties: the earlier record), in order.
+
+  A query is its `query_id` (else its text); the fraction is of that query's
+  records, so a collected query with one prompt keeps it, and D_0's grid of
+  queries x source prompts keeps each query's best prompts.
+  """
+  if fraction is None:
+    return list(records)
+  if not 0 < fraction <= 1:
+    raise ValueError(f"data.top_fraction={fraction} must be in (0, 1]")
+  key = lambda r: (r["query_id"] or r["query"]) if isinstance(r, Mapping) else (  # noqa: E731
+      r.query_id or r.query)
+  by_query = collections.defaultdict(list)
+  for i, r in enumerate(records):
+    by_query[key(r)].append(i)
+  keep = set()
+  for rows in by_query.values():
+    best = sorted(rows, key=lambda i: (-_reward_of(records[i]), i))
+    keep.update(best[:math.ceil(fraction * len(rows))])
+  return [r for i, r in enumerate(records) if i in keep]
+
+
+def expert_filter(records: Sequence[Any], threshold: float | None = None,
+                  top_fraction: float | None = None) -> list[Any]:
+  """The spec's "expert" filtering: the absolute threshold, then each query's top fraction."""
+  return top_per_query(keep_above(records, threshold), top_fraction)

@@ -52,7 +52,10 @@ def test_config_parses_and_names_known_modules(name, config):
   assert config.policy.name in LOADERS and config.task.name in TASKS
   assert config.loop.num_loops >= 1
   sharding.make_mesh(config.mesh)
-  if config.task.data.kind != "files" or os.path.isdir(config.task.data.dir):
+  if config.policy.name == "hf" and not config.policy.path:  # paper configs: the user's checkpoint
+    with pytest.raises(ValueError, match="model 'hf': set `path` to the checkpoint directory"):
+      loop.validate(config)  # fails at start, before any work
+  elif config.task.data.kind != "files" or os.path.isdir(config.task.data.dir or "."):
     loop.validate(config)
   # ml_collections cannot override list fields from the command line (tuples it can).
   lists = [k for k, v in flax.traverse_util.flatten_dict(config.to_dict(), sep=".").items()

@@ -5,9 +5,11 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from qpo_jax import loop
+from qpo_jax.store import dataset
 from qpo_jax.targets import build_target
 from qpo_jax.utils import load_config
 from tests.conftest import one_device_env
@@ -51,18 +53,24 @@ def test_loop_killed_in_collection_resumes_to_the_same_table(tmp_path, tiny_run)
   assert os.path.exists(os.path.join(work, "data", "loop_1.collect.json"))
   assert not os.path.exists(os.path.join(work, "data", "loop_1"))
   got = loop.run_loop(config, work, target=_Killable(target, 10**9))
-  assert got["table"] == ref["table"] and got["qpo_prompts"] == ref["qpo_prompts"]
+  assert got["methods"] == ref["methods"] and got["qpo_prompts"] == ref["qpo_prompts"]
   assert got["cost"]["total"] == ref["cost"]["total"]  # nothing evaluated twice
-  assert set(got["table"]) >= {"no instruction", "manual", "QPO loop 1", "QPO loop 2",
-                               "best source prompt, chosen on train",
-                               "reward model best-of-N (Prompt-OIRL-style)"}
+  assert set(got["methods"]) >= {"none", "manual", "qpo_loop_1", "qpo_loop_2",
+                                 "best_train_prompt", "reward_model", "best_test_prompt",
+                                 "oracle"}
   md = open(os.path.join(work, "eval", "results.md")).read()
   assert "| QPO loop 2 |" in md and "| collect_1 |" in md
   assert os.path.getsize(os.path.join(work, "eval", "results.png")) > 1000
+  d0 = json.load(open(os.path.join(work, "data", "loop_0", "manifest.json")))
   d2 = json.load(open(os.path.join(work, "data", "loop_2", "manifest.json")))
   assert set(d2["by_loop"]) == {"0", "1", "2"} or set(d2["by_loop"]) >= {"0", "1"}
+  assert d2["normalizer"] == d0["normalizer"]  # R* means the same raw reward in every round
+  collected = [r for r in dataset.read_dataset(os.path.join(work, "data", "loop_1"))[0]
+               if r.loop == 1]
+  assert len({r.avg_acc for r in collected}) == 1  # the collection batch's accuracy
+  assert collected[0].avg_acc == pytest.approx(np.mean([r.correct for r in collected]))
   again = loop.run_loop(config, work, target=_Killable(target, 0))  # finished: no target calls
-  assert again["table"] == ref["table"]
+  assert again["methods"] == ref["methods"]
 
 
 def _main(*args, workdir, one_device=False):
@@ -78,6 +86,8 @@ def _main(*args, workdir, one_device=False):
     ("--config.target.name=gpt5", "target.name='gpt5' is not one of"),
     ("--config.loop.num_loops=0", "loop.num_loops=0 must be at least 1"),
     ("--config.task.name=gsm8k --config.task.data.kind=files", "task.data.dir='' is not a directory"),
+    ("--config.train.prompt_len=12", "train.prompt_len=12 cannot hold the source prompt 'What is "
+     "the main topic of the sentence: Sports, Food, Weather or Technology?' (17 tokens + EOS)"),
 ])
 def test_bad_values_fail_at_start(tmp_path, override, message):
   r = _main("--config=configs/tiny.py", "--mode=loop", *override.split(), workdir=tmp_path)
@@ -98,7 +108,7 @@ def test_quickstart_small_variant(tmp_path):
             one_device=True)
   assert r.returncode == 0, r.stderr[-3000:]
   result = json.loads((tmp_path / "eval" / "results.json").read_text())
-  assert result["num_test_queries"] == 8 and "QPO loop 1" in result["table"]
+  assert result["num_test_queries"] == 8 and "qpo_loop_1" in result["methods"]
   assert "| QPO loop 1 |" in r.stdout
 
 
@@ -107,4 +117,4 @@ def test_quickstart_full(tmp_path):
   r = _main("--config=configs/quickstart.py", "--mode=loop", workdir=tmp_path, one_device=True)
   assert r.returncode == 0, r.stderr[-3000:]
   result = json.loads((tmp_path / "eval" / "results.json").read_text())
-  print(json.dumps(result["table"], indent=1))
+  print(json.dumps(result["methods"], indent=1))

@@ -54,3 +54,46 @@ def test_normalizer_round_trip_and_filter():
   recs = [{"reward": r} for r in values]
   assert rewards.keep_above(recs, 3.0) == [{"reward": 3.0}, {"reward": 7.0}]
   assert rewards.keep_above(recs, None) == recs
+
+
+def test_collection_batch_accuracy_is_the_batch_not_each_prompt():
+  """Collected prompts are nearly unique per query: grouping by prompt would make avg_acc the
+  record's own correctness (R = 20*correct - NLL). A collection batch uses its accuracy."""
+  batch = [{"prompt": f"p{i}", "correct": c, "gold_nll": 1.0} for i, c in enumerate([1, 1, 0, 0])]
+  out = rewards.with_rewards(batch, "zero_shot", CHOICE, by_prompt=False)
+  assert [r["avg_acc"] for r in out] == [0.5] * 4
+  np.testing.assert_allclose([r["reward"] for r in out], [14.0, 14.0, 4.0, 4.0])
+  per_prompt = rewards.with_rewards(batch, "zero_shot", CHOICE)  # the old rule, for contrast
+  assert [r["avg_acc"] for r in per_prompt] == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_normalizer_clips_later_records_to_d0_range():
+  norm = rewards.Normalizer(0.0, 10.0)
+  np.testing.assert_allclose(norm([-5.0, 5.0, 25.0]), [0.0, 50.0, 100.0])
+
+
+def test_expert_filter_threshold_and_top_fraction_per_query():
+  recs = [{"query_id": q, "query": "", "reward": r} for q, r in
+          [("a", 1.0), ("a", 9.0), ("a", 5.0), ("a", 7.0), ("b", 2.0), ("b", 3.0), ("c", 0.5)]]
+  top = rewards.top_per_query(recs, 0.5)  # a: 2 of 4, b: 1 of 2, c: its only record
+  assert [(r["query_id"], r["reward"]) for r in top] == [("a", 9.0), ("a", 7.0), ("b", 3.0),
+                                                          ("c", 0.5)]
+  assert rewards.top_per_query(recs, None) == recs
+  both = rewards.expert_filter(recs, threshold=2.5, top_fraction=0.5)
+  assert [(r["query_id"], r["reward"]) for r in both] == [("a", 9.0), ("a", 7.0), ("b", 3.0)]
+  with pytest.raises(ValueError, match="top_fraction"):
+    rewards.top_per_query(recs, 1.5)
+
+
+def test_choice_nll_term_is_the_gold_options_share():
+  """nll_term="choice": -log softmax(-option NLLs)[gold], blind to a shift shared by all
+  options (how much the prompt makes a chat model reply with a bare label)."""
+  rec = {"prompt": "A", "correct": 1, "nll": [0.5, 2.0, 3.0], "gold_nll": 0.5}
+  want = -np.log(np.exp(-0.5) / np.exp(-np.array([0.5, 2.0, 3.0])).sum())
+  assert rewards.choice_nll(rec["nll"], rec["gold_nll"]) == pytest.approx(want)
+  shifted = dict(rec, nll=[4.5, 6.0, 7.0], gold_nll=4.5)
+  for r in (rec, shifted):
+    assert rewards.reward(r, 0.5, "zero_shot", CHOICE, "choice") == pytest.approx(15 - want)
+  assert rewards.reward(shifted, 0.5, "zero_shot", CHOICE) == pytest.approx(15 - 4.5)  # token
+  with pytest.raises(ValueError, match="nll_term"):
+    rewards.reward(rec, 0.5, "zero_shot", CHOICE, "mean")

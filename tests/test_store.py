@@ -150,14 +150,14 @@ def test_import_prompt_oirl_and_instructeval():
     importers.load_prompt_collection(root, "imdb", ["nope"])
 
 
-def test_merge_dedupe_filter_and_normalise(tmp_path):
+def test_merge_dedupe_and_normalise(tmp_path):
   old = _records(4)
   new = [Record(task="tweet_emotion", query=f"tweet {i} ünïcode 🙂\nline", prompt=f"p{i % 3}",
                 query_id=f"train:{i}", target="local:x", reward=r, loop=1)
          for i, r in [(0, 9.0), (5, 3.0), (6, -10.0)]]
-  merged = dataset.merge(old, new, threshold=0.0)
-  assert len(merged) == 5  # (0, p0) repeats an old pair; the -10 record is filtered
-  assert merged[0].loop == 0 and merged[-1].reward == 3.0
+  merged = dataset.merge(old, new)
+  assert len(merged) == 6  # (0, p0) repeats an old pair; low rewards stay (filtered at training)
+  assert merged[0].loop == 0 and merged[-1].reward == -10.0
   norm = rewards.Normalizer.fit(r.reward for r in merged)
   m = dataset.write_dataset(str(tmp_path / "d1"), merged, normalizer=norm)
   assert rewards.Normalizer.from_dict(m["normalizer"]) == norm
@@ -188,7 +188,7 @@ def test_build_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_target):
   task = get_task("topics")
   queries = [task.to_example(r, f"all:{i}") for i, r in enumerate(task.builtin_rows(6, 0))]
   prompts = [(src, p) for src, ps in task.source_prompts.items() for p in ps]  # 11 prompts
-  kw = dict(settings=["zero_shot"], prompts_per_chunk=3, threshold=-5.0)
+  kw = dict(settings=["zero_shot"], prompts_per_chunk=3)
   full = _Dies(tiny_target, 10**9)
   ref = build.build_initial_dataset(str(tmp_path / "a" / "loop_0"), task, full, queries, prompts,
                                     cache=EvalCache(str(tmp_path / "a" / "c.sqlite")), **kw)
@@ -204,7 +204,7 @@ def test_build_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_target):
   assert not os.path.exists(out + ".partial")
   a, _ = dataset.read_dataset(str(tmp_path / "a" / "loop_0"))
   b, _ = dataset.read_dataset(out)
-  assert len(a) == len(b) == ref["count"] == got["count"] and ref["count"] <= 66
+  assert len(a) == len(b) == ref["count"] == got["count"] == 66  # every record is kept
   assert all(records.same(x, y) for x, y in zip(a, b))
   assert got["normalizer"] == ref["normalizer"] and got["meta"]["evaluated"] == 66
   again = _Dies(tiny_target, 0)  # complete: returns the manifest, no target calls
@@ -212,10 +212,33 @@ def test_build_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_target):
                                      cache=EvalCache(cache), **kw)["count"] == got["count"]
 
 
+def test_sparse_design_gives_each_query_k_prompts(tmp_path, tiny_target):
+  assigned = build.query_assignment(10, 4, 3, seed=1)
+  per_query = [sum(q in qs for qs in assigned) for q in range(10)]
+  assert per_query == [3] * 10 and sorted(len(qs) for qs in assigned) == [7, 7, 8, 8]
+  assert build.query_assignment(5, 4, 0, seed=1) == [list(range(5))] * 4
+  task = get_task("topics")
+  queries = [task.to_example(r, f"all:{i}") for i, r in enumerate(task.builtin_rows(6, 0))]
+  prompts = [(src, p) for src, ps in task.source_prompts.items() for p in ps]  # 11 prompts
+  counter = _Dies(tiny_target, 10**9)
+  m = build.build_initial_dataset(str(tmp_path / "loop_0"), task, counter, queries, prompts,
+                                  settings=["zero_shot"], cache=EvalCache(None),
+                                  prompts_per_query=3, seed=0)
+  recs, _ = dataset.read_dataset(str(tmp_path / "loop_0"))
+  assert m["count"] == len(recs) == counter.calls == 18 and m["meta"]["prompts_per_query"] == 3
+  by_query = {}
+  for r in recs:
+    by_query.setdefault(r.query_id, set()).add(r.prompt)
+  assert len(by_query) == 6 and all(len(ps) == 3 for ps in by_query.values())
+  for p in {r.prompt for r in recs}:  # avg_acc: the prompt's accuracy over its own queries
+    mine = [r for r in recs if r.prompt == p]
+    assert all(r.avg_acc == pytest.approx(np.mean([x.correct for x in mine])) for r in mine)
+
+
 def test_build_records_carry_the_outcomes(tiny_target):
   task = get_task("topics")
   queries = [task.to_example(r, f"all:{i}") for i, r in enumerate(task.builtin_rows(3, 0))]
-  recs = build.evaluate_records(task, tiny_target, queries, [("m", "Topic?")],
+  recs = build.evaluate_records(task, tiny_target, [(("m", "Topic?"), queries)],
                                 setting="zero_shot", cache=EvalCache(None), split="train", loop=0)
   outs = evaluation.evaluate_pairs(task, tiny_target, [(q, "Topic?") for q in queries])
   avg = np.mean([o["correct"] for o in outs])
@@ -266,3 +289,35 @@ def test_inspect_report_and_plot(tmp_path):
   assert "| manual | 9 |" in text and "reward histogram" in text and "best prompts" in text
   png = inspect.plot(recs, str(tmp_path / "r.png"), "test")
   assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_length_grouped_batches_pad_little_and_resume(smollm2_tokenizer):
+  """pad_multiple: batches group similar lengths and are padded to a multiple of their
+  longest row; every row comes once per epoch and a restored iterator continues exactly."""
+  rng = np.random.default_rng(0)
+  recs = [Record(task="t", query=" ".join(["word"] * int(rng.integers(1, 40))),
+                 prompt=" ".join(["p"] * int(rng.integers(0, 20))), reward=float(i),
+                 query_id=f"q{i}") for i in range(64)]
+  kw = dict(query_len=48, prompt_len=24, batch_size=8, seed=1, pad_multiple=8, window=4)
+  b = pipeline.Batches(recs, smollm2_tokenizer, **kw)
+  fixed = pipeline.Batches(recs, smollm2_tokenizer, **dict(kw, pad_multiple=0))
+  seen, padded, full = [], 0, 0
+  for _ in range(b.steps_per_epoch):
+    batch = b.next()
+    lq, lp = batch["query"].shape[1], batch["prompt"].shape[1]
+    assert lq % 8 == 0 and lp % 8 == 0 and lq <= 48 and lp <= 24
+    assert batch["query_mask"].sum(1).max() > lq - 8 and batch["prompt_mask"].sum(1).max() > lp - 8
+    seen += batch["returns"].tolist()
+    padded += lq + lp
+    full += 48 + 24
+    f = fixed.next()
+    assert f["query"].shape == (8, 48) and f["prompt"].shape == (8, 24)
+  assert sorted(seen) == [float(i) for i in range(64)]  # each row once per epoch
+  assert padded < 0.75 * full
+  later = [b.next() for _ in range(3)]  # epoch 1
+  again = pipeline.Batches(recs, smollm2_tokenizer, **kw)
+  again.restore({"epoch": 1, "position": 0})
+  for want in later:
+    got = again.next()
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k])

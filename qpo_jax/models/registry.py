@@ -13,9 +13,10 @@ import importlib.util
 import os
 from typing import Any, Callable, Mapping
 
+import gguf
 import jax
 
-from qpo_jax.checkpoints.gguf_import import load_gguf
+from qpo_jax.checkpoints.gguf_import import load_gguf, tokenizer_from_gguf
 from qpo_jax.checkpoints.hf import load_hf_dir, load_hf_tokenizer
 from qpo_jax.models import config as config_lib
 from qpo_jax.models.config import ModelConfig
@@ -86,19 +87,28 @@ def _load_random(spec):
     raise ValueError("model 'random': set `preset` to one of "
                      f"{sorted(config_lib.PRESETS)}")
   cfg = config_lib.preset(preset, **_overrides(spec))
-  tok = None
-  if spec.get("tokenizer_path"):
-    tok = load_hf_tokenizer(spec["tokenizer_path"])
-  elif spec.get("tokenizer") == "smollm2":
-    from qpo_jax.checkpoints.gguf_import import tokenizer_from_gguf
-    import gguf
-
-    path = smollm2_gguf_path()
-    tok = tokenizer_from_gguf(gguf.GGUFReader(path), path)
+  tok = load_tokenizer(spec)
   if tok is not None and len(tok) > cfg.vocab_size:
     cfg = cfg.replace(vocab_size=len(tok))
   params = init_params(cfg, jax.random.key(int(spec.get("seed", 0))))
   return cfg, params, tok
+
+
+def load_tokenizer(spec: Mapping[str, Any]):
+  """The tokenizer a model section names, without its weights (None if it has none)."""
+  if spec.get("tokenizer_path"):
+    return load_hf_tokenizer(spec["tokenizer_path"])
+  name = spec.get("name")
+  if name == "hf":
+    return load_hf_tokenizer(_require_path(spec, "checkpoint directory"))
+  if name == "smollm2-135m-instruct" or (name == "random" and spec.get("tokenizer") == "smollm2"):
+    path = smollm2_gguf_path()
+  elif name == "gguf":
+    path = _require_path(spec, "GGUF file")
+  else:
+    return None
+  reader = gguf.GGUFReader(path)
+  return tokenizer_from_gguf(reader, path) if "tokenizer.ggml.model" in reader.fields else None
 
 
 LOADERS: dict[str, Callable[[Mapping[str, Any]], tuple]] = {

@@ -2,8 +2,10 @@
 
 Round 1 starts from the pretrained LM (`config.policy`) with `config.train`;
 round t > 1 fine-tunes round t-1's final policy with `train.finetune_lr` and
-`train.finetune_epochs` (spec: lr 1e-4, 20 epochs). Rewards are normalised by
-the dataset's stored min/max when `train.normalize` is on.
+`train.finetune_epochs` (spec: lr 1e-4, 20 epochs). The round trains on the
+dataset's expert records (`data.threshold` on the raw reward and/or each
+query's best `data.top_fraction`); rewards are normalised by the dataset's
+stored min/max (D_0's) when `train.normalize` is on.
 """
 
 from __future__ import annotations
@@ -14,10 +16,9 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 
-from qpo_jax import sharding
+from qpo_jax import rewards, sharding
 from qpo_jax.policy import sampling, trainer
 from qpo_jax.policy.model import pretrained_policy
-from qpo_jax.rewards import Normalizer
 from qpo_jax.store import dataset
 
 
@@ -37,22 +38,30 @@ def policy_init(config: ml_collections.ConfigDict):
   return cfg, params, tok
 
 
-def train_policy_round(config: ml_collections.ConfigDict, workdir: str, t: int) -> Any:
-  """Trains (or resumes, or loads) round t; returns its final parameters."""
+def train_policy_round(config: ml_collections.ConfigDict, workdir: str, t: int,
+                       stop_after: int | None = None) -> Any:
+  """Trains (or resumes, or loads) round t; returns its final parameters.
+
+  `stop_after` ends this call after that many steps (tests; a rerun resumes).
+  """
   if t < 1:
     raise ValueError(f"policy rounds start at 1, got {t}")
   recs, manifest = dataset.read_dataset(data_dir(workdir, t - 1))
+  recs = rewards.expert_filter(recs, config.data.threshold, config.data.top_fraction)
+  if not recs:
+    raise ValueError(f"no record of {data_dir(workdir, t - 1)} passes data.threshold="
+                     f"{config.data.threshold}")
   cfg, params, tok = policy_init(config)
   tc = dict(config.train)
   if t > 1:
     params = trainer.load_final_params(round_dir(workdir, t - 1), params)
     tc.update(learning_rate=tc["finetune_lr"], epochs=tc["finetune_epochs"])
-  normalizer = (Normalizer.from_dict(manifest["normalizer"])
+  normalizer = (rewards.Normalizer.from_dict(manifest["normalizer"])
                 if tc.get("normalize") and manifest.get("normalizer") else None)
   mesh = sharding.make_mesh(config.mesh)
   params = sharding.shard_params(params, mesh)
   return trainer.train_round(round_dir(workdir, t), cfg, params, recs, tok, tc, mesh=mesh,
-                             seed=config.seed + t, normalizer=normalizer)
+                             seed=config.seed + t, normalizer=normalizer, stop_after=stop_after)
 
 
 def policy_prompts(config: ml_collections.ConfigDict, workdir: str, t: int, queries: Sequence[str],

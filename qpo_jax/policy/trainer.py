@@ -54,7 +54,8 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, recs: Sequen
   if os.path.exists(final):
     return load_final_params(round_dir, init_params)
   batches = Batches(recs, tokenizer, query_len=tc["query_len"], prompt_len=tc["prompt_len"],
-                    batch_size=tc["batch_size"], seed=seed, normalizer=normalizer, mesh=mesh)
+                    batch_size=tc["batch_size"], seed=seed, normalizer=normalizer, mesh=mesh,
+                    pad_multiple=int(tc.get("pad_multiple", 0)))
   total = int(tc["epochs"] * batches.steps_per_epoch)
   step_fns = train.make_train_step(cfg, tc, batches.steps_per_epoch, init_params, mesh)
   manager = ocp.CheckpointManager(

@@ -1,13 +1,18 @@
-"""Building D_0 from scratch: every (train query, source prompt) pair evaluated on the target.
+"""Building D_0 from scratch: (train query, source prompt) pairs evaluated on the target.
+
+Every pair of the grid, or with `prompts_per_query = k` a balanced sparse
+design: each query is evaluated with k of the P prompts and each prompt on
+about N*k/P queries (as offline logs that benchmark many prompts on a task
+look), which buys k/P as many target calls per distinct train query.
 
 Prompts are processed in chunks. Each finished chunk's records (rewards
 included: a prompt's avg_acc is over all the queries it was evaluated on,
 which a chunk holds in full) are written as one CRC-checked shard under
 `<dir>.partial/`. A rerun after a kill reads the finished chunks back, skips
 them, and gets the pairs of an interrupted chunk from the evaluation cache, so
-nothing is evaluated twice. At the end the records are filtered by the reward
-threshold, the normaliser is fitted, and the dataset is written atomically;
-the partial directory is then removed.
+nothing is evaluated twice. At the end the normaliser is fitted and the
+dataset is written atomically with every record (expert filtering happens when
+a round draws its training data); the partial directory is then removed.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import shutil
 from typing import Any, Sequence
 
 from absl import logging
+import numpy as np
 
 from qpo_jax import evaluation, rewards
 from qpo_jax.eval_cache import EvalCache
@@ -27,17 +33,35 @@ from qpo_jax.store import records as records_lib
 from qpo_jax.tasks.base import Example, Task
 
 
-def evaluate_records(task: Task, target, queries: Sequence[Example],
-                     prompts: Sequence[tuple[str, str]], *, setting: str, demo_sets=(),
-                     cache: EvalCache, split: str, loop: int,
-                     max_new_tokens: int = 256) -> list[Record]:
-  """Evaluates every (query, prompt) pair and returns rewarded records (one batch)."""
-  pairs = [(q, p) for _, p in prompts for q in queries]
-  sources = [s for s, _ in prompts for _ in queries]
+def query_assignment(num_queries: int, num_prompts: int, per_query: int, seed: int
+                     ) -> list[list[int]]:
+  """For each prompt, the indices of the queries it is evaluated on (in query order).
+
+  `per_query` <= 0 or >= num_prompts: every query. Otherwise query i (in a
+  seeded order) gets prompts (i*k .. i*k+k-1) mod P of a seeded prompt order,
+  so every query has k distinct prompts and the prompts' counts differ by at most 1.
+  """
+  if per_query <= 0 or per_query >= num_prompts:
+    return [list(range(num_queries)) for _ in range(num_prompts)]
+  rng = np.random.default_rng(seed)
+  query_order, prompt_order = rng.permutation(num_queries), rng.permutation(num_prompts)
+  out: list[list[int]] = [[] for _ in range(num_prompts)]
+  for rank, q in enumerate(query_order):
+    for j in range(per_query):
+      out[prompt_order[(rank * per_query + j) % num_prompts]].append(int(q))
+  return [sorted(qs) for qs in out]
+
+
+def evaluate_records(task: Task, target, grid: Sequence[tuple[tuple[str, str], Sequence[Example]]],
+                     *, setting: str, demo_sets=(), cache: EvalCache, split: str, loop: int,
+                     max_new_tokens: int = 256, nll_term: str = "token") -> list[Record]:
+  """Evaluates each ((source, prompt), its queries) of a chunk; rewarded records (one batch)."""
+  pairs = [(q, p) for (_, p), queries in grid for q in queries]
+  sources = [s for (s, _), queries in grid for _ in queries]
   outcomes = evaluation.evaluate_pairs(task, target, pairs, setting=setting, demo_sets=demo_sets,
                                        cache=cache, max_new_tokens=max_new_tokens)
   rows = [dict(o, prompt=p) for o, (_, p) in zip(outcomes, pairs)]
-  rows = rewards.with_rewards(rows, setting, task.kind)
+  rows = rewards.with_rewards(rows, setting, task.kind, nll_term=nll_term)
   return [record_from_outcome(task=task, example=q, prompt=p, outcome=o, target=target.identity,
                               setting=setting, split=split, prompt_source=s, loop=loop)
           for (q, p), s, o in zip(pairs, sources, rows)]
@@ -50,7 +74,8 @@ def _chunk_path(partial: str, setting: str, index: int) -> str:
 def build_initial_dataset(directory: str, task: Task, target, queries: Sequence[Example],
                           prompts: Sequence[tuple[str, str]], *, settings: Sequence[str],
                           demo_sets=(), cache: EvalCache, prompts_per_chunk: int = 4,
-                          threshold: float | None = None, max_new_tokens: int = 256,
+                          prompts_per_query: int = 0, seed: int = 0, max_new_tokens: int = 256,
+                          nll_term: str = "token",
                           meta: dict[str, Any] | None = None) -> dict[str, Any]:
   """Builds (or finishes, or just returns) the D_0 dataset at `directory`; returns its manifest."""
   if os.path.exists(os.path.join(directory, dataset.MANIFEST)):
@@ -59,6 +84,8 @@ def build_initial_dataset(directory: str, task: Task, target, queries: Sequence[
   partial = directory.rstrip("/") + ".partial"
   os.makedirs(partial, exist_ok=True)
   recs: list[Record] = []
+  assigned = query_assignment(len(queries), len(prompts), prompts_per_query, seed)
+  grid = [(p, [queries[i] for i in qs]) for p, qs in zip(prompts, assigned)]
   for setting in settings:
     for index, start in enumerate(range(0, len(prompts), prompts_per_chunk)):
       path = _chunk_path(partial, setting, index)
@@ -68,20 +95,18 @@ def build_initial_dataset(directory: str, task: Task, target, queries: Sequence[
           continue
         except CorruptRecordError as e:  # a damaged chunk is redone (from the cache)
           logging.warning("redoing chunk: %s", e)
-      chunk = evaluate_records(task, target, queries, prompts[start:start + prompts_per_chunk],
+      chunk = evaluate_records(task, target, grid[start:start + prompts_per_chunk],
                                setting=setting, demo_sets=demo_sets, cache=cache,
-                               split="train", loop=0, max_new_tokens=max_new_tokens)
+                               split="train", loop=0, max_new_tokens=max_new_tokens,
+                               nll_term=nll_term)
       write_records(path, (records_lib.to_example(r) for r in chunk))
       recs += dataset.read_shard(path)  # as stored (float32), the same as a resumed run sees
       logging.info("D_0 %s: %d of %d prompts done", setting, min(start + prompts_per_chunk,
                                                                   len(prompts)), len(prompts))
-  kept_recs = rewards.keep_above(recs, threshold)
-  if not kept_recs:
-    raise ValueError(f"every D_0 record has a reward below the threshold {threshold}")
-  normalizer = rewards.Normalizer.fit(r.reward for r in kept_recs)
+  normalizer = rewards.Normalizer.fit(r.reward for r in recs)
   manifest = dataset.write_dataset(
-      directory, kept_recs, normalizer=normalizer,
-      meta={**(meta or {}), "loop": 0, "threshold": threshold, "evaluated": len(recs),
-            "settings": list(settings)})
+      directory, recs, normalizer=normalizer,
+      meta={**(meta or {}), "loop": 0, "evaluated": len(recs), "settings": list(settings),
+            "prompts_per_query": prompts_per_query or len(prompts), "nll_term": nll_term})
   shutil.rmtree(partial, ignore_errors=True)
   return manifest

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from qpo_jax.rewards import Normalizer, keep_above
+from qpo_jax.rewards import Normalizer
 from qpo_jax.store import records as records_lib
 from qpo_jax.store.records import Record
 from qpo_jax.store.tfrecord import CorruptRecordError, file_sha256, read_records, write_records
@@ -144,10 +144,9 @@ def dedupe(recs: Iterable[Record]) -> list[Record]:
   return out
 
 
-def merge(old: Sequence[Record], new: Sequence[Record], threshold: float | None = None
-          ) -> list[Record]:
-  """D_{t+1} = D_t U filter(new): new records below the threshold and repeats are dropped."""
-  return dedupe(list(old) + keep_above(new, threshold))
+def merge(old: Sequence[Record], new: Sequence[Record]) -> list[Record]:
+  """D_{t+1} = D_t U new, repeats dropped (expert filtering is applied when training reads it)."""
+  return dedupe(list(old) + list(new))
 
 
 def normalized(recs: Sequence[Record], normalizer: Normalizer) -> list[Record]:

@@ -19,7 +19,7 @@ import dataclasses
 import math
 import os
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
@@ -141,12 +141,15 @@ def _oirl_files(log_dir: str, task: str, alias: str, split: str) -> list[tuple[s
 
 def import_prompt_oirl(log_dir: str, *, task: str, prompts: Sequence[str],
                        aliases: Sequence[str], queries: Sequence[str] | None = None,
+                       keep: Callable[[str], bool] | None = None,
                        split: str = "train", target: str = "llama-2-7b-chat",
                        svamp_train_size: int = 15000) -> tuple[list[Record], ImportSummary]:
   """Prompt-OIRL correctness logs of `split` for the given prompts (see `_oirl_files`).
 
   `queries[i]` is the text of query i in the log's index space (gsm8k: the
   split's jsonl in file order); without it the query is recorded as "#i".
+  Rows whose query text `keep` rejects are skipped (counted in the summary),
+  and each prompt's avg_acc is over the rows kept.
   """
   if task not in ("gsm8k", "svamp"):
     raise ValueError(f"Prompt-OIRL logs exist for gsm8k and svamp, not {task!r}")
@@ -166,7 +169,11 @@ def import_prompt_oirl(log_dir: str, *, task: str, prompts: Sequence[str],
             summary.skip(n, f"{os.path.basename(path)}: unparsable line")
           elif queries is not None and i >= len(queries):
             summary.skip(n, f"{os.path.basename(path)}: query index {i} out of range")
-          elif task != "svamp" or (i < svamp_train_size) == (split == "train"):
+          elif task == "svamp" and (i < svamp_train_size) != (split == "train"):
+            continue
+          elif keep is not None and not keep(queries[i] if queries is not None else f"#{i}"):
+            summary.skip(n, "query outside the run's split")
+          else:
             rows.append((i, m[2] == "True"))
     if not rows:
       continue

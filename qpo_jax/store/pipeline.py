@@ -8,6 +8,14 @@ is two integers — `state()` goes into the checkpoint, `restore()` continues
 exactly where training stopped. Every batch has `batch_size` rows (the last
 partial batch of an epoch is dropped), and with a mesh it is placed split over
 the data axes.
+
+Padding is most of a fixed [B, 1 + Lq + Lp] batch (tweets average 24 tokens
+against Lq = 48), and the train step's cost is linear in it. With
+`pad_multiple` > 0 each window of `window` batches of the epoch's permutation
+is sorted by length and cut into batches, the batches are put back in a
+seeded order, and each is padded only to its longest row rounded up to the
+multiple (at most Lq / Lp): a handful of shapes, each compiled once. The
+masks carry the padding, so the loss is the same for any padding.
 """
 
 from __future__ import annotations
@@ -36,11 +44,24 @@ def tokenize(tokenizer, texts: Sequence[str], length: int, append_eos: bool
   return ids, mask
 
 
+def check_prompt_lengths(tokenizer, prompts: Sequence[str], prompt_len: int) -> None:
+  """Fails, naming the prompt, if `train.prompt_len` cannot hold a prompt and its EOS."""
+  if not prompts:
+    return
+  lengths = [len(x) for x in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+  i = int(np.argmax(lengths))
+  if lengths[i] + 1 > prompt_len:
+    raise ValueError(f"train.prompt_len={prompt_len} cannot hold the source prompt "
+                     f"{prompts[i]!r} ({lengths[i]} tokens + EOS); set train.prompt_len to at "
+                     f"least {lengths[i] + 1}")
+
+
 class Batches:
   """Seeded, resumable, fixed-shape batches over a dataset's records."""
 
   def __init__(self, recs: Sequence[Record], tokenizer, *, query_len: int, prompt_len: int,
-               batch_size: int, seed: int, normalizer: Normalizer | None = None, mesh=None):
+               batch_size: int, seed: int, normalizer: Normalizer | None = None, mesh=None,
+               pad_multiple: int = 0, window: int = 16):
     if len(recs) < batch_size:
       raise ValueError(f"{len(recs)} records cannot fill one batch of {batch_size}; "
                        "lower the batch size")
@@ -52,8 +73,10 @@ class Batches:
     returns = np.asarray([r.reward for r in recs], np.float32)
     self.returns = normalizer(returns).astype(np.float32) if normalizer else returns
     self.batch_size, self.seed, self.mesh = batch_size, seed, mesh
+    self.pad_multiple, self.window = pad_multiple, window
     self.steps_per_epoch = len(recs) // batch_size
     self.epoch, self.position = 0, 0
+    self._epoch_batches: tuple[int, list[np.ndarray]] | None = None
 
   def state(self) -> dict[str, int]:
     return {"epoch": self.epoch, "position": self.position}
@@ -61,18 +84,39 @@ class Batches:
   def restore(self, state: dict[str, Any]) -> None:
     self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
-  def _order(self, epoch: int) -> np.ndarray:
-    return np.random.default_rng([self.seed, epoch]).permutation(len(self.returns))
+  def _batches(self, epoch: int) -> list[np.ndarray]:
+    """The row indices of every batch of an epoch (a function of seed and epoch only)."""
+    rng = np.random.default_rng([self.seed, epoch])
+    order = rng.permutation(len(self.returns))[:self.steps_per_epoch * self.batch_size]
+    batches = np.split(order, self.steps_per_epoch)
+    if not self.pad_multiple:
+      return batches
+    length = self.query_mask.sum(1) * (self.prompt.shape[1] + 1) + self.prompt_mask.sum(1)
+    out = []
+    for start in range(0, len(batches), self.window):
+      rows = np.concatenate(batches[start:start + self.window])
+      rows = rows[np.argsort(length[rows], kind="stable")]
+      out += np.split(rows, len(rows) // self.batch_size)
+    return [out[i] for i in rng.permutation(len(out))]
+
+  def _padded(self, x: np.ndarray, mask: np.ndarray) -> int:
+    if not self.pad_multiple:
+      return x.shape[1]
+    return min(x.shape[1], max(1, -(-int(mask.sum(1).max()) // self.pad_multiple)) *
+               self.pad_multiple)
 
   def next(self) -> dict[str, Any]:
     if self.position >= self.steps_per_epoch:
       self.epoch, self.position = self.epoch + 1, 0
-    rows = self._order(self.epoch)[self.position * self.batch_size:
-                                   (self.position + 1) * self.batch_size]
+    if self._epoch_batches is None or self._epoch_batches[0] != self.epoch:
+      self._epoch_batches = (self.epoch, self._batches(self.epoch))
+    rows = self._epoch_batches[1][self.position]
     self.position += 1
-    batch = {"returns": self.returns[rows], "query": self.query[rows],
-             "query_mask": self.query_mask[rows], "prompt": self.prompt[rows],
-             "prompt_mask": self.prompt_mask[rows]}
+    lq = self._padded(self.query[rows], self.query_mask[rows])
+    lp = self._padded(self.prompt[rows], self.prompt_mask[rows])
+    batch = {"returns": self.returns[rows], "query": self.query[rows, :lq],
+             "query_mask": self.query_mask[rows, :lq], "prompt": self.prompt[rows, :lp],
+             "prompt_mask": self.prompt_mask[rows, :lp]}
     return sharding.shard_batch(batch, self.mesh) if self.mesh is not None else batch
 
   def __iter__(self):
