@@ -95,15 +95,15 @@ def test_bad_values_fail_at_start(tmp_path, override, message):
   assert not os.path.exists(tmp_path / "data")  # failed before doing any work
 
 
-QUICK_SMALL = ["--config.data.num_queries=8", "--config.train.epochs=1",
-               "--config.train.query_len=24", "--config.train.prompt_len=12",
-               "--config.train.progress=False", "--config.loop.num_loops=1",
+QUICK_SMALL = ["--config.data.num_queries=8", "--config.data.top_fraction=0.25",
+               "--config.train.epochs=1", "--config.train.progress=False",
+               "--config.loop.num_loops=1",
                "--config.loop.collect_batches=1", "--config.loop.collect_queries=8",
                "--config.eval.num_queries=8"]
 
 
 def test_quickstart_small_variant(tmp_path):
-  """The quickstart (SmolLM2 target and policy, built-in task) at a CI-sized scale."""
+  """The quickstart (SmolLM2 target and policy, packaged TweetEval) at a CI-sized scale."""
   r = _main("--config=configs/quickstart.py", "--mode=loop", *QUICK_SMALL, workdir=tmp_path,
             one_device=True)
   assert r.returncode == 0, r.stderr[-3000:]
@@ -112,9 +112,15 @@ def test_quickstart_small_variant(tmp_path):
   assert "| QPO loop 1 |" in r.stdout
 
 
-@pytest.mark.skipif(not os.environ.get("QPO_SLOW"), reason="slow (~15 min): set QPO_SLOW=1")
+@pytest.mark.skipif(not os.environ.get("QPO_SLOW"), reason="slow (~30 min): set QPO_SLOW=1")
 def test_quickstart_full(tmp_path):
+  """The embedded default's claim: QPO's last loop beats the best train prompt by 5 points
+  (bootstrap interval above 0) and the reward model's best-of-N, on 200 test tweets."""
   r = _main("--config=configs/quickstart.py", "--mode=loop", workdir=tmp_path, one_device=True)
   assert r.returncode == 0, r.stderr[-3000:]
   result = json.loads((tmp_path / "eval" / "results.json").read_text())
-  print(json.dumps(result["methods"], indent=1))
+  m = {k: v["zero_shot"] for k, v in result["methods"].items()}
+  last = f"qpo_loop_{max(int(t) for t in result['qpo_prompt_stats'])}"
+  assert result["num_test_queries"] == 200
+  assert m[last] >= m["best_train_prompt"] + 0.05 and m[last] > m["reward_model"], m
+  assert result["qpo_vs_best_train"]["zero_shot"]["low"] > 0, result["qpo_vs_best_train"]
