@@ -118,7 +118,6 @@ def collect(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The results table of a run: QPO per loop against the baselines on the test split."""
-  loop.validate(config)
   target = build_target(config.target, mesh=sharding.make_mesh(config.mesh))
   return report.evaluate_and_report(config, workdir, target,
                                     EvalCache(os.path.join(workdir, "eval_cache.sqlite")))
@@ -150,7 +149,7 @@ def inspect_data(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 def train_policy(config: ml_collections.ConfigDict, workdir: str):
   """Trains policy round `train.round` on D_{round-1} (resumes if killed; skips if finished)."""
-  params = rounds.train_policy_round(config, workdir, config.train.round)
+  params = loop.train_round(config, workdir, config.train.round)
   print(f"policy round {config.train.round}: {rounds.round_dir(workdir, config.train.round)}",
         flush=True)
   return params
@@ -188,4 +187,6 @@ MODES: dict[str, Callable[[ml_collections.ConfigDict, str], object]] = {
 def run(mode: str, config: ml_collections.ConfigDict, workdir: str):
   if mode not in MODES:
     raise ValueError(f"--mode={mode!r} is not one of {sorted(MODES)}")
+  loop.validate(config)  # before any model is loaded or any byte written
+  rounds.check_workdir(config, workdir)  # a stage made with other settings stops the run here
   return MODES[mode](config, workdir)

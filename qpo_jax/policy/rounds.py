@@ -5,18 +5,21 @@ round t > 1 fine-tunes round t-1's final policy with `train.finetune_lr` and
 `train.finetune_epochs` (spec: lr 1e-4, 20 epochs). The round trains on the
 dataset's expert records (`data.threshold` on the raw reward and/or each
 query's best `data.top_fraction`); rewards are normalised by the dataset's
-stored min/max (D_0's) when `train.normalize` is on.
+stored min/max (D_0's) when `train.normalize` is on. Every stage checks and
+records the config fields it depends on (`claim_stage`, fingerprint.py), so a
+workdir is never reused with settings it was not made with.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Sequence
 
 import jax
 import ml_collections
 
-from qpo_jax import rewards, sharding
+from qpo_jax import fingerprint, rewards, sharding
 from qpo_jax.policy import sampling, trainer
 from qpo_jax.policy.model import pretrained_policy
 from qpo_jax.store import dataset
@@ -28,6 +31,35 @@ def round_dir(workdir: str, t: int) -> str:
 
 def data_dir(workdir: str, loop: int) -> str:
   return os.path.join(workdir, "data", f"loop_{loop}")
+
+
+def claim_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, t: int = 0,
+                record: bool = True) -> None:
+  """Checks a stage's recorded config fields against `config` (fingerprint.py) and, for a
+  stage about to start (`record`), records them if none are."""
+  artifact, name = {
+      "d0": (data_dir(workdir, 0), "D_0"),
+      "round": (round_dir(workdir, t), f"policy round {t}"),
+      "collect": (f"{data_dir(workdir, t)} (and {data_dir(workdir, t)}.collect.json)",
+                  f"loop {t}'s collection (D_{t})")}[stage]
+  path = (data_dir(workdir, t) if stage == "collect" else artifact) + ".config.json"
+  fields = fingerprint.stage_fields(config, stage, t)
+  (fingerprint.claim if record else fingerprint.check)(path, fields, name, artifact)
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Every stage already in the workdir against `config`, before any work starts."""
+  recorded = [n for sub in ("policy", "data") if os.path.isdir(os.path.join(workdir, sub))
+              for n in os.listdir(os.path.join(workdir, sub)) if n.endswith(".config.json")]
+  last = max((int(re.search(r"_(\d+)\.config\.json$", n).group(1)) for n in recorded), default=0)
+  data = os.path.join(workdir, "data")
+  for name in sorted(os.listdir(data)) if os.path.isdir(data) else ():
+    if re.fullmatch(r"loop_\d+", name):
+      dataset.check_complete(os.path.join(data, name))
+  claim_stage(config, workdir, "d0", record=False)
+  for t in range(1, last + 1):
+    claim_stage(config, workdir, "round", t, record=False)
+    claim_stage(config, workdir, "collect", t, record=False)
 
 
 def policy_init(config: ml_collections.ConfigDict):
@@ -47,6 +79,7 @@ def train_policy_round(config: ml_collections.ConfigDict, workdir: str, t: int,
   if t < 1:
     raise ValueError(f"policy rounds start at 1, got {t}")
   recs, manifest = dataset.read_dataset(data_dir(workdir, t - 1))
+  claim_stage(config, workdir, "round", t)
   recs = rewards.expert_filter(recs, config.data.threshold, config.data.top_fraction)
   if not recs:
     raise ValueError(f"no record of {data_dir(workdir, t - 1)} passes data.threshold="

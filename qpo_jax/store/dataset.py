@@ -67,13 +67,24 @@ def write_shards(directory: str, recs: Sequence[Record], records_per_shard: int)
   return entries
 
 
+def check_complete(directory: str) -> None:
+  """Fails, saying what to delete, on a dataset directory that has no manifest (a dataset is
+  renamed into place whole, so it was damaged or is not ours)."""
+  if os.path.isdir(directory) and not os.path.exists(os.path.join(directory, MANIFEST)):
+    raise FileExistsError(f"{directory} has no {MANIFEST}: it is not a complete dataset (its "
+                          f"shards cannot be checked); delete the directory {directory} to "
+                          "rebuild it")
+
+
 def write_dataset(directory: str, recs: Sequence[Record], *, records_per_shard: int = 4096,
                   normalizer: Normalizer | None = None, meta: Mapping[str, Any] | None = None,
                   overwrite: bool = False) -> dict[str, Any]:
   """Writes a complete dataset at `directory` atomically; returns its manifest."""
   directory = os.path.abspath(directory)
   if os.path.exists(directory) and not overwrite:
-    raise FileExistsError(f"dataset {directory} already exists; pass overwrite=True to replace it")
+    check_complete(directory)
+    raise FileExistsError(f"dataset {directory} already exists; delete that directory to rebuild "
+                          "it")
   parent = os.path.dirname(directory)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(dir=parent, prefix=os.path.basename(directory) + ".tmp-")

@@ -1,0 +1,92 @@
+"""Stage fingerprints: the config fields a workdir artifact was made from, checked on reuse.
+
+A rerun skips every stage whose artifact exists in the workdir. That is only
+right if the stage would be made the same way today, so each stage records,
+when it starts, the config fields its result depends on (`<artifact>.config.json`
+beside the artifact), and a run whose fields differ stops before any work,
+naming the stage, each changed field (old -> new) and what to do. Fields that
+cannot change a result are left out: progress bars, log and checkpoint
+frequency, shard and chunk sizes, inference batch sizes and padding buckets,
+the mesh, HTTP retry settings, and `loop.num_loops` (more loops extend a run;
+they do not change its earlier stages).
+
+What each stage depends on:
+  d0         seed, task, target, data (without the training-time expert filter)
+  round t    d0's fields + policy, train, the expert filter; for t > 1 also
+             sample and loop (round t trains on what loops 1..t-1 collected)
+  collect t  round t's fields + sample, loop
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+import ml_collections
+
+from qpo_jax.utils import atomic_write_text, read_json
+
+NEUTRAL = frozenset({
+    "target.batch_size", "target.length_multiple", "target.concurrency", "target.max_retries",
+    "target.timeout_s", "target.api_key_env",
+    "data.inspect", "data.records_per_shard", "data.prompts_per_chunk",
+    "train.progress", "train.log_every", "train.checkpoint_every", "train.round",
+    "sample.batch_size", "loop.num_loops"})
+FILTER = ("data.threshold", "data.top_fraction")  # applied when a round draws its data
+_UNSET = "<unset>"
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(node, Mapping):
+    out = {}
+    for k, v in node.items():
+      out.update(_flat(v, f"{prefix}{k}."))
+    return out
+  return {prefix[:-1]: node}
+
+
+def _fields(config: ml_collections.ConfigDict, sections: tuple[str, ...]) -> dict[str, Any]:
+  d = config.to_dict()
+  flat: dict[str, Any] = {}
+  for s in sections:
+    if s in d:
+      flat.update(_flat(d[s], f"{s}.") if isinstance(d[s], Mapping) else {s: d[s]})
+  flat = {k: v for k, v in flat.items() if k not in NEUTRAL}
+  return json.loads(json.dumps(flat, sort_keys=True, default=str))  # tuples -> lists
+
+
+def stage_fields(config: ml_collections.ConfigDict, stage: str, t: int = 0) -> dict[str, Any]:
+  """The fields stage `d0`, `round` (t) or `collect` (t) depends on, flattened to 'a.b'."""
+  if stage == "d0":
+    return {k: v for k, v in _fields(config, ("seed", "task", "target", "data")).items()
+            if k not in FILTER}
+  if stage == "round":
+    extra = ("policy", "train") + (("sample", "loop") if t > 1 else ())
+    return {**stage_fields(config, "d0"), **_fields(config, ("data",) + extra)}
+  if stage == "collect":
+    return {**stage_fields(config, "round", t), **_fields(config, ("sample", "loop"))}
+  raise ValueError(f"unknown stage {stage!r}")
+
+
+def check(path: str, fields: Mapping[str, Any], stage: str, artifact: str) -> bool:
+  """Raises if `path` records other fields than `fields`; False if it records none yet."""
+  old = read_json(path)
+  if old is None:
+    return False
+  changed = [f"{k}: {old.get(k, _UNSET)!r} -> {fields.get(k, _UNSET)!r}"
+             for k in sorted(set(old) | set(fields)) if old.get(k, _UNSET) != fields.get(k, _UNSET)]
+  if changed:
+    raise ValueError(
+        f"{stage} in this workdir was made with other settings ({path}):\n  "
+        + "\n  ".join(changed)
+        + f"\nUse a new --workdir, or delete {artifact} and {path} (and every later stage) "
+        "to redo it with these settings.")
+  return True
+
+
+def claim(path: str, fields: Mapping[str, Any], stage: str, artifact: str) -> None:
+  """`check`, then records `fields` for a stage that has none recorded (about to start)."""
+  if not check(path, fields, stage, artifact):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    atomic_write_text(path, json.dumps(dict(fields), indent=1, sort_keys=True))

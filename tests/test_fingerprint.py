@@ -1,0 +1,95 @@
+"""A workdir is reused only as it was made: same config fields per stage, complete datasets."""
+
+import os
+import shutil
+
+import pytest
+
+from qpo_jax import fingerprint, loop, modes
+from qpo_jax.policy import rounds
+from qpo_jax.utils import load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny():
+  return load_config(os.path.join(ROOT, "configs", "tiny.py"))
+
+
+def _listing(root):
+  return sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs)
+
+
+def test_stage_fields_leave_out_what_cannot_change_a_result():
+  c = _tiny()
+  d0, r1, r2 = (fingerprint.stage_fields(c, "d0"), fingerprint.stage_fields(c, "round", 1),
+                fingerprint.stage_fields(c, "round", 2))
+  assert "task.name" in d0 and "target.name" in d0 and "data.num_queries" in d0
+  assert "data.threshold" not in d0 and "data.threshold" in r1  # filtering is at training
+  assert "train.epochs" in r1 and "sample.target_return" not in r1
+  assert "sample.target_return" in r2 and "loop.collect_queries" in r2
+  for fields in (d0, r1, r2, fingerprint.stage_fields(c, "collect", 2)):
+    assert not set(fields) & fingerprint.NEUTRAL
+  assert "loop.num_loops" not in fingerprint.stage_fields(c, "collect", 2)  # more loops extend
+
+
+@pytest.fixture()
+def copied_run(tiny_run, tmp_path):
+  work = str(tmp_path / "run")
+  shutil.copytree(tiny_run[0], work)
+  shutil.rmtree(os.path.join(work, "eval"))
+  return work
+
+
+def test_changed_task_stops_before_any_work(copied_run):
+  config = _tiny()
+  config.task.name = "arithmetic"
+  before = _listing(copied_run)
+  with pytest.raises(ValueError) as e:
+    loop.run_loop(config, copied_run)
+  message = str(e.value)
+  assert "D_0 in this workdir was made with other settings" in message
+  assert "task.name: 'topics' -> 'arithmetic'" in message
+  assert "Use a new --workdir, or delete" in message and "data/loop_0" in message
+  assert _listing(copied_run) == before  # nothing written, nothing evaluated
+
+
+def test_changed_training_stops_the_round_and_every_mode(copied_run):
+  config = _tiny()
+  config.train.epochs = 7
+  for mode in ("train_policy", "evaluate", "sample_prompts", "collect"):
+    with pytest.raises(ValueError, match=r"policy round 1 .*\n  train\.epochs: 3 -> 7"):
+      modes.run(mode, config, copied_run)
+  config = _tiny()
+  config.sample.target_return = 50.0  # round 1 does not see it; round 2 and collection do
+  with pytest.raises(ValueError, match=r"loop 1's collection \(D_1\).*\n  "
+                                       r"sample\.target_return: 100\.0 -> 50\.0"):
+    modes.run("evaluate", config, copied_run)
+
+
+def test_neutral_changes_and_more_loops_reuse_the_run(copied_run, tiny_run):
+  config = _tiny()
+  config.train.log_every, config.train.progress, config.target.batch_size = 3, True, 4
+  config.data.records_per_shard = 7
+  got = loop.run_loop(config, copied_run)
+  assert got["methods"] == tiny_run[1]["methods"]
+
+
+def test_deleting_the_stage_as_told_redoes_it(copied_run):
+  config = _tiny()
+  config.data.threshold = 1.0  # a round-level field: D_0 stays, round 1 onwards is stale
+  with pytest.raises(ValueError, match="policy round 1"):
+    rounds.check_workdir(config, copied_run)
+  shutil.rmtree(os.path.join(copied_run, "policy"))
+  for name in os.listdir(os.path.join(copied_run, "data")):
+    if not name.startswith("loop_0"):
+      path = os.path.join(copied_run, "data", name)
+      shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+  rounds.check_workdir(config, copied_run)  # nothing stale is left
+
+
+def test_dataset_without_manifest_names_the_directory_to_delete(copied_run):
+  os.remove(os.path.join(copied_run, "data", "loop_1", "manifest.json"))
+  with pytest.raises(FileExistsError, match=r"data/loop_1 has no manifest.json.*delete the "
+                                            r"directory .*data/loop_1 to rebuild it"):
+    modes.run("loop", _tiny(), copied_run)
