@@ -89,7 +89,8 @@ def get_config(arg: str = "tweet_emotion,few_shot,llama-2-7b-chat") -> ml_collec
                 target_name="", num_queries=0, settings=(setting,), num_demo_sets=5,
                 num_demos=6, threshold=THRESHOLD[setting], top_fraction=0.05,
                 prompts_per_query=0, nll_term="token",
-                prompts_per_chunk=8, records_per_shard=4096, max_new_tokens=512, inspect="")
+                max_bad_fraction=0.01, prompts_per_chunk=8, records_per_shard=4096,
+                max_new_tokens=512, inspect="")
   if math:  # source prompts: Prompt-OIRL's 6 training prompts
     c.data.prompts_dir = ""
     c.data.prompts_file = f"{SHARED}/prompt_oirl/prompts_16.json"

@@ -25,7 +25,8 @@ def get_config() -> ml_collections.ConfigDict:
                 threshold=ml_collections.config_dict.placeholder(float),
                 top_fraction=ml_collections.config_dict.placeholder(float),
                 prompts_per_query=0, nll_term="token",
-                prompts_per_chunk=4, records_per_shard=4096, max_new_tokens=128, inspect="")
+                max_bad_fraction=0.01, prompts_per_chunk=4, records_per_shard=4096,
+                max_new_tokens=128, inspect="")
   c.policy = dict(name="random", preset="tiny-llama", tokenizer="smollm2", seed=1,
                   dtype="float32", param_dtype="float32", lora_rank=0, lora_alpha=16.0)
   c.train = dict(round=1, learning_rate=1e-3, schedule="step", epochs=3,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from typing import Any, Sequence
 
 from absl import logging
@@ -34,11 +35,59 @@ from qpo_jax.targets import BACKENDS, build_target
 from qpo_jax.tasks import TASKS, base as task_base, data_spec, load_source, load_splits
 from qpo_jax.tasks.paper import svamp_fold_queries
 from qpo_jax.tasks.sources import read_json_list
-from qpo_jax.utils import atomic_write_text, read_json
+from qpo_jax.utils import atomic_write_text, peak_memory_gb, read_json
+
+
+POSITIVE = ("data.num_demo_sets", "data.num_demos", "data.prompts_per_chunk",
+            "data.records_per_shard", "data.max_new_tokens", "target.batch_size",
+            "train.batch_size", "train.grad_accum", "train.epochs", "train.query_len",
+            "train.prompt_len", "train.learning_rate", "sample.num_samples", "sample.batch_size",
+            "loop.collect_batches", "loop.collect_queries", "eval.num_queries",
+            "eval.num_demo_sets", "eval.num_demos", "eval.max_new_tokens",
+            "eval_prompts.num_queries")
+NON_NEGATIVE = ("data.num_queries", "data.prompts_per_query", "train.finetune_epochs",
+                "train.finetune_lr", "train.warmup_steps", "train.weight_decay")
+
+
+def _field(config: ml_collections.ConfigDict, name: str) -> Any:
+  node = config
+  for part in name.split("."):
+    if part not in node:
+      raise ValueError(f"the config has no field {name} (every config has the same fields; "
+                       "see configs/quickstart.py)")
+    node = node[part]
+  return node
+
+
+def _check_model_path(config: ml_collections.ConfigDict, role: str) -> None:
+  spec = config[role]
+  kind = {"hf": "checkpoint directory", "gguf": "GGUF file"}.get(spec.name)
+  if kind is None:
+    return
+  path = os.path.expanduser(spec.get("path") or "")
+  if not path:
+    raise ValueError(f"{role}: model {spec.name!r}: set `path` to the {kind} "
+                     f"(--config.{role}.path=...)")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{role}.path={path!r}: the {kind} does not exist")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Fails at start, with the field at fault, on values that would fail hours later."""
+  """Fails at start, with the field at fault, on values that would fail hours later.
+
+  Every mode calls it before it loads a model or writes a byte.
+  """
+  for name in POSITIVE + NON_NEGATIVE:
+    value, positive = _field(config, name), name in POSITIVE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (
+        positive and value == 0):
+      raise ValueError(f"{name}={value!r} must be a {'positive' if positive else 'non-negative'}"
+                       " number")
+  fraction = _field(config, "data.top_fraction")
+  if fraction is not None and not 0 < fraction <= 1:
+    raise ValueError(f"data.top_fraction={fraction!r} must be in (0, 1]")
+  if not 0 <= _field(config, "data.max_bad_fraction") <= 1:
+    raise ValueError(f"data.max_bad_fraction={config.data.max_bad_fraction!r} must be in [0, 1]")
   if config.task.name not in TASKS:
     raise ValueError(f"task.name={config.task.name!r} is not one of {sorted(TASKS)}")
   backend = config.target.get("backend", "local") or "local"
@@ -48,6 +97,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"target.name={config.target.name!r} is not one of {sorted(LOADERS)}")
   if config.policy.name not in LOADERS:
     raise ValueError(f"policy.name={config.policy.name!r} is not one of {sorted(LOADERS)}")
+  for role in ("target", "policy") if backend == "local" else ("policy",):
+    _check_model_path(config, role)
   if config.data.nll_term not in rewards.NLL_TERMS:
     raise ValueError(f"data.nll_term={config.data.nll_term!r} is not one of {rewards.NLL_TERMS}")
   if int(config.loop.num_loops) < 1:
@@ -91,13 +142,25 @@ def _cache(workdir: str) -> EvalCache:
   return EvalCache(os.path.join(workdir, "eval_cache.sqlite"))
 
 
-def record_cost(workdir: str, stage: str, cache: EvalCache) -> None:
-  """Cumulative target usage at the end of a stage (kept from the first time it finished)."""
+def record_cost(workdir: str, stage: str, cache: EvalCache, started: float) -> None:
+  """At the end of a stage: the cumulative target usage, the stage's wall time in the
+  process that finished it, and that process's peak memory so far (kept from the first
+  time the stage finished; a stage resumed after a kill counts only its last process)."""
   path = os.path.join(workdir, "cost.json")
   cost = read_json(path, {})
   if stage not in cost:
-    cost[stage] = total_usage(cache.usage().values())
+    cost[stage] = {**total_usage(cache.usage().values()),
+                   "seconds": round(time.time() - started, 1), "peak_memory_gb": peak_memory_gb()}
     atomic_write_text(path, json.dumps(cost, indent=2))
+
+
+def train_round(config: ml_collections.ConfigDict, workdir: str, t: int,
+                cache: EvalCache | None = None) -> Any:
+  """Policy round t (rounds.train_policy_round), its time and memory recorded as `train_<t>`."""
+  started = time.time()
+  params = rounds.train_policy_round(config, workdir, t)
+  record_cost(workdir, f"train_{t}", cache or _cache(workdir), started)
+  return params
 
 
 def _plain_text(text: str) -> str:
@@ -115,7 +178,8 @@ def _imported(config, task, splits) -> tuple[list, str]:
   d = config.data
   if d.source == "qpo_json":
     recs, summary = importers.import_qpo_json(d.path, task=task.name, target=d.target_name or None,
-                                              verbalizers=task.verbalizers)
+                                              verbalizers=task.verbalizers,
+                                              max_bad_fraction=d.max_bad_fraction)
     return recs, str(summary)
   prompts, aliases = read_json_list(d.prompts_file), read_json_list(d.aliases_file)
   spec = data_spec(task, config.task.get("data"))
@@ -128,7 +192,8 @@ def _imported(config, task, splits) -> tuple[list, str]:
     train = {ex.query for ex in splits["train"]}
     keep = lambda text: text in train  # noqa: E731
   recs, summary = importers.import_prompt_oirl(d.path, task=task.name, prompts=prompts,
-                                               aliases=aliases, queries=queries, keep=keep)
+                                               aliases=aliases, queries=queries, keep=keep,
+                                               max_bad_fraction=d.max_bad_fraction)
   return recs, str(summary)
 
 
@@ -137,8 +202,10 @@ def initial_data(config: ml_collections.ConfigDict, workdir: str, target=None,
   """D_0 in <workdir>/data/loop_0: built on the target from source prompts, or imported."""
   d = config.data
   out = rounds.data_dir(workdir, 0)
+  rounds.claim_stage(config, workdir, "d0")
   if os.path.exists(os.path.join(out, dataset.MANIFEST)):
     return dataset.read_manifest(out)
+  started = time.time()
   task, splits = load_splits(config.task)
   if d.source in ("qpo_json", "prompt_oirl"):
     recs, summary = _imported(config, task, splits)
@@ -164,7 +231,7 @@ def initial_data(config: ml_collections.ConfigDict, workdir: str, target=None,
         prompts_per_query=d.prompts_per_query, seed=config.seed, max_new_tokens=d.max_new_tokens,
         nll_term=d.nll_term,
         meta={"task": task.name, "target": target.identity})
-    record_cost(workdir, "d0", cache)
+    record_cost(workdir, "d0", cache, started)
   else:
     raise ValueError(f"data.source={d.source!r} is not 'build', 'qpo_json' or 'prompt_oirl'")
   print(f"D_0: {manifest['count']} records, {manifest['queries']} queries, "
@@ -176,8 +243,10 @@ def collect(config: ml_collections.ConfigDict, workdir: str, t: int, target,
             cache: EvalCache) -> dict[str, Any]:
   """Loop t's collection: sample prompts for fresh collect-split queries, evaluate, merge -> D_t."""
   out = rounds.data_dir(workdir, t)
+  rounds.claim_stage(config, workdir, "collect", t)
   if os.path.exists(os.path.join(out, dataset.MANIFEST)):
     return dataset.read_manifest(out)
+  started = time.time()
   c = config.loop
   task, splits = load_splits(config.task, ("collect", "train"))
   plan_path = out + ".collect.json"
@@ -217,7 +286,7 @@ def collect(config: ml_collections.ConfigDict, workdir: str, t: int, target,
       out, dataset.merge(old, new), normalizer=rewards.Normalizer.from_dict(previous["normalizer"]),
       records_per_shard=config.data.records_per_shard,
       meta={"loop": t, "collected": len(new), "collect_accuracy": evaluation.accuracy(outcomes)})
-  record_cost(workdir, f"collect_{t}", cache)
+  record_cost(workdir, f"collect_{t}", cache, started)
   logging.info("loop %d: %d new records (accuracy %.3f), D_%d has %d", t, len(new),
                evaluation.accuracy(outcomes), t, manifest["count"])
   return manifest
@@ -228,11 +297,12 @@ def run_loop(config: ml_collections.ConfigDict, workdir: str, target=None) -> di
   from qpo_jax import report  # pylint: disable=g-import-not-at-top
 
   validate(config)
+  rounds.check_workdir(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   target = target or build_target(config.target, mesh=sharding.make_mesh(config.mesh))
   cache = _cache(workdir)
   initial_data(config, workdir, target, cache)
   for t in range(1, int(config.loop.num_loops) + 1):
-    rounds.train_policy_round(config, workdir, t)
+    train_round(config, workdir, t, cache)
     collect(config, workdir, t, target, cache)
   return report.evaluate_and_report(config, workdir, target, cache)

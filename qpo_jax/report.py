@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import time
 from typing import Any, Sequence
 
 import ml_collections
@@ -38,7 +39,7 @@ from qpo_jax.reward_model import RewardModel
 from qpo_jax.store import dataset
 from qpo_jax.tasks import CHOICE, base as task_base, load_splits
 from qpo_jax.tasks.base import format_number
-from qpo_jax.utils import atomic_open, atomic_write_text, read_json
+from qpo_jax.utils import atomic_open, atomic_write_text, peak_memory_gb, read_json
 
 LABELS = {
     "none": "no instruction",
@@ -96,17 +97,25 @@ def prompt_stats(prompts: Sequence[str], sources: set[str], best_train: str) -> 
           "best_train_prompt": sum(p == best_train for p in prompts) / n}
 
 
-def _cost(workdir: str, cache: EvalCache, num_loops: int) -> dict[str, Any]:
-  path = os.path.join(workdir, "cost.json")
-  stages = read_json(path, {})
+def _cost(workdir: str, cache: EvalCache, num_loops: int, started: float) -> dict[str, Any]:
+  """Per stage: target usage (differences of the cumulative counts), wall time, peak memory."""
+  stages = read_json(os.path.join(workdir, "cost.json"), {})
   zero = {"calls": 0, "prompt_tokens": 0, "generated_tokens": 0}
   out, previous = {}, zero
-  for name in ["d0"] + [f"collect_{t}" for t in range(1, num_loops + 1)]:
+  order = ["d0"] + [f"{s}_{t}" for t in range(1, num_loops + 1) for s in ("train", "collect")]
+  for name in order:
     if name in stages:
-      out[name] = {k: stages[name][k] - previous[k] for k in zero}
-      previous = stages[name]
-  out["total"] = total_usage(cache.usage().values())
-  out["evaluation"] = {k: out["total"][k] - previous[k] for k in zero}
+      out[name] = {**{k: stages[name][k] - previous[k] for k in zero},
+                   **{k: stages[name][k] for k in ("seconds", "peak_memory_gb")
+                      if k in stages[name]}}
+      previous = {k: stages[name][k] for k in zero}
+  total = total_usage(cache.usage().values())
+  out["evaluation"] = {**{k: total[k] - previous[k] for k in zero},
+                       "seconds": round(time.time() - started, 1),
+                       "peak_memory_gb": peak_memory_gb()}
+  out["total"] = {**total, **({"seconds": round(sum(v.get("seconds", 0) for v in out.values()), 1),
+                               "peak_memory_gb": max(v.get("peak_memory_gb", 0)
+                                                     for v in out.values())})}
   return out
 
 
@@ -122,6 +131,7 @@ def _gold(task, ex) -> str:
 
 def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str, target,
                         cache: EvalCache) -> dict[str, Any]:
+  started = time.time()
   e, num_loops = config.eval, int(config.loop.num_loops)
   task, splits = load_splits(config.task, ("train", "test"))
   queries = task_base.sample_queries(splits["test"], e.num_queries, seed=config.seed + 7,
@@ -186,7 +196,7 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str, target,
                    "correct": {s: {m: v[i] for m, v in per_query[s].items()}
                                for s in e.settings}}
                   for i, q in enumerate(queries)],
-      "cost": _cost(workdir, cache, num_loops)}
+      "cost": _cost(workdir, cache, num_loops, started)}
   markdown = to_markdown(result)
   atomic_write_text(os.path.join(workdir, "eval", "results.json"), json.dumps(result, indent=2))
   atomic_write_text(os.path.join(workdir, "eval", "results.md"), markdown)
@@ -220,9 +230,13 @@ def to_markdown(result: dict[str, Any]) -> str:
   for t, st in result["qpo_prompt_stats"].items():
     lines.append(f"| loop {t} | {st['distinct']} | {st['not_a_source_prompt']:.2f} | "
                  f"{st['best_train_prompt']:.2f} |")
-  lines += ["", "| cost | target calls | prompt tokens | generated tokens |", "|---|---|---|---|"]
+  lines += ["", "| stage | target calls | prompt tokens | generated tokens | wall time | "
+            "peak memory |", "|---|---|---|---|---|---|"]
   for stage, u in result["cost"].items():
-    lines.append(f"| {stage} | {u['calls']} | {u['prompt_tokens']} | {u['generated_tokens']} |")
+    wall = f"{u['seconds'] / 60:.1f} min" if "seconds" in u else "-"
+    memory = f"{u['peak_memory_gb']:.1f} GB" if "peak_memory_gb" in u else "-"
+    lines.append(f"| {stage} | {u['calls']} | {u['prompt_tokens']} | {u['generated_tokens']} | "
+                 f"{wall} | {memory} |")
   lines += ["", f"Best source prompt on train: {result['best_train_prompt']!r}"]
   return "\n".join(lines) + "\n"
 

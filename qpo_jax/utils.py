@@ -6,6 +6,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import resource
 import tempfile
 from typing import IO, Any, Iterator, Sequence
 
@@ -35,6 +36,11 @@ def atomic_write_text(path: str, text: str) -> None:
   """Writes `text` to `path` via a temp file and rename, so readers never see half a file."""
   with atomic_open(path) as fh:
     fh.write(text)
+
+
+def peak_memory_gb() -> float:
+  """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+  return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
 
 
 def read_json(path: str, default: Any = None) -> Any:

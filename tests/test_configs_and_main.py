@@ -107,7 +107,7 @@ def test_main_generate_on_tiny_config(tmp_path):
 def test_main_rejects_bad_values_clearly(tmp_path):
   r = _main("--config=configs/tiny.py", "--mode=generate", "--config.target.name=gpt5",
             workdir=tmp_path)
-  assert r.returncode != 0 and "unknown model name 'gpt5'" in r.stderr
+  assert r.returncode != 0 and "target.name='gpt5' is not one of" in r.stderr
   r = _main("--config=configs/tiny.py", "--mode=fly", workdir=tmp_path)
   assert r.returncode != 0 and "--mode" in r.stderr
   r = _main("--config=configs/tiny.py", "--config.target.preset=huge", workdir=tmp_path)
@@ -133,8 +133,9 @@ def test_main_rejects_bad_task_and_data(tmp_path):
   assert r.returncode != 0 and "task.name='mnist'" in r.stderr
   r = _main("--config=configs/tiny.py", "--mode=evaluate_prompts", "--config.task.name=gsm8k",
             "--config.task.data.kind=files", "--config.task.data.dir=/no/such/dir",
-            workdir=tmp_path)
-  assert r.returncode != 0 and "data.dir '/no/such/dir' is not a directory" in r.stderr
+            workdir=tmp_path / "w")
+  assert r.returncode != 0 and "task.data.dir='/no/such/dir' is not a directory" in r.stderr
+  assert not os.path.exists(tmp_path / "w")  # failed before writing a byte
 
 
 def test_main_build_and_inspect_data(tmp_path):
@@ -156,7 +157,7 @@ def test_main_imports_published_qpo_logs(tmp_path):
                       "tweet_emotion_llama7b_ocml_round1_few_shot_expert.json")
   r = _main("--config=configs/tiny.py", "--mode=build_data", "--config.data.source=qpo_json",
             f"--config.data.path={path}", "--config.task.name=tweet_emotion",
-            "--config.task.data.kind=files",
+            "--config.task.data.kind=files", "--config.train.prompt_len=64",
             f"--config.task.data.dir={os.path.join(SHARED, 'tweet_emotion')}", workdir=tmp_path)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "imported 8587, skipped 0" in r.stdout

@@ -23,8 +23,9 @@ def _config(task, tok_dir, **data):
   config.target.update(tiny, batch_size=8, length_multiple=16)
   config.policy.update(tiny)
   config.task.data.dir = os.path.join(DATA, task)
-  config.data.update(num_queries=8, max_new_tokens=8, **data)
-  # 8 queries x 6 prompts = 48 records: one epoch is one step
+  # a random target answers nothing right: no expert filter, so that 8 queries x 6 prompts
+  # = 48 records train, one epoch being one step (the filter is tested in test_rewards)
+  config.data.update(num_queries=8, max_new_tokens=8, threshold=None, top_fraction=None, **data)
   config.train.update(batch_size=48, epochs=1, progress=False)
   return config
 

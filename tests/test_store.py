@@ -115,14 +115,29 @@ def test_import_reports_malformed_rows(tmp_path):
   path = tmp_path / "x.json"
   good = {"prompt_method": "instructions/manual", "query": "q", "label": 1, "prompt": "p",
           "m": {"few_shot_accuracy": 0.9, "few_shot_avg_acc": 0.5}}
-  rows = [good, {**good, "label": None}, {"query": "q"}, {**good, "m": {"few_shot_accuracy": "x",
-                                                                       "few_shot_avg_acc": 1}},
-          {**good, "m": {"zero_shot_accuracy": 1, "zero_shot_avg_acc": 0.5, "nll": 2.0}}]
-  path.write_text(json.dumps(rows))
-  recs, summary = importers.import_qpo_json(str(path), task="t", model="m")
-  assert (summary.imported, summary.skipped) == (2, 3)
-  assert "row 2: missing field 'prompt'" in str(summary) or "row 2" in " ".join(summary.examples)
+  bad = [({**good, "label": None}, "label is None"), ({"query": "q"}, "missing field 'prompt'"),
+         ({**good, "m": {"few_shot_accuracy": "x", "few_shot_avg_acc": 1}}, "could not convert"),
+         ({**good, "label": 7}, "label is 7, not one of the task's 4 options"),
+         ({**good, "label": 1.5}, "label is 1.5, not a whole number"),
+         ({**good, "m": {"few_shot_accuracy": 37, "few_shot_avg_acc": 0.5}},
+          "few_shot_accuracy is 37, not in 0..1"),
+         ({**good, "query": 12345}, "query is 12345, not a non-empty string"),
+         ({**good, "query": "  "}, "query is '  ', not a non-empty string"),
+         ({**good, "m": {"zero_shot_accuracy": 1, "zero_shot_avg_acc": 0.5, "nll": -3}},
+          "nll is -3, below 0")]
+  zero_shot = {**good, "m": {"zero_shot_accuracy": 1, "zero_shot_avg_acc": 0.5, "nll": 2.0}}
+  path.write_text(json.dumps([good] + [row for row, _ in bad] + [zero_shot]))
+  kw = dict(task="t", model="m", verbalizers=("a", "b", "c", "d"))
+  with pytest.raises(ValueError, match=r"x.json: 9 of 11 rows are bad \(more than 1%\): row 1: "):
+    importers.import_qpo_json(str(path), **kw)
+  recs, summary = importers.import_qpo_json(str(path), max_bad_fraction=1.0, **kw)
+  assert (summary.imported, summary.skipped) == (2, 9)
+  for i, (_, reason) in enumerate(bad):
+    assert summary.examples[i].startswith(f"row {i + 1}: ") and reason in summary.examples[i]
   assert recs[1].setting == "zero_shot" and recs[1].reward == pytest.approx(10 + 5 - 2)
+  path.write_text(json.dumps([good] * 199 + [bad[3][0]]))  # 0.5% bad: imported, reported
+  recs, summary = importers.import_qpo_json(str(path), **kw)
+  assert len(recs) == 199 and "row 199: label is 7" in str(summary)
   path.write_text("{broken")
   with pytest.raises(ValueError, match=r"x.json: not valid JSON"):
     importers.import_qpo_json(str(path), task="t", model="m")
@@ -196,7 +211,10 @@ def test_build_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_target):
   dying = _Dies(tiny_target, 40)  # dies inside the third chunk
   with pytest.raises(KeyboardInterrupt):
     build.build_initial_dataset(out, task, dying, queries, prompts, cache=EvalCache(cache), **kw)
-  assert not os.path.exists(out) and len(os.listdir(out + ".partial")) == 2
+  assert not os.path.exists(out) and len(os.listdir(out + ".partial")) == 4  # 2 chunks + stamps
+  first = build._chunk_path(out + ".partial", "zero_shot", 0)
+  whole = list(tfrecord.read_records(first))
+  tfrecord.write_records(first, whole[:-6])  # cut at a record boundary: the CRCs still hold
   resumed = _Dies(tiny_target, 10**9)
   got = build.build_initial_dataset(out, task, resumed, queries, prompts, cache=EvalCache(cache),
                                     **kw)

@@ -55,7 +55,9 @@ def test_math_files():
   assert ex.answer == float(row["answer"].split("####")[1].replace(",", ""))
   assert "<<" not in ex.solution
   task, s = _splits("svamp", dir=os.path.join(DATA, "svamp"))
-  assert len(s["test"]) == 300 and len(s["train"]) + len(s["collect"]) == 699
+  # train: the MAWPS / ASDiv-A / SVAMP fold file less SVAMP.json's problems; collect and
+  # test: SVAMP.json's first 700 and last 300
+  assert (len(s["train"]), len(s["collect"]), len(s["test"])) == (2961, 700, 300)
   assert all(float(e.answer) == e.answer for e in s["test"])
 
 

@@ -8,8 +8,10 @@ look), which buys k/P as many target calls per distinct train query.
 Prompts are processed in chunks. Each finished chunk's records (rewards
 included: a prompt's avg_acc is over all the queries it was evaluated on,
 which a chunk holds in full) are written as one CRC-checked shard under
-`<dir>.partial/`. A rerun after a kill reads the finished chunks back, skips
-them, and gets the pairs of an interrupted chunk from the evaluation cache, so
+`<dir>.partial/`, then a `<shard>.json` with its record count and sha256. A
+rerun after a kill reads back the chunks whose file matches its sha256 and
+holds the count the grid expects, and redoes any other (unfinished, damaged,
+cut at a record boundary, or from another grid) from the evaluation cache, so
 nothing is evaluated twice. At the end the normaliser is fitted and the
 dataset is written atomically with every record (expert filtering happens when
 a round draws its training data); the partial directory is then removed.
@@ -17,6 +19,7 @@ a round draws its training data); the partial directory is then removed.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from typing import Any, Sequence
@@ -28,9 +31,10 @@ from qpo_jax import evaluation, rewards
 from qpo_jax.eval_cache import EvalCache
 from qpo_jax.store import dataset
 from qpo_jax.store.records import Record, record_from_outcome
-from qpo_jax.store.tfrecord import CorruptRecordError, write_records
+from qpo_jax.store.tfrecord import CorruptRecordError, file_sha256, write_records
 from qpo_jax.store import records as records_lib
 from qpo_jax.tasks.base import Example, Task
+from qpo_jax.utils import atomic_write_text, read_json
 
 
 def query_assignment(num_queries: int, num_prompts: int, per_query: int, seed: int
@@ -71,6 +75,29 @@ def _chunk_path(partial: str, setting: str, index: int) -> str:
   return os.path.join(partial, f"{setting}-chunk-{index:05d}.tfrecord")
 
 
+def _finished_chunk(path: str, expected: int) -> list[Record] | None:
+  """The records of a finished chunk, or None if it must be (re)done: missing, without its
+  count and checksum, not matching them, damaged, or not the size this grid gives it."""
+  if not os.path.exists(path):
+    return None
+  stamp = read_json(path + ".json")
+  try:
+    if stamp is None:
+      raise CorruptRecordError(f"{path}: no {path}.json (the chunk did not finish)")
+    if stamp.get("count") != expected:
+      raise CorruptRecordError(f"{path}: {stamp.get('count')} records, this grid expects "
+                               f"{expected}")
+    if file_sha256(path) != stamp.get("sha256"):
+      raise CorruptRecordError(f"{path}: sha256 does not match {path}.json")
+    recs = dataset.read_shard(path)
+    if len(recs) != expected:
+      raise CorruptRecordError(f"{path}: {len(recs)} records, {expected} expected")
+    return recs
+  except CorruptRecordError as e:
+    logging.warning("redoing chunk from the cache: %s", e)
+    return None
+
+
 def build_initial_dataset(directory: str, task: Task, target, queries: Sequence[Example],
                           prompts: Sequence[tuple[str, str]], *, settings: Sequence[str],
                           demo_sets=(), cache: EvalCache, prompts_per_chunk: int = 4,
@@ -89,17 +116,17 @@ def build_initial_dataset(directory: str, task: Task, target, queries: Sequence[
   for setting in settings:
     for index, start in enumerate(range(0, len(prompts), prompts_per_chunk)):
       path = _chunk_path(partial, setting, index)
-      if os.path.exists(path):
-        try:
-          recs += dataset.read_shard(path)
-          continue
-        except CorruptRecordError as e:  # a damaged chunk is redone (from the cache)
-          logging.warning("redoing chunk: %s", e)
+      expected = sum(len(qs) for _, qs in grid[start:start + prompts_per_chunk])
+      done = _finished_chunk(path, expected)
+      if done is not None:
+        recs += done
+        continue
       chunk = evaluate_records(task, target, grid[start:start + prompts_per_chunk],
                                setting=setting, demo_sets=demo_sets, cache=cache,
                                split="train", loop=0, max_new_tokens=max_new_tokens,
                                nll_term=nll_term)
-      write_records(path, (records_lib.to_example(r) for r in chunk))
+      count, sha256 = write_records(path, (records_lib.to_example(r) for r in chunk))
+      atomic_write_text(path + ".json", json.dumps({"count": count, "sha256": sha256}))
       recs += dataset.read_shard(path)  # as stored (float32), the same as a resumed run sees
       logging.info("D_0 %s: %d of %d prompts done", setting, min(start + prompts_per_chunk,
                                                                   len(prompts)), len(prompts))

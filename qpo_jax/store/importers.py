@@ -8,8 +8,11 @@
   They hold no NLL, so R = 10*correct + 10*avg_acc (the NLL term is 0).
 * InstructEval-style prompt collections: <root>/<source>[/<model>]/<task>.yaml.
 
-Malformed rows are skipped and counted with their index and reason; the
-`ImportSummary` says how many were imported and skipped, and why.
+Every field is checked against the task: texts are non-empty strings, labels
+whole numbers that index the task's options, accuracies in 0..1, NLLs finite
+and >= 0. A bad row is skipped and reported with its file and index; if more
+than `max_bad_fraction` (default 1%) of a file's rows are bad, the import fails,
+since a systematic fault would otherwise become the normaliser's min or max.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ _EOT = "<|endoftext|>"
 class ImportSummary:
   source: str
   imported: int = 0
-  skipped: int = 0
+  skipped: int = 0  # bad rows
+  excluded: int = 0  # good rows of queries outside the run's split
   reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)
   examples: list[str] = dataclasses.field(default_factory=list)  # first few skipped rows
 
@@ -43,10 +47,19 @@ class ImportSummary:
     if len(self.examples) < 10:
       self.examples.append(f"row {index}: {reason}")
 
+  def check(self, total: int, max_bad_fraction: float) -> None:
+    """Fails when more than `max_bad_fraction` of `total` rows were skipped as bad."""
+    if total and self.skipped > max_bad_fraction * total:
+      raise ValueError(f"{self.source}: {self.skipped} of {total} rows are bad (more than "
+                       f"{max_bad_fraction:.0%}): " + "; ".join(self.examples)
+                       + ("; ..." if self.skipped > len(self.examples) else ""))
+
   def __str__(self) -> str:
     why = "; ".join(f"{n} x {r}" for r, n in self.reasons.most_common())
-    return (f"{self.source}: imported {self.imported}, skipped {self.skipped}"
-            + (f" ({why}; first: {', '.join(self.examples[:3])})" if self.skipped else ""))
+    return (f"{self.source}: imported {self.imported}, skipped {self.skipped} bad"
+            + (f" ({why}; first: {', '.join(self.examples[:3])})" if self.skipped else "")
+            + (f", left out {self.excluded} of queries outside the run's split"
+               if self.excluded else ""))
 
 
 def _first(d: Mapping[str, Any], names: Sequence[str]):
@@ -65,40 +78,65 @@ def _number(value: Any, what: str) -> float:
   return x
 
 
+def _fraction(value: Any, what: str) -> float:
+  x = _number(value, what)
+  if not 0.0 <= x <= 1.0:
+    raise ValueError(f"{what} is {value!r}, not in 0..1")
+  return x
+
+
+def _text(value: Any, what: str, empty_ok: bool = False) -> str:
+  if not isinstance(value, str) or not (empty_ok or value.strip()):
+    raise ValueError(f"{what} is {value!r}, not a{'' if empty_ok else ' non-empty'} string")
+  return value
+
+
+def _label(value: Any, verbalizers: Sequence[str]) -> int:
+  x = _number(value, "label")
+  if not x.is_integer():
+    raise ValueError(f"label is {value!r}, not a whole number")
+  if verbalizers and not 0 <= x < len(verbalizers):
+    raise ValueError(f"label is {value!r}, not one of the task's {len(verbalizers)} options")
+  return int(x)
+
+
 def _qpo_row(row: Any, model: str, task: str, target: str, verbalizers) -> Record:
   if not isinstance(row, Mapping):
     raise ValueError("not an object")
   for field in ("query", "prompt", "label"):
     if field not in row:
       raise ValueError(f"missing field {field!r}")
+  query, prompt = _text(row["query"], "query"), _text(row["prompt"], "prompt", empty_ok=True)
   stats = row.get(model)
   if not isinstance(stats, Mapping):
     stats = {k[len(model) + 1:]: v for k, v in row.items() if k.startswith(model + ".")}
   if not stats:
     raise ValueError(f"no outcomes under {model!r}")
-  label = int(row["label"])
-  gold = verbalizers[label] if verbalizers and 0 <= label < len(verbalizers) else str(label)
-  prompt = str(row["prompt"])
+  label = _label(row["label"], verbalizers)
+  gold = verbalizers[label] if verbalizers else str(label)
   prompt = prompt[:-len(_EOT)] if prompt.endswith(_EOT) else prompt
   source = str(row.get("prompt_method", "")).removeprefix("instructions/")
-  common = dict(task=task, query=str(row["query"]).strip(), prompt=prompt, gold=gold, label=label,
+  common = dict(task=task, query=query.strip(), prompt=prompt, gold=gold, label=label,
                 prompt_source=source, target=target, split="train")
   if "few_shot_accuracy" in stats:
-    acc_q = _number(stats["few_shot_accuracy"], "few_shot_accuracy")
-    avg = _number(_first(stats, ("few_shot_avg_acc",)), "few_shot_avg_acc")
+    acc_q = _fraction(stats["few_shot_accuracy"], "few_shot_accuracy")
+    avg = _fraction(_first(stats, ("few_shot_avg_acc",)), "few_shot_avg_acc")
     return Record(**common, setting="few_shot", acc_q=acc_q, avg_acc=avg,
                   reward=10.0 * (acc_q + avg))
-  correct = _number(_first(stats, ("zero_shot_accuracy", "accuracy", "correct")), "accuracy")
-  avg = _number(_first(stats, ("zero_shot_avg_acc", "avg_acc")), "avg_acc")
+  correct = _fraction(_first(stats, ("zero_shot_accuracy", "accuracy", "correct")), "accuracy")
+  avg = _fraction(_first(stats, ("zero_shot_avg_acc", "avg_acc")), "avg_acc")
   nll_raw = _first(stats, ("zero_shot_nll", "nll", "loss"))
   nll = _number(nll_raw, "nll") if nll_raw is not None else 0.0
+  if nll < 0:
+    raise ValueError(f"nll is {nll_raw!r}, below 0")
   return Record(**common, setting="zero_shot", correct=correct, avg_acc=avg,
                 gold_nll=nll if nll_raw is not None else float("nan"),
                 reward=10.0 * correct + 10.0 * avg - nll)
 
 
 def import_qpo_json(path: str, *, task: str, target: str | None = None, model: str | None = None,
-                    verbalizers: Sequence[str] = ()) -> tuple[list[Record], ImportSummary]:
+                    verbalizers: Sequence[str] = (), max_bad_fraction: float = 0.01
+                    ) -> tuple[list[Record], ImportSummary]:
   """Records of an authors' offline file; `model` is the outcome key (found if unique)."""
   rows = read_json_list(path)
   if model is None:
@@ -115,6 +153,7 @@ def import_qpo_json(path: str, *, task: str, target: str | None = None, model: s
     except (ValueError, TypeError) as e:
       summary.skip(i, str(e))
   summary.imported = len(out)
+  summary.check(len(rows), max_bad_fraction)
   return out, summary
 
 
@@ -143,12 +182,13 @@ def import_prompt_oirl(log_dir: str, *, task: str, prompts: Sequence[str],
                        aliases: Sequence[str], queries: Sequence[str] | None = None,
                        keep: Callable[[str], bool] | None = None,
                        split: str = "train", target: str = "llama-2-7b-chat",
-                       svamp_train_size: int = 15000) -> tuple[list[Record], ImportSummary]:
+                       svamp_train_size: int = 15000, max_bad_fraction: float = 0.01
+                       ) -> tuple[list[Record], ImportSummary]:
   """Prompt-OIRL correctness logs of `split` for the given prompts (see `_oirl_files`).
 
   `queries[i]` is the text of query i in the log's index space (gsm8k: the
   split's jsonl in file order); without it the query is recorded as "#i".
-  Rows whose query text `keep` rejects are skipped (counted in the summary),
+  Rows whose query text `keep` rejects are left out (counted in the summary),
   and each prompt's avg_acc is over the rows kept.
   """
   if task not in ("gsm8k", "svamp"):
@@ -172,7 +212,7 @@ def import_prompt_oirl(log_dir: str, *, task: str, prompts: Sequence[str],
           elif task == "svamp" and (i < svamp_train_size) != (split == "train"):
             continue
           elif keep is not None and not keep(queries[i] if queries is not None else f"#{i}"):
-            summary.skip(n, "query outside the run's split")
+            summary.excluded += 1
           else:
             rows.append((i, m[2] == "True"))
     if not rows:
@@ -186,6 +226,7 @@ def import_prompt_oirl(log_dir: str, *, task: str, prompts: Sequence[str],
   summary.imported = len(out)
   if not out:
     raise FileNotFoundError(f"no Prompt-OIRL logs for task {task!r} ({split}) in {log_dir}")
+  summary.check(len(out) + summary.skipped + summary.excluded, max_bad_fraction)
   return out, summary
 
 
