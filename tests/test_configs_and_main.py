@@ -96,6 +96,7 @@ def _main(*args, workdir):
                         capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
+@pytest.mark.slow
 def test_main_generate_on_tiny_config(tmp_path):
   r = _main("--config=configs/tiny.py", "--mode=generate", workdir=tmp_path)
   assert r.returncode == 0, r.stderr[-3000:]
@@ -104,6 +105,7 @@ def test_main_generate_on_tiny_config(tmp_path):
   assert "Q: Hi" in r.stdout
 
 
+@pytest.mark.slow
 def test_main_rejects_bad_values_clearly(tmp_path):
   r = _main("--config=configs/tiny.py", "--mode=generate", "--config.target.name=gpt5",
             workdir=tmp_path)
@@ -114,6 +116,7 @@ def test_main_rejects_bad_values_clearly(tmp_path):
   assert r.returncode != 0 and "unknown model preset 'huge'" in r.stderr
 
 
+@pytest.mark.slow
 def test_main_evaluate_prompts_and_cache_resume(tmp_path):
   r = _main("--config=configs/tiny.py", "--mode=evaluate_prompts", workdir=tmp_path)
   assert r.returncode == 0, r.stderr[-3000:]
@@ -127,6 +130,7 @@ def test_main_evaluate_prompts_and_cache_resume(tmp_path):
   assert again["usage"]["calls"] == 11 * 8 and again["prompts"] == result["prompts"]
 
 
+@pytest.mark.slow
 def test_main_rejects_bad_task_and_data(tmp_path):
   r = _main("--config=configs/tiny.py", "--mode=evaluate_prompts", "--config.task.name=mnist",
             workdir=tmp_path)
@@ -138,6 +142,7 @@ def test_main_rejects_bad_task_and_data(tmp_path):
   assert not os.path.exists(tmp_path / "w")  # failed before writing a byte
 
 
+@pytest.mark.slow
 def test_main_build_and_inspect_data(tmp_path):
   r = _main("--config=configs/tiny.py", "--mode=build_data", workdir=tmp_path)
   assert r.returncode == 0, r.stderr[-3000:]
@@ -151,6 +156,7 @@ def test_main_build_and_inspect_data(tmp_path):
 SHARED = os.path.join(ROOT, "..", "shared", "data")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(SHARED), reason="../shared/data not present")
 def test_main_imports_published_qpo_logs(tmp_path):
   path = os.path.join(SHARED, "qpo_offline", "tweet_emotion",
@@ -193,6 +199,7 @@ def test_config_train_step_eval_shape(path):
   assert metrics["ce"].shape == ()
 
 
+@pytest.mark.slow
 def test_main_train_and_sample_policy(tmp_path):
   assert _main("--config=configs/tiny.py", "--mode=build_data", workdir=tmp_path).returncode == 0
   r = _main("--config=configs/tiny.py", "--mode=train_policy", workdir=tmp_path)

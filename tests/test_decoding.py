@@ -32,6 +32,7 @@ def _greedy_by_recomputation(seq, steps):
   return seq[-steps:]
 
 
+@pytest.mark.slow
 def test_cached_greedy_equals_recomputation():
   out, lengths = _generate(PROMPTS)
   for i, p in enumerate(PROMPTS):

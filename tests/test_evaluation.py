@@ -32,6 +32,7 @@ def _naive_nll(lm, prefix, option):
   return -np.mean([logp[len(prefix) - 1 + j, t] for j, t in enumerate(option)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chat", [True, False])
 def test_choice_outcomes_match_naive_scoring(tiny_lm, chat):
   task, rows = _topics(5)

@@ -9,6 +9,8 @@ from qpo_jax import fingerprint, loop, modes
 from qpo_jax.policy import rounds
 from qpo_jax.utils import load_config
 
+pytestmark = pytest.mark.slow  # real models, whole runs or notebooks
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

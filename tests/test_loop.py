@@ -41,6 +41,7 @@ class _Killable:
     return self.inner.generate(texts, max_new_tokens)
 
 
+@pytest.mark.slow
 def test_loop_killed_in_collection_resumes_to_the_same_table(tmp_path, tiny_run):
   config = _config("tiny.py")
   target = build_target(config.target)
@@ -97,12 +98,14 @@ def _main(*args, workdir, one_device=False):
     ("--config.train.prompt_len=12", "train.prompt_len=12 cannot hold the source prompt 'What is "
      "the main topic of the sentence: Sports, Food, Weather or Technology?' (17 tokens + EOS)"),
 ])
+@pytest.mark.slow
 def test_bad_values_fail_at_start(tmp_path, override, message):
   r = _main("--config=configs/tiny.py", "--mode=loop", *override.split(), workdir=tmp_path / "w")
   assert r.returncode != 0 and message in r.stderr, r.stderr[-2000:]
   assert not os.path.exists(tmp_path / "w")  # failed before writing a byte
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", sorted(set(modes.MODES) - {"loop"}))
 def test_every_mode_checks_the_config_first(tmp_path, mode):
   r = _main("--config=configs/tiny.py", f"--mode={mode}", "--config.train.batch_size=-8",
@@ -118,6 +121,7 @@ QUICK_SMALL = ["--config.data.num_queries=8", "--config.data.top_fraction=0.25",
                "--config.eval.num_queries=8"]
 
 
+@pytest.mark.slow
 def test_quickstart_small_variant(tmp_path):
   """The quickstart (SmolLM2 target and policy, packaged TweetEval) at a CI-sized scale."""
   r = _main("--config=configs/quickstart.py", "--mode=loop", *QUICK_SMALL, workdir=tmp_path,

@@ -13,6 +13,8 @@ from qpo_jax.utils import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "..", "shared", "data")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not os.path.isdir(DATA), reason="../shared/data not present")]
 
 
 def _config(task, tok_dir, **data):

@@ -26,6 +26,7 @@ def _batch(seed=0, b=8, lq=6, lp=5):
               prompt_mask=np.arange(lp)[None] < rng.integers(1, lp + 1, (b, 1)))
 
 
+@pytest.mark.slow
 def test_loss_by_hand_and_padding_independence():
   params = init_policy(CFG, jax.random.key(0))
   batch = _batch()
@@ -129,6 +130,7 @@ def test_return_is_visible_at_init(pretrained):
     assert token_rms == pytest.approx(np.sqrt(np.mean(emb ** 2)), rel=0.1)
 
 
+@pytest.mark.slow
 def test_overfit_is_query_dependent_and_reward_conditioned(tmp_path, smollm2_tokenizer):
   """The prompt depends on the query and on R: R* = 100 and R* = 50 give different prompts."""
   cfg = CFG.replace(vocab_size=len(smollm2_tokenizer))
@@ -149,6 +151,7 @@ def test_overfit_is_query_dependent_and_reward_conditioned(tmp_path, smollm2_tok
   assert any(p.name.startswith("events") for p in (tmp_path / "tb").iterdir())
 
 
+@pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted(tmp_path, smollm2_tokenizer):
   cfg = CFG.replace(vocab_size=len(smollm2_tokenizer))
   params = init_policy(cfg, jax.random.key(4))
@@ -169,6 +172,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, smollm2_tokenizer):
   assert steps == list(range(1, 21))  # no step logged twice after the resume
 
 
+@pytest.mark.slow
 def test_cached_sampling_equals_recomputation_and_padding():
   params = init_policy(CFG, jax.random.key(5))
   model = PromptDT(CFG)
@@ -233,6 +237,7 @@ def test_frozen_backbone_and_grad_accumulation():
   assert not np.array_equal(first, np.asarray(state.params["return_head"]["kernel"]))
 
 
+@pytest.mark.slow
 def test_policy_from_the_embedded_smollm2(smollm2):
   from qpo_jax.policy.model import pretrained_policy
 
@@ -246,6 +251,7 @@ def test_policy_from_the_embedded_smollm2(smollm2):
   assert len(out) == 1 and isinstance(out[0][0], str)
 
 
+@pytest.mark.slow
 def test_lora_starts_unchanged_and_trains_only_adapters(smollm2_tokenizer):
   from qpo_jax.models.registry import load_model
 

@@ -44,6 +44,7 @@ def test_labels_come_from_ids():
   assert report.label("best_train_prompt") == "best source prompt, chosen on train"
 
 
+@pytest.mark.slow  # the whole tiny run (session fixture)
 def test_results_file_says_whether_qpo_is_query_dependent(tiny_run):
   work, result = tiny_run
   saved = json.load(open(os.path.join(work, "eval", "results.json")))

@@ -39,6 +39,7 @@ def _random_rows(n, k, vocab=512):
   return prefixes, options
 
 
+@pytest.mark.slow
 def test_batched_equals_one_by_one():
   prefixes, options = _random_rows(11, 3)  # per-row options (multiple choice), ragged
   got = scoring.score(LM, prefixes, options, batch_size=4)
@@ -86,6 +87,7 @@ def test_bad_shapes_are_rejected():
     scoring.score(LM, [[1, 2], [3]], [[[1]]])
 
 
+@pytest.mark.slow
 def test_shared_prefix_equals_unshared(monkeypatch):
   """Rows with common beginnings (a chat header, one instruction over many queries) run their
   shared tokens once; the NLLs equal the unshared computation and the naive one."""

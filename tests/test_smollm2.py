@@ -29,6 +29,7 @@ def reference():
   return model.eval(), tok
 
 
+@pytest.mark.slow
 def test_tokenizer_matches_transformers_gguf(smollm2, reference):
   for s in SENTENCES:
     assert smollm2.tokenizer(s)["input_ids"] == reference[1](s)["input_ids"], s
@@ -73,6 +74,7 @@ def test_greedy_chat_answer_is_sensible(smollm2):
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(SHARED), reason="../shared/data not present")
 def test_zero_shot_ag_news_above_chance(smollm2):
   """50 class-balanced real AG News test queries, manual prompt: chance is 25%."""

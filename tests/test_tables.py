@@ -95,6 +95,9 @@ def test_tables_assemble_from_run_results(tiny_result, tmp_path):
   assert rows["ag_news,few_shot,llama-2-7b-chat"]["loop collection calls"] == tables.MISSING
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(os.path.join(ROOT, "..", "shared", "data")),
+                    reason="../shared/data (InstructEval prompts) not present")
 def test_table_script_runs_a_paper_setting_end_to_end(tmp_path, smollm2_tokenizer):
   """nlu_zero_shot on TweetEval with the real InstructEval prompts, tiny random models on CPU."""
   tok_dir = str(tmp_path / "tokenizer")

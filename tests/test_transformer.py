@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from qpo_jax.models.config import preset
 from qpo_jax.models.transformer import Transformer, attention_mask, init_params, positions_from_mask
@@ -25,6 +26,7 @@ def test_attention_mask_is_causal_over_real_keys():
   np.testing.assert_array_equal(m, [[True, True, True, False, False]])
 
 
+@pytest.mark.slow
 def test_dropout_remat_and_bfloat16_switches():
   cfg = preset("tiny-gpt2")
   params = init_params(cfg, jax.random.key(0))
