@@ -156,10 +156,13 @@ def record_cost(workdir: str, stage: str, cache: EvalCache, started: float) -> N
 
 def train_round(config: ml_collections.ConfigDict, workdir: str, t: int,
                 cache: EvalCache | None = None) -> Any:
-  """Policy round t (rounds.train_policy_round), its time and memory recorded as `train_<t>`."""
+  """Policy round t (rounds.train_policy_round), its time and memory recorded as `train_<t>`
+  when this process trained it (a finished round is only loaded)."""
   started = time.time()
+  trained_here = not os.path.exists(os.path.join(rounds.round_dir(workdir, t), "final"))
   params = rounds.train_policy_round(config, workdir, t)
-  record_cost(workdir, f"train_{t}", cache or _cache(workdir), started)
+  if trained_here:
+    record_cost(workdir, f"train_{t}", cache or _cache(workdir), started)
   return params
 
 
