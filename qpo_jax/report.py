@@ -110,12 +110,12 @@ def _cost(workdir: str, cache: EvalCache, num_loops: int, started: float) -> dic
                       if k in stages[name]}}
       previous = {k: stages[name][k] for k in zero}
   total = total_usage(cache.usage().values())
-  out["evaluation"] = {**{k: total[k] - previous[k] for k in zero},
+  # max(0, ...): a cache deleted to recover from corruption restarts its counts
+  out["evaluation"] = {**{k: max(0, total[k] - previous[k]) for k in zero},
                        "seconds": round(time.time() - started, 1),
                        "peak_memory_gb": peak_memory_gb()}
-  out["total"] = {**total, **({"seconds": round(sum(v.get("seconds", 0) for v in out.values()), 1),
-                               "peak_memory_gb": max(v.get("peak_memory_gb", 0)
-                                                     for v in out.values())})}
+  out["total"] = {**total, "seconds": round(sum(v.get("seconds", 0) for v in out.values()), 1),
+                  "peak_memory_gb": max(v.get("peak_memory_gb", 0) for v in out.values())}
   return out
 
 
