@@ -10,6 +10,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from qpo_jax import modes
+from qpo_jax import utils
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                           lock_config=True)
@@ -22,8 +23,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  modes.run(_MODE.value, _CONFIG.value, _WORKDIR.value)
+  utils.exit_on_write_failure(lambda: modes.run(_MODE.value, _CONFIG.value, _WORKDIR.value))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=utils.parse_flags)

@@ -1,10 +1,11 @@
 """The paper's settings: task x zero/few-shot x target, with the spec's hyperparameters.
 
-Command (one setting per run; the argument after ':' picks it):
-  python main.py --config configs/paper.py:tweet_emotion,few_shot,llama-2-7b-chat \
+Command (one setting per run; the argument after ':' picks it, named, or as the short
+setting id 'task,setting,target' that the tables and results.json use):
+  python main.py --config configs/paper.py:task=tweet_emotion,setting=few_shot,target=llama-2-7b-chat \
     --config.policy.path=/ckpt/gpt2 --config.target.path=/ckpt/Llama-2-7b-chat-hf \
     --workdir /runs/te_fs
-  python main.py --config configs/paper.py:gsm8k,zero_shot,gpt-3.5-turbo \
+  python main.py --config configs/paper.py:task=gsm8k,setting=zero_shot,target=gpt-3.5-turbo \
     --config.policy.path=/ckpt/gpt2 --workdir /runs/gsm8k   # key in $OPENAI_API_KEY
 
 Settings: TASKS x {zero_shot, few_shot} with a Llama-2-chat target (7b, 13b, 70b: the
@@ -31,7 +32,11 @@ Expected: QPO above every source-prompt baseline and above the reward-model best
 approaching the per-query oracle (the paper's claim; reproduce it with experiments/).
 """
 
+import os
+
 import ml_collections
+
+from qpo_jax.utils import config_module
 
 NLU = ("ag_news", "imdb", "tweet_emotion", "boolq", "cosmos_qa", "hellaswag")
 MATH = ("gsm8k", "svamp")
@@ -60,55 +65,48 @@ def settings() -> list[str]:
   return out
 
 
-def get_config(arg: str = "tweet_emotion,few_shot,llama-2-7b-chat") -> ml_collections.ConfigDict:
-  task, setting, target = arg.split(",")
-  if arg not in settings():
+def parse_arg(arg: str) -> str:
+  """'task=T,setting=S,target=M' (or the short 'T,S,M') -> the setting id 'T,S,M'."""
+  parts = [p.strip() for p in arg.split(",") if p.strip()]
+  if parts and all("=" in p for p in parts):
+    named = dict(p.split("=", 1) for p in parts)
+    unknown = sorted(set(named) - {"task", "setting", "target"})
+    missing = [k for k in ("task", "setting", "target") if k not in named]
+    if unknown or missing:
+      raise ValueError(f"configs/paper.py:{arg}: takes task=...,setting=...,target=... "
+                       f"(unknown: {unknown}, missing: {missing})")
+    parts = [named["task"], named["setting"], named["target"]]
+  setting_id = ",".join(parts)
+  if setting_id not in settings():
     raise ValueError(f"configs/paper.py:{arg} is not a paper setting; known: {settings()}")
+  return setting_id
+
+
+def get_config(arg: str = "task=tweet_emotion,setting=few_shot,target=llama-2-7b-chat"
+               ) -> ml_collections.ConfigDict:
+  task, setting, target = parse_arg(arg).split(",")
   math = task in MATH
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.mesh = dict(data=-1, fsdp=1, tensor=1)
-  data = dict(kind="files" if task in FILES else "tfds", dir="", name="", data_dir="")
-  data.update(FILES.get(task, {}))
-  c.task = dict(name=task, seed=0, max_words=100, data=data)
+  c = config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "base.py")).get_config()
+  c.task.name = task
+  c.task.data.update(kind="files" if task in FILES else "tfds", **FILES.get(task, {}))
   if target in LOCAL_TARGETS:
-    c.target = dict(name="hf", path="", tokenizer_path="", preset=LOCAL_TARGETS[target],
-                    backend="local", dtype="bfloat16", param_dtype="bfloat16", chat=True,
-                    batch_size=32, length_multiple=64, base_url="", model="",
-                    api_key_env="OPENAI_API_KEY", scoring="completions", concurrency=8, max_retries=5, timeout_s=60.0)
+    c.target.update(name="hf", preset=LOCAL_TARGETS[target], dtype="bfloat16",
+                    param_dtype="bfloat16", batch_size=32, length_multiple=64, concurrency=8)
   else:
-    c.target = dict(name=target, path="", tokenizer_path="", preset="", backend="http", dtype="",
-                    param_dtype="", chat=True, batch_size=16, length_multiple=64,
+    c.target.update(name=target, backend="http", dtype="", param_dtype="", length_multiple=64,
                     base_url="https://api.openai.com/v1", model=target,
-                    api_key_env="OPENAI_API_KEY", scoring="chat_first_token", concurrency=8,
-                    max_retries=5, timeout_s=120.0)
-  c.policy = dict(name="hf", path="", preset="gpt2-small", tokenizer_path="", dtype="float32",
-                  param_dtype="float32", lora_rank=0, lora_alpha=16.0)
-  c.data = dict(source="build", path="", prompts_dir=f"{SHARED}/prompts/instructeval/instructions",
-                prompt_sources=(), lp_model="llama7b", prompts_file="", aliases_file="",
-                target_name="", num_queries=0, settings=(setting,), num_demo_sets=5,
-                num_demos=6, threshold=THRESHOLD[setting], top_fraction=0.05,
-                prompts_per_query=0, nll_term="token",
-                max_bad_fraction=0.01, prompts_per_chunk=8, records_per_shard=4096,
-                max_new_tokens=512, inspect="")
+                    scoring="chat_first_token", concurrency=8, timeout_s=120.0)
+  c.policy.update(name="hf", preset="gpt2-small")
+  c.data.update(prompts_dir=f"{SHARED}/prompts/instructeval/instructions", lp_model="llama7b",
+                settings=(setting,), num_demo_sets=5, num_demos=6,
+                threshold=THRESHOLD[setting], top_fraction=0.05, prompts_per_chunk=8,
+                max_new_tokens=512)
   if math:  # source prompts: Prompt-OIRL's 6 training prompts
-    c.data.prompts_dir = ""
-    c.data.prompts_file = f"{SHARED}/prompt_oirl/prompts_16.json"
-    c.data.aliases_file = f"{SHARED}/prompt_oirl/prompt_aliases_16.json"
-    c.data.prompt_sources = ("nan", "CoT", "APE", "Dis", "ToT", "Decomp")
-  c.train = dict(round=1, learning_rate=1e-3, schedule="step", epochs=100, decay_every_epochs=20,
-                 decay_rate=0.65, warmup_steps=0, batch_size=128, grad_accum=1, grad_clip=0.25,
-                 pad_multiple=16, weight_decay=1e-4, query_len=40, prompt_len=64, normalize=True,
-                 freeze_backbone=False, finetune_lr=1e-4, finetune_epochs=20, log_every=50,
-                 checkpoint_every=500, progress=True)
-  c.sample = dict(target_return=100.0, num_samples=1, batch_size=64,
-                  test=dict(temperature=0.0), collect=dict(temperature=1.0, top_k=2, top_p=0.9))
-  c.loop = dict(num_loops=3, collect_batches=10, collect_queries=100)
-  c.eval = dict(settings=(setting,), num_queries=200 if math else 100, num_demo_sets=10,
-                num_demos=6, max_new_tokens=512)
-  c.eval_prompts = dict(split="test", num_queries=100, setting=setting, num_demo_sets=10,
-                        num_demos=6, max_new_tokens=512, prompts=())
-  c.serve = dict(host="127.0.0.1", port=8000, api_key_env="QPO_SERVE_KEY")
-  c.generate = dict(questions=("What is the capital of France?",), max_new_tokens=32, chat=True,
-                    batch_size=1)
+    c.data.update(prompts_dir="", prompts_file=f"{SHARED}/prompt_oirl/prompts_16.json",
+                  aliases_file=f"{SHARED}/prompt_oirl/prompt_aliases_16.json",
+                  prompt_sources=("nan", "CoT", "APE", "Dis", "ToT", "Decomp"))
+  c.train.update(prompt_len=64)
+  c.eval.update(settings=(setting,), num_queries=200 if math else 100)
+  c.eval_prompts.update(setting=setting)
+  c.generate.update(batch_size=1)
   return c

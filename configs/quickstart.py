@@ -52,44 +52,26 @@ Other modes on the same config (add --mode=...):
   serve_target      SmolLM2 as an OpenAI-compatible API on 127.0.0.1:8000.
 """
 
-import ml_collections
+import os
+
+from qpo_jax.utils import config_module
 
 
-def get_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.mesh = dict(data=-1, fsdp=1, tensor=1)
-  c.target = dict(name="smollm2-135m-instruct", path="", tokenizer_path="", dtype="float32",
-                  param_dtype="float32",
-                  backend="local", chat=True, batch_size=16, length_multiple=16)
-  c.task = dict(name="tweet_emotion", seed=0, max_words=100,  # data.dir "": the packaged files
-                data=dict(kind="files", size=800, seed=0, dir="", name=""))
-  c.eval_prompts = dict(split="test", num_queries=200, setting="zero_shot", num_demo_sets=3,
-                        num_demos=4, max_new_tokens=128, prompts=())
-  c.data = dict(source="build", path="", prompts_dir="", prompt_sources=(), lp_model="",
-                prompts_file="", aliases_file="", target_name="", num_queries=400,
-                settings=("zero_shot",), num_demo_sets=3, num_demos=4,
-                threshold=5.0, top_fraction=0.05, prompts_per_query=0, nll_term="choice",
-                max_bad_fraction=0.01, prompts_per_chunk=4, records_per_shard=4096,
-                max_new_tokens=128, inspect="")
-  c.policy = dict(name="smollm2-135m-instruct", path="", tokenizer_path="", dtype="float32",
-                  param_dtype="float32", lora_rank=0, lora_alpha=16.0)
-  c.train = dict(round=1, learning_rate=2e-4, schedule="step", epochs=3,
-                 decay_every_epochs=1, decay_rate=0.65, warmup_steps=0,
-                 batch_size=8, grad_accum=1, grad_clip=0.25, pad_multiple=16, weight_decay=1e-4,
-                 query_len=48, prompt_len=32, normalize=True,
-                 freeze_backbone=False, finetune_lr=1e-4, finetune_epochs=2,
-                 log_every=10, checkpoint_every=200, progress=True)
-  c.sample = dict(target_return=100.0, num_samples=2, batch_size=8, test=dict(temperature=0.0),
-                  collect=dict(temperature=1.0, top_k=2, top_p=0.9))
-  c.loop = dict(num_loops=1, collect_batches=2, collect_queries=100)
-  c.eval = dict(settings=("zero_shot",), num_queries=200, num_demo_sets=3,
-                num_demos=4, max_new_tokens=128)
-  c.serve = dict(host="127.0.0.1", port=8000, api_key_env="QPO_SERVE_KEY")
-  c.generate = dict(
+def get_config():
+  c = config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "base.py")).get_config()
+  # task: tweet_emotion from the packaged files; target and policy: the embedded SmolLM2.
+  c.eval_prompts.update(num_queries=200, num_demo_sets=3, num_demos=4, max_new_tokens=128)
+  c.data.update(num_queries=400, threshold=5.0, top_fraction=0.05, nll_term="choice")
+  c.train.update(learning_rate=2e-4, epochs=3, decay_every_epochs=1, batch_size=8,
+                 query_len=48, prompt_len=32, finetune_epochs=2, log_every=10,
+                 checkpoint_every=200)
+  c.sample.update(num_samples=2, batch_size=8)
+  c.loop.update(num_loops=1, collect_batches=2, collect_queries=100)
+  c.eval.update(num_queries=200, num_demo_sets=3, num_demos=4, max_new_tokens=128)
+  c.generate.update(
       questions=("What is the capital of France?",
                  "Name three primary colors.",
                  "Classify the emotion of this tweet as anger, joy, optimism or sadness: "
                  "'I just got the job, best day ever!'"),
-      max_new_tokens=48, chat=True, batch_size=4)
+      max_new_tokens=48)
   return c

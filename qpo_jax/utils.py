@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
+import errno
 import importlib.util
 import json
 import os
+import re
 import resource
+import sys
 import tempfile
-from typing import IO, Any, Iterator, Sequence
+import traceback
+from typing import IO, Any, Callable, Iterator, Sequence
 
 
 @contextlib.contextmanager
@@ -90,3 +95,93 @@ def load_config(spec: str):
   path, _, arg = spec.partition(":")
   module = config_module(path)
   return module.get_config(arg) if arg else module.get_config()
+
+
+def unknown_field(config, dotted: str) -> str | None:
+  """Why `config` has no field `dotted` ('target.pathh'), with the fields it has; None if it has it."""
+  node, walked = config, []
+  for name in dotted.split("."):
+    keys = list(node.keys()) if hasattr(node, "keys") else []
+    if name not in keys:
+      where = ".".join(walked) or "the config"
+      close = difflib.get_close_matches(name, keys, n=1)
+      return (f"{where} has no field {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+              + (f"; its fields: {', '.join(sorted(keys))}" if keys else ""))
+    node, walked = node[name], walked + [name]
+  return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing where a `--config.<field>` override the config lacks is one clear line.
+
+  ml_collections raises a bare AttributeError (with a traceback) for such a field.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    spec = next((a.split("=", 1)[1] if "=" in a else argv[i + 1]
+                 for i, a in enumerate(argv[:-1] if argv[-1] == "--config" else argv)
+                 if a == "--config" or a.startswith("--config=")), None)
+    bad = None
+    if spec:
+      config = load_config(spec)
+      for arg in argv:
+        if arg.startswith("--config.") and (why := unknown_field(config, arg[9:].split("=")[0])):
+          bad = f"{arg.split('=')[0]}: {spec.split(':')[0]}: {why}"
+          break
+    raise SystemExit(f"FATAL Flags parsing error: {bad or e}") from None
+
+
+_WRITE_ERRORS = {errno.ENOSPC: "cannot write {}: no space left on the device",
+                 errno.EDQUOT: "cannot write {}: disk quota exceeded",
+                 errno.EROFS: "cannot write {}: read-only file system",
+                 errno.EACCES: "cannot access {}: permission denied",
+                 errno.EPERM: "cannot access {}: operation not permitted",
+                 errno.ENOTDIR: "cannot create {}: a part of the path is a file, not a directory"}
+_WRITE_TEXTS = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT,
+                "Read-only file system": errno.EROFS, "Permission denied": errno.EACCES}
+
+
+def write_failure(error: BaseException) -> str | None:
+  """One line naming the path and the cause if `error` (or an error behind it) is a failed
+  write: full disk, read-only or unwritable path. None otherwise.
+
+  Orbax reports these as a ValueError whose text holds the OS message and the path.
+  """
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in _WRITE_ERRORS:
+      return _WRITE_ERRORS[error.errno].format(error.filename or "(path not given)")
+    text = str(error)
+    for needle, code in _WRITE_TEXTS.items():
+      if needle in text:
+        paths = re.findall(r"\"(/[^\"]+)\"|'(/[^']+)'", text)
+        path = next((a or b for a, b in paths), "(path not given)")
+        return _WRITE_ERRORS[code].format(path)
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def exit_on_write_failure(fn: Callable[[], Any]) -> Any:
+  """Runs `fn`; a failed write ends the process with one line naming the path and cause.
+
+  The traceback is printed first and the process exits at once (`os._exit`), so the
+  line is the last thing printed, not buried under background threads' shutdown
+  noise. Everything already finished is on disk (writes are atomic), so rerunning
+  the command after freeing space resumes.
+  """
+  try:
+    return fn()
+  except Exception as e:  # pylint: disable=broad-except
+    why = write_failure(e)
+    if why is None:
+      raise
+    traceback.print_exc()
+    sys.stdout.flush()
+    sys.stderr.write(f"FATAL {why}. Free space or fix the path's permissions (or use another "
+                     "--workdir), then rerun the same command: it resumes.\n")
+    sys.stderr.flush()
+    os._exit(1)  # pylint: disable=protected-access

@@ -18,7 +18,8 @@ from qpo_jax.models.transformer import Transformer, init_cache, param_shapes
 from qpo_jax.utils import config_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+BASE = os.path.join(ROOT, "configs", "base.py")
+CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py")) if p != BASE)
 
 
 def _all_configs():
@@ -47,7 +48,7 @@ def test_config_parses_and_names_known_modules(name, config):
   from qpo_jax.tasks import TASKS
 
   del name
-  if config.target.get("backend", "local") == "local":
+  if config.target.backend == "local":
     assert config.target.name in LOADERS
   assert config.policy.name in LOADERS and config.task.name in TASKS
   assert config.loop.num_loops >= 1
@@ -61,6 +62,28 @@ def test_config_parses_and_names_known_modules(name, config):
   lists = [k for k, v in flax.traverse_util.flatten_dict(config.to_dict(), sep=".").items()
            if isinstance(v, list)]
   assert not lists, f"use tuples so --config.<field> can override: {lists}"
+
+
+@pytest.mark.parametrize("name,config", ALL, ids=[n for n, _ in ALL])
+def test_every_config_has_exactly_the_base_fields(name, config):
+  """One schema: configs override base.py's fields and add none, so every override works."""
+  flat = lambda c: set(flax.traverse_util.flatten_dict(c.to_dict(), sep=".", keep_empty_nodes=True))
+  base = config_module(BASE).get_config()
+  assert flat(config) == flat(base), name
+  assert config.is_locked  # a typo in a notebook's `config.train.epoch = 3` fails too
+  with pytest.raises(AttributeError):
+    config.train.epoch = 3
+
+
+def test_paper_config_takes_named_arguments():
+  paper = config_module(os.path.join(ROOT, "configs", "paper.py"))
+  named = paper.get_config("task=gsm8k,setting=zero_shot,target=gpt-4o")
+  assert named.to_dict() == paper.get_config("gsm8k,zero_shot,gpt-4o").to_dict()
+  assert named.target.backend == "http" and named.task.name == "gsm8k"
+  with pytest.raises(ValueError, match="missing: \\['target'\\]"):
+    paper.get_config("task=gsm8k,setting=zero_shot")
+  with pytest.raises(ValueError, match="not a paper setting"):
+    paper.get_config("task=gsm8k,setting=few_shot,target=gpt-4o")
 
 
 @pytest.mark.parametrize("name", ["gpt2-small", "smollm2-135m", "llama-2-7b", "llama-2-70b"])
@@ -114,6 +137,80 @@ def test_main_rejects_bad_values_clearly(tmp_path):
   assert r.returncode != 0 and "--mode" in r.stderr
   r = _main("--config=configs/tiny.py", "--config.target.preset=huge", workdir=tmp_path)
   assert r.returncode != 0 and "unknown model preset 'huge'" in r.stderr
+
+
+def test_main_names_a_field_the_config_lacks(tmp_path):
+  """Every config has target.path; a typo is one line naming the flag, the field and its siblings."""
+  r = _main("--config=configs/tiny.py", "--config.target.pathh=/x", "--mode=generate",
+            workdir=tmp_path / "w")
+  last = r.stderr.strip().splitlines()[-1]
+  assert r.returncode == 1 and "Traceback" not in r.stderr
+  assert last.startswith("FATAL Flags parsing error: --config.target.pathh: configs/tiny.py: "
+                         "target has no field 'pathh' (did you mean 'path'?)"), last
+  r = _main("--config", "configs/quickstart.py", "--config.trian.epochs", "3", "--mode=generate",
+            workdir=tmp_path / "w")
+  assert "--config.trian.epochs: configs/quickstart.py: the config has no field 'trian' " \
+         "(did you mean 'train'?)" in r.stderr
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_write_failures_become_one_line_naming_path_and_cause():
+  import errno
+  from qpo_jax.utils import write_failure
+  assert write_failure(OSError(errno.ENOSPC, "No space", "/w/eval_cache.sqlite")) == \
+      "cannot write /w/eval_cache.sqlite: no space left on the device"
+  orbax = ValueError('RESOURCE_EXHAUSTED: Error writing "a/0" in OCDBT database at local file '
+                     '"/w/policy/round_1/checkpoints/3/": Failed to write 2 bytes to file 8: '
+                     "No space left on device [os_error_code='28']")
+  try:
+    try:
+      raise orbax
+    except ValueError as inner:
+      raise RuntimeError("checkpoint save failed") from inner
+  except RuntimeError as outer:
+    assert write_failure(outer) == ("cannot write /w/policy/round_1/checkpoints/3/: "
+                                    "no space left on the device")
+  assert write_failure(OSError(errno.EROFS, "ro", "/w/x")) == "cannot write /w/x: read-only file system"
+  assert write_failure(ValueError("train.batch_size=-8 must be positive")) is None
+  assert write_failure(OSError(errno.ENOENT, "missing", "/w")) is None  # not a write failure
+
+
+@pytest.mark.slow
+def test_main_unwritable_workdir_ends_with_one_line(tmp_path):
+  (tmp_path / "file").write_text("not a directory")
+  r = _main("--config=configs/tiny.py", "--mode=evaluate_prompts", workdir=tmp_path / "file" / "w")
+  last = r.stderr.strip().splitlines()[-1]
+  assert r.returncode == 1
+  assert last.startswith(f"FATAL cannot create {tmp_path / 'file' / 'w'}: a part of the path is "
+                         "a file, not a directory."), last
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+  """A 40 KB tmpfs (needs root; skipped elsewhere)."""
+  mount = tmp_path / "small"
+  mount.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40k", "tmpfs", str(mount)],
+                    capture_output=True).returncode != 0:
+    pytest.skip("cannot mount a small tmpfs here (needs root)")
+  yield mount
+  subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_main_full_disk_ends_with_one_line_and_resumes(full_disk, tmp_path):
+  r = _main("--config=configs/tiny.py", "--mode=evaluate_prompts", workdir=full_disk / "w")
+  last = r.stderr.strip().splitlines()[-1]
+  assert r.returncode == 1
+  assert last.startswith(f"FATAL cannot write {full_disk / 'w' / 'eval_cache.sqlite'}: no space "
+                         "left on the device."), last
+  kept = full_disk / "w" / "eval_cache.sqlite"
+  work = tmp_path / "w"  # "free space": move the workdir to a roomier disk and rerun
+  work.mkdir()
+  (work / "eval_cache.sqlite").write_bytes(kept.read_bytes())
+  r = _main("--config=configs/tiny.py", "--mode=evaluate_prompts", workdir=work)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert json.loads((work / "prompt_eval.json").read_text())["num_queries"] == 8
 
 
 @pytest.mark.slow

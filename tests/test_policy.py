@@ -1,5 +1,7 @@
 """The prompt decision transformer: loss by hand, learning, sharded equality, resume, sampling."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,11 +12,14 @@ from qpo_jax.models.config import preset
 from qpo_jax.policy import sampling, train, trainer
 from qpo_jax.policy.model import PromptDT, init_policy
 from qpo_jax.store.records import Record
+from qpo_jax.utils import config_module
 
 CFG = preset("tiny-llama")
-TC = dict(learning_rate=3e-3, schedule="step", decay_every_epochs=1000, decay_rate=0.65,
+TC = dict(config_module(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                     "configs", "base.py")).get_config().train,
+          learning_rate=3e-3, schedule="step", decay_every_epochs=1000, decay_rate=0.65,
           grad_clip=1.0, weight_decay=1e-4, epochs=2, batch_size=8, query_len=10, prompt_len=8,
-          log_every=1, checkpoint_every=1000, progress=False)
+          log_every=1, checkpoint_every=1000, progress=False, pad_multiple=0)
 
 
 def _batch(seed=0, b=8, lq=6, lp=5):

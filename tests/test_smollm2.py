@@ -82,7 +82,7 @@ def test_zero_shot_ag_news_above_chance(smollm2):
   from qpo_jax.targets import LocalTarget
   from qpo_jax.tasks import base, load_splits
 
-  task, s = load_splits({"name": "ag_news", "data": {
+  task, s = load_splits({"name": "ag_news", "seed": 0, "data": {
       "dir": os.path.join(SHARED, "ag_news"),
       "files": {"train": "test.csv[:10%]", "test": "test.csv[10%:]"}}}, ("test",))
   queries = base.sample_queries(s["test"], 50, seed=0)

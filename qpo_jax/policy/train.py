@@ -40,12 +40,12 @@ class TrainState:
 def lr_schedule(tc: Mapping[str, Any], steps_per_epoch: int) -> optax.Schedule:
   """The spec's step decay (x`decay_rate` every `decay_every_epochs`) or cosine, by config."""
   lr = float(tc["learning_rate"])
-  if tc.get("schedule", "step") == "step":
+  if tc["schedule"] == "step":
     return optax.exponential_decay(lr, max(1, int(tc["decay_every_epochs"] * steps_per_epoch)),
                                    float(tc["decay_rate"]), staircase=True)
   if tc["schedule"] == "cosine":
     total = max(1, int(tc["epochs"] * steps_per_epoch))
-    warmup = min(int(tc.get("warmup_steps", 0)), total - 1)
+    warmup = min(int(tc["warmup_steps"]), total - 1)
     return optax.warmup_cosine_decay_schedule(0.0 if warmup else lr, lr, warmup, total)
   raise ValueError(f"train.schedule={tc['schedule']!r} is not 'step' or 'cosine'")
 
@@ -56,14 +56,14 @@ def make_optimizer(tc: Mapping[str, Any], steps_per_epoch: int, params: Any
   schedule = lr_schedule(tc, steps_per_epoch)
   tx = optax.chain(optax.clip_by_global_norm(float(tc["grad_clip"])),
                    optax.adamw(schedule, weight_decay=float(tc["weight_decay"])))
-  if tc.get("freeze_backbone") or _has_lora(params):
+  if tc["freeze_backbone"] or _has_lora(params):
     # the backbone's pretrained weights stay fixed; heads and LoRA adapters train
     labels = jax.tree_util.tree_map_with_path(
         lambda path, _: "frozen" if (sharding.path_str(path).startswith("backbone/") and
                                      "_lora/" not in sharding.path_str(path)) else "train",
         params)
     tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
-  if int(tc.get("grad_accum", 1)) > 1:
+  if int(tc["grad_accum"]) > 1:
     tx = optax.MultiSteps(tx, int(tc["grad_accum"]))
   return tx
 

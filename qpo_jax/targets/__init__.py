@@ -17,29 +17,29 @@ from qpo_jax.targets.local import Generation, LocalTarget
 def _local(cfg: Mapping[str, Any], mesh):
   from qpo_jax.models.registry import load_model  # pylint: disable=g-import-not-at-top
 
-  return LocalTarget(load_model(cfg), chat=bool(cfg.get("chat", True)),
-                     batch_size=int(cfg.get("batch_size", 8)),
-                     length_multiple=int(cfg.get("length_multiple", 32)), mesh=mesh)
+  return LocalTarget(load_model(cfg), chat=bool(cfg["chat"]),
+                     batch_size=int(cfg["batch_size"]),
+                     length_multiple=int(cfg["length_multiple"]), mesh=mesh)
 
 
 def _http(cfg: Mapping[str, Any], mesh):
   del mesh
-  return HttpTarget(cfg.get("base_url") or os.environ.get("OPENAI_BASE_URL", ""),
-                    cfg.get("model") or cfg.get("name", ""),
-                    api_key_env=cfg.get("api_key_env", "OPENAI_API_KEY"),
-                    scoring=cfg.get("scoring", "completions"),
-                    concurrency=int(cfg.get("concurrency", 4)),
-                    max_retries=int(cfg.get("max_retries", 5)),
-                    timeout_s=float(cfg.get("timeout_s", 60)),
-                    backoff_s=float(cfg.get("backoff_s", 1.0)))
+  return HttpTarget(cfg["base_url"] or os.environ.get("OPENAI_BASE_URL", ""),
+                    cfg["model"] or cfg["name"],
+                    api_key_env=cfg["api_key_env"],
+                    scoring=cfg["scoring"],
+                    concurrency=int(cfg["concurrency"]),
+                    max_retries=int(cfg["max_retries"]),
+                    timeout_s=float(cfg["timeout_s"]),
+                    backoff_s=float(cfg["backoff_s"]))
 
 
 BACKENDS = {"local": _local, "http": _http}
 
 
 def build_target(cfg: Mapping[str, Any], mesh=None):
-  """The target a config's `target` section describes (`backend` defaults to local)."""
-  backend = cfg.get("backend", "local") or "local"
+  """The target a config's `target` section describes (fields: configs/base.py)."""
+  backend = cfg["backend"]
   if backend not in BACKENDS:
     raise ValueError(f"target.backend={backend!r} is not one of {sorted(BACKENDS)}")
   return BACKENDS[backend](cfg, mesh)

@@ -79,8 +79,8 @@ def load_splits(task_cfg: Mapping[str, Any], which: tuple[str, ...] = SPLITS
   on or collected, and no collect query is in D_0.
   """
   task = get_task(task_cfg["name"])
-  spec = data_spec(task, task_cfg.get("data"))
-  seed = int(task_cfg.get("seed", 0))
+  spec = data_spec(task, task_cfg["data"])
+  seed = int(task_cfg["seed"])
   loaded: dict[str, list[Example]] = {}
   splits = {}
   for split in SPLITS:

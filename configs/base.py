@@ -1,0 +1,160 @@
+"""Every config field once, with its default: the schema the other configs override.
+
+Not an experiment to run (its sizes are the spec's, for a GPU, with the embedded
+SmolLM2 and the packaged TweetEval as placeholders); the experiment configs (`tiny.py`, `quickstart.py`, `tweet_emotion.py`, `paper.py`)
+start from `get_config()` here and change only what differs, so every config has
+the same fields and `--config.<field>=...` works, or names the typo, on any of them.
+The config is locked: setting a field that is not here is an error.
+"""
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # query sampling, demo sets, the policy's sampling keys
+  c.mesh = dict(data=-1, fsdp=1, tensor=1)  # device mesh axis sizes (-1: the rest)
+
+  c.target = dict(
+      name="smollm2-135m-instruct",  # registry name: smollm2-135m-instruct, hf, gguf, random, or the API model
+      path="",  # checkpoint directory or file ("" : the embedded default where the name has one)
+      tokenizer_path="",  # tokenizer directory when it is not beside the checkpoint
+      preset="",  # architecture preset for `random`/`hf` (e.g. tiny-llama, llama-2-7b)
+      tokenizer="",  # tokenizer for `random`: "smollm2" or "" (byte-level)
+      seed=0,  # init seed of a `random` model
+      dtype="float32",  # compute dtype
+      param_dtype="float32",  # parameter dtype
+      backend="local",  # local (our JAX model) or http (an OpenAI-compatible server)
+      chat=True,  # render prompts with the model's chat template
+      batch_size=16,  # scoring / generation batch
+      length_multiple=16,  # pad sequence lengths to a multiple of this (fewer compilations)
+      base_url="",  # http: server URL ("" : $OPENAI_BASE_URL)
+      model="",  # http: model name sent to the server ("" : target.name)
+      api_key_env="OPENAI_API_KEY",  # http: environment variable holding the key
+      scoring="completions",  # http: completions (echo logprobs) or chat_first_token
+      concurrency=4,  # http: requests in flight
+      max_retries=5,  # http: retries on 429/5xx/timeouts
+      timeout_s=60.0,  # http: per-request timeout
+      backoff_s=1.0)  # http: first retry delay (doubles each retry)
+
+  c.task = dict(
+      name="tweet_emotion",  # registry name (qpo_jax/tasks)
+      seed=0,  # split shuffles
+      max_words=100,  # queries longer than this are dropped
+      data=dict(
+          kind="files",  # files, tfds or builtin
+          size=800,  # builtin: number of generated rows
+          seed=0,  # builtin: generator seed
+          dir="",  # files: directory ("" : the task's default; tweet_emotion's ship in the package)
+          name="",  # tfds: builder name ("" : the task's default)
+          data_dir="",  # tfds: prepared data directory
+          format="",  # files: tweeteval, csv, jsonl, json, auto ("" : the task's default)
+          files=placeholder(dict),  # files: {split: file[lo:hi]} (None: the task's default)
+          columns=placeholder(dict),  # {our field: their column} renames
+          splits=placeholder(dict),  # tfds: {our split: tfds split}
+          header=placeholder(bool),  # csv: first line is a header (None: the task's default)
+          label_base=placeholder(int)))  # subtract from labels (1-based label files)
+
+  c.data = dict(
+      source="build",  # build D_0 with the target, or import a published offline file
+      path="",  # import: the file
+      prompts_dir="",  # source prompts: InstructEval-style YAML directory ("" : the packaged ones)
+      prompt_sources=(),  # import: which prompt methods to keep (empty: all)
+      lp_model="",  # InstructEval: which model's prompt files
+      prompts_file="",  # Prompt-OIRL: prompt texts
+      aliases_file="",  # Prompt-OIRL: prompt aliases
+      target_name="",  # import: the target whose rewards to keep
+      num_queries=0,  # train queries in D_0 (0: all)
+      settings=("zero_shot",),  # zero_shot and/or few_shot
+      num_demo_sets=3,  # few-shot: demo sets per query
+      num_demos=4,  # few-shot: demos per set
+      threshold=placeholder(float),  # expert filter: least raw reward a trained record has
+      top_fraction=placeholder(float),  # expert filter: each query's best fraction of prompts
+      prompts_per_query=0,  # sparse D_0: random prompts per query (0: every prompt)
+      nll_term="token",  # reward's NLL: token (gold text) or choice (over the options)
+      max_bad_fraction=0.01,  # import: most rows that may be rejected
+      prompts_per_chunk=4,  # D_0 is built and checkpointed this many prompts at a time
+      records_per_shard=4096,  # records per TFRecord shard
+      max_new_tokens=128,  # math: answer length
+      inspect="")  # inspect_data: dataset directory ("" : the latest)
+
+  c.policy = dict(
+      name="smollm2-135m-instruct",  # registry name, as target.name
+      path="",  # checkpoint ("" : the embedded default where the name has one)
+      tokenizer_path="",  # as target.tokenizer_path
+      preset="",  # as target.preset
+      tokenizer="",  # as target.tokenizer
+      seed=1,  # head init and a `random` backbone
+      dtype="float32",  # compute dtype
+      param_dtype="float32",  # parameter dtype
+      lora_rank=0,  # >0: train LoRA adapters of this rank instead of the backbone
+      lora_alpha=16.0)  # LoRA scale numerator
+
+  c.train = dict(
+      round=1,  # train_policy/collect modes: which round
+      learning_rate=1e-3,  # round 1 peak learning rate
+      schedule="step",  # step (x decay_rate every decay_every_epochs) or cosine
+      epochs=100,  # round 1 epochs
+      decay_every_epochs=20,  # step schedule period
+      decay_rate=0.65,  # step schedule factor
+      warmup_steps=0,  # linear warm-up
+      batch_size=128,  # records per step
+      grad_accum=1,  # micro-batches per step
+      grad_clip=0.25,  # global norm clip
+      pad_multiple=16,  # pad batch lengths to a multiple of this
+      weight_decay=1e-4,  # AdamW
+      query_len=40,  # Lq: query tokens (longer queries are cut)
+      prompt_len=40,  # Lp: prompt tokens incl. EOS (must hold every source prompt)
+      normalize=True,  # min-max normalise rewards to 0..100 with D_0's range
+      freeze_backbone=False,  # train only the QPO heads
+      finetune_lr=1e-4,  # rounds >= 2: learning rate
+      finetune_epochs=20,  # rounds >= 2: epochs
+      log_every=50,  # steps between metric logs
+      checkpoint_every=500,  # steps between resumable checkpoints
+      progress=True)  # tqdm bars (False for logs and CI)
+
+  c.sample = dict(
+      target_return=100.0,  # R*: the return the policy is conditioned on
+      num_samples=1,  # collection: prompts per query
+      batch_size=64,  # queries per sampling batch
+      test=dict(temperature=0.0),  # test prompts: greedy
+      collect=dict(temperature=1.0, top_k=2, top_p=0.9))  # collection sampling
+
+  c.loop = dict(
+      num_loops=3,  # QPO loops (rounds)
+      collect_batches=10,  # collection batches per loop
+      collect_queries=100)  # queries per collection batch (avg_acc is over one batch)
+
+  c.eval = dict(
+      settings=("zero_shot",),  # settings of the final table
+      num_queries=100,  # test queries
+      num_demo_sets=10,  # few-shot demo sets per query
+      num_demos=6,  # demos per set
+      max_new_tokens=512)  # math: answer length
+
+  c.eval_prompts = dict(  # --mode=evaluate_prompts
+      split="test",  # split to score on
+      num_queries=100,  # queries
+      setting="zero_shot",  # zero_shot or few_shot
+      num_demo_sets=10,  # few-shot demo sets
+      num_demos=6,  # demos per set
+      max_new_tokens=512,  # math: answer length
+      prompts=())  # prompts to score (empty: the source prompts)
+
+  c.serve = dict(  # --mode=serve_target
+      host="127.0.0.1",  # bind address (loopback unless you mean it)
+      port=8000,  # port
+      api_key_env="QPO_SERVE_KEY",  # environment variable with the key clients must send ("" : none)
+      max_tokens=512,  # most tokens one request may generate
+      max_body_bytes=1_000_000,  # largest request body
+      request_timeout_s=60.0,  # longest a request may hold the model
+      max_prompt_tokens=2048)  # longest prompt one request may send
+
+  c.generate = dict(  # --mode=generate
+      questions=("What is the capital of France?",),  # questions to answer
+      max_new_tokens=32,  # answer length
+      chat=True,  # use the chat template
+      batch_size=4)  # questions per batch
+  c.lock()
+  return c
