@@ -9,7 +9,10 @@ is there, and every stage resumes when it is not:
   data/loop_<t>/               D_t = D_{t-1} U filter(rewarded new records)
   eval/                        test-split outcomes (through the cache), results table
   eval_cache.sqlite            every target result; nothing is evaluated twice
-  cost.json                    target calls / tokens at the end of each stage
+
+A stage's cost (cumulative target usage when it ended, its wall time, peak memory)
+is written with its artifact, in one atomic step: the `cost` field of a dataset's
+manifest.json and of a round's `final` marker. The report adds them up.
 
 Kill the process anywhere and rerun the same command: it continues where it stopped.
 """
@@ -35,7 +38,7 @@ from qpo_jax.targets import BACKENDS, build_target
 from qpo_jax.tasks import TASKS, base as task_base, data_spec, load_source, load_splits
 from qpo_jax.tasks.paper import svamp_fold_queries
 from qpo_jax.tasks.sources import read_json_list
-from qpo_jax.utils import atomic_write_text, peak_memory_gb, read_json
+from qpo_jax.utils import atomic_write_text, peak_memory_gb
 
 
 POSITIVE = ("data.num_demo_sets", "data.num_demos", "data.prompts_per_chunk",
@@ -90,7 +93,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"data.max_bad_fraction={config.data.max_bad_fraction!r} must be in [0, 1]")
   if config.task.name not in TASKS:
     raise ValueError(f"task.name={config.task.name!r} is not one of {sorted(TASKS)}")
-  backend = config.target.get("backend", "local") or "local"
+  backend = config.target.backend
   if backend not in BACKENDS:
     raise ValueError(f"target.backend={backend!r} is not one of {sorted(BACKENDS)}")
   if backend == "local" and config.target.name not in LOADERS:
@@ -104,7 +107,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if int(config.loop.num_loops) < 1:
     raise ValueError(f"loop.num_loops={config.loop.num_loops} must be at least 1")
   task = TASKS[config.task.name]()
-  spec = data_spec(task, config.task.get("data"))
+  spec = data_spec(task, config.task.data)
   if spec["kind"] == "files" and not os.path.isdir(os.path.expanduser(spec.get("dir") or "")):
     raise ValueError(f"task.data.dir={spec.get('dir') or ''!r} is not a directory (task "
                      f"{task.name!r} reads files from it)")
@@ -142,28 +145,12 @@ def _cache(workdir: str) -> EvalCache:
   return EvalCache(os.path.join(workdir, "eval_cache.sqlite"))
 
 
-def record_cost(workdir: str, stage: str, cache: EvalCache, started: float) -> None:
-  """At the end of a stage: the cumulative target usage, the stage's wall time in the
-  process that finished it, and that process's peak memory so far (kept from the first
-  time the stage finished; a stage resumed after a kill counts only its last process)."""
-  path = os.path.join(workdir, "cost.json")
-  cost = read_json(path, {})
-  if stage not in cost:
-    cost[stage] = {**total_usage(cache.usage().values()),
-                   "seconds": round(time.time() - started, 1), "peak_memory_gb": peak_memory_gb()}
-    atomic_write_text(path, json.dumps(cost, indent=2))
-
-
-def train_round(config: ml_collections.ConfigDict, workdir: str, t: int,
-                cache: EvalCache | None = None) -> Any:
-  """Policy round t (rounds.train_policy_round), its time and memory recorded as `train_<t>`
-  when this process trained it (a finished round is only loaded)."""
-  started = time.time()
-  trained_here = not os.path.exists(os.path.join(rounds.round_dir(workdir, t), "final"))
-  params = rounds.train_policy_round(config, workdir, t)
-  if trained_here:
-    record_cost(workdir, f"train_{t}", cache or _cache(workdir), started)
-  return params
+def stage_cost(cache: EvalCache, started: float) -> dict[str, Any]:
+  """A finished stage's `cost`: the cumulative target usage, the stage's wall time in the
+  process that finished it, and that process's peak memory (a stage resumed after a
+  kill counts only its last process)."""
+  return {"usage": total_usage(cache.usage().values()), "seconds": round(time.time() - started, 1),
+          "peak_memory_gb": peak_memory_gb()}
 
 
 def _plain_text(text: str) -> str:
@@ -185,7 +172,7 @@ def _imported(config, task, splits) -> tuple[list, str]:
                                               max_bad_fraction=d.max_bad_fraction)
     return recs, str(summary)
   prompts, aliases = read_json_list(d.prompts_file), read_json_list(d.aliases_file)
-  spec = data_spec(task, config.task.get("data"))
+  spec = data_spec(task, config.task.data)
   if task.name == "svamp":
     queries = [ex.query for ex in svamp_fold_queries(spec["dir"])]
     held_out = {_plain_text(ex.query) for s in ("collect", "test") for ex in splits[s]}
@@ -219,7 +206,8 @@ def initial_data(config: ml_collections.ConfigDict, workdir: str, target=None,
                                     config.train.prompt_len)
     manifest = dataset.write_dataset(out, recs, normalizer=rewards.Normalizer.fit(
         r.reward for r in recs), records_per_shard=d.records_per_shard,
-        meta={"loop": 0, "imported_from": d.path, "import_summary": summary})
+        meta={"loop": 0, "imported_from": d.path, "import_summary": summary,
+              "cost": stage_cost(cache or _cache(workdir), started)})
   elif d.source == "build":
     queries = task_base.sample_queries(splits["train"], d.num_queries or len(splits["train"]),
                                        seed=config.seed, max_words=config.task.max_words)
@@ -232,9 +220,8 @@ def initial_data(config: ml_collections.ConfigDict, workdir: str, target=None,
         out, task, target, queries, source_prompts(config, task), settings=list(d.settings),
         demo_sets=demos, cache=cache, prompts_per_chunk=d.prompts_per_chunk,
         prompts_per_query=d.prompts_per_query, seed=config.seed, max_new_tokens=d.max_new_tokens,
-        nll_term=d.nll_term,
-        meta={"task": task.name, "target": target.identity})
-    record_cost(workdir, "d0", cache, started)
+        nll_term=d.nll_term, meta={"task": task.name, "target": target.identity},
+        final_meta=lambda: {"cost": stage_cost(cache, started)})
   else:
     raise ValueError(f"data.source={d.source!r} is not 'build', 'qpo_json' or 'prompt_oirl'")
   print(f"D_0: {manifest['count']} records, {manifest['queries']} queries, "
@@ -288,8 +275,8 @@ def collect(config: ml_collections.ConfigDict, workdir: str, t: int, target,
   manifest = dataset.write_dataset(  # D_0's normaliser: R* means the same raw reward every round
       out, dataset.merge(old, new), normalizer=rewards.Normalizer.from_dict(previous["normalizer"]),
       records_per_shard=config.data.records_per_shard,
-      meta={"loop": t, "collected": len(new), "collect_accuracy": evaluation.accuracy(outcomes)})
-  record_cost(workdir, f"collect_{t}", cache, started)
+      meta={"loop": t, "collected": len(new), "collect_accuracy": evaluation.accuracy(outcomes),
+            "cost": stage_cost(cache, started)})
   logging.info("loop %d: %d new records (accuracy %.3f), D_%d has %d", t, len(new),
                evaluation.accuracy(outcomes), t, manifest["count"])
   return manifest
@@ -306,6 +293,6 @@ def run_loop(config: ml_collections.ConfigDict, workdir: str, target=None) -> di
   cache = _cache(workdir)
   initial_data(config, workdir, target, cache)
   for t in range(1, int(config.loop.num_loops) + 1):
-    train_round(config, workdir, t, cache)
+    rounds.train_policy_round(config, workdir, t)
     collect(config, workdir, t, target, cache)
   return report.evaluate_and_report(config, workdir, target, cache)

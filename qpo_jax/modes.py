@@ -18,7 +18,7 @@ from qpo_jax.models.registry import load_model
 from qpo_jax.targets import build_target
 from qpo_jax.policy import rounds
 from qpo_jax.store import dataset, inspect
-from qpo_jax.targets.server import ModelServer, make_server
+from qpo_jax.targets.server import Limits, ModelServer, make_server
 from qpo_jax.tasks import base as task_base
 from qpo_jax.tasks import load_splits
 from qpo_jax.utils import atomic_write_text
@@ -54,7 +54,7 @@ def evaluate_prompts(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ev = config.eval_prompts
   task, splits = load_splits(config.task, (ev.split,))
   queries = task_base.sample_queries(splits[ev.split], ev.num_queries, seed=config.seed,
-                                     max_words=config.task.get("max_words", 100))
+                                     max_words=config.task.max_words)
   demos = ()
   if ev.setting == evaluation.FEW_SHOT:
     _, train = load_splits(config.task, ("train",))
@@ -63,7 +63,7 @@ def evaluate_prompts(config: ml_collections.ConfigDict, workdir: str) -> dict:
   target = build_target(config.target, mesh=mesh)
   os.makedirs(workdir, exist_ok=True)
   cache = EvalCache(os.path.join(workdir, "eval_cache.sqlite"))
-  prompts = loop.source_prompts(config, task, list(ev.get("prompts") or []))
+  prompts = loop.source_prompts(config, task, list(ev.prompts))
   rows, per_query = [], []
   for source, prompt in prompts:
     out = evaluation.evaluate_pairs(task, target, [(q, prompt) for q in queries],
@@ -89,7 +89,11 @@ def serve_target(config: ml_collections.ConfigDict, workdir: str) -> None:
   lm = load_model(config.target)
   serve = config.serve
   key = os.environ.get(serve.api_key_env, "") if serve.api_key_env else ""
-  server = make_server(ModelServer(lm, config.target.name), serve.host, serve.port, api_key=key)
+  limits = Limits(max_tokens=serve.max_tokens, max_body_bytes=serve.max_body_bytes,
+                  request_timeout_s=serve.request_timeout_s,
+                  max_prompt_tokens=serve.max_prompt_tokens)
+  server = make_server(ModelServer(lm, config.target.name), serve.host, serve.port, api_key=key,
+                       limits=limits)
   host, port = server.server_address[:2]
   print(f"serving {config.target.name} at http://{host}:{port}/v1"
         f"{' (API key required)' if key else ''}; Ctrl-C stops", flush=True)
@@ -149,7 +153,7 @@ def inspect_data(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 def train_policy(config: ml_collections.ConfigDict, workdir: str):
   """Trains policy round `train.round` on D_{round-1} (resumes if killed; skips if finished)."""
-  params = loop.train_round(config, workdir, config.train.round)
+  params = rounds.train_policy_round(config, workdir, config.train.round)
   print(f"policy round {config.train.round}: {rounds.round_dir(workdir, config.train.round)}",
         flush=True)
   return params

@@ -16,7 +16,7 @@ the reward model with a paired bootstrap 95% interval, and per loop how many
 distinct prompts QPO wrote, how many are not verbatim a source prompt and how
 many equal the best train prompt. Every test query is listed with its gold
 answer and QPO's prompt per loop, so another implementation can re-score them.
-The cost of the run is read from cost.json and the evaluation cache.
+The cost of the run is read from each stage's artifact (loop.py) and the evaluation cache.
 Everything goes through the cache, so a rerun only reads.
 """
 
@@ -97,20 +97,32 @@ def prompt_stats(prompts: Sequence[str], sources: set[str], best_train: str) -> 
           "best_train_prompt": sum(p == best_train for p in prompts) / n}
 
 
+def stage_costs(workdir: str, num_loops: int) -> dict[str, dict[str, Any]]:
+  """The `cost` each finished stage wrote with its artifact (a dataset manifest's `meta`, a
+  round's `final` marker)."""
+  found = {"d0": read_json(os.path.join(rounds.data_dir(workdir, 0), dataset.MANIFEST), {})}
+  for t in range(1, num_loops + 1):
+    found[f"train_{t}"] = read_json(os.path.join(rounds.round_dir(workdir, t), "final"), {})
+    found[f"collect_{t}"] = read_json(os.path.join(rounds.data_dir(workdir, t), dataset.MANIFEST),
+                                      {})
+  found.update({k: m.get("meta", {}) for k, m in found.items() if not k.startswith("train_")})
+  return {name: meta["cost"] for name, meta in found.items() if "cost" in meta}
+
+
 def _cost(workdir: str, cache: EvalCache, num_loops: int, started: float) -> dict[str, Any]:
-  """Per stage: target usage (differences of the cumulative counts), wall time, peak memory."""
-  stages = read_json(os.path.join(workdir, "cost.json"), {})
+  """Per stage: target usage (differences of the cumulative counts), wall time, peak memory.
+
+  Training calls no target. A cache deleted to recover from corruption restarts its
+  counts, so a difference is never taken below 0.
+  """
   zero = {"calls": 0, "prompt_tokens": 0, "generated_tokens": 0}
   out, previous = {}, zero
-  order = ["d0"] + [f"{s}_{t}" for t in range(1, num_loops + 1) for s in ("train", "collect")]
-  for name in order:
-    if name in stages:
-      out[name] = {**{k: stages[name][k] - previous[k] for k in zero},
-                   **{k: stages[name][k] for k in ("seconds", "peak_memory_gb")
-                      if k in stages[name]}}
-      previous = {k: stages[name][k] for k in zero}
+  for name, cost in stage_costs(workdir, num_loops).items():
+    usage = cost.get("usage")
+    out[name] = {**({k: max(0, usage[k] - previous[k]) for k in zero} if usage else zero),
+                 "seconds": cost["seconds"], "peak_memory_gb": cost["peak_memory_gb"]}
+    previous = {k: usage[k] for k in zero} if usage else previous
   total = total_usage(cache.usage().values())
-  # max(0, ...): a cache deleted to recover from corruption restarts its counts
   out["evaluation"] = {**{k: max(0, total[k] - previous[k]) for k in zero},
                        "seconds": round(time.time() - started, 1),
                        "peak_memory_gb": peak_memory_gb()}

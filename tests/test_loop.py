@@ -58,6 +58,13 @@ def test_loop_killed_in_collection_resumes_to_the_same_table(tmp_path, tiny_run)
   usage = lambda r: {k: r["cost"]["total"][k] for k in ("calls", "prompt_tokens",  # noqa: E731
                                                         "generated_tokens")}
   assert usage(got) == usage(ref)  # nothing evaluated twice
+  calls = lambda r: {k: v["calls"] for k, v in r["cost"].items()}  # noqa: E731
+  assert calls(got) == calls(ref) and got["cost"]["d0"]["calls"] == 88
+  # each stage's cost is part of its artifact (written in the same atomic step)
+  assert json.load(open(os.path.join(work, "data", "loop_0", "manifest.json")))["meta"]["cost"][
+      "usage"]["calls"] == 88
+  assert "cost" in json.load(open(os.path.join(work, "policy", "round_1", "final")))
+  assert not os.path.exists(os.path.join(work, "cost.json"))
   for stage in ("d0", "train_1", "collect_1", "train_2", "collect_2", "evaluation"):
     assert got["cost"][stage]["seconds"] >= 0 and got["cost"][stage]["peak_memory_gb"] > 0
   assert set(got["methods"]) >= {"none", "manual", "qpo_loop_1", "qpo_loop_2",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from typing import Any, Sequence
 
 import jax
@@ -76,6 +77,7 @@ def train_policy_round(config: ml_collections.ConfigDict, workdir: str, t: int,
 
   `stop_after` ends this call after that many steps (tests; a rerun resumes).
   """
+  started = time.time()
   if t < 1:
     raise ValueError(f"policy rounds start at 1, got {t}")
   recs, manifest = dataset.read_dataset(data_dir(workdir, t - 1))
@@ -90,11 +92,12 @@ def train_policy_round(config: ml_collections.ConfigDict, workdir: str, t: int,
     params = trainer.load_final_params(round_dir(workdir, t - 1), params)
     tc.update(learning_rate=tc["finetune_lr"], epochs=tc["finetune_epochs"])
   normalizer = (rewards.Normalizer.from_dict(manifest["normalizer"])
-                if tc.get("normalize") and manifest.get("normalizer") else None)
+                if tc["normalize"] and manifest.get("normalizer") else None)
   mesh = sharding.make_mesh(config.mesh)
   params = sharding.shard_params(params, mesh)
   return trainer.train_round(round_dir(workdir, t), cfg, params, recs, tok, tc, mesh=mesh,
-                             seed=config.seed + t, normalizer=normalizer, stop_after=stop_after)
+                             seed=config.seed + t, normalizer=normalizer, stop_after=stop_after,
+                             started=started)
 
 
 def policy_prompts(config: ml_collections.ConfigDict, workdir: str, t: int, queries: Sequence[str],

@@ -27,7 +27,7 @@ from qpo_jax.policy import train
 from qpo_jax.rewards import Normalizer
 from qpo_jax.store.pipeline import Batches
 from qpo_jax.store.records import Record
-from qpo_jax.utils import atomic_write_text
+from qpo_jax.utils import atomic_write_text, peak_memory_gb
 
 
 def _trim_metrics(path: str, last_step: int) -> None:
@@ -45,17 +45,21 @@ def _abstract(tree, shardings):
 
 def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, recs: Sequence[Record],
                 tokenizer, tc: Mapping[str, Any], *, mesh, seed: int,
-                normalizer: Normalizer | None = None, stop_after: int | None = None) -> Any:
+                normalizer: Normalizer | None = None, stop_after: int | None = None,
+                started: float | None = None) -> Any:
   """Trains from `init_params` on `recs` for `tc.epochs`; returns the final parameters.
 
   `stop_after` ends the run after that many steps of this call (tests of resume).
+  The `final` marker carries the round's cost: seconds since `started` (default: this
+  call) in the process that finished it, and its peak memory.
   """
+  entered = time.time()
   final = os.path.join(round_dir, "final")
   if os.path.exists(final):
     return load_final_params(round_dir, init_params)
   batches = Batches(recs, tokenizer, query_len=tc["query_len"], prompt_len=tc["prompt_len"],
                     batch_size=tc["batch_size"], seed=seed, normalizer=normalizer, mesh=mesh,
-                    pad_multiple=int(tc.get("pad_multiple", 0)))
+                    pad_multiple=int(tc["pad_multiple"]))
   total = int(tc["epochs"] * batches.steps_per_epoch)
   step_fns = train.make_train_step(cfg, tc, batches.steps_per_epoch, init_params, mesh)
   manager = ocp.CheckpointManager(
@@ -76,11 +80,11 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, recs: Sequen
   from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
   writer = SummaryWriter(os.path.join(round_dir, "tb"))
   rng = jax.random.key(seed)
-  log_every = int(tc.get("log_every", 10))
-  ckpt_every = int(tc.get("checkpoint_every", 200))
+  log_every = int(tc["log_every"])
+  ckpt_every = int(tc["checkpoint_every"])
   start_step = int(state.step)
   bar = tqdm.tqdm(total=total, initial=start_step, desc=os.path.basename(round_dir), unit="step",
-                  disable=not tc.get("progress", True))
+                  disable=not tc["progress"])
   t0 = time.time()
   try:
     with open(metrics_path, "a") as log:
@@ -114,7 +118,10 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, recs: Sequen
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(params_dir, state.params)
     checkpointer.wait_until_finished()
-    atomic_write_text(final, json.dumps({"steps": total, "last": history_tail(metrics_path)}))
+    cost = {"seconds": round(time.time() - (started or entered), 1),  # with the model's load
+            "peak_memory_gb": peak_memory_gb()}
+    atomic_write_text(final, json.dumps({"steps": total, "last": history_tail(metrics_path),
+                                         "cost": cost}))
   return state.params
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import logging
 import numpy as np
@@ -102,9 +102,14 @@ def build_initial_dataset(directory: str, task: Task, target, queries: Sequence[
                           prompts: Sequence[tuple[str, str]], *, settings: Sequence[str],
                           demo_sets=(), cache: EvalCache, prompts_per_chunk: int = 4,
                           prompts_per_query: int = 0, seed: int = 0, max_new_tokens: int = 256,
-                          nll_term: str = "token",
-                          meta: dict[str, Any] | None = None) -> dict[str, Any]:
-  """Builds (or finishes, or just returns) the D_0 dataset at `directory`; returns its manifest."""
+                          nll_term: str = "token", meta: dict[str, Any] | None = None,
+                          final_meta: Callable[[], dict[str, Any]] | None = None
+                          ) -> dict[str, Any]:
+  """Builds (or finishes, or just returns) the D_0 dataset at `directory`; returns its manifest.
+
+  `final_meta()` is called after the last evaluation and its fields go into the
+  manifest (the stage's cost), so they are written in the same atomic step.
+  """
   if os.path.exists(os.path.join(directory, dataset.MANIFEST)):
     logging.info("D_0 at %s is complete; not rebuilding", directory)
     return dataset.read_manifest(directory)
@@ -134,6 +139,7 @@ def build_initial_dataset(directory: str, task: Task, target, queries: Sequence[
   manifest = dataset.write_dataset(
       directory, recs, normalizer=normalizer,
       meta={**(meta or {}), "loop": 0, "evaluated": len(recs), "settings": list(settings),
-            "prompts_per_query": prompts_per_query or len(prompts), "nll_term": nll_term})
+            "prompts_per_query": prompts_per_query or len(prompts), "nll_term": nll_term,
+            **(final_meta() if final_meta else {})})
   shutil.rmtree(partial, ignore_errors=True)
   return manifest
