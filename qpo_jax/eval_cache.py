@@ -7,10 +7,15 @@ result as JSON. A `usage` table counts target calls, prompt tokens and
 generated tokens per target for cost accounting; it is updated in the same
 transaction as the results, so a killed run never counts work it did not keep.
 SQLite commits are atomic: after a crash the file holds every finished batch.
+The file is checked (`PRAGMA quick_check`) when it is opened; a corrupt one, or one
+that cannot be written (full disk, read-only), is an error naming the file and the
+way out, not SQLite's bare message at some later stage.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -31,18 +36,38 @@ class EvalCache:
     if path:
       os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     self._lock = threading.Lock()
-    self._db = sqlite3.connect(path or ":memory:", check_same_thread=False)
-    try:
+    with self._errors():
+      self._db = sqlite3.connect(path or ":memory:", check_same_thread=False)
       self._db.executescript(
           "CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
           "CREATE TABLE IF NOT EXISTS usage (target TEXT PRIMARY KEY, calls INTEGER NOT NULL,"
           " prompt_tokens INTEGER NOT NULL, generated_tokens INTEGER NOT NULL);")
+      problems = [" ".join(r[0].split()) for r in self._db.execute("PRAGMA quick_check(20)")]
+      if problems != ["ok"]:
+        raise sqlite3.DatabaseError(f"quick_check: {problems[0]}"
+                                    + (", and more" if len(problems) > 1 else ""))
+
+  @contextlib.contextmanager
+  def _errors(self):
+    """SQLite errors as an OSError (cannot write) or ValueError (corrupt) naming the file."""
+    try:
+      yield
     except sqlite3.DatabaseError as e:
-      raise ValueError(f"evaluation cache {path} is not a readable SQLite file: {e}") from None
+      text = str(e)
+      if "disk is full" in text or "disk I/O error" in text:
+        raise OSError(errno.ENOSPC, f"cannot write the evaluation cache ({text})",
+                      self.path) from None
+      if "readonly" in text or "unable to open" in text:
+        raise OSError(errno.EROFS if "readonly" in text else errno.EACCES,
+                      f"cannot write the evaluation cache ({text})", self.path) from None
+      raise ValueError(
+          f"evaluation cache {self.path} is corrupt ({text}). It holds only target results: "
+          f"move it away (mv {self.path} {self.path}.corrupt) and rerun; the pairs it held are "
+          "sent to the target again, everything else in the workdir is kept.") from None
 
   def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
     found = {}
-    with self._lock:
+    with self._lock, self._errors():
       for start in range(0, len(keys), 500):
         chunk = list(keys[start:start + 500])
         rows = self._db.execute(
@@ -53,7 +78,7 @@ class EvalCache:
   def put_many(self, items: Mapping[str, Any], target: str, calls: int, prompt_tokens: int,
                generated_tokens: int) -> None:
     """Stores results and adds their cost to the target's usage, in one transaction."""
-    with self._lock, self._db:
+    with self._lock, self._errors(), self._db:
       self._db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?)",
                            [(k, json.dumps(v)) for k, v in items.items()])
       self._db.execute(
@@ -63,12 +88,12 @@ class EvalCache:
           (target, calls, prompt_tokens, generated_tokens))
 
   def usage(self) -> dict[str, dict[str, int]]:
-    with self._lock:
+    with self._lock, self._errors():
       rows = self._db.execute("SELECT target, calls, prompt_tokens, generated_tokens FROM usage")
       return {t: {"calls": c, "prompt_tokens": p, "generated_tokens": g} for t, c, p, g in rows}
 
   def __len__(self) -> int:
-    with self._lock:
+    with self._lock, self._errors():
       return self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
 
   def close(self) -> None:

@@ -1,5 +1,7 @@
 """Target evaluation: local backend numerics, the cache, few-shot, math, sharding."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -80,6 +82,34 @@ def test_cache_never_calls_twice_and_counts_cost(tiny_lm, tmp_path):
   assert target.calls == 9  # only the new pair went to the target
   assert second[:8] == first
   assert cache.usage()[target.identity]["calls"] == 9
+
+
+def test_corrupt_cache_is_named_with_the_way_out_when_opened(tmp_path):
+  path = str(tmp_path / "eval_cache.sqlite")
+  cache = EvalCache(path)
+  cache.put_many({f"k{i}": {"nll": [0.5] * 40} for i in range(2000)}, "t", 2000, 10, 0)
+  cache.close()
+  assert EvalCache(path).usage()["t"]["calls"] == 2000  # intact: opens
+  with open(path, "r+b") as f:  # a page in the middle overwritten
+    f.seek(os.path.getsize(path) // 2 // 4096 * 4096)
+    f.write(np.random.default_rng(0).bytes(4096))
+  with pytest.raises(ValueError) as e:
+    EvalCache(path)
+  msg = str(e.value)
+  assert f"evaluation cache {path} is corrupt (" in msg and "\n" not in msg
+  assert f"mv {path} {path}.corrupt" in msg
+  os.rename(path, path + ".corrupt")  # the way out it names works
+  assert EvalCache(path).usage() == {}
+
+
+def test_unwritable_cache_is_an_os_error_naming_it(tmp_path):
+  path = str(tmp_path / "eval_cache.sqlite")
+  EvalCache(path).close()
+  cache = EvalCache(path)
+  cache._db.execute("PRAGMA query_only = 1")  # writes fail as on a read-only file system
+  with pytest.raises(OSError) as e:
+    cache.put_many({"k": 1}, "t", 1, 1, 1)
+  assert e.value.filename == path and "cannot write the evaluation cache" in str(e.value)
 
 
 def test_cache_key_separates_targets_settings_and_demos(tiny_lm):
