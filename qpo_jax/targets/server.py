@@ -7,18 +7,30 @@ template; logprobs and top_logprobs of the generated tokens). Enough for the
 HTTP backend, vLLM-style clients and a quick curl; one request runs on the
 model at a time (requests are accepted concurrently).
 
+No request can take the server down or hold it for long (`Limits`): the key is
+checked from the headers before the body is read; the body's size, the prompt's
+tokens, `max_tokens` and the number of prompts are capped; a request waits for
+the model and generates for at most `request_timeout_s` (checked every
+`chunk_tokens` tokens, when generation also stops if the client went away); and
+every malformed request gets a 4xx JSON error, any other failure a 500 one.
+
 For testing clients, `inject_faults(429, 500, ...)` makes the next requests
 fail with those statuses and `delay_s` delays every response.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
+import hmac
 import http.server
 import json
+import select
+import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import jax
@@ -30,6 +42,25 @@ from qpo_jax.decoding import encode
 from qpo_jax.models.config import ModelConfig
 from qpo_jax.models.registry import LanguageModel
 from qpo_jax.models.transformer import Transformer
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+  """What one request may ask of the server (configs/base.py `serve`)."""
+  max_tokens: int = 512  # tokens generated per prompt
+  max_body_bytes: int = 1_000_000
+  request_timeout_s: float = 60.0  # waiting for the model plus generating
+  max_prompt_tokens: int = 2048
+  max_prompts: int = 64  # prompts in one /v1/completions request
+  chunk_tokens: int = 64  # generated between checks of the time limit and the client
+
+
+class RequestError(ValueError):
+  """A request the server refuses, with its HTTP status."""
+
+  def __init__(self, code: int, message: str):
+    super().__init__(message)
+    self.code = code
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "k"))
@@ -53,14 +84,33 @@ class ModelServer:
   def encode(self, text: str) -> tuple[list[int], list[int]]:
     return encode(self.lm.tokenizer, text, with_offsets=True)
 
-  def continue_ids(self, seqs: list[list[int]], max_tokens: int, temperature: float,
-                   top_p: float, seed: int) -> list[list[int]]:
-    if max_tokens <= 0:
-      return [[] for _ in seqs]
-    return decoding.generate_ids(self.lm, seqs, max_new_tokens=int(max_tokens),
-                                 eos_ids=self.eos_ids, batch_size=self.batch_size,
-                                 length_multiple=32, seed=seed, temperature=float(temperature),
-                                 top_p=float(top_p))
+  def continue_ids(self, seqs: list[list[int]], *, max_tokens: int, temperature: float,
+                   top_p: float, seed: int, stop: Callable[[], bool] = lambda: False,
+                   limits: Limits | None = None) -> list[list[int]]:
+    """Continuations, `limits.chunk_tokens` at a time: between chunks a request that is past
+    its time limit ends (504) and one whose client went away stops (499)."""
+    limits = limits or Limits()
+    deadline = time.monotonic() + limits.request_timeout_s
+    out: list[list[int]] = [[] for _ in seqs]
+    live = list(range(len(seqs)))
+    step = 0
+    while live and max_tokens > 0:
+      n = min(limits.chunk_tokens, max_tokens - len(out[live[0]]))
+      new = decoding.generate_ids(self.lm, [seqs[i] + out[i] for i in live], max_new_tokens=n,
+                                  eos_ids=self.eos_ids, batch_size=self.batch_size,
+                                  length_multiple=32, seed=seed + step,
+                                  temperature=temperature, top_p=top_p)
+      for i, gen in zip(live, new):
+        out[i] += gen
+      live = [i for i, gen in zip(live, new) if len(gen) == n and gen[-1] not in self.eos_ids
+              and len(out[i]) < max_tokens]
+      step += 1
+      if live and stop():
+        raise RequestError(499, "the client went away")
+      if live and time.monotonic() > deadline:
+        raise RequestError(504, f"generation ran past this server's time limit of "
+                                f"{limits.request_timeout_s:g}s; ask for fewer max_tokens")
+    return out
 
   def logprobs(self, seqs: list[list[int]]) -> list[np.ndarray]:
     return scoring.sequence_logprobs(self.lm, seqs, batch_size=self.batch_size)
@@ -79,24 +129,29 @@ class ModelServer:
 
   # --- endpoints ----------------------------------------------------------
 
-  def completions(self, body: dict[str, Any]) -> dict[str, Any]:
+  def completions(self, body: dict[str, Any], limits: Limits, stop: Callable[[], bool]
+                  ) -> dict[str, Any]:
     prompts = body.get("prompt", "")
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    if not prompts or not all(isinstance(p, str) for p in prompts):
-      raise ValueError("'prompt' must be a string or a list of strings")
+    prompts = [prompts] if isinstance(prompts, str) else prompts
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+      raise RequestError(400, "'prompt' must be a string or a non-empty list of strings")
+    if len(prompts) > limits.max_prompts:
+      raise RequestError(400, f"{len(prompts)} prompts in one request; this server takes at "
+                              f"most {limits.max_prompts}")
+    knobs = _knobs(body, limits, default_max_tokens=16)
     encoded = [self.encode(p) for p in prompts]
-    with self.lock:
-      new = self.continue_ids([e[0] for e in encoded], int(body.get("max_tokens", 16)),
-                              float(body.get("temperature", 1.0)), float(body.get("top_p", 1.0)),
-                              int(body.get("seed", 0)))
-      want_lp = body.get("logprobs") is not None
+    for ids, _ in encoded:
+      self._check_length(ids, knobs["max_tokens"], limits)
+    want_lp = body.get("logprobs") is not None
+    with self._hold(limits, stop):
+      new = self.continue_ids([e[0] for e in encoded], **knobs, stop=stop, limits=limits)
       lps = self.logprobs([e[0] + n for e, n in zip(encoded, new)]) if want_lp else None
     choices = []
     for i, ((ids, offsets), gen) in enumerate(zip(encoded, new)):
       text = self.lm.tokenizer.decode(gen, skip_special_tokens=True)
       choice = {"index": i, "text": (prompts[i] if body.get("echo") else "") + text,
-                "finish_reason": "length" if len(gen) >= int(body.get("max_tokens", 16)) else
-                "stop", "logprobs": None}
+                "finish_reason": "length" if len(gen) >= knobs["max_tokens"] else "stop",
+                "logprobs": None}
       if want_lp:
         all_ids = ids + gen
         gen_offsets, pos = [], len(prompts[i])
@@ -115,21 +170,29 @@ class ModelServer:
             "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_gen,
                       "total_tokens": n_prompt + n_gen}}
 
-  def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+  def chat(self, body: dict[str, Any], limits: Limits, stop: Callable[[], bool]
+           ) -> dict[str, Any]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-      raise ValueError("'messages' must be a non-empty list")
+      raise RequestError(400, "'messages' must be a non-empty list")
+    for i, m in enumerate(messages):
+      if not isinstance(m, dict) or not isinstance(m.get("content"), str) or \
+          m.get("role") not in ("system", "user", "assistant"):
+        raise RequestError(400, f"messages[{i}] must be an object with a 'role' (system, user "
+                                "or assistant) and a string 'content'")
     tok = self.lm.tokenizer
     if getattr(tok, "chat_template", None):
       text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     else:
       text = "\n\n".join(m["content"] for m in messages)
     ids, _ = self.encode(text)
-    max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 256)
-    k = int(body.get("top_logprobs") or 0)
-    with self.lock:
-      gen = self.continue_ids([ids], max_tokens, float(body.get("temperature", 1.0)),
-                              float(body.get("top_p", 1.0)), int(body.get("seed", 0)))[0]
+    if body.get("max_tokens") is None and body.get("max_completion_tokens") is not None:
+      body = dict(body, max_tokens=body["max_completion_tokens"])
+    knobs = _knobs(body, limits, default_max_tokens=min(256, limits.max_tokens))
+    self._check_length(ids, knobs["max_tokens"], limits)
+    k = _int(body, "top_logprobs", 0, 0, 20)
+    with self._hold(limits, stop):
+      gen = self.continue_ids([ids], **knobs, stop=stop, limits=limits)[0]
       content = None
       if body.get("logprobs") and gen:
         lp = self.logprobs([ids + gen])[0][len(ids):]
@@ -141,20 +204,80 @@ class ModelServer:
     return {"object": "chat.completion", "model": self.model_name,
             "choices": [{"index": 0, "message": {"role": "assistant",
                                                  "content": tok.decode(gen, skip_special_tokens=True)},
-                         "finish_reason": "length" if len(gen) >= max_tokens else "stop",
+                         "finish_reason": "length" if len(gen) >= knobs["max_tokens"] else "stop",
                          "logprobs": {"content": content} if content is not None else None}],
             "usage": {"prompt_tokens": len(ids), "completion_tokens": len(gen),
                       "total_tokens": len(ids) + len(gen)}}
 
+  def _check_length(self, ids: list[int], max_tokens: int, limits: Limits) -> None:
+    if len(ids) > limits.max_prompt_tokens:
+      raise RequestError(400, f"the prompt is {len(ids)} tokens; this server takes at most "
+                              f"{limits.max_prompt_tokens}")
+    if len(ids) + max_tokens > self.lm.cfg.max_len:
+      raise RequestError(400, f"{len(ids)} prompt tokens + max_tokens={max_tokens} exceed the "
+                              f"model's context of {self.lm.cfg.max_len} tokens")
+
+  @contextlib.contextmanager
+  def _hold(self, limits: Limits, stop: Callable[[], bool]):
+    """The model, for one request at a time; 503 if it stays busy past the time limit."""
+    if not self.lock.acquire(timeout=limits.request_timeout_s):
+      raise RequestError(503, f"the model stayed busy for {limits.request_timeout_s:g}s; retry")
+    try:
+      if stop():
+        raise RequestError(499, "the client went away")
+      yield
+    finally:
+      self.lock.release()
+
+
+def _int(body: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
+  value = body.get(name, default)
+  if value is None:
+    value = default
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+    raise RequestError(400, f"'{name}' must be an integer, got {json.dumps(value)[:40]}")
+  if not lo <= value <= hi:
+    raise RequestError(400, f"'{name}'={value:g} is outside [{lo}, {hi}] (this server's limit)")
+  return int(value)
+
+
+def _float(body: dict[str, Any], name: str, default: float, lo: float, hi: float) -> float:
+  value = body.get(name, default)
+  if value is None:
+    value = default
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+    raise RequestError(400, f"'{name}' must be a number in [{lo:g}, {hi:g}], "
+                            f"got {json.dumps(value)[:40]}")
+  return float(value)
+
+
+def _knobs(body: dict[str, Any], limits: Limits, default_max_tokens: int) -> dict[str, Any]:
+  return {"max_tokens": _int(body, "max_tokens", default_max_tokens, 0, limits.max_tokens),
+          "temperature": _float(body, "temperature", 1.0, 0.0, 2.0),
+          "top_p": _float(body, "top_p", 1.0, 1e-6, 1.0),
+          "seed": _int(body, "seed", 0, 0, 2**31 - 1)}
+
+
+def _client_gone(sock: socket.socket) -> bool:
+  """True once the client closed its side (readable with nothing to read)."""
+  try:
+    readable, _, _ = select.select([sock], [], [], 0)
+    return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+  except (OSError, ValueError):
+    return True
+
 
 def make_server(model: ModelServer, host: str = "127.0.0.1", port: int = 0,
-                api_key: str = "", delay_s: float = 0.0) -> http.server.ThreadingHTTPServer:
+                api_key: str = "", delay_s: float = 0.0, limits: Limits | None = None
+                ) -> http.server.ThreadingHTTPServer:
   """An HTTP server (not yet serving); `server.server_address` has the bound port."""
+  limits = limits or Limits()
   faults: list[int] = []
   faults_lock = threading.Lock()
 
   class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    timeout = limits.request_timeout_s  # a client that stops sending mid-body is dropped
 
     def log_message(self, fmt, *args):  # quiet; absl logging instead of stderr lines
       logging.debug("serve-target: " + fmt, *args)
@@ -164,8 +287,10 @@ def make_server(model: ModelServer, host: str = "127.0.0.1", port: int = 0,
       self.send_response(code)
       self.send_header("Content-Type", "application/json")
       self.send_header("Content-Length", str(len(data)))
-      if code == 429:
-        self.send_header("Retry-After", "0")
+      if code in (429, 503):
+        self.send_header("Retry-After", "0" if code == 429 else "1")
+      if self.close_connection:
+        self.send_header("Connection", "close")
       self.end_headers()
       self.wfile.write(data)
 
@@ -173,7 +298,10 @@ def make_server(model: ModelServer, host: str = "127.0.0.1", port: int = 0,
       self._send(code, {"error": {"message": message, "code": code}})
 
     def _authorized(self) -> bool:
-      if api_key and self.headers.get("Authorization") != f"Bearer {api_key}":
+      """Checked from the headers alone: a body without the key is never read."""
+      if api_key and not hmac.compare_digest(self.headers.get("Authorization", ""),
+                                             f"Bearer {api_key}"):
+        self.close_connection = True
         self._error(401, "missing or wrong API key")
         return False
       return True
@@ -186,28 +314,51 @@ def make_server(model: ModelServer, host: str = "127.0.0.1", port: int = 0,
       else:
         self._error(404, f"no route {self.path}")
 
-    def do_POST(self):  # noqa: N802
-      length = int(self.headers.get("Content-Length") or 0)
-      raw = self.rfile.read(length)
-      if not self._authorized():
-        return
-      with faults_lock:
-        fault = faults.pop(0) if faults else None
-      if delay_s:
-        time.sleep(delay_s)
-      if fault:
-        self._error(fault, "injected fault")
-        return
-      route = {"/v1/completions": model.completions,
-               "/v1/chat/completions": model.chat}.get(self.path.rstrip("/"))
-      if route is None:
-        self._error(404, f"no route {self.path}")
-        return
+    def _body(self) -> dict[str, Any]:
+      length = self.headers.get("Content-Length")
+      if length is None or not length.strip().isdigit():
+        self.close_connection = True
+        raise RequestError(411 if length is None else 400,
+                           "a numeric Content-Length header is required")
+      if int(length) > limits.max_body_bytes:
+        self.close_connection = True  # the body is not read
+        raise RequestError(413, f"the body is {int(length)} bytes; this server takes at most "
+                                f"{limits.max_body_bytes}")
+      raw = self.rfile.read(int(length))
       try:
         body = json.loads(raw or b"{}")
-        self._send(200, route(body))
-      except (ValueError, KeyError, TypeError) as e:
-        self._error(400, f"bad request: {e}")
+      except RecursionError:
+        raise RequestError(400, "the JSON body is nested too deeply") from None
+      except ValueError as e:
+        raise RequestError(400, f"the body is not JSON: {e}") from None
+      if not isinstance(body, dict):
+        raise RequestError(400, f"the body must be a JSON object, not {type(body).__name__}")
+      return body
+
+    def do_POST(self):  # noqa: N802
+      if not self._authorized():
+        return
+      try:
+        body = self._body()
+        with faults_lock:
+          fault = faults.pop(0) if faults else None
+        if delay_s:
+          time.sleep(delay_s)
+        if fault:
+          raise RequestError(fault, "injected fault")
+        route = {"/v1/completions": model.completions,
+                 "/v1/chat/completions": model.chat}.get(self.path.rstrip("/"))
+        if route is None:
+          raise RequestError(404, f"no route {self.path}")
+        self._send(200, route(body, limits, lambda: _client_gone(self.connection)))
+      except RequestError as e:
+        if e.code != 499:  # nobody is listening for a 499
+          self._error(e.code, str(e))
+        else:
+          self.close_connection = True
+      except Exception as e:  # pylint: disable=broad-except
+        logging.exception("serve-target: request failed")
+        self._error(500, f"internal error: {type(e).__name__}")
 
   server = http.server.ThreadingHTTPServer((host, port), Handler)
   server.daemon_threads = True
