@@ -84,8 +84,9 @@ def train_policy_round(config: ml_collections.ConfigDict, workdir: str, t: int,
   claim_stage(config, workdir, "round", t)
   recs = rewards.expert_filter(recs, config.data.threshold, config.data.top_fraction)
   if not recs:
-    raise ValueError(f"no record of {data_dir(workdir, t - 1)} passes data.threshold="
-                     f"{config.data.threshold}")
+    raise ValueError(f"no record of {data_dir(workdir, t - 1)} passes the expert filter "
+                     f"(data.threshold={config.data.threshold}, data.top_fraction="
+                     f"{config.data.top_fraction}); lower data.threshold")
   cfg, params, tok = policy_init(config)
   tc = dict(config.train)
   if t > 1:
