@@ -14,6 +14,7 @@ from ml_collections.config_dict import placeholder
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0  # query sampling, demo sets, the policy's sampling keys
+  c.progress = True  # tqdm bars with rate and ETA for every long stage (False for logs and CI)
   c.mesh = dict(data=-1, fsdp=1, tensor=1)  # device mesh axis sizes (-1: the rest)
 
   c.target = dict(
@@ -111,8 +112,7 @@ def get_config() -> ml_collections.ConfigDict:
       finetune_lr=1e-4,  # rounds >= 2: learning rate
       finetune_epochs=20,  # rounds >= 2: epochs
       log_every=50,  # steps between metric logs
-      checkpoint_every=500,  # steps between resumable checkpoints
-      progress=True)  # tqdm bars (False for logs and CI)
+      checkpoint_every=500)  # steps between resumable checkpoints
 
   c.sample = dict(
       target_return=100.0,  # R*: the return the policy is conditioned on
@@ -150,6 +150,15 @@ def get_config() -> ml_collections.ConfigDict:
       max_body_bytes=1_000_000,  # largest request body
       request_timeout_s=60.0,  # longest a request may hold the model
       max_prompt_tokens=2048)  # longest prompt one request may send
+
+  c.optimize = dict(  # --mode=optimize: the policy's prompts for your own queries
+      input="",  # queries: .jsonl, .csv (with a header row) or .txt (one per line)
+      field="query",  # the JSONL/CSV field with the query (tasks with several fields: theirs)
+      output="",  # JSONL to write ("" : <workdir>/optimized.jsonl); a rerun continues it
+      round=0,  # policy round (0: the last finished)
+      num_samples=0,  # 0: the greedy prompt; N: N prompts from the collection sampler
+      answer=False,  # also the target's answer with each prompt (through the cache)
+      batch_size=32)  # queries per written batch
 
   c.generate = dict(  # --mode=generate
       questions=("What is the capital of France?",),  # questions to answer

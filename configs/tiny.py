@@ -20,7 +20,8 @@ def get_config():
   c.data.update(num_queries=8, num_demo_sets=3, num_demos=4)
   c.policy.update(name="random", preset="tiny-llama", tokenizer="smollm2")
   c.train.update(epochs=3, decay_every_epochs=1, batch_size=8, query_len=16, prompt_len=18,
-                 finetune_epochs=2, log_every=10, checkpoint_every=200, progress=False)
+                 finetune_epochs=2, log_every=10, checkpoint_every=200)
+  c.progress = False
   c.sample.update(batch_size=8)
   c.loop.update(num_loops=2, collect_batches=1, collect_queries=8)
   c.eval.update(num_queries=8, num_demo_sets=3, num_demos=4, max_new_tokens=128)

@@ -23,6 +23,7 @@ import numpy as np
 from qpo_jax.eval_cache import EvalCache, cache_key
 from qpo_jax.rewards import outcome_accuracy
 from qpo_jax.tasks.base import CHOICE, Example, Task, demos_id, extract_answer, numbers_equal
+from qpo_jax.utils import progress_bar
 
 ZERO_SHOT, FEW_SHOT = "zero_shot", "few_shot"
 SETTINGS = (ZERO_SHOT, FEW_SHOT)
@@ -57,6 +58,7 @@ def _calls(task: Task, target, pairs, setting: str, demo_sets) -> list[list[_Cal
 
 def _run_missing(task: Task, target, calls: Sequence[_Call], cache: EvalCache, chunk: int,
                  max_new_tokens: int) -> None:
+  bar = progress_bar(total=len(calls), desc="target calls", unit="call", leave=False)
   for start in range(0, len(calls), chunk):
     part = calls[start:start + chunk]
     if task.kind == CHOICE:
@@ -70,7 +72,9 @@ def _run_missing(task: Task, target, calls: Sequence[_Call], cache: EvalCache, c
       prompt_tokens = sum(g.prompt_tokens for g in gens)
       generated = sum(g.generated_tokens for g in gens)
     cache.put_many(results, target.identity, len(part), int(prompt_tokens), int(generated))
-    logging.info("evaluated %d/%d new target calls", start + len(part), len(calls))
+    bar.update(len(part))
+    logging.debug("evaluated %d/%d new target calls", start + len(part), len(calls))
+  bar.close()
 
 
 def _outcome(task: Task, ex: Example, raw: dict[str, Any]) -> dict[str, Any]:
@@ -108,6 +112,24 @@ def evaluate_pairs(task: Task, target, pairs: Sequence[tuple[Example, str]], *,
       correct = [o["correct"] for o in per_set]
       outcomes.append({"acc_q": float(np.mean(correct)), "correct": correct})
   return outcomes
+
+
+def raw_results(task: Task, target, pairs: Sequence[tuple[Example, str]], *,
+                cache: EvalCache | None = None, chunk: int = 256,
+                max_new_tokens: int = 256) -> list[dict[str, Any]]:
+  """The target's zero-shot result per pair (option NLLs, or response), through the cache.
+
+  For queries without a gold answer (a user's own); `evaluate_pairs` scores them.
+  """
+  cache = cache if cache is not None else EvalCache(None)
+  calls = [row[0] for row in _calls(task, target, pairs, ZERO_SHOT, ())]
+  have = cache.get_many(list({c.key for c in calls}))
+  missing = list({c.key: c for c in calls if c.key not in have}.values())
+  if missing:
+    missing.sort(key=lambda c: (c.group, len(c.text)))
+    _run_missing(task, target, missing, cache, chunk, max_new_tokens)
+    have.update(cache.get_many([c.key for c in missing]))
+  return [have[c.key] for c in calls]
 
 
 def accuracy(outcomes: Sequence[dict[str, Any]]) -> float:

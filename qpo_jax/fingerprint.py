@@ -31,7 +31,7 @@ NEUTRAL = frozenset({
     "target.batch_size", "target.length_multiple", "target.concurrency", "target.max_retries",
     "target.timeout_s", "target.api_key_env",
     "data.inspect", "data.records_per_shard", "data.prompts_per_chunk",
-    "train.progress", "train.log_every", "train.checkpoint_every", "train.round",
+    "progress", "train.log_every", "train.checkpoint_every", "train.round",
     "sample.batch_size", "loop.num_loops"})
 FILTER = ("data.threshold", "data.top_fraction")  # applied when a round draws its data
 _UNSET = "<unset>"

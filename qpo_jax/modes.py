@@ -12,7 +12,7 @@ import ml_collections
 
 import numpy as np
 
-from qpo_jax import decoding, evaluation, loop, report, sharding
+from qpo_jax import decoding, evaluation, loop, optimize, report, sharding
 from qpo_jax.eval_cache import EvalCache
 from qpo_jax.models.registry import load_model
 from qpo_jax.targets import build_target
@@ -21,7 +21,7 @@ from qpo_jax.store import dataset, inspect
 from qpo_jax.targets.server import Limits, ModelServer, make_server
 from qpo_jax.tasks import base as task_base
 from qpo_jax.tasks import load_splits
-from qpo_jax.utils import atomic_write_text
+from qpo_jax.utils import atomic_write_text, show_progress
 
 
 def generate_answers(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -185,6 +185,7 @@ MODES: dict[str, Callable[[ml_collections.ConfigDict, str], object]] = {
     "sample_prompts": sample_prompts,
     "evaluate": evaluate,
     "loop": run_loop,
+    "optimize": optimize.optimize,
 }
 
 
@@ -192,5 +193,6 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str):
   if mode not in MODES:
     raise ValueError(f"--mode={mode!r} is not one of {sorted(MODES)}")
   loop.validate(config)  # before any model is loaded or any byte written
+  show_progress(config.progress)
   rounds.check_workdir(config, workdir)  # a stage made with other settings stops the run here
   return MODES[mode](config, workdir)

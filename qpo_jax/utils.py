@@ -185,3 +185,19 @@ def exit_on_write_failure(fn: Callable[[], Any]) -> Any:
                      "--workdir), then rerun the same command: it resumes.\n")
     sys.stderr.flush()
     os._exit(1)  # pylint: disable=protected-access
+
+
+_PROGRESS = {"show": True}
+
+
+def show_progress(show: bool) -> None:
+  """Turns every stage's progress bar on or off (config `progress`; off for logs and CI)."""
+  _PROGRESS["show"] = bool(show)
+
+
+def progress_bar(total: int, desc: str, unit: str, initial: int = 0, leave: bool = True):
+  """A tqdm bar with rate and ETA on stderr, unless `show_progress(False)`."""
+  import tqdm  # pylint: disable=g-import-not-at-top
+
+  return tqdm.tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True,
+                   leave=leave, disable=not _PROGRESS["show"])

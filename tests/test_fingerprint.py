@@ -71,7 +71,7 @@ def test_changed_training_stops_the_round_and_every_mode(copied_run):
 
 def test_neutral_changes_and_more_loops_reuse_the_run(copied_run, tiny_run):
   config = _tiny()
-  config.train.log_every, config.train.progress, config.target.batch_size = 3, True, 4
+  config.train.log_every, config.progress, config.target.batch_size = 3, True, 4
   config.data.records_per_shard = 7
   got = loop.run_loop(config, copied_run)
   assert got["methods"] == tiny_run[1]["methods"]

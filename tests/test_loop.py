@@ -122,7 +122,7 @@ def test_every_mode_checks_the_config_first(tmp_path, mode):
 
 
 QUICK_SMALL = ["--config.data.num_queries=8", "--config.data.top_fraction=0.25",
-               "--config.train.epochs=1", "--config.train.progress=False",
+               "--config.train.epochs=1", "--config.progress=False",
                "--config.loop.num_loops=1",
                "--config.loop.collect_batches=1", "--config.loop.collect_queries=8",
                "--config.eval.num_queries=8"]

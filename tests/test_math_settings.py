@@ -28,7 +28,8 @@ def _config(task, tok_dir, **data):
   # a random target answers nothing right: no expert filter, so that 8 queries x 6 prompts
   # = 48 records train, one epoch being one step (the filter is tested in test_rewards)
   config.data.update(num_queries=8, max_new_tokens=8, threshold=None, top_fraction=None, **data)
-  config.train.update(batch_size=48, epochs=1, progress=False)
+  config.train.update(batch_size=48, epochs=1)
+  config.progress = False
   return config
 
 

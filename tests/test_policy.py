@@ -19,7 +19,7 @@ TC = dict(config_module(os.path.join(os.path.dirname(os.path.dirname(os.path.abs
                                      "configs", "base.py")).get_config().train,
           learning_rate=3e-3, schedule="step", decay_every_epochs=1000, decay_rate=0.65,
           grad_clip=1.0, weight_decay=1e-4, epochs=2, batch_size=8, query_len=10, prompt_len=8,
-          log_every=1, checkpoint_every=1000, progress=False, pad_multiple=0)
+          log_every=1, checkpoint_every=1000, pad_multiple=0)
 
 
 def _batch(seed=0, b=8, lq=6, lp=5):

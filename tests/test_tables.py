@@ -109,7 +109,7 @@ def test_table_script_runs_a_paper_setting_end_to_end(tmp_path, smollm2_tokenize
       "policy.tokenizer_path": tok_dir, "data.num_queries": "6",
       "data.prompt_sources": "('manual', 'generic_instruction')", "train.epochs": "2",
       "train.finetune_epochs": "1", "train.batch_size": "8", "train.query_len": "16",
-      "train.prompt_len": "48", "train.progress": "False", "sample.batch_size": "8",
+      "train.prompt_len": "48", "progress": "False", "sample.batch_size": "8",
       "loop.num_loops": "1", "loop.collect_batches": "1", "loop.collect_queries": "8",
       "eval.num_queries": "8",
       # a random target answers nothing right: keep every record for training

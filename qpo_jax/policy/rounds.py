@@ -12,6 +12,7 @@ workdir is never reused with settings it was not made with.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -101,15 +102,51 @@ def train_policy_round(config: ml_collections.ConfigDict, workdir: str, t: int,
                              started=started)
 
 
+@dataclasses.dataclass(frozen=True)
+class PromptSampler:
+  """A trained round's policy, loaded once, and the config's sampling settings."""
+
+  cfg: Any
+  params: Any
+  tokenizer: Any
+  sample: ml_collections.ConfigDict
+  query_len: int
+  prompt_len: int
+
+  def __call__(self, queries: Sequence[str], *, collect: bool, seed: int,
+               num_samples: int | None = None, first_index: int = 0) -> list[list[str]]:
+    """Greedy prompts (test) or the collection sampler's `num_samples` per query."""
+    sc = self.sample
+    knobs = dict(sc.collect) if collect else dict(sc.test)
+    n = (num_samples or sc.num_samples) if collect else 1
+    return sampling.sample_prompts(self.cfg, self.params, self.tokenizer, list(queries),
+                                   target_return=sc.target_return, query_len=self.query_len,
+                                   prompt_len=self.prompt_len, seed=seed, num_samples=n,
+                                   batch_size=sc.batch_size, first_index=first_index, **knobs)
+
+
+def finished_rounds(workdir: str) -> list[int]:
+  """Rounds whose training finished (their `final` marker exists), ascending."""
+  base = os.path.join(workdir, "policy")
+  names = os.listdir(base) if os.path.isdir(base) else []
+  return sorted(int(n.split("_")[1]) for n in names if re.fullmatch(r"round_\d+", n)
+                and os.path.exists(os.path.join(base, n, "final")))
+
+
+def prompt_sampler(config: ml_collections.ConfigDict, workdir: str, t: int) -> PromptSampler:
+  """Round t's policy (checked against the config's fingerprint) as a PromptSampler."""
+  if not os.path.exists(os.path.join(round_dir(workdir, t), "final")):
+    raise FileNotFoundError(f"policy round {t} has not finished training in "
+                            f"{round_dir(workdir, t)}; finished rounds: "
+                            f"{finished_rounds(workdir) or 'none'}")
+  claim_stage(config, workdir, "round", t, record=False)
+  cfg, params, tok = policy_init(config)
+  params = trainer.load_final_params(round_dir(workdir, t), params)
+  return PromptSampler(cfg, params, tok, config.sample, config.train.query_len,
+                       config.train.prompt_len)
+
+
 def policy_prompts(config: ml_collections.ConfigDict, workdir: str, t: int, queries: Sequence[str],
                    *, collect: bool, seed: int) -> list[list[str]]:
   """Prompts of round t's policy: greedy for test, the collection sampler for collection."""
-  cfg, params, tok = policy_init(config)
-  params = trainer.load_final_params(round_dir(workdir, t), params)
-  sc = config.sample
-  knobs = dict(sc.collect) if collect else dict(sc.test)
-  return sampling.sample_prompts(cfg, params, tok, list(queries), target_return=sc.target_return,
-                                 query_len=config.train.query_len,
-                                 prompt_len=config.train.prompt_len, seed=seed,
-                                 num_samples=sc.num_samples if collect else 1,
-                                 batch_size=sc.batch_size, **knobs)
+  return prompt_sampler(config, workdir, t)(queries, collect=collect, seed=seed)

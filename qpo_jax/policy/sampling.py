@@ -21,6 +21,7 @@ from qpo_jax.models.config import ModelConfig
 from qpo_jax.models.transformer import init_cache
 from qpo_jax.policy.model import PromptDT
 from qpo_jax.store.pipeline import tokenize
+from qpo_jax.utils import progress_bar
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_len", "temperature", "top_k", "top_p"))
@@ -60,21 +61,25 @@ def sample(cfg: ModelConfig, params, returns: jax.Array, query: jax.Array, query
 def sample_prompts(cfg: ModelConfig, params, tokenizer, queries: Sequence[str], *,
                    target_return: float, query_len: int, prompt_len: int, seed: int,
                    num_samples: int = 1, batch_size: int = 16, temperature: float = 0.0,
-                   top_k: int = 0, top_p: float = 1.0) -> list[list[str]]:
+                   top_k: int = 0, top_p: float = 1.0, first_index: int = 0) -> list[list[str]]:
   """`num_samples` prompts per query (texts), conditioned on `target_return`.
 
   Row keys come from (seed, query index, sample index), so a query's prompts do
-  not depend on the batch it lands in; greedy decoding ignores them.
+  not depend on the batch it lands in; greedy decoding ignores them. The queries
+  are numbered from `first_index` (a caller going through a long list in parts
+  gets the same prompts as one call over all of it).
   """
   rows = [(i, s) for i in range(len(queries)) for s in range(num_samples)]
   ids, mask = tokenize(tokenizer, list(queries), query_len, append_eos=False)
   pad = decoding.pad_id(tokenizer)
   eos = jnp.asarray([tokenizer.eos_token_id], jnp.int32)
   out: list[list[str]] = [[] for _ in queries]
+  bar = progress_bar(total=len(rows), desc="policy prompts", unit="prompt", leave=False)
   for start in range(0, len(rows), batch_size):
     chunk = rows[start:start + batch_size]
     index = np.array([i for i, _ in chunk] + [0] * (batch_size - len(chunk)))
-    row_ids = np.array([i * num_samples + s for i, s in chunk] + [0] * (batch_size - len(chunk)))
+    row_ids = np.array([(first_index + i) * num_samples + s for i, s in chunk]
+                       + [0] * (batch_size - len(chunk)))
     keys = decoding.row_keys(seed, row_ids)
     tokens, lengths = sample(cfg, params, jnp.full((batch_size,), target_return, jnp.float32),
                              jnp.asarray(ids[index]), jnp.asarray(mask[index]), keys, eos, pad,
@@ -83,4 +88,6 @@ def sample_prompts(cfg: ModelConfig, params, tokenizer, queries: Sequence[str], 
     tokens, lengths = np.asarray(tokens), np.asarray(lengths)
     for r, (i, _) in enumerate(chunk):
       out[i].append(tokenizer.decode(tokens[r, :lengths[r]], skip_special_tokens=True))
+    bar.update(len(chunk))
+  bar.close()
   return out

@@ -20,14 +20,13 @@ from typing import Any, Mapping, Sequence
 from absl import logging
 import jax
 import orbax.checkpoint as ocp
-import tqdm
 
 from qpo_jax.models.config import ModelConfig
 from qpo_jax.policy import train
 from qpo_jax.rewards import Normalizer
 from qpo_jax.store.pipeline import Batches
 from qpo_jax.store.records import Record
-from qpo_jax.utils import atomic_write_text, peak_memory_gb
+from qpo_jax.utils import atomic_write_text, peak_memory_gb, progress_bar
 
 
 def _trim_metrics(path: str, last_step: int) -> None:
@@ -83,8 +82,8 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, recs: Sequen
   log_every = int(tc["log_every"])
   ckpt_every = int(tc["checkpoint_every"])
   start_step = int(state.step)
-  bar = tqdm.tqdm(total=total, initial=start_step, desc=os.path.basename(round_dir), unit="step",
-                  disable=not tc["progress"])
+  bar = progress_bar(total=total, initial=start_step, desc=os.path.basename(round_dir),
+                     unit="step")
   t0 = time.time()
   try:
     with open(metrics_path, "a") as log:

@@ -34,7 +34,7 @@ from qpo_jax.store.records import Record, record_from_outcome
 from qpo_jax.store.tfrecord import CorruptRecordError, file_sha256, write_records
 from qpo_jax.store import records as records_lib
 from qpo_jax.tasks.base import Example, Task
-from qpo_jax.utils import atomic_write_text, read_json
+from qpo_jax.utils import atomic_write_text, progress_bar, read_json
 
 
 def query_assignment(num_queries: int, num_prompts: int, per_query: int, seed: int
@@ -118,6 +118,8 @@ def build_initial_dataset(directory: str, task: Task, target, queries: Sequence[
   recs: list[Record] = []
   assigned = query_assignment(len(queries), len(prompts), prompts_per_query, seed)
   grid = [(p, [queries[i] for i in qs]) for p, qs in zip(prompts, assigned)]
+  bar = progress_bar(total=sum(len(qs) for _, qs in grid) * len(settings), desc="D_0",
+                     unit="pair")
   for setting in settings:
     for index, start in enumerate(range(0, len(prompts), prompts_per_chunk)):
       path = _chunk_path(partial, setting, index)
@@ -125,6 +127,7 @@ def build_initial_dataset(directory: str, task: Task, target, queries: Sequence[
       done = _finished_chunk(path, expected)
       if done is not None:
         recs += done
+        bar.update(expected)
         continue
       chunk = evaluate_records(task, target, grid[start:start + prompts_per_chunk],
                                setting=setting, demo_sets=demo_sets, cache=cache,
@@ -133,8 +136,10 @@ def build_initial_dataset(directory: str, task: Task, target, queries: Sequence[
       count, sha256 = write_records(path, (records_lib.to_example(r) for r in chunk))
       atomic_write_text(path + ".json", json.dumps({"count": count, "sha256": sha256}))
       recs += dataset.read_shard(path)  # as stored (float32), the same as a resumed run sees
+      bar.update(expected)
       logging.info("D_0 %s: %d of %d prompts done", setting, min(start + prompts_per_chunk,
                                                                   len(prompts)), len(prompts))
+  bar.close()
   normalizer = rewards.Normalizer.fit(r.reward for r in recs)
   manifest = dataset.write_dataset(
       directory, recs, normalizer=normalizer,

@@ -1,0 +1,207 @@
+"""`--mode=optimize`: a trained policy's prompts for your own queries, written as JSONL.
+
+Input: a .jsonl file (one object per line), a .csv file with a header row, or a
+.txt file (one query per line). A single-field task (tweet_emotion, ag_news,
+imdb, the math tasks) reads the query from `optimize.field`; a task with
+several fields (boolq, cosmos_qa, hellaswag) reads each of its fields by name
+(and `options` for per-query answer options). A bad row (invalid JSON, a field
+missing or not text) is reported with file and line and skipped; the count is
+printed at the end.
+
+Output: one JSON object per input row, in input order: its `line`, the query's
+`fields`, the `prompt` (greedy, or the first of `prompts` when
+`optimize.num_samples` draws N with the collection sampler) and, with
+`optimize.answer`, the target's `answer` for each prompt (through the workdir's
+evaluation cache, so a rerun costs nothing). Rows are appended batch by batch
+and fsynced; a rerun continues at the first row that is not there (a line cut
+by a kill is dropped and redone), and sampled prompts do not depend on where
+a run was cut.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+from typing import Any, Iterator
+
+from absl import logging
+import ml_collections
+import numpy as np
+
+from qpo_jax import evaluation
+from qpo_jax.eval_cache import EvalCache
+from qpo_jax.policy import rounds
+from qpo_jax.tasks import CHOICE, Example, Task, get_task
+from qpo_jax.utils import progress_bar
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  line: int  # 1-based line of the input file
+  example: Example
+
+
+def _fields(task: Task, raw: dict[str, Any], field: str) -> dict[str, str]:
+  keys = [k for k, _ in task.field_names]
+  if len(keys) == 1:
+    names = {keys[0]: field}
+  else:
+    names = {k: k for k in keys}
+  out = {}
+  for ours, theirs in names.items():
+    value = raw.get(theirs)
+    if not isinstance(value, str) or not value.strip():
+      raise ValueError(f"field {theirs!r} is missing, empty or not text (has {sorted(raw)})")
+    out[ours] = value.strip()
+  return out
+
+
+def _raw_rows(path: str) -> Iterator[tuple[int, Any]]:
+  """(line, raw row or the Exception that reading it raised) for every data line."""
+  ext = os.path.splitext(path)[1].lower()
+  with open(path, newline="" if ext == ".csv" else None, encoding="utf-8") as f:
+    if ext == ".csv":
+      reader = csv.DictReader(f)
+      for row in reader:
+        yield reader.line_num, row
+    elif ext in (".jsonl", ".json"):
+      for line, text in enumerate(f, 1):
+        if text.strip():
+          try:
+            yield line, json.loads(text)
+          except ValueError as e:
+            yield line, ValueError(f"not JSON: {e}")
+    elif ext == ".txt":
+      for line, text in enumerate(f, 1):
+        if text.strip():
+          yield line, {"__text__": text.rstrip("\n")}
+    else:
+      raise ValueError(f"optimize.input={path!r}: use a .jsonl, .csv or .txt file")
+
+
+def read_queries(task: Task, path: str, field: str) -> tuple[list[Row], list[str]]:
+  """The good rows of `path` as Examples, and one message per bad row (file:line: why)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"optimize.input={path!r} is not a file")
+  txt = path.lower().endswith(".txt")
+  if txt and len(task.field_names) > 1:
+    raise ValueError(f"optimize.input={path!r}: task {task.name!r} has several fields "
+                     f"{[k for k, _ in task.field_names]}; give them in a .jsonl or .csv file")
+  rows, bad = [], []
+  for line, raw in _raw_rows(path):
+    try:
+      if isinstance(raw, Exception):
+        raise raw
+      if not isinstance(raw, dict):
+        raise ValueError(f"expected a JSON object, got {type(raw).__name__}")
+      fields = _fields(task, raw, "__text__" if txt else field)
+      options = ()
+      if task.kind == CHOICE and not task.verbalizers:
+        options = raw.get("options")
+        if not isinstance(options, list) or not options or \
+            not all(isinstance(o, str) for o in options):
+          raise ValueError("this task needs 'options', a list of answer texts")
+        options = tuple(options)
+      rows.append(Row(line, Example(uid=f"{os.path.basename(path)}:{line}", fields=fields,
+                                    options=options)))
+    except ValueError as e:
+      bad.append(f"{path}:{line}: {e}")
+  return rows, bad
+
+
+def _done_lines(path: str) -> set[int]:
+  """Lines already written to the output; a last line cut by a kill is removed."""
+  if not os.path.exists(path):
+    return set()
+  with open(path, "rb") as f:
+    data = f.read()
+  keep = data[:data.rfind(b"\n") + 1]
+  if len(keep) != len(data):
+    logging.warning("%s: dropping a last line cut short (%d bytes)", path, len(data) - len(keep))
+    with open(path, "r+b") as f:
+      f.truncate(len(keep))
+  return {json.loads(ln)["line"] for ln in keep.decode("utf-8").splitlines() if ln.strip()}
+
+
+def _contiguous(batch: list[Row], index: dict[int, int]) -> Iterator[list[Row]]:
+  """The batch cut into runs of consecutive input rows."""
+  run: list[Row] = []
+  for r in batch:
+    if run and index[r.line] != index[run[-1].line] + 1:
+      yield run
+      run = []
+    run.append(r)
+  if run:
+    yield run
+
+
+def _answers(task: Task, target, pairs: list[tuple[Example, str]], cache: EvalCache,
+             max_new_tokens: int) -> list[str]:
+  """The target's answer for each (query, prompt): its likeliest option, or its response."""
+  raw = evaluation.raw_results(task, target, pairs, cache=cache, max_new_tokens=max_new_tokens)
+  if task.kind == CHOICE:
+    return [task.options(ex)[int(np.argmin(r["nll"]))] for (ex, _), r in zip(pairs, raw)]
+  return [r["response"] for r in raw]
+
+
+def optimize(config: ml_collections.ConfigDict, workdir: str, target=None) -> dict[str, Any]:
+  """Prompts (and answers) for the queries in `optimize.input`; see the module docstring."""
+  oc = config.optimize
+  if not oc.input:
+    raise ValueError("--mode=optimize needs --config.optimize.input=<.jsonl, .csv or .txt>")
+  task = get_task(config.task.name)
+  rows, bad = read_queries(task, os.path.expanduser(oc.input), oc.field)
+  for message in bad:
+    logging.warning("skipped %s", message)
+  t = oc.round or (rounds.finished_rounds(workdir) or [0])[-1]
+  if not t:
+    raise FileNotFoundError(f"no trained policy in {workdir}/policy; run the loop or "
+                            "--mode=train_policy first")
+  out_path = os.path.expanduser(oc.output) or os.path.join(workdir, "optimized.jsonl")
+  done = _done_lines(out_path)
+  todo = [r for r in rows if r.line not in done]
+  index = {r.line: i for i, r in enumerate(rows)}
+  sampler = rounds.prompt_sampler(config, workdir, t)
+  cache = None
+  if oc.answer:
+    from qpo_jax.targets import build_target  # pylint: disable=g-import-not-at-top
+    from qpo_jax import sharding  # pylint: disable=g-import-not-at-top
+
+    target = target or build_target(config.target, mesh=sharding.make_mesh(config.mesh))
+    cache = EvalCache(os.path.join(workdir, "eval_cache.sqlite"))
+  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+  bar = progress_bar(total=len(rows), initial=len(rows) - len(todo), desc="optimize",
+                     unit="query")
+  with open(out_path, "a", encoding="utf-8") as out:
+    for start in range(0, len(todo), oc.batch_size):
+      batch = todo[start:start + oc.batch_size]
+      prompts = []
+      for run in _contiguous(batch, index):  # a query's samples depend on its index only
+        prompts += sampler([r.example.query for r in run], collect=oc.num_samples > 0,
+                           seed=config.seed, num_samples=oc.num_samples or None,
+                           first_index=index[run[0].line])
+      answers = None
+      if oc.answer:
+        pairs = [(r.example, p) for r, ps in zip(batch, prompts) for p in ps]
+        flat = iter(_answers(task, target, pairs, cache, config.eval.max_new_tokens))
+        answers = [[next(flat) for _ in ps] for ps in prompts]
+      for k, (r, ps) in enumerate(zip(batch, prompts)):
+        rec = {"line": r.line, "fields": dict(r.example.fields), "prompt": ps[0]}
+        if oc.num_samples:
+          rec["prompts"] = ps
+        if answers is not None:
+          rec["answer"] = answers[k][0]
+          if oc.num_samples:
+            rec["answers"] = answers[k]
+        out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+      out.flush()
+      os.fsync(out.fileno())
+      bar.update(len(batch))
+  bar.close()
+  summary = {"output": out_path, "rows": len(rows), "written_now": len(todo),
+             "skipped": len(bad), "round": t}
+  print(f"optimize: {len(rows)} queries ({len(todo)} new) -> {out_path}; policy round {t}; "
+        f"skipped {len(bad)} bad rows" + (f" (first: {bad[0]})" if bad else ""), flush=True)
+  return summary
