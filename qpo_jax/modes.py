@@ -17,10 +17,11 @@ from qpo_jax.eval_cache import EvalCache
 from qpo_jax.models.registry import load_model
 from qpo_jax.targets import build_target
 from qpo_jax.policy import rounds
+from qpo_jax.policy.serve import PolicyServer
 from qpo_jax.store import dataset, inspect
 from qpo_jax.targets.server import Limits, ModelServer, make_server
 from qpo_jax.tasks import base as task_base
-from qpo_jax.tasks import load_splits
+from qpo_jax.tasks import get_task, load_splits
 from qpo_jax.utils import atomic_write_text, show_progress
 
 
@@ -83,19 +84,16 @@ def evaluate_prompts(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return result
 
 
-def serve_target(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Serves `config.target` (a local model) over an OpenAI-compatible API until interrupted."""
-  del workdir
-  lm = load_model(config.target)
+def _serve(config: ml_collections.ConfigDict, model, what: str) -> None:
+  """Serves `model`'s routes on config.serve (with its bounds) until interrupted."""
   serve = config.serve
   key = os.environ.get(serve.api_key_env, "") if serve.api_key_env else ""
   limits = Limits(max_tokens=serve.max_tokens, max_body_bytes=serve.max_body_bytes,
                   request_timeout_s=serve.request_timeout_s,
                   max_prompt_tokens=serve.max_prompt_tokens)
-  server = make_server(ModelServer(lm, config.target.name), serve.host, serve.port, api_key=key,
-                       limits=limits)
+  server = make_server(model, serve.host, serve.port, api_key=key, limits=limits)
   host, port = server.server_address[:2]
-  print(f"serving {config.target.name} at http://{host}:{port}/v1"
+  print(f"serving {what} at http://{host}:{port}/v1"
         f"{' (API key required)' if key else ''}; Ctrl-C stops", flush=True)
   try:
     server.serve_forever()
@@ -103,6 +101,24 @@ def serve_target(config: ml_collections.ConfigDict, workdir: str) -> None:
     pass
   finally:
     server.server_close()
+
+
+def serve_target(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Serves `config.target` (a local model) over an OpenAI-compatible API until interrupted."""
+  del workdir
+  _serve(config, ModelServer(load_model(config.target), config.target.name), config.target.name)
+
+
+def serve_policy(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """The trained policy as a prompt-optimising proxy in front of `config.target` (policy/serve.py).
+
+  Uses round `optimize.round` (0: the last finished).
+  """
+  sampler = rounds.prompt_sampler(config, workdir, config.optimize.round)
+  target = build_target(config.target, mesh=sharding.make_mesh(config.mesh))
+  proxy = PolicyServer(sampler, get_task(config.task.name), target,
+                       f"qpo-{config.task.name}-round{sampler.round}")
+  _serve(config, proxy, f"QPO policy round {sampler.round} in front of {config.target.name}")
 
 
 def build_data(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -178,6 +194,7 @@ MODES: dict[str, Callable[[ml_collections.ConfigDict, str], object]] = {
     "generate": generate_answers,
     "evaluate_prompts": evaluate_prompts,
     "serve_target": serve_target,
+    "serve_policy": serve_policy,
     "build_data": build_data,
     "inspect_data": inspect_data,
     "train_policy": train_policy,

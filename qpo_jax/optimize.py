@@ -155,15 +155,11 @@ def optimize(config: ml_collections.ConfigDict, workdir: str, target=None) -> di
   rows, bad = read_queries(task, os.path.expanduser(oc.input), oc.field)
   for message in bad:
     logging.warning("skipped %s", message)
-  t = oc.round or (rounds.finished_rounds(workdir) or [0])[-1]
-  if not t:
-    raise FileNotFoundError(f"no trained policy in {workdir}/policy; run the loop or "
-                            "--mode=train_policy first")
   out_path = os.path.expanduser(oc.output) or os.path.join(workdir, "optimized.jsonl")
   done = _done_lines(out_path)
   todo = [r for r in rows if r.line not in done]
   index = {r.line: i for i, r in enumerate(rows)}
-  sampler = rounds.prompt_sampler(config, workdir, t)
+  sampler = rounds.prompt_sampler(config, workdir, oc.round)
   cache = None
   if oc.answer:
     from qpo_jax.targets import build_target  # pylint: disable=g-import-not-at-top
@@ -201,7 +197,8 @@ def optimize(config: ml_collections.ConfigDict, workdir: str, target=None) -> di
       bar.update(len(batch))
   bar.close()
   summary = {"output": out_path, "rows": len(rows), "written_now": len(todo),
-             "skipped": len(bad), "round": t}
-  print(f"optimize: {len(rows)} queries ({len(todo)} new) -> {out_path}; policy round {t}; "
+             "skipped": len(bad), "round": sampler.round}
+  print(f"optimize: {len(rows)} queries ({len(todo)} new) -> {out_path}; policy round "
+        f"{sampler.round}; "
         f"skipped {len(bad)} bad rows" + (f" (first: {bad[0]})" if bad else ""), flush=True)
   return summary

@@ -112,6 +112,7 @@ class PromptSampler:
   sample: ml_collections.ConfigDict
   query_len: int
   prompt_len: int
+  round: int
 
   def __call__(self, queries: Sequence[str], *, collect: bool, seed: int,
                num_samples: int | None = None, first_index: int = 0) -> list[list[str]]:
@@ -134,7 +135,12 @@ def finished_rounds(workdir: str) -> list[int]:
 
 
 def prompt_sampler(config: ml_collections.ConfigDict, workdir: str, t: int) -> PromptSampler:
-  """Round t's policy (checked against the config's fingerprint) as a PromptSampler."""
+  """Round t's policy (0: the last finished), checked against the config's fingerprint."""
+  if t == 0:
+    if not finished_rounds(workdir):
+      raise FileNotFoundError(f"no trained policy in {os.path.join(workdir, 'policy')}; run "
+                              "the loop or --mode=train_policy first")
+    t = finished_rounds(workdir)[-1]
   if not os.path.exists(os.path.join(round_dir(workdir, t), "final")):
     raise FileNotFoundError(f"policy round {t} has not finished training in "
                             f"{round_dir(workdir, t)}; finished rounds: "
@@ -143,7 +149,7 @@ def prompt_sampler(config: ml_collections.ConfigDict, workdir: str, t: int) -> P
   cfg, params, tok = policy_init(config)
   params = trainer.load_final_params(round_dir(workdir, t), params)
   return PromptSampler(cfg, params, tok, config.sample, config.train.query_len,
-                       config.train.prompt_len)
+                       config.train.prompt_len, t)
 
 
 def policy_prompts(config: ml_collections.ConfigDict, workdir: str, t: int, queries: Sequence[str],

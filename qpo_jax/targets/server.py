@@ -26,6 +26,7 @@ import functools
 import hmac
 import http.server
 import json
+import math
 import select
 import socket
 import threading
@@ -129,6 +130,9 @@ class ModelServer:
 
   # --- endpoints ----------------------------------------------------------
 
+  def routes(self) -> dict[str, Callable[..., dict[str, Any]]]:
+    return {"/v1/completions": self.completions, "/v1/chat/completions": self.chat}
+
   def completions(self, body: dict[str, Any], limits: Limits, stop: Callable[[], bool]
                   ) -> dict[str, Any]:
     prompts = body.get("prompt", "")
@@ -138,12 +142,12 @@ class ModelServer:
     if len(prompts) > limits.max_prompts:
       raise RequestError(400, f"{len(prompts)} prompts in one request; this server takes at "
                               f"most {limits.max_prompts}")
-    knobs = _knobs(body, limits, default_max_tokens=16)
+    knobs = request_knobs(body, limits, default_max_tokens=16)
     encoded = [self.encode(p) for p in prompts]
     for ids, _ in encoded:
       self._check_length(ids, knobs["max_tokens"], limits)
     want_lp = body.get("logprobs") is not None
-    with self._hold(limits, stop):
+    with hold(self.lock, limits, stop):
       new = self.continue_ids([e[0] for e in encoded], **knobs, stop=stop, limits=limits)
       lps = self.logprobs([e[0] + n for e, n in zip(encoded, new)]) if want_lp else None
     choices = []
@@ -188,10 +192,10 @@ class ModelServer:
     ids, _ = self.encode(text)
     if body.get("max_tokens") is None and body.get("max_completion_tokens") is not None:
       body = dict(body, max_tokens=body["max_completion_tokens"])
-    knobs = _knobs(body, limits, default_max_tokens=min(256, limits.max_tokens))
+    knobs = request_knobs(body, limits, default_max_tokens=min(256, limits.max_tokens))
     self._check_length(ids, knobs["max_tokens"], limits)
-    k = _int(body, "top_logprobs", 0, 0, 20)
-    with self._hold(limits, stop):
+    k = int_field(body, "top_logprobs", 0, 0, 20)
+    with hold(self.lock, limits, stop):
       gen = self.continue_ids([ids], **knobs, stop=stop, limits=limits)[0]
       content = None
       if body.get("logprobs") and gen:
@@ -217,31 +221,32 @@ class ModelServer:
       raise RequestError(400, f"{len(ids)} prompt tokens + max_tokens={max_tokens} exceed the "
                               f"model's context of {self.lm.cfg.max_len} tokens")
 
-  @contextlib.contextmanager
-  def _hold(self, limits: Limits, stop: Callable[[], bool]):
-    """The model, for one request at a time; 503 if it stays busy past the time limit."""
-    if not self.lock.acquire(timeout=limits.request_timeout_s):
-      raise RequestError(503, f"the model stayed busy for {limits.request_timeout_s:g}s; retry")
-    try:
-      if stop():
-        raise RequestError(499, "the client went away")
-      yield
-    finally:
-      self.lock.release()
+@contextlib.contextmanager
+def hold(lock: threading.Lock, limits: Limits, stop: Callable[[], bool]):
+  """The model, for one request at a time; 503 if it stays busy past the time limit."""
+  if not lock.acquire(timeout=limits.request_timeout_s):
+    raise RequestError(503, f"the model stayed busy for {limits.request_timeout_s:g}s; retry")
+  try:
+    if stop():
+      raise RequestError(499, "the client went away")
+    yield
+  finally:
+    lock.release()
 
 
-def _int(body: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
+def int_field(body: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
   value = body.get(name, default)
   if value is None:
     value = default
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+      not math.isfinite(value) or value != int(value):
     raise RequestError(400, f"'{name}' must be an integer, got {json.dumps(value)[:40]}")
   if not lo <= value <= hi:
     raise RequestError(400, f"'{name}'={value:g} is outside [{lo}, {hi}] (this server's limit)")
   return int(value)
 
 
-def _float(body: dict[str, Any], name: str, default: float, lo: float, hi: float) -> float:
+def float_field(body: dict[str, Any], name: str, default: float, lo: float, hi: float) -> float:
   value = body.get(name, default)
   if value is None:
     value = default
@@ -251,11 +256,12 @@ def _float(body: dict[str, Any], name: str, default: float, lo: float, hi: float
   return float(value)
 
 
-def _knobs(body: dict[str, Any], limits: Limits, default_max_tokens: int) -> dict[str, Any]:
-  return {"max_tokens": _int(body, "max_tokens", default_max_tokens, 0, limits.max_tokens),
-          "temperature": _float(body, "temperature", 1.0, 0.0, 2.0),
-          "top_p": _float(body, "top_p", 1.0, 1e-6, 1.0),
-          "seed": _int(body, "seed", 0, 0, 2**31 - 1)}
+def request_knobs(body: dict[str, Any], limits: Limits, default_max_tokens: int
+                  ) -> dict[str, Any]:
+  return {"max_tokens": int_field(body, "max_tokens", default_max_tokens, 0, limits.max_tokens),
+          "temperature": float_field(body, "temperature", 1.0, 0.0, 2.0),
+          "top_p": float_field(body, "top_p", 1.0, 1e-6, 1.0),
+          "seed": int_field(body, "seed", 0, 0, 2**31 - 1)}
 
 
 def _client_gone(sock: socket.socket) -> bool:
@@ -267,10 +273,14 @@ def _client_gone(sock: socket.socket) -> bool:
     return True
 
 
-def make_server(model: ModelServer, host: str = "127.0.0.1", port: int = 0,
+def make_server(model: Any, host: str = "127.0.0.1", port: int = 0,
                 api_key: str = "", delay_s: float = 0.0, limits: Limits | None = None
                 ) -> http.server.ThreadingHTTPServer:
-  """An HTTP server (not yet serving); `server.server_address` has the bound port."""
+  """An HTTP server (not yet serving); `server.server_address` has the bound port.
+
+  `model` answers the POST routes (`model.routes()`: path -> fn(body, limits, stop)) and
+  names itself in GET /v1/models (`model.model_name`): a ModelServer, or the policy's.
+  """
   limits = limits or Limits()
   faults: list[int] = []
   faults_lock = threading.Lock()
@@ -346,8 +356,7 @@ def make_server(model: ModelServer, host: str = "127.0.0.1", port: int = 0,
           time.sleep(delay_s)
         if fault:
           raise RequestError(fault, "injected fault")
-        route = {"/v1/completions": model.completions,
-                 "/v1/chat/completions": model.chat}.get(self.path.rstrip("/"))
+        route = model.routes().get(self.path.rstrip("/"))
         if route is None:
           raise RequestError(404, f"no route {self.path}")
         self._send(200, route(body, limits, lambda: _client_gone(self.connection)))
