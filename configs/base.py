@@ -155,10 +155,13 @@ def get_config() -> ml_collections.ConfigDict:
       input="",  # queries: .jsonl, .csv (with a header row) or .txt (one per line)
       field="query",  # the JSONL/CSV field with the query (tasks with several fields: theirs)
       output="",  # JSONL to write ("" : <workdir>/optimized.jsonl); a rerun continues it
-      round=0,  # policy round (0: the last finished)
+      round=0,  # policy round for optimize, serve_policy, export_policy (0: the last finished)
       num_samples=0,  # 0: the greedy prompt; N: N prompts from the collection sampler
       answer=False,  # also the target's answer with each prompt (through the cache)
       batch_size=32)  # queries per written batch
+
+  c.export = dict(  # --mode=export_policy
+      dir="")  # output directory ("" : <workdir>/export/round_<t>)
 
   c.generate = dict(  # --mode=generate
       questions=("What is the capital of France?",),  # questions to answer

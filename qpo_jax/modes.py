@@ -16,7 +16,9 @@ from qpo_jax import decoding, evaluation, loop, optimize, report, sharding
 from qpo_jax.eval_cache import EvalCache
 from qpo_jax.models.registry import load_model
 from qpo_jax.targets import build_target
+from qpo_jax.checkpoints import export
 from qpo_jax.policy import rounds
+from qpo_jax.policy.model import RETURN_SCALE
 from qpo_jax.policy.serve import PolicyServer
 from qpo_jax.store import dataset, inspect
 from qpo_jax.targets.server import Limits, ModelServer, make_server
@@ -121,6 +123,22 @@ def serve_policy(config: ml_collections.ConfigDict, workdir: str) -> None:
   _serve(config, proxy, f"QPO policy round {sampler.round} in front of {config.target.name}")
 
 
+def export_policy(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Round `optimize.round`'s policy (0: the last) as an HF-style directory (checkpoints/export.py)."""
+  sampler = rounds.prompt_sampler(config, workdir, config.optimize.round)
+  t = sampler.round
+  manifest = dataset.read_manifest(rounds.data_dir(workdir, t - 1))
+  meta = {"format": "qpo_jax PromptDT", "round": t, "task": config.task.name,
+          "target": config.target.name, "policy_init": config.policy.name,
+          "target_return": config.sample.target_return, "return_scale": RETURN_SCALE,
+          "query_len": sampler.query_len, "prompt_len": sampler.prompt_len,
+          "normalizer": manifest.get("normalizer")}
+  out = export.export_policy(config.export.dir or os.path.join(workdir, "export", f"round_{t}"),
+                             sampler.cfg, sampler.params, sampler.tokenizer, meta)
+  print(f"exported policy round {t} -> {out}", flush=True)
+  return out
+
+
 def build_data(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """D_0 in <workdir>/data/loop_0: built on the target from source prompts, or imported logs."""
   return loop.initial_data(config, workdir)
@@ -203,6 +221,7 @@ MODES: dict[str, Callable[[ml_collections.ConfigDict, str], object]] = {
     "evaluate": evaluate,
     "loop": run_loop,
     "optimize": optimize.optimize,
+    "export_policy": export_policy,
 }
 
 

@@ -1,0 +1,85 @@
+"""--mode=export_policy: an HF-style directory our loader reads back bit for bit and whose
+backbone transformers (PyTorch) runs to the same logits."""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import transformers
+
+from qpo_jax import modes
+from qpo_jax.checkpoints import export
+from qpo_jax.models.config import from_hf_config, preset
+from qpo_jax.models.transformer import Transformer
+from qpo_jax.policy import rounds, sampling
+from qpo_jax.policy.model import init_policy
+from qpo_jax.utils import load_config
+from tests.hf_reference import hf_logits
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _same(a, b):
+  fa = jax.tree_util.tree_flatten_with_path(a)[0]
+  fb = dict(jax.tree_util.tree_flatten_with_path(b)[0])
+  assert len(fa) == len(fb)
+  for path, x in fa:
+    y = fb[path]
+    assert x.dtype == y.dtype and np.array_equal(np.asarray(x), np.asarray(y)), path
+
+
+def _batch(vocab):
+  rng = np.random.default_rng(0)
+  ids = rng.integers(0, vocab, (2, 12))
+  mask = np.ones_like(ids, bool)
+  mask[1, 9:] = False
+  return ids, mask
+
+
+@pytest.mark.parametrize("cfg", [
+    preset("tiny-llama"), preset("tiny-llama", tie_embeddings=True),
+    preset("tiny-llama", qkv_bias=True), preset("tiny-gpt2")],
+    ids=["llama", "llama-tied", "qwen2", "gpt2"])
+def test_round_trip_is_exact_and_transformers_agrees(cfg, tmp_path):
+  params = init_policy(cfg, jax.random.key(3))
+  params = jax.tree_util.tree_map(  # non-trivial norms and biases, so layouts are really checked
+      lambda x: x + 0.1 * jax.random.normal(jax.random.key(x.size), x.shape, x.dtype), params)
+  directory = export.export_policy(str(tmp_path / "p"), cfg, params, None,
+                                   {"target_return": 100.0, "query_len": 8, "prompt_len": 8})
+  assert from_hf_config(export.to_hf_config(cfg)) == cfg
+  cfg2, params2, _, meta = export.load_policy_dir(directory)
+  assert cfg2 == cfg and meta["target_return"] == 100.0
+  _same(params, params2)
+  assert "R* = 100.0" in open(os.path.join(directory, "qpo", "README.md")).read()
+  model = transformers.AutoModelForCausalLM.from_pretrained(directory).eval()
+  ids, mask = _batch(cfg.vocab_size)
+  ours = Transformer(cfg).apply({"params": params["backbone"]}, jnp.asarray(ids),
+                                jnp.asarray(mask), method=Transformer.lm)
+  diff = np.abs(np.asarray(ours) - hf_logits(model, ids, mask))[mask]
+  assert diff.max() < 1e-4, diff.max()
+
+
+def test_export_mode_on_a_trained_run(tiny_run, tmp_path):
+  work = str(tmp_path / "work")
+  shutil.copytree(tiny_run[0], work)
+  config = load_config(os.path.join(ROOT, "configs", "tiny.py"))
+  out = modes.export_policy(config, work)
+  assert out == os.path.join(work, "export", "round_2") and not os.path.exists(out + ".tmp")
+  sampler = rounds.prompt_sampler(config, work, 0)
+  cfg, params, tok, meta = export.load_policy_dir(out)
+  assert cfg == sampler.cfg and meta["round"] == 2 and meta["normalizer"]
+  _same(sampler.params, params)
+  assert tok("Weather today")["input_ids"] == sampler.tokenizer("Weather today")["input_ids"]
+  queries = ["Heavy rain is expected all weekend", "Our team won the final match"]
+  again = sampling.sample_prompts(cfg, params, tok, queries, target_return=100.0,
+                                  query_len=config.train.query_len,
+                                  prompt_len=config.train.prompt_len, seed=0)
+  assert again == sampler(queries, collect=False, seed=0)
+  hf_cfg = json.load(open(os.path.join(out, "config.json")))
+  assert hf_cfg["model_type"] == "llama" and hf_cfg["vocab_size"] == cfg.vocab_size
+  config.export.dir = str(tmp_path / "elsewhere")
+  assert modes.export_policy(config, work) == config.export.dir  # replaced atomically
