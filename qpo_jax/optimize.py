@@ -137,7 +137,7 @@ def _contiguous(batch: list[Row], index: dict[int, int]) -> Iterator[list[Row]]:
     yield run
 
 
-def _answers(task: Task, target, pairs: list[tuple[Example, str]], cache: EvalCache,
+def answers(task: Task, target, pairs: list[tuple[Example, str]], cache: EvalCache,
              max_new_tokens: int) -> list[str]:
   """The target's answer for each (query, prompt): its likeliest option, or its response."""
   raw = evaluation.raw_results(task, target, pairs, cache=cache, max_new_tokens=max_new_tokens)
@@ -178,19 +178,19 @@ def optimize(config: ml_collections.ConfigDict, workdir: str, target=None) -> di
         prompts += sampler([r.example.query for r in run], collect=oc.num_samples > 0,
                            seed=config.seed, num_samples=oc.num_samples or None,
                            first_index=index[run[0].line])
-      answers = None
+      said = None
       if oc.answer:
         pairs = [(r.example, p) for r, ps in zip(batch, prompts) for p in ps]
-        flat = iter(_answers(task, target, pairs, cache, config.eval.max_new_tokens))
-        answers = [[next(flat) for _ in ps] for ps in prompts]
+        flat = iter(answers(task, target, pairs, cache, config.eval.max_new_tokens))
+        said = [[next(flat) for _ in ps] for ps in prompts]
       for k, (r, ps) in enumerate(zip(batch, prompts)):
         rec = {"line": r.line, "fields": dict(r.example.fields), "prompt": ps[0]}
         if oc.num_samples:
           rec["prompts"] = ps
-        if answers is not None:
-          rec["answer"] = answers[k][0]
+        if said is not None:
+          rec["answer"] = said[k][0]
           if oc.num_samples:
-            rec["answers"] = answers[k]
+            rec["answers"] = said[k]
         out.write(json.dumps(rec, ensure_ascii=False) + "\n")
       out.flush()
       os.fsync(out.fileno())

@@ -26,6 +26,7 @@ EXPECTED = {  # notebook -> text its outputs must contain
     "inspect_offline_data": "8587 records",
     "train_and_sample_policy": "R* = 100.0",
     "evaluate_prompts": "per-query oracle",
+    "use_policy": "answer with QPO prompt",
 }
 
 
