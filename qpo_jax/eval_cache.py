@@ -54,8 +54,11 @@ class EvalCache:
       yield
     except sqlite3.DatabaseError as e:
       text = str(e)
-      if "disk is full" in text or "disk I/O error" in text:
+      if "disk is full" in text:
         raise OSError(errno.ENOSPC, f"cannot write the evaluation cache ({text})",
+                      self.path) from None
+      if "disk I/O error" in text:
+        raise OSError(errno.EIO, f"cannot read or write the evaluation cache ({text})",
                       self.path) from None
       if "readonly" in text or "unable to open" in text:
         raise OSError(errno.EROFS if "readonly" in text else errno.EACCES,
