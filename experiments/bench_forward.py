@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qpo_jax import decoding
-from qpo_jax.benchmark import best_time, matmul_peak
+from bench_common import best_time, matmul_peak
 from qpo_jax.models import config as config_lib
 from qpo_jax.models.registry import load_model
 from qpo_jax.models.transformer import Transformer, init_params

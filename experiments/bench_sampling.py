@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qpo_jax import decoding
-from qpo_jax.benchmark import best_times
+from bench_common import best_times
 from qpo_jax.models.registry import load_model, smollm2_gguf_path
 from qpo_jax.policy import sampling
 from qpo_jax.policy.model import init_policy

@@ -89,7 +89,7 @@ def run_child(mesh_text: str, ref_path: str) -> dict:
   from qpo_jax.models.config import preset  # pylint: disable=g-import-not-at-top
   from qpo_jax.policy import train  # pylint: disable=g-import-not-at-top
   from qpo_jax.policy.model import init_policy  # pylint: disable=g-import-not-at-top
-  from qpo_jax.benchmark import PAPER_TRAIN, policy_batch  # pylint: disable=g-import-not-at-top
+  from bench_common import PAPER_TRAIN, policy_batch  # pylint: disable=g-import-not-at-top
 
   axes = parse_mesh(mesh_text)
   mesh = sharding.make_mesh(axes)

@@ -23,7 +23,7 @@ from absl import flags
 import jax
 
 from qpo_jax import sharding
-from qpo_jax.benchmark import PAPER_TRAIN, matmul_peak, policy_batch
+from bench_common import PAPER_TRAIN, matmul_peak, policy_batch
 from qpo_jax.models.config import preset
 from qpo_jax.policy import train
 from qpo_jax.policy.model import init_policy

@@ -18,7 +18,7 @@ import os
 from absl import app
 from absl import flags
 
-from qpo_jax import tables
+import paper_tables as tables  # experiments/paper_tables.py
 
 _ROOT = flags.DEFINE_string("root", "runs/paper", "directory of the runs, one per setting")
 _TASKS = flags.DEFINE_list("tasks", [], "tasks to include (default: the table's own)")
@@ -29,7 +29,7 @@ _OUT = flags.DEFINE_string("out", "", "JSON output (default: <root>/tables/<tabl
 
 
 def run(name: str) -> None:
-  """The absl entry point of the table script for `name` (a key of qpo_jax.tables.TABLES)."""
+  """The absl entry point of the table script for `name` (a key of paper_tables.TABLES)."""
 
   def main(argv):
     if len(argv) > 1:

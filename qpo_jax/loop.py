@@ -23,12 +23,13 @@ import json
 import os
 import re
 import time
-from typing import Any, Sequence
+from typing import Any
 
 from absl import logging
 import ml_collections
 
-from qpo_jax import evaluation, rewards, sharding
+from qpo_jax import evaluation, report, rewards, sharding
+from qpo_jax import prompts as prompts_lib
 from qpo_jax.eval_cache import EvalCache, total_usage
 from qpo_jax.models.registry import LOADERS, load_tokenizer
 from qpo_jax.policy import rounds
@@ -117,28 +118,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.data.source == "build":  # imported prompts are checked when D_0 is imported
     tokenizer = load_tokenizer(config.policy)
     if tokenizer is not None:
-      pipeline.check_prompt_lengths(tokenizer, [p for _, p in source_prompts(config, task)],
+      pipeline.check_prompt_lengths(tokenizer, [p for _, p in prompts_lib.source_prompts(config, task)],
                                     config.train.prompt_len)
-
-
-def source_prompts(config, task, configured: Sequence[str] = ()) -> list[tuple[str, str]]:
-  """(source, prompt) pairs: the given list, else data.prompts_file (a JSON list), else the
-  collection in data.prompts_dir, else the task's own collections, else manual + none."""
-  if configured:
-    return [("config", p) for p in configured]
-  d = config.data
-  if d.prompts_file:  # a JSON list of prompts, named by data.aliases_file (Prompt-OIRL's)
-    prompts = read_json_list(d.prompts_file)
-    names = read_json_list(d.aliases_file) if d.aliases_file else ["file"] * len(prompts)
-    keep = set(d.prompt_sources)
-    return [(n, p) for n, p in zip(names, prompts) if not keep or n in keep]
-  if d.prompts_dir:
-    found = importers.load_prompt_collection(d.prompts_dir, task.name,
-                                             list(d.prompt_sources) or None, d.lp_model or None)
-    return [(src, p) for src, ps in found.items() for p in ps]
-  if task.source_prompts:
-    return [(src, p) for src, ps in task.source_prompts.items() for p in ps]
-  return [("manual", task.manual_prompt), ("none", "")]
 
 
 def _cache(workdir: str) -> EvalCache:
@@ -217,7 +198,7 @@ def initial_data(config: ml_collections.ConfigDict, workdir: str, target=None,
     target = target or build_target(config.target, mesh=sharding.make_mesh(config.mesh))
     cache = cache or _cache(workdir)
     manifest = build.build_initial_dataset(
-        out, task, target, queries, source_prompts(config, task), settings=list(d.settings),
+        out, task, target, queries, prompts_lib.source_prompts(config, task), settings=list(d.settings),
         demo_sets=demos, cache=cache, prompts_per_chunk=d.prompts_per_chunk,
         prompts_per_query=d.prompts_per_query, seed=config.seed, max_new_tokens=d.max_new_tokens,
         nll_term=d.nll_term, meta={"task": task.name, "target": target.identity},
@@ -284,8 +265,6 @@ def collect(config: ml_collections.ConfigDict, workdir: str, t: int, target,
 
 def run_loop(config: ml_collections.ConfigDict, workdir: str, target=None) -> dict[str, Any]:
   """The whole of Algorithm 1 plus the evaluation; returns the results table (see report.py)."""
-  from qpo_jax import report  # pylint: disable=g-import-not-at-top
-
   validate(config)
   rounds.check_workdir(config, workdir)
   os.makedirs(workdir, exist_ok=True)

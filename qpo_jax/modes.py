@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 
 from qpo_jax import decoding, evaluation, loop, optimize, report, sharding
+from qpo_jax import prompts as prompts_lib
 from qpo_jax.eval_cache import EvalCache
 from qpo_jax.models.registry import load_model
 from qpo_jax.targets import build_target
@@ -66,7 +67,7 @@ def evaluate_prompts(config: ml_collections.ConfigDict, workdir: str) -> dict:
   target = build_target(config.target, mesh=mesh)
   os.makedirs(workdir, exist_ok=True)
   cache = EvalCache(os.path.join(workdir, "eval_cache.sqlite"))
-  prompts = loop.source_prompts(config, task, list(ev.prompts))
+  prompts = prompts_lib.source_prompts(config, task, list(ev.prompts))
   rows, per_query = [], []
   for source, prompt in prompts:
     out = evaluation.evaluate_pairs(task, target, [(q, prompt) for q in queries],

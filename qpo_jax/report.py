@@ -31,7 +31,8 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
-from qpo_jax import evaluation, loop, rewards
+from qpo_jax import evaluation, rewards
+from qpo_jax import prompts as prompts_lib
 from qpo_jax.eval_cache import EvalCache, total_usage
 from qpo_jax.models.registry import load_model
 from qpo_jax.policy import rounds
@@ -148,7 +149,7 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str, target,
   task, splits = load_splits(config.task, ("train", "test"))
   queries = task_base.sample_queries(splits["test"], e.num_queries, seed=config.seed + 7,
                                      max_words=config.task.max_words)
-  cands = loop.source_prompts(config, task)
+  cands = prompts_lib.source_prompts(config, task)
   candidate_texts = list(dict.fromkeys(p for _, p in cands))
   d0, _ = dataset.read_dataset(rounds.data_dir(workdir, 0))
   best_train = best_train_prompt(d0)

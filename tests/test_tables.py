@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from qpo_jax import tables
+from experiments import paper_tables as tables
 from tests.conftest import one_device_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
