@@ -24,6 +24,9 @@ import threading
 from typing import Any, Iterable, Mapping, Sequence
 
 
+FILE = "eval_cache.sqlite"
+
+
 def cache_key(*parts: Any) -> str:
   return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
@@ -67,6 +70,11 @@ class EvalCache:
           f"evaluation cache {self.path} is corrupt ({text}). It holds only target results: "
           f"move it away (mv {self.path} {self.path}.corrupt) and rerun; the pairs it held are "
           "sent to the target again, everything else in the workdir is kept.") from None
+
+  @classmethod
+  def of_workdir(cls, workdir: str) -> EvalCache:
+    """The run's cache: <workdir>/eval_cache.sqlite."""
+    return cls(os.path.join(workdir, FILE))
 
   def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
     found = {}

@@ -24,6 +24,7 @@ from qpo_jax.eval_cache import EvalCache, cache_key
 from qpo_jax.rewards import outcome_accuracy
 from qpo_jax.tasks.base import CHOICE, Example, Task, demos_id, extract_answer, numbers_equal
 from qpo_jax.utils import progress_bar
+from qpo_jax.targets import Target
 
 ZERO_SHOT, FEW_SHOT = "zero_shot", "few_shot"
 SETTINGS = (ZERO_SHOT, FEW_SHOT)
@@ -37,7 +38,7 @@ class _Call:
   group: tuple[str, str] = ("", "")  # (instruction, demo set): calls that share a prefix
 
 
-def _calls(task: Task, target, pairs, setting: str, demo_sets) -> list[list[_Call]]:
+def _calls(task: Task, target: Target, pairs, setting: str, demo_sets) -> list[list[_Call]]:
   if setting not in SETTINGS:
     raise ValueError(f"setting {setting!r} is not one of {SETTINGS}")
   if setting == FEW_SHOT and not demo_sets:
@@ -56,7 +57,7 @@ def _calls(task: Task, target, pairs, setting: str, demo_sets) -> list[list[_Cal
   return out
 
 
-def _run_missing(task: Task, target, calls: Sequence[_Call], cache: EvalCache, chunk: int,
+def _run_missing(task: Task, target: Target, calls: Sequence[_Call], cache: EvalCache, chunk: int,
                  max_new_tokens: int) -> None:
   bar = progress_bar(total=len(calls), desc="target calls", unit="call", leave=False)
   for start in range(0, len(calls), chunk):
@@ -88,7 +89,7 @@ def _outcome(task: Task, ex: Example, raw: dict[str, Any]) -> dict[str, Any]:
           "correct": int(numbers_equal(answer, ex.answer))}
 
 
-def evaluate_pairs(task: Task, target, pairs: Sequence[tuple[Example, str]], *,
+def evaluate_pairs(task: Task, target: Target, pairs: Sequence[tuple[Example, str]], *,
                    setting: str = ZERO_SHOT, demo_sets: Sequence[Sequence[Example]] = (),
                    cache: EvalCache | None = None, chunk: int = 256,
                    max_new_tokens: int = 256) -> list[dict[str, Any]]:
@@ -114,7 +115,7 @@ def evaluate_pairs(task: Task, target, pairs: Sequence[tuple[Example, str]], *,
   return outcomes
 
 
-def raw_results(task: Task, target, pairs: Sequence[tuple[Example, str]], *,
+def raw_results(task: Task, target: Target, pairs: Sequence[tuple[Example, str]], *,
                 cache: EvalCache | None = None, chunk: int = 256,
                 max_new_tokens: int = 256) -> list[dict[str, Any]]:
   """The target's zero-shot result per pair (option NLLs, or response), through the cache.

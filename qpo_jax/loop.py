@@ -28,14 +28,15 @@ from typing import Any
 from absl import logging
 import ml_collections
 
-from qpo_jax import evaluation, report, rewards, sharding
+from qpo_jax import evaluation, report, rewards
 from qpo_jax import prompts as prompts_lib
 from qpo_jax.eval_cache import EvalCache, total_usage
 from qpo_jax.models.registry import LOADERS, load_tokenizer
 from qpo_jax.policy import rounds
-from qpo_jax.store import build, dataset, importers, pipeline
+from qpo_jax import initial_dataset
+from qpo_jax.store import dataset, importers, pipeline
 from qpo_jax.store.records import record_from_outcome
-from qpo_jax.targets import BACKENDS, build_target
+from qpo_jax.targets import BACKENDS, Target, run_target
 from qpo_jax.tasks import TASKS, base as task_base, data_spec, load_source, load_splits
 from qpo_jax.tasks.paper import svamp_fold_queries
 from qpo_jax.tasks.sources import read_json_list
@@ -118,12 +119,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.data.source == "build":  # imported prompts are checked when D_0 is imported
     tokenizer = load_tokenizer(config.policy)
     if tokenizer is not None:
-      pipeline.check_prompt_lengths(tokenizer, [p for _, p in prompts_lib.source_prompts(config, task)],
+      pipeline.check_prompt_lengths(tokenizer,
+                                    [p for _, p in prompts_lib.source_prompts(config, task)],
                                     config.train.prompt_len)
-
-
-def _cache(workdir: str) -> EvalCache:
-  return EvalCache(os.path.join(workdir, "eval_cache.sqlite"))
 
 
 def stage_cost(cache: EvalCache, started: float) -> dict[str, Any]:
@@ -188,17 +186,18 @@ def initial_data(config: ml_collections.ConfigDict, workdir: str, target=None,
     manifest = dataset.write_dataset(out, recs, normalizer=rewards.Normalizer.fit(
         r.reward for r in recs), records_per_shard=d.records_per_shard,
         meta={"loop": 0, "imported_from": d.path, "import_summary": summary,
-              "cost": stage_cost(cache or _cache(workdir), started)})
+              "cost": stage_cost(cache or EvalCache.of_workdir(workdir), started)})
   elif d.source == "build":
     queries = task_base.sample_queries(splits["train"], d.num_queries or len(splits["train"]),
                                        seed=config.seed, max_words=config.task.max_words)
     demos = task_base.demo_sets(splits["train"], d.num_demo_sets, d.num_demos, seed=config.seed,
                                 max_words=config.task.max_words) \
         if evaluation.FEW_SHOT in d.settings else ()
-    target = target or build_target(config.target, mesh=sharding.make_mesh(config.mesh))
-    cache = cache or _cache(workdir)
-    manifest = build.build_initial_dataset(
-        out, task, target, queries, prompts_lib.source_prompts(config, task), settings=list(d.settings),
+    target = target or run_target(config)
+    cache = cache or EvalCache.of_workdir(workdir)
+    manifest = initial_dataset.build_initial_dataset(
+        out, task, target, queries, prompts_lib.source_prompts(config, task),
+        settings=list(d.settings),
         demo_sets=demos, cache=cache, prompts_per_chunk=d.prompts_per_chunk,
         prompts_per_query=d.prompts_per_query, seed=config.seed, max_new_tokens=d.max_new_tokens,
         nll_term=d.nll_term, meta={"task": task.name, "target": target.identity},
@@ -210,7 +209,7 @@ def initial_data(config: ml_collections.ConfigDict, workdir: str, target=None,
   return manifest
 
 
-def collect(config: ml_collections.ConfigDict, workdir: str, t: int, target,
+def collect(config: ml_collections.ConfigDict, workdir: str, t: int, target: Target,
             cache: EvalCache) -> dict[str, Any]:
   """Loop t's collection: sample prompts for fresh collect-split queries, evaluate, merge -> D_t."""
   out = rounds.data_dir(workdir, t)
@@ -268,8 +267,8 @@ def run_loop(config: ml_collections.ConfigDict, workdir: str, target=None) -> di
   validate(config)
   rounds.check_workdir(config, workdir)
   os.makedirs(workdir, exist_ok=True)
-  target = target or build_target(config.target, mesh=sharding.make_mesh(config.mesh))
-  cache = _cache(workdir)
+  target = target or run_target(config)
+  cache = EvalCache.of_workdir(workdir)
   initial_data(config, workdir, target, cache)
   for t in range(1, int(config.loop.num_loops) + 1):
     rounds.train_policy_round(config, workdir, t)

@@ -12,16 +12,17 @@ import ml_collections
 
 import numpy as np
 
-from qpo_jax import decoding, evaluation, loop, optimize, report, sharding
+from qpo_jax import decoding, evaluation, loop, optimize, report
 from qpo_jax import prompts as prompts_lib
 from qpo_jax.eval_cache import EvalCache
 from qpo_jax.models.registry import load_model
-from qpo_jax.targets import build_target
+from qpo_jax.targets import run_target
 from qpo_jax.checkpoints import export
 from qpo_jax.policy import rounds
+from qpo_jax.rewards import outcome_accuracy
 from qpo_jax.policy.model import RETURN_SCALE
 from qpo_jax.policy.serve import PolicyServer
-from qpo_jax.store import dataset, inspect
+from qpo_jax.store import dataset, summary
 from qpo_jax.targets.server import Limits, ModelServer, make_server
 from qpo_jax.tasks import base as task_base
 from qpo_jax.tasks import get_task, load_splits
@@ -63,17 +64,16 @@ def evaluate_prompts(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if ev.setting == evaluation.FEW_SHOT:
     _, train = load_splits(config.task, ("train",))
     demos = task_base.demo_sets(train["train"], ev.num_demo_sets, ev.num_demos, seed=config.seed)
-  mesh = sharding.make_mesh(config.mesh)
-  target = build_target(config.target, mesh=mesh)
+  target = run_target(config)
   os.makedirs(workdir, exist_ok=True)
-  cache = EvalCache(os.path.join(workdir, "eval_cache.sqlite"))
+  cache = EvalCache.of_workdir(workdir)
   prompts = prompts_lib.source_prompts(config, task, list(ev.prompts))
   rows, per_query = [], []
   for source, prompt in prompts:
     out = evaluation.evaluate_pairs(task, target, [(q, prompt) for q in queries],
                                     setting=ev.setting, demo_sets=demos, cache=cache,
                                     max_new_tokens=ev.max_new_tokens)
-    per_query.append([o.get("acc_q", o.get("correct")) for o in out])
+    per_query.append([outcome_accuracy(o) for o in out])
     rows.append({"source": source, "prompt": prompt, "accuracy": evaluation.accuracy(out)})
     print(f"{rows[-1]['accuracy']:6.3f}  [{source}] {prompt[:80]!r}", flush=True)
   best = max(rows, key=lambda r: r["accuracy"])
@@ -118,14 +118,14 @@ def serve_policy(config: ml_collections.ConfigDict, workdir: str) -> None:
   Uses round `optimize.round` (0: the last finished).
   """
   sampler = rounds.prompt_sampler(config, workdir, config.optimize.round)
-  target = build_target(config.target, mesh=sharding.make_mesh(config.mesh))
+  target = run_target(config)
   proxy = PolicyServer(sampler, get_task(config.task.name), target,
                        f"qpo-{config.task.name}-round{sampler.round}")
   _serve(config, proxy, f"QPO policy round {sampler.round} in front of {config.target.name}")
 
 
 def export_policy(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Round `optimize.round`'s policy (0: the last) as an HF-style directory (checkpoints/export.py)."""
+  """Round `optimize.round`'s policy (0: the last) as an HF-style directory (export.py)."""
   sampler = rounds.prompt_sampler(config, workdir, config.optimize.round)
   t = sampler.round
   manifest = dataset.read_manifest(rounds.data_dir(workdir, t - 1))
@@ -148,18 +148,18 @@ def build_data(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def collect(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Collection and merge of loop `train.round`: its policy's prompts evaluated -> D_round."""
   t = config.train.round
-  target = build_target(config.target, mesh=sharding.make_mesh(config.mesh))
+  target = run_target(config)
   manifest = loop.collect(config, workdir, t, target,
-                          EvalCache(os.path.join(workdir, "eval_cache.sqlite")))
+                          EvalCache.of_workdir(workdir))
   print(f"D_{t}: {manifest['count']} records -> {rounds.data_dir(workdir, t)}", flush=True)
   return manifest
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The results table of a run: QPO per loop against the baselines on the test split."""
-  target = build_target(config.target, mesh=sharding.make_mesh(config.mesh))
+  target = run_target(config)
   return report.evaluate_and_report(config, workdir, target,
-                                    EvalCache(os.path.join(workdir, "eval_cache.sqlite")))
+                                    EvalCache.of_workdir(workdir))
 
 
 def run_loop(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -179,9 +179,9 @@ def inspect_data(config: ml_collections.ConfigDict, workdir: str) -> str:
                               "or set --config.data.inspect")
     directory = rounds.data_dir(workdir, loops[-1])
   recs, manifest = dataset.read_dataset(directory)
-  report = inspect.describe(recs, manifest)
+  report = summary.describe(recs, manifest)
   print(report, flush=True)
-  png = inspect.plot(recs, os.path.join(directory + "_rewards.png"), os.path.basename(directory))
+  png = summary.plot(recs, os.path.join(directory + "_rewards.png"), os.path.basename(directory))
   print(f"plot: {png}", flush=True)
   return report
 

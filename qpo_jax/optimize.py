@@ -33,6 +33,7 @@ import numpy as np
 from qpo_jax import evaluation
 from qpo_jax.eval_cache import EvalCache
 from qpo_jax.policy import rounds
+from qpo_jax.targets import Target, run_target
 from qpo_jax.tasks import CHOICE, Example, Task, get_task
 from qpo_jax.utils import progress_bar
 
@@ -137,7 +138,7 @@ def _contiguous(batch: list[Row], index: dict[int, int]) -> Iterator[list[Row]]:
     yield run
 
 
-def answers(task: Task, target, pairs: list[tuple[Example, str]], cache: EvalCache,
+def answers(task: Task, target: Target, pairs: list[tuple[Example, str]], cache: EvalCache,
              max_new_tokens: int) -> list[str]:
   """The target's answer for each (query, prompt): its likeliest option, or its response."""
   raw = evaluation.raw_results(task, target, pairs, cache=cache, max_new_tokens=max_new_tokens)
@@ -162,11 +163,8 @@ def optimize(config: ml_collections.ConfigDict, workdir: str, target=None) -> di
   sampler = rounds.prompt_sampler(config, workdir, oc.round)
   cache = None
   if oc.answer:
-    from qpo_jax.targets import build_target  # pylint: disable=g-import-not-at-top
-    from qpo_jax import sharding  # pylint: disable=g-import-not-at-top
-
-    target = target or build_target(config.target, mesh=sharding.make_mesh(config.mesh))
-    cache = EvalCache(os.path.join(workdir, "eval_cache.sqlite"))
+    target = target or run_target(config)
+    cache = EvalCache.of_workdir(workdir)
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
   bar = progress_bar(total=len(rows), initial=len(rows) - len(todo), desc="optimize",
                      unit="query")

@@ -41,6 +41,7 @@ from qpo_jax.store import dataset
 from qpo_jax.tasks import CHOICE, base as task_base, load_splits
 from qpo_jax.tasks.base import format_number
 from qpo_jax.utils import atomic_open, atomic_write_text, peak_memory_gb, read_json
+from qpo_jax.targets import Target
 
 LABELS = {
     "none": "no instruction",
@@ -132,7 +133,7 @@ def _cost(workdir: str, cache: EvalCache, num_loops: int, started: float) -> dic
   return out
 
 
-def _accuracies(task, target, cache, pairs, setting, demos, max_new_tokens) -> np.ndarray:
+def _accuracies(task, target: Target, cache, pairs, setting, demos, max_new_tokens) -> np.ndarray:
   outs = evaluation.evaluate_pairs(task, target, pairs, setting=setting, demo_sets=demos,
                                    cache=cache, max_new_tokens=max_new_tokens)
   return np.asarray([rewards.outcome_accuracy(o) for o in outs])
@@ -142,7 +143,7 @@ def _gold(task, ex) -> str:
   return task.options(ex)[ex.label] if task.kind == CHOICE else format_number(ex.answer)
 
 
-def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str, target,
+def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str, target: Target,
                         cache: EvalCache) -> dict[str, Any]:
   started = time.time()
   e, num_loops = config.eval, int(config.loop.num_loops)

@@ -98,7 +98,7 @@ def load_config(spec: str):
 
 
 def unknown_field(config, dotted: str) -> str | None:
-  """Why `config` has no field `dotted` ('target.pathh'), with the fields it has; None if it has it."""
+  """Why `config` lacks the field `dotted` ('target.pathh'), with its fields; None if it has it."""
   node, walked = config, []
   for name in dotted.split("."):
     keys = list(node.keys()) if hasattr(node, "keys") else []

@@ -10,7 +10,8 @@ import pytest
 from qpo_jax import evaluation, rewards, sharding
 from qpo_jax.eval_cache import EvalCache
 from qpo_jax.models.registry import load_model
-from qpo_jax.store import build, dataset, importers, inspect, pipeline, records, tfrecord
+from qpo_jax import initial_dataset as build
+from qpo_jax.store import dataset, importers, pipeline, records, summary, tfrecord
 from qpo_jax.store.records import Record
 from qpo_jax.targets import LocalTarget
 from qpo_jax.tasks import get_task
@@ -303,9 +304,9 @@ def test_pipeline_batches_resume_and_shard(smollm2_tokenizer):
 
 def test_inspect_report_and_plot(tmp_path):
   recs = _records(9)
-  text = inspect.describe(recs, None)
+  text = summary.describe(recs, None)
   assert "| manual | 9 |" in text and "reward histogram" in text and "best prompts" in text
-  png = inspect.plot(recs, str(tmp_path / "r.png"), "test")
+  png = summary.plot(recs, str(tmp_path / "r.png"), "test")
   assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 

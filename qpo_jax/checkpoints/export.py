@@ -90,8 +90,9 @@ def export_policy(directory: str, cfg: ModelConfig, params: Mapping[str, Any], t
   backbone = {k: np.ascontiguousarray(v) for k, v in
               backbone_tensors(cfg, _numpy(params["backbone"])).items()}
   save_file(backbone, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-  heads = {"/".join(k): np.ascontiguousarray(v) for k, v in
-           hf._flatten(_numpy({k: v for k, v in params.items() if k != "backbone"})).items()}  # pylint: disable=protected-access
+  rest = _numpy({k: v for k, v in params.items() if k != "backbone"})
+  heads = {"/".join(k): np.ascontiguousarray(v)
+           for k, v in hf._flatten(rest).items()}  # pylint: disable=protected-access
   save_file(heads, os.path.join(tmp, HEADS_DIR, "heads.safetensors"))
   with open(os.path.join(tmp, HEADS_DIR, "qpo.json"), "w") as f:
     json.dump(dict(meta), f, indent=2)
@@ -114,7 +115,9 @@ def load_policy_dir(directory: str) -> tuple[ModelConfig, dict, Any, dict]:
   if not os.path.exists(heads_path):
     raise hf.CheckpointError(f"{directory}: no {HEADS_DIR}/heads.safetensors; not an exported "
                              "QPO policy (a plain checkpoint can initialise one: policy.path)")
-  heads = hf._unflatten({tuple(k.split("/")): v for k, v in load_file(heads_path).items()})  # pylint: disable=protected-access
+  tensors = load_file(heads_path)
+  heads = hf._unflatten({tuple(k.split("/")): v  # pylint: disable=protected-access
+                         for k, v in tensors.items()})
   with open(os.path.join(directory, HEADS_DIR, "qpo.json")) as f:
     meta = json.load(f)
   return cfg, {"backbone": backbone, **heads}, tokenizer, meta

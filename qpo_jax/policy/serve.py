@@ -23,12 +23,13 @@ from absl import logging
 from qpo_jax.policy.rounds import PromptSampler
 from qpo_jax.targets.server import Limits, RequestError, hold, int_field
 from qpo_jax.tasks import Example, Task
+from qpo_jax.targets import Target
 
 
 class PolicyServer:
   """Routes of the proxy: the policy's prompt, then the target's answer."""
 
-  def __init__(self, sampler: PromptSampler, task: Task, target, model_name: str):
+  def __init__(self, sampler: PromptSampler, task: Task, target: Target, model_name: str):
     if len(task.field_names) != 1:
       raise ValueError(f"serve_policy takes one text per query; task {task.name!r} has the "
                        f"fields {[k for k, _ in task.field_names]}")

@@ -8,10 +8,26 @@ max_new_tokens) -> [Generation]`; the evaluation code uses nothing else.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol, Sequence
 
 from qpo_jax.targets.http import HttpTarget, TargetError
 from qpo_jax.targets.local import Generation, LocalTarget
+
+
+class Target(Protocol):
+  """What every stage asks of a target LLM; `LocalTarget` and `HttpTarget` provide it.
+
+  `identity` keys the evaluation cache (two targets with one identity must answer
+  alike). `score_options` returns each text's mean NLL per option and the prompt
+  tokens it read; `generate` returns one `Generation` per text.
+  """
+
+  identity: str
+
+  def score_options(self, user_texts: Sequence[str], options: Sequence[Sequence[str]]
+                    ) -> tuple[Any, int]: ...
+
+  def generate(self, user_texts: Sequence[str], max_new_tokens: int) -> list[Generation]: ...
 
 
 def _local(cfg: Mapping[str, Any], mesh):
@@ -37,7 +53,14 @@ def _http(cfg: Mapping[str, Any], mesh):
 BACKENDS = {"local": _local, "http": _http}
 
 
-def build_target(cfg: Mapping[str, Any], mesh=None):
+def run_target(config) -> Target:
+  """The target of a run: `config.target` on the mesh `config.mesh` describes."""
+  from qpo_jax import sharding  # pylint: disable=g-import-not-at-top
+
+  return build_target(config.target, mesh=sharding.make_mesh(config.mesh))
+
+
+def build_target(cfg: Mapping[str, Any], mesh=None) -> Target:
   """The target a config's `target` section describes (fields: configs/base.py)."""
   backend = cfg["backend"]
   if backend not in BACKENDS:
@@ -45,4 +68,5 @@ def build_target(cfg: Mapping[str, Any], mesh=None):
   return BACKENDS[backend](cfg, mesh)
 
 
-__all__ = ["BACKENDS", "Generation", "HttpTarget", "LocalTarget", "TargetError", "build_target"]
+__all__ = ["BACKENDS", "Generation", "HttpTarget", "LocalTarget", "Target", "TargetError",
+           "build_target", "run_target"]

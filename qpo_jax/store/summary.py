@@ -15,10 +15,6 @@ from qpo_jax.store.records import Record
 from qpo_jax.utils import atomic_open
 
 
-def _accuracy(r: Record) -> float:
-  return r.acc_q if not np.isnan(r.acc_q) else r.correct
-
-
 def best_prompts(recs: Sequence[Record], top: int = 5) -> dict[str, list[tuple[float, float, int, str]]]:
   """Per task: (mean accuracy, mean reward, records, prompt) of the best prompts."""
   by: dict[tuple[str, str], list[Record]] = collections.defaultdict(list)
@@ -26,7 +22,7 @@ def best_prompts(recs: Sequence[Record], top: int = 5) -> dict[str, list[tuple[f
     by[(r.task, r.prompt)].append(r)
   out: dict[str, list] = collections.defaultdict(list)
   for (task, prompt), rs in by.items():
-    out[task].append((float(np.nanmean([_accuracy(r) for r in rs])),
+    out[task].append((float(np.nanmean([r.accuracy for r in rs])),
                       float(np.mean([r.reward for r in rs])), len(rs), prompt))
   return {t: sorted(v, key=lambda x: (-x[0], -x[1]))[:top] for t, v in sorted(out.items())}
 
@@ -42,7 +38,7 @@ def describe(recs: Sequence[Record], manifest: dict | None = None, bins: int = 1
     by_source[r.prompt_source].append(r)
   for source, rs in sorted(by_source.items()):
     lines.append(f"| {source or '-'} | {len(rs)} | {np.mean([r.reward for r in rs]):.2f} | "
-                 f"{np.nanmean([_accuracy(r) for r in rs]):.3f} |")
+                 f"{np.nanmean([r.accuracy for r in rs]):.3f} |")
   values = np.asarray([r.reward for r in recs])
   counts, edges = np.histogram(values, bins=bins)
   lines.append("\nreward histogram")

@@ -1,4 +1,4 @@
-"""Building D_0 from scratch: (train query, source prompt) pairs evaluated on the target.
+"""Building D_0, a loop stage beside collection: (train query, source prompt) pairs on the target.
 
 Every pair of the grid, or with `prompts_per_query = k` a balanced sparse
 design: each query is evaluated with k of the P prompts and each prompt on
@@ -35,6 +35,7 @@ from qpo_jax.store.tfrecord import CorruptRecordError, file_sha256, write_record
 from qpo_jax.store import records as records_lib
 from qpo_jax.tasks.base import Example, Task
 from qpo_jax.utils import atomic_write_text, progress_bar, read_json
+from qpo_jax.targets import Target
 
 
 def query_assignment(num_queries: int, num_prompts: int, per_query: int, seed: int
@@ -56,7 +57,8 @@ def query_assignment(num_queries: int, num_prompts: int, per_query: int, seed: i
   return [sorted(qs) for qs in out]
 
 
-def evaluate_records(task: Task, target, grid: Sequence[tuple[tuple[str, str], Sequence[Example]]],
+def evaluate_records(task: Task, target: Target,
+                     grid: Sequence[tuple[tuple[str, str], Sequence[Example]]],
                      *, setting: str, demo_sets=(), cache: EvalCache, split: str, loop: int,
                      max_new_tokens: int = 256, nll_term: str = "token") -> list[Record]:
   """Evaluates each ((source, prompt), its queries) of a chunk; rewarded records (one batch)."""
@@ -98,7 +100,7 @@ def _finished_chunk(path: str, expected: int) -> list[Record] | None:
     return None
 
 
-def build_initial_dataset(directory: str, task: Task, target, queries: Sequence[Example],
+def build_initial_dataset(directory: str, task: Task, target: Target, queries: Sequence[Example],
                           prompts: Sequence[tuple[str, str]], *, settings: Sequence[str],
                           demo_sets=(), cache: EvalCache, prompts_per_chunk: int = 4,
                           prompts_per_query: int = 0, seed: int = 0, max_new_tokens: int = 256,

@@ -1,0 +1,67 @@
+"""The layering in docs/architecture.md holds: no qpo_jax module imports a layer above it."""
+
+import ast
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _layers() -> dict[str, int]:
+  """Module prefix -> layer number, read from the table in docs/architecture.md."""
+  text = open(os.path.join(ROOT, "docs", "architecture.md")).read()
+  out = {}
+  for number, cells in re.findall(r"^\| (\d) [^|]+\| ([^|]+) \|", text, flags=re.M):
+    for name in re.findall(r"`([a-z_.]+)`", cells):
+      out["qpo_jax." + name] = int(number)
+  return out
+
+
+def _layer(module: str, layers: dict[str, int]) -> int:
+  best = max((p for p in layers if module == p or module.startswith(p + ".")), key=len,
+             default=None)
+  assert best is not None, f"{module} is in no layer of docs/architecture.md"
+  return layers[best]
+
+
+def _modules():
+  for dirpath, _, files in os.walk(os.path.join(ROOT, "qpo_jax")):
+    for f in files:
+      if f.endswith(".py"):
+        path = os.path.join(dirpath, f)
+        name = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".").removesuffix(".__init__")
+        yield name, path
+
+
+def _imports(path: str):
+  for node in ast.walk(ast.parse(open(path).read())):
+    if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("qpo_jax"):
+      for alias in node.names:
+        yield f"{node.module}.{alias.name}"
+    elif isinstance(node, ast.Import):
+      yield from (a.name for a in node.names if a.name.startswith("qpo_jax"))
+
+
+def test_the_table_names_every_layer():
+  assert sorted(set(_layers().values())) == list(range(7))
+
+
+def test_no_module_imports_a_layer_above_it():
+  layers = _layers()
+  modules = dict(_modules())
+  upward = []
+  for name, path in modules.items():
+    if name == "qpo_jax":
+      continue
+    mine = _layer(name, layers)
+    for target in _imports(path):
+      target = target if target in modules else target.rsplit(".", 1)[0]  # `from pkg import fn`
+      if target != "qpo_jax" and _layer(target, layers) > mine:
+        upward.append(f"{name} (layer {mine}) imports {target} (layer {_layer(target, layers)})")
+  assert not upward, "\n".join(upward)
+
+
+def test_a_violation_would_be_caught():
+  layers = _layers()
+  assert _layer("qpo_jax.store.dataset", layers) == 2 < _layer("qpo_jax.loop", layers) == 5
+  assert _layer("qpo_jax.models.config", layers) == 0 < _layer("qpo_jax.models.transformer", layers)
