@@ -10,7 +10,7 @@ own key only, not on its batch position or the padding around it.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -83,26 +83,47 @@ def generate(cfg: ModelConfig, params, tokens: jax.Array, input_mask: jax.Array,
   last = hidden[jnp.arange(b), last_real_index(input_mask)]
   logits = model.apply(variables, last, method=model.logits)
 
+  def step_fn(tok, live, cache):
+    hidden, cache = model.apply(variables, tok[:, None], live[:, None], cache=cache)
+    return model.apply(variables, hidden[:, 0], method=model.logits), cache
+
+  empty = ~jnp.any(input_mask, axis=1)  # filler rows: done before they start
+  return decode_steps(step_fn, logits, cache, keys, eos_ids, pad_id, empty,
+                      max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                      top_p=top_p)
+
+
+def decode_steps(step_fn: Callable, logits: jax.Array, cache: Any, keys: jax.Array,
+                 eos_ids: jax.Array, pad_id: int | jax.Array, done: jax.Array, *,
+                 max_new_tokens: int, temperature: float, top_k: int, top_p: float
+                 ) -> tuple[jax.Array, jax.Array]:
+  """The one KV-cached decode loop (the target LM's and the policy's), inside jit.
+
+  From the logits after a prefill, each step samples a token per row (key: the
+  row's key folded with the step), and `step_fn(tokens [B], live [B], cache) ->
+  (logits [B, V], cache)` feeds it back; a row that said EOS is done and feeds
+  pad tokens with mask False from then on. Stops after `max_new_tokens` or when
+  every row is done. Returns ([B, max_new_tokens] tokens with pad after EOS,
+  [B] tokens before the EOS).
+  """
+  b = logits.shape[0]
+
   def cond(state):
-    step, done = state[0], state[1]
-    return (step < max_new_tokens) & ~jnp.all(done)
+    return (state[0] < max_new_tokens) & ~jnp.all(state[1])
 
   def body(state):
     step, done, logits, cache, out, lengths = state
     step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
     tok = sample_token(logits, step_keys, temperature, top_k, top_p)
     is_eos = jnp.isin(tok, eos_ids)
-    tok = jnp.where(done, pad_id, tok)
-    lengths = lengths + (~done & ~is_eos)
-    out = out.at[:, step].set(jnp.where(is_eos & ~done, pad_id, tok))
-    new_done = done | is_eos
-    hidden, cache = model.apply(variables, tok[:, None], ~done[:, None], cache=cache)
-    logits = model.apply(variables, hidden[:, 0], method=model.logits)
-    return step + 1, new_done, logits, cache, out, lengths
+    live = ~done & ~is_eos
+    tok = jnp.where(live, tok, pad_id)
+    out = out.at[:, step].set(tok)
+    logits, cache = step_fn(tok, live, cache)
+    return step + 1, done | is_eos, logits, cache, out, lengths + live
 
   out = jnp.full((b, max_new_tokens), pad_id, jnp.int32)
-  empty = ~jnp.any(input_mask, axis=1)  # filler rows: done before they start
-  state = (jnp.int32(0), empty, logits, cache, out, jnp.zeros((b,), jnp.int32))
+  state = (jnp.int32(0), done, logits, cache, out, jnp.zeros((b,), jnp.int32))
   _, _, _, _, out, lengths = jax.lax.while_loop(cond, body, state)
   return out, lengths
 

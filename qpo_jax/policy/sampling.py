@@ -37,25 +37,12 @@ def sample(cfg: ModelConfig, params, returns: jax.Array, query: jax.Array, query
   hidden, cache = model.apply(variables, returns, query, query_mask, cache, method=model.prefix)
   logits = model.apply(variables, hidden, method=model.prompt_logits)
 
-  def cond(state):
-    return (state[0] < max_len) & ~jnp.all(state[1])
+  def step_fn(tok, live, cache):
+    return model.apply(variables, tok, live, cache, method=model.step)
 
-  def body(state):
-    step, done, logits, cache, out, lengths = state
-    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
-    tok = decoding.sample_token(logits, step_keys, temperature, top_k, top_p)
-    is_eos = jnp.isin(tok, eos_ids)
-    out = out.at[:, step].set(jnp.where(done | is_eos, pad_id, tok))
-    lengths = lengths + (~done & ~is_eos)
-    live = ~done & ~is_eos
-    logits, cache = model.apply(variables, jnp.where(live, tok, pad_id), live, cache,
-                                method=model.step)
-    return step + 1, done | is_eos, logits, cache, out, lengths
-
-  out = jnp.full((b, max_len), pad_id, jnp.int32)
-  state = (jnp.int32(0), jnp.zeros((b,), bool), logits, cache, out, jnp.zeros((b,), jnp.int32))
-  _, _, _, _, out, lengths = jax.lax.while_loop(cond, body, state)
-  return out, lengths
+  return decoding.decode_steps(step_fn, logits, cache, keys, eos_ids, pad_id,
+                               jnp.zeros((b,), bool), max_new_tokens=max_len,
+                               temperature=temperature, top_k=top_k, top_p=top_p)
 
 
 def sample_prompts(cfg: ModelConfig, params, tokenizer, queries: Sequence[str], *,
