@@ -7,7 +7,7 @@
 Each mesh runs in its own process (on CPU with
 XLA_FLAGS=--xla_force_host_platform_device_count=N, since the device count is
 fixed when JAX starts): the same initial parameters, batch and key go through
---steps jitted, sharded updates (`policy.train.make_train_step`, the trainer's).
+--steps jitted, sharded updates (`policy.train_step.make_train_step`, the trainer's).
 The table gives each step's loss and gradient norm and the final parameters as
 their largest difference to the first mesh (the parameter difference also
 relative to the first mesh's whole update); data, FSDP and tensor sharding must
@@ -87,7 +87,7 @@ def run_child(mesh_text: str, ref_path: str) -> dict:
 
   from qpo_jax import sharding  # pylint: disable=g-import-not-at-top
   from qpo_jax.models.config import preset  # pylint: disable=g-import-not-at-top
-  from qpo_jax.policy import train  # pylint: disable=g-import-not-at-top
+  from qpo_jax.policy import train_step  # pylint: disable=g-import-not-at-top
   from qpo_jax.policy.model import init_policy  # pylint: disable=g-import-not-at-top
   from bench_common import PAPER_TRAIN, policy_batch  # pylint: disable=g-import-not-at-top
 
@@ -96,7 +96,7 @@ def run_child(mesh_text: str, ref_path: str) -> dict:
   cfg = preset(_POLICY.value)
   params = init_policy(cfg, jax.random.key(0))
   init = jax.tree_util.tree_map(np.asarray, params)  # the state is donated
-  step = train.make_train_step(cfg, PAPER_TRAIN, 100, params, mesh)
+  step = train_step.make_train_step(cfg, PAPER_TRAIN, 100, params, mesh)
   state = step.init(params)
   batch = sharding.shard_batch(policy_batch(cfg, _BATCH.value, _LQ.value, _LP.value), mesh)
   rng = jax.random.key(1)

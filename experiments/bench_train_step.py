@@ -25,7 +25,7 @@ import jax
 from qpo_jax import sharding
 from bench_common import PAPER_TRAIN, matmul_peak, policy_batch
 from qpo_jax.models.config import preset
-from qpo_jax.policy import train
+from qpo_jax.policy import train_step
 from qpo_jax.policy.model import init_policy
 from qpo_jax.utils import write_table
 
@@ -50,7 +50,7 @@ def step_flops(cfg, b, lq, lp) -> float:
 def time_ours(cfg, batch, steps):
   params = init_policy(cfg, jax.random.key(0))
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
-  step = train.make_train_step(cfg, PAPER_TRAIN, 100, params, mesh)
+  step = train_step.make_train_step(cfg, PAPER_TRAIN, 100, params, mesh)
   state, update = step.init(params), step.update
   rng = jax.random.key(0)
   state, m = update(state, batch, rng)  # compile

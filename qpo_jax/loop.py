@@ -209,7 +209,7 @@ def initial_data(config: ml_collections.ConfigDict, workdir: str, target=None,
   return manifest
 
 
-def collect(config: ml_collections.ConfigDict, workdir: str, t: int, target: Target,
+def collect_round(config: ml_collections.ConfigDict, workdir: str, t: int, target: Target,
             cache: EvalCache) -> dict[str, Any]:
   """Loop t's collection: sample prompts for fresh collect-split queries, evaluate, merge -> D_t."""
   out = rounds.data_dir(workdir, t)
@@ -272,5 +272,5 @@ def run_loop(config: ml_collections.ConfigDict, workdir: str, target=None) -> di
   initial_data(config, workdir, target, cache)
   for t in range(1, int(config.loop.num_loops) + 1):
     rounds.train_policy_round(config, workdir, t)
-    collect(config, workdir, t, target, cache)
+    collect_round(config, workdir, t, target, cache)
   return report.evaluate_and_report(config, workdir, target, cache)

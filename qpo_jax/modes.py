@@ -149,7 +149,7 @@ def collect(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Collection and merge of loop `train.round`: its policy's prompts evaluated -> D_round."""
   t = config.train.round
   target = run_target(config)
-  manifest = loop.collect(config, workdir, t, target,
+  manifest = loop.collect_round(config, workdir, t, target,
                           EvalCache.of_workdir(workdir))
   print(f"D_{t}: {manifest['count']} records -> {rounds.data_dir(workdir, t)}", flush=True)
   return manifest

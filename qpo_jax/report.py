@@ -36,7 +36,7 @@ from qpo_jax import prompts as prompts_lib
 from qpo_jax.eval_cache import EvalCache, total_usage
 from qpo_jax.models.registry import load_model
 from qpo_jax.policy import rounds
-from qpo_jax.reward_model import RewardModel
+from qpo_jax.oirl_baseline import RewardModel
 from qpo_jax.store import dataset
 from qpo_jax.tasks import CHOICE, base as task_base, load_splits
 from qpo_jax.tasks.base import format_number

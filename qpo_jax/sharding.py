@@ -10,11 +10,11 @@ mesh shape; one device is the trivial mesh where everything is replicated.
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 from typing import Any, Mapping, Sequence
 
+from absl import logging
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P

@@ -277,7 +277,7 @@ def _policy_preset(spec):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_config_train_step_eval_shape(path):
-  from qpo_jax.policy import train
+  from qpo_jax.policy import train_step
   from qpo_jax.policy.model import init_policy
 
   config = config_module(path).get_config()
@@ -285,7 +285,7 @@ def test_config_train_step_eval_shape(path):
   mesh = sharding.make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
   params = jax.eval_shape(lambda: init_policy(cfg, jax.random.key(0)))
   tc = dict(config.train)
-  step = train.make_train_step(cfg, tc, 10, params, mesh)
+  step = train_step.make_train_step(cfg, tc, 10, params, mesh)
   b, lq, lp = tc["batch_size"], tc["query_len"], tc["prompt_len"]
   batch = {"returns": jax.ShapeDtypeStruct((b,), jnp.float32),
            "query": jax.ShapeDtypeStruct((b, lq), jnp.int32),

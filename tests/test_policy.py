@@ -9,7 +9,7 @@ import pytest
 
 from qpo_jax import sharding
 from qpo_jax.models.config import preset
-from qpo_jax.policy import sampling, train, trainer
+from qpo_jax.policy import sampling, train_step, trainer
 from qpo_jax.policy.model import PromptDT, init_policy
 from qpo_jax.store.records import Record
 from qpo_jax.utils import config_module
@@ -36,7 +36,7 @@ def test_loss_by_hand_and_padding_independence():
   params = init_policy(CFG, jax.random.key(0))
   batch = _batch()
   model = PromptDT(CFG)
-  logits, r_hat = model.apply({"params": params}, *[batch[k] for k in train.BATCH_KEYS])
+  logits, r_hat = model.apply({"params": params}, *[batch[k] for k in train_step.BATCH_KEYS])
   # hand: per row, run only its real tokens (no padding anywhere) through the same modules
   ce_sum, n = 0.0, 0
   for i in range(8):
@@ -44,7 +44,7 @@ def test_loss_by_hand_and_padding_independence():
     p = batch["prompt"][i][batch["prompt_mask"][i]]
     one = {"returns": batch["returns"][i:i + 1], "query": q[None], "query_mask": np.ones((1, len(q)),
            bool), "prompt": p[None], "prompt_mask": np.ones((1, len(p)), bool)}
-    lg, rh = model.apply({"params": params}, *[one[k] for k in train.BATCH_KEYS])
+    lg, rh = model.apply({"params": params}, *[one[k] for k in train_step.BATCH_KEYS])
     np.testing.assert_allclose(lg[0], logits[i, :len(p)], atol=1e-4)
     assert float(rh[0]) == pytest.approx(float(r_hat[i]), abs=1e-5)
     logp = jax.nn.log_softmax(np.asarray(lg[0], np.float64), -1)
@@ -53,7 +53,7 @@ def test_loss_by_hand_and_padding_independence():
   ce = ce_sum / n
   mse = float(np.mean((np.asarray(r_hat) - batch["returns"]) ** 2))
   lam = 0.5 if mse < 10 else 0.1
-  m = train.eval_loss(CFG, params, batch)
+  m = train_step.eval_loss(CFG, params, batch)
   assert float(m["ce"]) == pytest.approx(ce, rel=1e-4)
   assert float(m["mse"]) == pytest.approx(mse, rel=1e-4)
   assert float(m["lambda"]) == pytest.approx(lam)
@@ -63,14 +63,14 @@ def test_loss_by_hand_and_padding_independence():
                                         for k, v in params["return_head"].items()})
   for scale, lam in ((0.01, 0.5), (1.0, 0.1)):
     returns = batch["returns"] * scale
-    m = train.eval_loss(CFG, zero_head, dict(batch, returns=returns))
+    m = train_step.eval_loss(CFG, zero_head, dict(batch, returns=returns))
     assert float(m["mse"]) == pytest.approx(float(np.mean(returns ** 2)), rel=1e-5)
     assert float(m["lambda"]) == pytest.approx(lam)
 
 
 def _state_and_update(mesh, params, tc=None):
   tc = dict(TC, **(tc or {}))
-  step = train.make_train_step(CFG, tc, 10, params, mesh)
+  step = train_step.make_train_step(CFG, tc, 10, params, mesh)
   return step.init(params), step.update
 
 
@@ -212,7 +212,7 @@ def test_real_size_train_step_eval_shape(name):
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   params = jax.eval_shape(lambda: init_policy(cfg, jax.random.key(0)))
   tc = dict(TC, batch_size=8, query_len=40, prompt_len=40)
-  step = train.make_train_step(cfg, tc, 100, params, mesh)
+  step = train_step.make_train_step(cfg, tc, 100, params, mesh)
   batch = {"returns": jax.ShapeDtypeStruct((8,), jnp.float32),
            "query": jax.ShapeDtypeStruct((8, 40), jnp.int32),
            "query_mask": jax.ShapeDtypeStruct((8, 40), bool),
@@ -266,10 +266,10 @@ def test_lora_starts_unchanged_and_trains_only_adapters(smollm2_tokenizer):
   lora = init_policy(lcfg, jax.random.key(8), backbone_params=lm.params)
   assert lora["backbone"]["layers"]["attn"]["q_lora"]["a"].shape == (CFG.n_layers, 64, 4)
   batch = _batch()
-  m0, m1 = train.eval_loss(CFG, base, batch), train.eval_loss(lcfg, lora, batch)
+  m0, m1 = train_step.eval_loss(CFG, base, batch), train_step.eval_loss(lcfg, lora, batch)
   assert float(m0["ce"]) == pytest.approx(float(m1["ce"]), rel=1e-6)  # B = 0 at the start
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
-  step = train.make_train_step(lcfg, TC, 10, lora, mesh)
+  step = train_step.make_train_step(lcfg, TC, 10, lora, mesh)
   state, update = step.init(lora), step.update
   before = jax.tree_util.tree_map(np.asarray, state.params)
   for i in range(3):

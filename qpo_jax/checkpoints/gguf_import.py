@@ -8,10 +8,10 @@ interleaved RoPE; `unpermute_rows` undoes that so our half-split RoPE applies.
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any, Mapping
 
+from absl import logging
 import numpy as np
 
 from qpo_jax.checkpoints.hf import CheckpointError, assemble_params, load_hf_tokenizer

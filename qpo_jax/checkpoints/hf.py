@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import glob
 import json
-import logging
 import os
 from typing import Any, Callable, Iterator, Mapping
 
+from absl import logging
 import ml_dtypes
 import numpy as np
 

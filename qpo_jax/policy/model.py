@@ -19,7 +19,7 @@ first sees inputs of the size it was trained on.
 The return head is Linear(d->1) on h at the return position, predicting
 R / RETURN_SCALE. Causal attention lets that position see only e(R), so R_hat
 can only reconstruct R: the MSE term shapes how R is represented (as in the
-authors' code); it does not value a prompt (train.py says how it is weighed).
+authors' code); it does not value a prompt (train_step.py says how it is weighed).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from qpo_jax.models.config import ModelConfig
-from qpo_jax.policy import train
+from qpo_jax.policy import train_step
 from qpo_jax.rewards import Normalizer
 from qpo_jax.store.pipeline import Batches
 from qpo_jax.store.records import Record
@@ -60,7 +60,7 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, recs: Sequen
                     batch_size=tc["batch_size"], seed=seed, normalizer=normalizer, mesh=mesh,
                     pad_multiple=int(tc["pad_multiple"]))
   total = int(tc["epochs"] * batches.steps_per_epoch)
-  step_fns = train.make_train_step(cfg, tc, batches.steps_per_epoch, init_params, mesh)
+  step_fns = train_step.make_train_step(cfg, tc, batches.steps_per_epoch, init_params, mesh)
   manager = ocp.CheckpointManager(
       os.path.join(os.path.abspath(round_dir), "checkpoints"),
       options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
