@@ -23,8 +23,7 @@ import sqlite3
 import threading
 from typing import Any, Iterable, Mapping, Sequence
 
-
-FILE = "eval_cache.sqlite"
+from qpo_jax.workdir import Workdir
 
 
 def cache_key(*parts: Any) -> str:
@@ -74,7 +73,7 @@ class EvalCache:
   @classmethod
   def of_workdir(cls, workdir: str) -> EvalCache:
     """The run's cache: <workdir>/eval_cache.sqlite."""
-    return cls(os.path.join(workdir, FILE))
+    return cls(Workdir(workdir).cache)
 
   def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
     found = {}

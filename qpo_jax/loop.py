@@ -41,6 +41,7 @@ from qpo_jax.tasks import TASKS, base as task_base, data_spec, load_source, load
 from qpo_jax.tasks.paper import svamp_fold_queries
 from qpo_jax.tasks.sources import read_json_list
 from qpo_jax.utils import atomic_write_text, peak_memory_gb
+from qpo_jax.workdir import Workdir
 
 
 POSITIVE = ("data.num_demo_sets", "data.num_demos", "data.prompts_per_chunk",
@@ -170,7 +171,7 @@ def initial_data(config: ml_collections.ConfigDict, workdir: str, target=None,
                  cache: EvalCache | None = None) -> dict[str, Any]:
   """D_0 in <workdir>/data/loop_0: built on the target from source prompts, or imported."""
   d = config.data
-  out = rounds.data_dir(workdir, 0)
+  out = Workdir(workdir).data(0)
   rounds.claim_stage(config, workdir, "d0")
   if os.path.exists(os.path.join(out, dataset.MANIFEST)):
     return dataset.read_manifest(out)
@@ -212,14 +213,14 @@ def initial_data(config: ml_collections.ConfigDict, workdir: str, target=None,
 def collect_round(config: ml_collections.ConfigDict, workdir: str, t: int, target: Target,
             cache: EvalCache) -> dict[str, Any]:
   """Loop t's collection: sample prompts for fresh collect-split queries, evaluate, merge -> D_t."""
-  out = rounds.data_dir(workdir, t)
+  out = Workdir(workdir).data(t)
   rounds.claim_stage(config, workdir, "collect", t)
   if os.path.exists(os.path.join(out, dataset.MANIFEST)):
     return dataset.read_manifest(out)
   started = time.time()
   c = config.loop
   task, splits = load_splits(config.task, ("collect", "train"))
-  plan_path = out + ".collect.json"
+  plan_path = Workdir(workdir).collect_plan(t)
   queries = task_base.sample_queries(splits["collect"], c.collect_batches * c.collect_queries,
                                      seed=config.seed + 1000 * t, balanced=False,
                                      max_words=config.task.max_words)
@@ -251,7 +252,7 @@ def collect_round(config: ml_collections.ConfigDict, workdir: str, t: int, targe
   new = [record_from_outcome(task=task, example=q, prompt=p, outcome=o, target=target.identity,
                              setting=setting, split="collect", prompt_source=f"qpo_loop_{t}",
                              loop=t) for (q, p), o in zip(pairs, rows)]
-  old, previous = dataset.read_dataset(rounds.data_dir(workdir, t - 1))
+  old, previous = dataset.read_dataset(Workdir(workdir).data(t - 1))
   manifest = dataset.write_dataset(  # D_0's normaliser: R* means the same raw reward every round
       out, dataset.merge(old, new), normalizer=rewards.Normalizer.from_dict(previous["normalizer"]),
       records_per_shard=config.data.records_per_shard,

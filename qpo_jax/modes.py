@@ -27,6 +27,7 @@ from qpo_jax.targets.server import Limits, ModelServer, make_server
 from qpo_jax.tasks import base as task_base
 from qpo_jax.tasks import get_task, load_splits
 from qpo_jax.utils import atomic_write_text, show_progress
+from qpo_jax.workdir import Workdir
 
 
 def generate_answers(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -44,7 +45,7 @@ def generate_answers(config: ml_collections.ConfigDict, workdir: str) -> list[di
   for r in records:
     print(f"Q: {r['question']}\nA: {r['answer']}\n", flush=True)
   os.makedirs(workdir, exist_ok=True)
-  atomic_write_text(os.path.join(workdir, "answers.json"), json.dumps(records, indent=2))
+  atomic_write_text(Workdir(workdir).answers, json.dumps(records, indent=2))
   logging.info("wrote %s/answers.json (%.1fs in all)", workdir, time.time() - start)
   return records
 
@@ -83,7 +84,7 @@ def evaluate_prompts(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "usage": cache.usage().get(target.identity, {})}
   print(f"best single prompt {best['accuracy']:.3f}; per-query oracle {result['oracle']:.3f} "
         f"over {len(prompts)} prompts x {len(queries)} queries", flush=True)
-  atomic_write_text(os.path.join(workdir, "prompt_eval.json"), json.dumps(result, indent=2))
+  atomic_write_text(Workdir(workdir).prompt_eval, json.dumps(result, indent=2))
   return result
 
 
@@ -128,13 +129,13 @@ def export_policy(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Round `optimize.round`'s policy (0: the last) as an HF-style directory (export.py)."""
   sampler = rounds.prompt_sampler(config, workdir, config.optimize.round)
   t = sampler.round
-  manifest = dataset.read_manifest(rounds.data_dir(workdir, t - 1))
+  manifest = dataset.read_manifest(Workdir(workdir).data(t - 1))
   meta = {"format": "qpo_jax PromptDT", "round": t, "task": config.task.name,
           "target": config.target.name, "policy_init": config.policy.name,
           "target_return": config.sample.target_return, "return_scale": RETURN_SCALE,
           "query_len": sampler.query_len, "prompt_len": sampler.prompt_len,
           "normalizer": manifest.get("normalizer")}
-  out = export.export_policy(config.export.dir or os.path.join(workdir, "export", f"round_{t}"),
+  out = export.export_policy(config.export.dir or Workdir(workdir).export(t),
                              sampler.cfg, sampler.params, sampler.tokenizer, meta)
   print(f"exported policy round {t} -> {out}", flush=True)
   return out
@@ -151,7 +152,7 @@ def collect(config: ml_collections.ConfigDict, workdir: str) -> dict:
   target = run_target(config)
   manifest = loop.collect_round(config, workdir, t, target,
                           EvalCache.of_workdir(workdir))
-  print(f"D_{t}: {manifest['count']} records -> {rounds.data_dir(workdir, t)}", flush=True)
+  print(f"D_{t}: {manifest['count']} records -> {Workdir(workdir).data(t)}", flush=True)
   return manifest
 
 
@@ -177,7 +178,7 @@ def inspect_data(config: ml_collections.ConfigDict, workdir: str) -> str:
     if not loops:
       raise FileNotFoundError(f"no datasets under {workdir}/data; run --mode=build_data first "
                               "or set --config.data.inspect")
-    directory = rounds.data_dir(workdir, loops[-1])
+    directory = Workdir(workdir).data(loops[-1])
   recs, manifest = dataset.read_dataset(directory)
   report = summary.describe(recs, manifest)
   print(report, flush=True)
@@ -189,7 +190,7 @@ def inspect_data(config: ml_collections.ConfigDict, workdir: str) -> str:
 def train_policy(config: ml_collections.ConfigDict, workdir: str):
   """Trains policy round `train.round` on D_{round-1} (resumes if killed; skips if finished)."""
   params = rounds.train_policy_round(config, workdir, config.train.round)
-  print(f"policy round {config.train.round}: {rounds.round_dir(workdir, config.train.round)}",
+  print(f"policy round {config.train.round}: {Workdir(workdir).round(config.train.round)}",
         flush=True)
   return params
 
@@ -204,7 +205,7 @@ def sample_prompts(config: ml_collections.ConfigDict, workdir: str) -> list[dict
   rows = [{"query": q.query, "prompt": p[0]} for q, p in zip(queries, prompts)]
   for r in rows:
     print(f"{r['query'][:70]!r}\n    -> {r['prompt']!r}", flush=True)
-  atomic_write_text(os.path.join(rounds.round_dir(workdir, config.train.round), "prompts.json"),
+  atomic_write_text(os.path.join(Workdir(workdir).round(config.train.round), "prompts.json"),
                     json.dumps(rows, indent=2))
   return rows
 

@@ -36,6 +36,7 @@ from qpo_jax.policy import rounds
 from qpo_jax.targets import Target, run_target
 from qpo_jax.tasks import CHOICE, Example, Task, get_task
 from qpo_jax.utils import progress_bar
+from qpo_jax.workdir import Workdir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +157,7 @@ def optimize(config: ml_collections.ConfigDict, workdir: str, target=None) -> di
   rows, bad = read_queries(task, os.path.expanduser(oc.input), oc.field)
   for message in bad:
     logging.warning("skipped %s", message)
-  out_path = os.path.expanduser(oc.output) or os.path.join(workdir, "optimized.jsonl")
+  out_path = os.path.expanduser(oc.output) or Workdir(workdir).optimized
   done = _done_lines(out_path)
   todo = [r for r in rows if r.line not in done]
   index = {r.line: i for i, r in enumerate(rows)}

@@ -42,6 +42,7 @@ from qpo_jax.tasks import CHOICE, base as task_base, load_splits
 from qpo_jax.tasks.base import format_number
 from qpo_jax.utils import atomic_open, atomic_write_text, peak_memory_gb, read_json
 from qpo_jax.targets import Target
+from qpo_jax.workdir import Workdir
 
 LABELS = {
     "none": "no instruction",
@@ -102,10 +103,10 @@ def prompt_stats(prompts: Sequence[str], sources: set[str], best_train: str) -> 
 def stage_costs(workdir: str, num_loops: int) -> dict[str, dict[str, Any]]:
   """The `cost` each finished stage wrote with its artifact (a dataset manifest's `meta`, a
   round's `final` marker)."""
-  found = {"d0": read_json(os.path.join(rounds.data_dir(workdir, 0), dataset.MANIFEST), {})}
+  found = {"d0": read_json(os.path.join(Workdir(workdir).data(0), dataset.MANIFEST), {})}
   for t in range(1, num_loops + 1):
-    found[f"train_{t}"] = read_json(os.path.join(rounds.round_dir(workdir, t), "final"), {})
-    found[f"collect_{t}"] = read_json(os.path.join(rounds.data_dir(workdir, t), dataset.MANIFEST),
+    found[f"train_{t}"] = read_json(Workdir(workdir).final(t), {})
+    found[f"collect_{t}"] = read_json(os.path.join(Workdir(workdir).data(t), dataset.MANIFEST),
                                       {})
   found.update({k: m.get("meta", {}) for k, m in found.items() if not k.startswith("train_")})
   return {name: meta["cost"] for name, meta in found.items() if "cost" in meta}
@@ -152,7 +153,7 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str, target:
                                      max_words=config.task.max_words)
   cands = prompts_lib.source_prompts(config, task)
   candidate_texts = list(dict.fromkeys(p for _, p in cands))
-  d0, _ = dataset.read_dataset(rounds.data_dir(workdir, 0))
+  d0, _ = dataset.read_dataset(Workdir(workdir).data(0))
   best_train = best_train_prompt(d0)
   prompts = list(dict.fromkeys(candidate_texts + ["", task.manual_prompt, best_train]))
   rm = RewardModel(load_model(config.policy), seed=config.seed)
@@ -212,8 +213,8 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str, target:
                   for i, q in enumerate(queries)],
       "cost": _cost(workdir, cache, num_loops, started)}
   markdown = to_markdown(result)
-  atomic_write_text(os.path.join(workdir, "eval", "results.json"), json.dumps(result, indent=2))
-  atomic_write_text(os.path.join(workdir, "eval", "results.md"), markdown)
+  atomic_write_text(Workdir(workdir).eval("results.json"), json.dumps(result, indent=2))
+  atomic_write_text(Workdir(workdir).eval("results.md"), markdown)
   plot(result, workdir)
   print(markdown, flush=True)
   return result
@@ -262,7 +263,7 @@ def plot(result: dict[str, Any], workdir: str) -> str:
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   num_loops = len(result["qpo_prompts"])
-  recs, _ = dataset.read_dataset(rounds.data_dir(workdir, num_loops))
+  recs, _ = dataset.read_dataset(Workdir(workdir).data(num_loops))
   fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
   by_loop = collections.defaultdict(list)
   for r in recs:
@@ -288,7 +289,7 @@ def plot(result: dict[str, Any], workdir: str) -> str:
   right.set_xticks(loops)
   right.legend(fontsize=7)
   fig.tight_layout()
-  path = os.path.join(workdir, "eval", "results.png")
+  path = Workdir(workdir).eval("results.png")
   with atomic_open(path, "wb") as fh:
     fig.savefig(fh, format="png", dpi=100)
   plt.close(fig)

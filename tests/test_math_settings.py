@@ -10,6 +10,7 @@ from qpo_jax.policy import rounds, trainer
 from qpo_jax.store import dataset
 from qpo_jax.tasks import load_splits
 from qpo_jax.utils import load_config
+from qpo_jax.workdir import Workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "..", "shared", "data")
@@ -40,13 +41,13 @@ def test_math_setting_builds_d0_and_trains_a_step(task, tmp_path, smollm2_tokeni
   config = _config(task, tok_dir)
   work = str(tmp_path / "run")
   manifest = loop.initial_data(config, work)
-  recs, _ = dataset.read_dataset(rounds.data_dir(work, 0))
+  recs, _ = dataset.read_dataset(Workdir(work).data(0))
   _, splits = load_splits(config.task)
   train = {ex.query for ex in splits["train"]}
   assert manifest["count"] == len(recs) == 8 * 6 and manifest["queries"] == 8
   assert all(r.query in train and not r.query.startswith("#") for r in recs)
   rounds.train_policy_round(config, work, 1)
-  history = trainer.metrics_history(rounds.round_dir(work, 1))
+  history = trainer.metrics_history(Workdir(work).round(1))
   assert [m["step"] for m in history] == [1] and np.isfinite(history[0]["loss"])
 
 
@@ -62,7 +63,7 @@ def test_prompt_oirl_import_has_train_texts_only(task, tmp_path, smollm2_tokeniz
                    path=os.path.join(oirl, "llama2_chat_logs", task))
   work = str(tmp_path / "run")
   loop.initial_data(config, work)
-  recs, manifest = dataset.read_dataset(rounds.data_dir(work, 0))
+  recs, manifest = dataset.read_dataset(Workdir(work).data(0))
   _, splits = load_splits(config.task)
   held_out = {loop._plain_text(ex.query) for s in ("collect", "test") for ex in splits[s]}
   assert not any(r.query.startswith("#") for r in recs)
@@ -74,5 +75,5 @@ def test_prompt_oirl_import_has_train_texts_only(task, tmp_path, smollm2_tokeniz
     assert 5000 < manifest["queries"] < 15000
   config.train.update(batch_size=16, log_every=1)
   rounds.train_policy_round(config, work, 1, stop_after=1)
-  history = trainer.metrics_history(rounds.round_dir(work, 1))
+  history = trainer.metrics_history(Workdir(work).round(1))
   assert [m["step"] for m in history] == [1] and np.isfinite(history[0]["loss"])

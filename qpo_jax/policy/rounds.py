@@ -25,14 +25,7 @@ from qpo_jax import fingerprint, rewards, sharding
 from qpo_jax.policy import sampling, trainer
 from qpo_jax.policy.model import pretrained_policy
 from qpo_jax.store import dataset
-
-
-def round_dir(workdir: str, t: int) -> str:
-  return os.path.join(workdir, "policy", f"round_{t}")
-
-
-def data_dir(workdir: str, loop: int) -> str:
-  return os.path.join(workdir, "data", f"loop_{loop}")
+from qpo_jax.workdir import Workdir
 
 
 def claim_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, t: int = 0,
@@ -40,11 +33,11 @@ def claim_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, t: 
   """Checks a stage's recorded config fields against `config` (fingerprint.py) and, for a
   stage about to start (`record`), records them if none are."""
   artifact, name = {
-      "d0": (data_dir(workdir, 0), "D_0"),
-      "round": (round_dir(workdir, t), f"policy round {t}"),
-      "collect": (f"{data_dir(workdir, t)} (and {data_dir(workdir, t)}.collect.json)",
+      "d0": (Workdir(workdir).data(0), "D_0"),
+      "round": (Workdir(workdir).round(t), f"policy round {t}"),
+      "collect": (f"{Workdir(workdir).data(t)} (and {Workdir(workdir).data(t)}.collect.json)",
                   f"loop {t}'s collection (D_{t})")}[stage]
-  path = (data_dir(workdir, t) if stage == "collect" else artifact) + ".config.json"
+  path = (Workdir(workdir).data(t) if stage == "collect" else artifact) + ".config.json"
   fields = fingerprint.stage_fields(config, stage, t)
   (fingerprint.claim if record else fingerprint.check)(path, fields, name, artifact)
 
@@ -81,23 +74,23 @@ def train_policy_round(config: ml_collections.ConfigDict, workdir: str, t: int,
   started = time.time()
   if t < 1:
     raise ValueError(f"policy rounds start at 1, got {t}")
-  recs, manifest = dataset.read_dataset(data_dir(workdir, t - 1))
+  recs, manifest = dataset.read_dataset(Workdir(workdir).data(t - 1))
   claim_stage(config, workdir, "round", t)
   recs = rewards.expert_filter(recs, config.data.threshold, config.data.top_fraction)
   if not recs:
-    raise ValueError(f"no record of {data_dir(workdir, t - 1)} passes the expert filter "
+    raise ValueError(f"no record of {Workdir(workdir).data(t - 1)} passes the expert filter "
                      f"(data.threshold={config.data.threshold}, data.top_fraction="
                      f"{config.data.top_fraction}); lower data.threshold")
   cfg, params, tok = policy_init(config)
   tc = dict(config.train)
   if t > 1:
-    params = trainer.load_final_params(round_dir(workdir, t - 1), params)
+    params = trainer.load_final_params(Workdir(workdir).round(t - 1), params)
     tc.update(learning_rate=tc["finetune_lr"], epochs=tc["finetune_epochs"])
   normalizer = (rewards.Normalizer.from_dict(manifest["normalizer"])
                 if tc["normalize"] and manifest.get("normalizer") else None)
   mesh = sharding.make_mesh(config.mesh)
   params = sharding.shard_params(params, mesh)
-  return trainer.train_round(round_dir(workdir, t), cfg, params, recs, tok, tc, mesh=mesh,
+  return trainer.train_round(Workdir(workdir).round(t), cfg, params, recs, tok, tc, mesh=mesh,
                              seed=config.seed + t, normalizer=normalizer, stop_after=stop_after,
                              started=started)
 
@@ -126,28 +119,20 @@ class PromptSampler:
                                    batch_size=sc.batch_size, first_index=first_index, **knobs)
 
 
-def finished_rounds(workdir: str) -> list[int]:
-  """Rounds whose training finished (their `final` marker exists), ascending."""
-  base = os.path.join(workdir, "policy")
-  names = os.listdir(base) if os.path.isdir(base) else []
-  return sorted(int(n.split("_")[1]) for n in names if re.fullmatch(r"round_\d+", n)
-                and os.path.exists(os.path.join(base, n, "final")))
-
-
 def prompt_sampler(config: ml_collections.ConfigDict, workdir: str, t: int) -> PromptSampler:
   """Round t's policy (0: the last finished), checked against the config's fingerprint."""
   if t == 0:
-    if not finished_rounds(workdir):
+    if not Workdir(workdir).finished_rounds():
       raise FileNotFoundError(f"no trained policy in {os.path.join(workdir, 'policy')}; run "
                               "the loop or --mode=train_policy first")
-    t = finished_rounds(workdir)[-1]
-  if not os.path.exists(os.path.join(round_dir(workdir, t), "final")):
+    t = Workdir(workdir).finished_rounds()[-1]
+  if not os.path.exists(Workdir(workdir).final(t)):
     raise FileNotFoundError(f"policy round {t} has not finished training in "
-                            f"{round_dir(workdir, t)}; finished rounds: "
-                            f"{finished_rounds(workdir) or 'none'}")
+                            f"{Workdir(workdir).round(t)}; finished rounds: "
+                            f"{Workdir(workdir).finished_rounds() or 'none'}")
   claim_stage(config, workdir, "round", t, record=False)
   cfg, params, tok = policy_init(config)
-  params = trainer.load_final_params(round_dir(workdir, t), params)
+  params = trainer.load_final_params(Workdir(workdir).round(t), params)
   return PromptSampler(cfg, params, tok, config.sample, config.train.query_len,
                        config.train.prompt_len, t)
 
