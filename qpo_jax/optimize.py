@@ -113,18 +113,29 @@ def read_queries(task: Task, path: str, field: str) -> tuple[list[Row], list[str
   return rows, bad
 
 
-def _done_lines(path: str) -> set[int]:
-  """Lines already written to the output; a last line cut by a kill is removed."""
+def _done_rows(path: str) -> dict[int, dict[str, str]]:
+  """{input line: query fields} already written to the output; a last line cut by a kill is
+  removed. A file this mode did not write is refused, never changed."""
   if not os.path.exists(path):
-    return set()
+    return {}
   with open(path, "rb") as f:
     data = f.read()
   keep = data[:data.rfind(b"\n") + 1]
+  done = {}
+  for i, text in enumerate(keep.decode("utf-8", errors="replace").splitlines(), 1):
+    try:
+      row = json.loads(text)
+      if not isinstance(row, dict) or "prompt" not in row:
+        raise ValueError(text)
+      done[int(row["line"])] = dict(row["fields"])
+    except (ValueError, KeyError, TypeError):
+      raise ValueError(f"{path}:{i}: not a row that --mode=optimize wrote; set "
+                       "optimize.output to a new file (this one is left as it is)") from None
   if len(keep) != len(data):
     logging.warning("%s: dropping a last line cut short (%d bytes)", path, len(data) - len(keep))
     with open(path, "r+b") as f:
       f.truncate(len(keep))
-  return {json.loads(ln)["line"] for ln in keep.decode("utf-8").splitlines() if ln.strip()}
+  return done
 
 
 def _contiguous(batch: list[Row], index: dict[int, int]) -> Iterator[list[Row]]:
@@ -158,7 +169,11 @@ def optimize(config: ml_collections.ConfigDict, workdir: str, target=None) -> di
   for message in bad:
     logging.warning("skipped %s", message)
   out_path = os.path.expanduser(oc.output) or Workdir(workdir).optimized
-  done = _done_lines(out_path)
+  done = _done_rows(out_path)
+  changed = [r.line for r in rows if r.line in done and done[r.line] != dict(r.example.fields)]
+  if changed:
+    raise ValueError(f"{out_path} was written for another version of {oc.input} (line "
+                     f"{changed[0]} differs); set optimize.output to a new file")
   todo = [r for r in rows if r.line not in done]
   index = {r.line: i for i, r in enumerate(rows)}
   sampler = rounds.prompt_sampler(config, workdir, oc.round)

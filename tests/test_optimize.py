@@ -100,6 +100,21 @@ def test_sampled_prompts_do_not_depend_on_where_a_run_was_cut(work, tmp_path):
   assert _rows(config.optimize.output) == whole
 
 
+def test_never_changes_a_file_it_did_not_write(tmp_path):
+  path = _jsonl(tmp_path / "q.jsonl", [json.dumps({"query": q}) for q in QUERIES[:2]])
+  config = _config(tmp_path, input=path)
+  foreign = tmp_path / "out.jsonl"
+  foreign.write_text('{"id": 1, "note": "mine"}\n{"id": 2, "no')  # a user's file, cut short
+  before = foreign.read_bytes()
+  with pytest.raises(ValueError, match=f"{foreign}:1: not a row that --mode=optimize wrote"):
+    optimize.optimize(config, str(tmp_path / "w"))
+  assert foreign.read_bytes() == before
+  foreign.write_text(json.dumps({"line": 1, "fields": {"text": "another query"}, "prompt": "p"})
+                     + "\n")
+  with pytest.raises(ValueError, match=r"was written for another version of .* \(line 1 differs\)"):
+    optimize.optimize(config, str(tmp_path / "w"))
+
+
 def test_needs_input_and_a_trained_policy(tmp_path):
   config = _config(tmp_path)
   with pytest.raises(ValueError, match="needs --config.optimize.input"):
