@@ -55,6 +55,13 @@ def test_round_trip_is_exact_and_transformers_agrees(cfg, tmp_path):
   assert cfg2 == cfg and meta["target_return"] == 100.0
   _same(params, params2)
   assert "R* = 100.0" in open(os.path.join(directory, "qpo", "README.md")).read()
+  export.export_policy(directory, cfg, params, None, {})  # an earlier export: replaced
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "notes.txt").write_text("a user's file")
+  with pytest.raises(FileExistsError, match="is not an exported QPO policy"):
+    export.export_policy(str(mine), cfg, params, None, {})
+  assert (mine / "notes.txt").read_text() == "a user's file"
   model = transformers.AutoModelForCausalLM.from_pretrained(directory).eval()
   ids, mask = _batch(cfg.vocab_size)
   ours = Transformer(cfg).apply({"params": params["backbone"]}, jnp.asarray(ids),

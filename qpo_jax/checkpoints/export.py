@@ -81,7 +81,15 @@ def backbone_tensors(cfg: ModelConfig, params: Mapping[str, Any]) -> dict[str, n
 
 def export_policy(directory: str, cfg: ModelConfig, params: Mapping[str, Any], tokenizer,
                   meta: Mapping[str, Any]) -> str:
-  """Writes the directory (to a temp name, then renamed over `directory`); returns its path."""
+  """Writes the directory (to a temp name, then renamed over `directory`); returns its path.
+
+  An existing `directory` is replaced only if it is an earlier export (it has
+  qpo/qpo.json); anything else there is refused, never deleted.
+  """
+  if os.path.exists(directory) and not os.path.exists(os.path.join(directory, HEADS_DIR,
+                                                                   "qpo.json")):
+    raise FileExistsError(f"{directory} exists and is not an exported QPO policy; choose "
+                          "another export.dir (nothing was changed)")
   tmp = directory.rstrip("/") + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(os.path.join(tmp, HEADS_DIR))
