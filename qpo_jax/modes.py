@@ -150,8 +150,7 @@ def collect(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Collection and merge of loop `train.round`: its policy's prompts evaluated -> D_round."""
   t = config.train.round
   target = run_target(config)
-  manifest = loop.collect_round(config, workdir, t, target,
-                          EvalCache.of_workdir(workdir))
+  manifest = loop.collect_round(config, workdir, t, target, EvalCache.of_workdir(workdir))
   print(f"D_{t}: {manifest['count']} records -> {Workdir(workdir).data(t)}", flush=True)
   return manifest
 
@@ -205,7 +204,7 @@ def sample_prompts(config: ml_collections.ConfigDict, workdir: str) -> list[dict
   rows = [{"query": q.query, "prompt": p[0]} for q, p in zip(queries, prompts)]
   for r in rows:
     print(f"{r['query'][:70]!r}\n    -> {r['prompt']!r}", flush=True)
-  atomic_write_text(os.path.join(Workdir(workdir).round(config.train.round), "prompts.json"),
+  atomic_write_text(Workdir(workdir).sampled_prompts(config.train.round),
                     json.dumps(rows, indent=2))
   return rows
 

@@ -33,6 +33,10 @@ class Workdir:
     """Round t's `final` marker: training finished (steps, last metrics, cost)."""
     return os.path.join(self.round(t), "final")
 
+  def sampled_prompts(self, t: int) -> str:
+    """--mode=sample_prompts' output for round t."""
+    return os.path.join(self.round(t), "prompts.json")
+
   def finished_rounds(self) -> list[int]:
     """Rounds whose training finished, ascending."""
     base = os.path.join(self.root, "policy")

@@ -121,18 +121,19 @@ class PromptSampler:
 
 def prompt_sampler(config: ml_collections.ConfigDict, workdir: str, t: int) -> PromptSampler:
   """Round t's policy (0: the last finished), checked against the config's fingerprint."""
+  wd = Workdir(workdir)
+  finished = wd.finished_rounds()
   if t == 0:
-    if not Workdir(workdir).finished_rounds():
+    if not finished:
       raise FileNotFoundError(f"no trained policy in {os.path.join(workdir, 'policy')}; run "
                               "the loop or --mode=train_policy first")
-    t = Workdir(workdir).finished_rounds()[-1]
-  if not os.path.exists(Workdir(workdir).final(t)):
-    raise FileNotFoundError(f"policy round {t} has not finished training in "
-                            f"{Workdir(workdir).round(t)}; finished rounds: "
-                            f"{Workdir(workdir).finished_rounds() or 'none'}")
+    t = finished[-1]
+  if t not in finished:
+    raise FileNotFoundError(f"policy round {t} has not finished training in {wd.round(t)}; "
+                            f"finished rounds: {finished or 'none'}")
   claim_stage(config, workdir, "round", t, record=False)
   cfg, params, tok = policy_init(config)
-  params = trainer.load_final_params(Workdir(workdir).round(t), params)
+  params = trainer.load_final_params(wd.round(t), params)
   return PromptSampler(cfg, params, tok, config.sample, config.train.query_len,
                        config.train.prompt_len, t)
 
