@@ -5,11 +5,9 @@ rendered text is one target call. Calls already in the cache are not made
 again; new ones go to the target ordered by instruction and demonstration
 set, then by length, so a local target's batches share their common prefix
 and pad little (scoring.py); results are written to the cache chunk by chunk,
-so a killed run loses at most one chunk. Outcomes follow the spec's record layout:
-
-  zero-shot choice: pred, nll (per option), gold_nll, correct
-  zero-shot math:   answer, response, nll (mean token NLL of the response), correct
-  few-shot:         acc_q (accuracy over the demo sets), correct (per set)
+so a killed run loses at most one chunk. Each pair gives an `Outcome`
+(rewards.py): the choice made and its NLLs, the math answer and its response,
+or the few-shot correctness under each demonstration set.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ from absl import logging
 import numpy as np
 
 from qpo_jax.eval_cache import EvalCache, cache_key
-from qpo_jax.rewards import outcome_accuracy
+from qpo_jax.rewards import Outcome
 from qpo_jax.tasks.base import CHOICE, Example, Task, demos_id, extract_answer, numbers_equal
 from qpo_jax.utils import progress_bar
 from qpo_jax.targets import Target
@@ -78,22 +76,22 @@ def _run_missing(task: Task, target: Target, calls: Sequence[_Call], cache: Eval
   bar.close()
 
 
-def _outcome(task: Task, ex: Example, raw: dict[str, Any]) -> dict[str, Any]:
+def _outcome(task: Task, ex: Example, raw: dict[str, Any]) -> Outcome:
   if task.kind == CHOICE:
     nll = np.asarray(raw["nll"], np.float64)
     pred = int(np.argmin(nll))
-    return {"pred": pred, "nll": raw["nll"], "gold_nll": float(nll[ex.label]),
-            "correct": int(pred == ex.label)}
+    return Outcome(correct=float(pred == ex.label), pred=pred,
+                   option_nll=tuple(float(x) for x in raw["nll"]), gold_nll=float(nll[ex.label]))
   answer = extract_answer(raw["response"])
-  return {"answer": answer, "response": raw["response"], "nll": raw["nll"],
-          "correct": int(numbers_equal(answer, ex.answer))}
+  return Outcome(correct=float(numbers_equal(answer, ex.answer)), answer=answer,
+                 response=raw["response"], response_nll=float(raw["nll"]))
 
 
 def evaluate_pairs(task: Task, target: Target, pairs: Sequence[tuple[Example, str]], *,
                    setting: str = ZERO_SHOT, demo_sets: Sequence[Sequence[Example]] = (),
                    cache: EvalCache | None = None, chunk: int = 256,
-                   max_new_tokens: int = 256) -> list[dict[str, Any]]:
-  """Outcome dict per (example, prompt) pair, in order; see the module docstring."""
+                   max_new_tokens: int = 256) -> list[Outcome]:
+  """The `Outcome` of each (example, prompt) pair, in order."""
   cache = cache if cache is not None else EvalCache(None)
   calls = _calls(task, target, pairs, setting, demo_sets)
   flat = {c.key: c for row in calls for c in row}
@@ -110,8 +108,7 @@ def evaluate_pairs(task: Task, target: Target, pairs: Sequence[tuple[Example, st
     if setting == ZERO_SHOT:
       outcomes.append(per_set[0])
     else:
-      correct = [o["correct"] for o in per_set]
-      outcomes.append({"acc_q": float(np.mean(correct)), "correct": correct})
+      outcomes.append(Outcome(per_set=tuple(int(o.correct) for o in per_set)))
   return outcomes
 
 
@@ -133,8 +130,8 @@ def raw_results(task: Task, target: Target, pairs: Sequence[tuple[Example, str]]
   return [have[c.key] for c in calls]
 
 
-def accuracy(outcomes: Sequence[dict[str, Any]]) -> float:
+def accuracy(outcomes: Sequence[Outcome]) -> float:
   """Mean correctness (zero-shot) or mean per-query few-shot accuracy."""
   if not outcomes:
     return float("nan")
-  return float(np.mean([outcome_accuracy(o) for o in outcomes]))
+  return float(np.mean([o.accuracy for o in outcomes]))

@@ -66,8 +66,8 @@ def evaluate_records(task: Task, target: Target,
   sources = [s for (s, _), queries in grid for _ in queries]
   outcomes = evaluation.evaluate_pairs(task, target, pairs, setting=setting, demo_sets=demo_sets,
                                        cache=cache, max_new_tokens=max_new_tokens)
-  rows = [dict(o, prompt=p) for o, (_, p) in zip(outcomes, pairs)]
-  rows = rewards.with_rewards(rows, setting, task.kind, nll_term=nll_term)
+  rows = rewards.with_rewards([p for _, p in pairs], outcomes, setting, task.kind,
+                              nll_term=nll_term)
   return [record_from_outcome(task=task, example=q, prompt=p, outcome=o, target=target.identity,
                               setting=setting, split=split, prompt_source=s, loop=loop)
           for (q, p), s, o in zip(pairs, sources, rows)]

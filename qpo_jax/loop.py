@@ -245,10 +245,9 @@ def collect_round(config: ml_collections.ConfigDict, workdir: str, t: int, targe
   rows = []  # avg_acc: each collection batch's accuracy (the policy's prompts, evaluated together)
   per_batch = c.collect_queries * len(prompts[0])
   for start in range(0, len(pairs), per_batch):
-    batch = [dict(o, prompt=p) for o, (_, p) in zip(outcomes[start:start + per_batch],
-                                                   pairs[start:start + per_batch])]
-    rows += rewards.with_rewards(batch, setting, task.kind, by_prompt=False,
-                                 nll_term=config.data.nll_term)
+    rows += rewards.with_rewards([p for _, p in pairs[start:start + per_batch]],
+                                 outcomes[start:start + per_batch], setting, task.kind,
+                                 by_prompt=False, nll_term=config.data.nll_term)
   new = [record_from_outcome(task=task, example=q, prompt=p, outcome=o, target=target.identity,
                              setting=setting, split="collect", prompt_source=f"qpo_loop_{t}",
                              loop=t) for (q, p), o in zip(pairs, rows)]

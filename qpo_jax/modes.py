@@ -19,7 +19,6 @@ from qpo_jax.models.registry import load_model
 from qpo_jax.targets import run_target
 from qpo_jax.checkpoints import export
 from qpo_jax.policy import rounds
-from qpo_jax.rewards import outcome_accuracy
 from qpo_jax.policy.model import RETURN_SCALE
 from qpo_jax.policy.serve import PolicyServer
 from qpo_jax.store import dataset, summary
@@ -74,7 +73,7 @@ def evaluate_prompts(config: ml_collections.ConfigDict, workdir: str) -> dict:
     out = evaluation.evaluate_pairs(task, target, [(q, prompt) for q in queries],
                                     setting=ev.setting, demo_sets=demos, cache=cache,
                                     max_new_tokens=ev.max_new_tokens)
-    per_query.append([outcome_accuracy(o) for o in out])
+    per_query.append([o.accuracy for o in out])
     rows.append({"source": source, "prompt": prompt, "accuracy": evaluation.accuracy(out)})
     print(f"{rows[-1]['accuracy']:6.3f}  [{source}] {prompt[:80]!r}", flush=True)
   best = max(rows, key=lambda r: r["accuracy"])

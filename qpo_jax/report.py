@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
-from qpo_jax import evaluation, rewards
+from qpo_jax import evaluation
 from qpo_jax import prompts as prompts_lib
 from qpo_jax.eval_cache import EvalCache, total_usage
 from qpo_jax.models.registry import load_model
@@ -137,7 +137,7 @@ def _cost(workdir: str, cache: EvalCache, num_loops: int, started: float) -> dic
 def _accuracies(task, target: Target, cache, pairs, setting, demos, max_new_tokens) -> np.ndarray:
   outs = evaluation.evaluate_pairs(task, target, pairs, setting=setting, demo_sets=demos,
                                    cache=cache, max_new_tokens=max_new_tokens)
-  return np.asarray([rewards.outcome_accuracy(o) for o in outs])
+  return np.asarray([o.accuracy for o in outs])
 
 
 def _gold(task, ex) -> str:

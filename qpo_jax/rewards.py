@@ -40,16 +40,42 @@ import numpy as np
 from qpo_jax.tasks.base import CHOICE
 
 
-def outcome_accuracy(outcome: Mapping[str, Any]) -> float:
-  """A pair's accuracy: few-shot acc_q (over the demo sets), else zero-shot correctness."""
-  return float(outcome["acc_q"] if "acc_q" in outcome else outcome["correct"])
+NAN = float("nan")
 
 
-def prompt_accuracy(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-  """Mean accuracy of each prompt over the records given (the spec's avg_acc)."""
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+  """What the target did with one (query, prompt) pair (evaluation.py makes them).
+
+  zero-shot choice: correct, pred, option_nll (per option), gold_nll
+  zero-shot math:   correct, answer (extracted number), response, response_nll
+  few-shot:         per_set (correctness under each demonstration set)
+  `with_rewards` fills in avg_acc and reward.
+  """
+
+  correct: float = NAN
+  pred: int = -1
+  option_nll: tuple[float, ...] = ()
+  gold_nll: float = NAN
+  answer: float | None = None
+  response: str = ""
+  response_nll: float = NAN
+  per_set: tuple[int, ...] = ()
+  avg_acc: float = NAN
+  reward: float = NAN
+
+  @property
+  def accuracy(self) -> float:
+    """The pair's accuracy: few-shot, the mean over the demo sets (the spec's acc_q); else
+    zero-shot correctness."""
+    return float(np.mean(self.per_set)) if self.per_set else float(self.correct)
+
+
+def prompt_accuracy(prompts: Sequence[str], outcomes: Sequence[Outcome]) -> dict[str, float]:
+  """Mean accuracy of each prompt over the outcomes given (the spec's avg_acc)."""
   sums: dict[str, list[float]] = {}
-  for r in records:
-    sums.setdefault(r["prompt"], []).append(outcome_accuracy(r))
+  for p, o in zip(prompts, outcomes, strict=True):
+    sums.setdefault(p, []).append(o.accuracy)
   return {p: float(np.mean(v)) for p, v in sums.items()}
 
 
@@ -64,39 +90,38 @@ def choice_nll(option_nll: Sequence[float], gold_nll: float) -> float:
   return float(gold_nll + top + np.log(np.exp(scores - top).sum()))
 
 
-def reward(record: Mapping[str, Any], avg_acc: float, setting: str, kind: str,
+def reward(outcome: Outcome, avg_acc: float, setting: str, kind: str,
            nll_term: str = "token") -> float:
-  """R of one evaluated record (its outcome fields as evaluation.py writes them)."""
+  """R of one evaluated pair."""
   if setting == "few_shot":
-    return 10.0 * (record["acc_q"] + avg_acc)
+    return 10.0 * (outcome.accuracy + avg_acc)
   if setting != "zero_shot":
     raise ValueError(f"setting {setting!r} is not zero_shot or few_shot")
   if nll_term not in NLL_TERMS:
     raise ValueError(f"data.nll_term={nll_term!r} is not one of {NLL_TERMS}")
   if kind != CHOICE:
-    penalty = record["nll"]
+    penalty = outcome.response_nll
   elif nll_term == "choice":
-    penalty = choice_nll(record["nll"], record["gold_nll"])
+    penalty = choice_nll(outcome.option_nll, outcome.gold_nll)
   else:
-    penalty = record["gold_nll"]
-  return 10.0 * record["correct"] + 10.0 * avg_acc - float(penalty)
+    penalty = outcome.gold_nll
+  return 10.0 * outcome.correct + 10.0 * avg_acc - float(penalty)
 
 
-def with_rewards(records: Sequence[Mapping[str, Any]], setting: str, kind: str, *,
-                 by_prompt: bool = True, nll_term: str = "token") -> list[dict[str, Any]]:
-  """Copies of the records with `avg_acc` and `reward` filled in, over this batch.
+def with_rewards(prompts: Sequence[str], outcomes: Sequence[Outcome], setting: str, kind: str, *,
+                 by_prompt: bool = True, nll_term: str = "token") -> list[Outcome]:
+  """The outcomes of one batch of (query, prompt) pairs with `avg_acc` and `reward` filled in.
 
-  avg_acc is each prompt's accuracy over these records (`by_prompt`, D_0), or
-  the accuracy of all of them together (a collection batch).
+  avg_acc is each prompt's accuracy over this batch (`by_prompt`, D_0), or
+  the accuracy of the whole batch (a collection batch).
   """
-  acc = prompt_accuracy(records)
-  batch = float(np.mean([outcome_accuracy(r) for r in records])) if records else 0.0
+  acc = prompt_accuracy(prompts, outcomes)
+  batch = float(np.mean([o.accuracy for o in outcomes])) if outcomes else 0.0
   out = []
-  for r in records:
-    r = dict(r)
-    r["avg_acc"] = acc[r["prompt"]] if by_prompt else batch
-    r["reward"] = reward(r, r["avg_acc"], setting, kind, nll_term)
-    out.append(r)
+  for p, o in zip(prompts, outcomes, strict=True):
+    avg = acc[p] if by_prompt else batch
+    out.append(dataclasses.replace(o, avg_acc=avg,
+                                   reward=reward(o, avg, setting, kind, nll_term)))
   return out
 
 

@@ -43,10 +43,10 @@ def test_choice_outcomes_match_naive_scoring(tiny_lm, chat):
   for ex, out in zip(rows, outcomes):
     prefix = target.prefix_ids(task.render(ex, "Pick the topic."))
     naive = [_naive_nll(tiny_lm, prefix, target.option_ids(o)) for o in task.options(ex)]
-    np.testing.assert_allclose(out["nll"], naive, atol=2e-4)
-    assert out["pred"] == int(np.argmin(naive))
-    assert out["correct"] == int(out["pred"] == ex.label)
-    assert out["gold_nll"] == pytest.approx(naive[ex.label], abs=2e-4)
+    np.testing.assert_allclose(out.option_nll, naive, atol=2e-4)
+    assert out.pred == int(np.argmin(naive))
+    assert out.correct == int(out.pred == ex.label) == out.accuracy
+    assert out.gold_nll == pytest.approx(naive[ex.label], abs=2e-4)
   if chat:  # the chat template wraps the user turn; the option is the assistant reply
     text = tiny_lm.tokenizer.decode(target.prefix_ids("hi"))
     assert text.startswith("<|im_start|>") and text.endswith("assistant\n")
@@ -134,8 +134,8 @@ def test_few_shot_accuracy_over_demo_sets(tiny_lm):
                                   setting="few_shot", demo_sets=sets)
   for ex, o in zip(rows, out):
     per_set = [evaluation.evaluate_pairs(task, target, [(ex, "A.")], setting="few_shot",
-                                         demo_sets=[s])[0]["acc_q"] for s in sets]
-    assert o["correct"] == per_set and o["acc_q"] == pytest.approx(np.mean(per_set))
+                                         demo_sets=[s])[0].accuracy for s in sets]
+    assert list(o.per_set) == per_set and o.accuracy == pytest.approx(np.mean(per_set))
   with pytest.raises(ValueError, match="demonstration sets"):
     evaluation.evaluate_pairs(task, target, [(rows[0], "A.")], setting="few_shot")
 
@@ -161,9 +161,9 @@ def test_math_outcomes():
                       "Q3": "Final Answer: 4 (not 3)"})
   cache = EvalCache(None)
   out = evaluation.evaluate_pairs(task, target, [(e, "Think.") for e in exs], cache=cache)
-  assert [o["correct"] for o in out] == [1, 1, 0]
-  assert [o["answer"] for o in out] == [12.0, 1250.0, 4.0]
-  assert out[0]["nll"] == 0.5 and out[0]["response"].startswith("6 * 2")
+  assert [o.correct for o in out] == [1, 1, 0]
+  assert [o.answer for o in out] == [12.0, 1250.0, 4.0]
+  assert out[0].response_nll == 0.5 and out[0].response.startswith("6 * 2")
   assert cache.usage()["scripted"] == {"calls": 3, "prompt_tokens": 30, "generated_tokens": 12}
   assert evaluation.accuracy(out) == pytest.approx(2 / 3)
 
@@ -194,6 +194,6 @@ def test_sharded_target_matches_one_device(tiny_lm, axes):
   target = LocalTarget(tiny_lm, chat=False, batch_size=4, mesh=mesh)
   out = evaluation.evaluate_pairs(task, target, pairs)
   for r, o in zip(ref, out):
-    np.testing.assert_allclose(r["nll"], o["nll"], atol=1e-4)
+    np.testing.assert_allclose(r.option_nll, o.option_nll, atol=1e-4)
   gens = target.generate(["What is 1 + 1?"] * 3, max_new_tokens=4)
   assert len({g.text for g in gens}) == 1

@@ -45,8 +45,9 @@ def test_completions_scoring_equals_local(lm, server, monkeypatch):
   pairs = [(ex, "Which topic?") for ex in rows]
   local = evaluation.evaluate_pairs(task, LocalTarget(lm, chat=False, batch_size=4), pairs)
   remote = evaluation.evaluate_pairs(task, _client(server, monkeypatch, concurrency=3), pairs)
-  assert [o["pred"] for o in remote] == [o["pred"] for o in local]
-  np.testing.assert_allclose([o["nll"] for o in remote], [o["nll"] for o in local], atol=1e-4)
+  assert [o.pred for o in remote] == [o.pred for o in local]
+  np.testing.assert_allclose([o.option_nll for o in remote], [o.option_nll for o in local],
+                             atol=1e-4)
 
 
 def test_chat_generation_equals_local(lm, server, monkeypatch):

@@ -4,41 +4,40 @@ import numpy as np
 import pytest
 
 from qpo_jax import rewards
+from qpo_jax.rewards import Outcome
 from qpo_jax.tasks.base import CHOICE, MATH
 
 
-def _zero_shot_records():
-  # prompt A: 2 of 3 correct; prompt B: 0 of 1
-  return [
-      {"prompt": "A", "correct": 1, "gold_nll": 0.5, "nll": 9.0},
-      {"prompt": "A", "correct": 1, "gold_nll": 1.5, "nll": 9.0},
-      {"prompt": "A", "correct": 0, "gold_nll": 3.0, "nll": 9.0},
-      {"prompt": "B", "correct": 0, "gold_nll": 2.0, "nll": 9.0},
-  ]
-
-
 def test_zero_shot_choice():
-  out = rewards.with_rewards(_zero_shot_records(), "zero_shot", CHOICE)
+  # prompt A: 2 of 3 correct; prompt B: 0 of 1
+  prompts = ["A", "A", "A", "B"]
+  outs = [Outcome(correct=c, gold_nll=g, option_nll=(g, 9.0)) for c, g in
+          [(1, 0.5), (1, 1.5), (0, 3.0), (0, 2.0)]]
+  out = rewards.with_rewards(prompts, outs, "zero_shot", CHOICE)
   acc_a = 2 / 3
   expected = [10 + 10 * acc_a - 0.5, 10 + 10 * acc_a - 1.5, 0 + 10 * acc_a - 3.0, 0 + 0 - 2.0]
-  np.testing.assert_allclose([r["reward"] for r in out], expected)
-  assert [r["avg_acc"] for r in out] == pytest.approx([acc_a] * 3 + [0.0])
+  np.testing.assert_allclose([o.reward for o in out], expected)
+  assert [o.avg_acc for o in out] == pytest.approx([acc_a] * 3 + [0.0])
+  assert [o.gold_nll for o in out] == [o.gold_nll for o in outs]  # the rest is kept
+  with pytest.raises(ValueError):  # one prompt per outcome
+    rewards.with_rewards(prompts[:3], outs, "zero_shot", CHOICE)
 
 
 def test_zero_shot_math_uses_response_nll():
-  recs = [{"prompt": "p", "correct": 1, "nll": 0.25}, {"prompt": "p", "correct": 0, "nll": 1.0}]
-  out = rewards.with_rewards(recs, "zero_shot", MATH)
-  np.testing.assert_allclose([r["reward"] for r in out], [10 + 5 - 0.25, 0 + 5 - 1.0])
+  outs = [Outcome(correct=1, response_nll=0.25), Outcome(correct=0, response_nll=1.0)]
+  out = rewards.with_rewards(["p", "p"], outs, "zero_shot", MATH)
+  np.testing.assert_allclose([o.reward for o in out], [10 + 5 - 0.25, 0 + 5 - 1.0])
 
 
-def test_few_shot():
-  recs = [{"prompt": "p", "acc_q": 0.9}, {"prompt": "p", "acc_q": 0.7},
-          {"prompt": "q", "acc_q": 1.0}]
-  out = rewards.with_rewards(recs, "few_shot", CHOICE)
-  np.testing.assert_allclose([r["reward"] for r in out], [10 * (0.9 + 0.8), 10 * (0.7 + 0.8),
-                                                          10 * (1.0 + 1.0)])
+def test_few_shot_accuracy_is_the_mean_over_demo_sets():
+  outs = [Outcome(per_set=(1,) * 9 + (0,)), Outcome(per_set=(1,) * 7 + (0,) * 3),
+          Outcome(per_set=(1,) * 10)]
+  assert [o.accuracy for o in outs] == pytest.approx([0.9, 0.7, 1.0])
+  out = rewards.with_rewards(["p", "p", "q"], outs, "few_shot", CHOICE)
+  np.testing.assert_allclose([o.reward for o in out], [10 * (0.9 + 0.8), 10 * (0.7 + 0.8),
+                                                       10 * (1.0 + 1.0)])
   with pytest.raises(ValueError, match="setting"):
-    rewards.reward(recs[0], 0.5, "one_shot", CHOICE)
+    rewards.reward(outs[0], 0.5, "one_shot", CHOICE)
 
 
 def test_normalizer_round_trip_and_filter():
@@ -59,12 +58,13 @@ def test_normalizer_round_trip_and_filter():
 def test_collection_batch_accuracy_is_the_batch_not_each_prompt():
   """Collected prompts are nearly unique per query: grouping by prompt would make avg_acc the
   record's own correctness (R = 20*correct - NLL). A collection batch uses its accuracy."""
-  batch = [{"prompt": f"p{i}", "correct": c, "gold_nll": 1.0} for i, c in enumerate([1, 1, 0, 0])]
-  out = rewards.with_rewards(batch, "zero_shot", CHOICE, by_prompt=False)
-  assert [r["avg_acc"] for r in out] == [0.5] * 4
-  np.testing.assert_allclose([r["reward"] for r in out], [14.0, 14.0, 4.0, 4.0])
-  per_prompt = rewards.with_rewards(batch, "zero_shot", CHOICE)  # the old rule, for contrast
-  assert [r["avg_acc"] for r in per_prompt] == [1.0, 1.0, 0.0, 0.0]
+  prompts = [f"p{i}" for i in range(4)]
+  batch = [Outcome(correct=c, gold_nll=1.0) for c in [1, 1, 0, 0]]
+  out = rewards.with_rewards(prompts, batch, "zero_shot", CHOICE, by_prompt=False)
+  assert [o.avg_acc for o in out] == [0.5] * 4
+  np.testing.assert_allclose([o.reward for o in out], [14.0, 14.0, 4.0, 4.0])
+  per_prompt = rewards.with_rewards(prompts, batch, "zero_shot", CHOICE)  # the old rule
+  assert [o.avg_acc for o in per_prompt] == [1.0, 1.0, 0.0, 0.0]
 
 
 def test_normalizer_clips_later_records_to_d0_range():
@@ -88,10 +88,10 @@ def test_expert_filter_threshold_and_top_fraction_per_query():
 def test_choice_nll_term_is_the_gold_options_share():
   """nll_term="choice": -log softmax(-option NLLs)[gold], blind to a shift shared by all
   options (how much the prompt makes a chat model reply with a bare label)."""
-  rec = {"prompt": "A", "correct": 1, "nll": [0.5, 2.0, 3.0], "gold_nll": 0.5}
+  rec = Outcome(correct=1, option_nll=(0.5, 2.0, 3.0), gold_nll=0.5)
   want = -np.log(np.exp(-0.5) / np.exp(-np.array([0.5, 2.0, 3.0])).sum())
-  assert rewards.choice_nll(rec["nll"], rec["gold_nll"]) == pytest.approx(want)
-  shifted = dict(rec, nll=[4.5, 6.0, 7.0], gold_nll=4.5)
+  assert rewards.choice_nll(rec.option_nll, rec.gold_nll) == pytest.approx(want)
+  shifted = Outcome(correct=1, option_nll=(4.5, 6.0, 7.0), gold_nll=4.5)
   for r in (rec, shifted):
     assert rewards.reward(r, 0.5, "zero_shot", CHOICE, "choice") == pytest.approx(15 - want)
   assert rewards.reward(shifted, 0.5, "zero_shot", CHOICE) == pytest.approx(15 - 4.5)  # token

@@ -260,10 +260,10 @@ def test_build_records_carry_the_outcomes(tiny_target):
   recs = build.evaluate_records(task, tiny_target, [(("m", "Topic?"), queries)],
                                 setting="zero_shot", cache=EvalCache(None), split="train", loop=0)
   outs = evaluation.evaluate_pairs(task, tiny_target, [(q, "Topic?") for q in queries])
-  avg = np.mean([o["correct"] for o in outs])
+  avg = np.mean([o.correct for o in outs])
   for r, o, q in zip(recs, outs, queries):
-    assert r.pred == o["pred"] and r.gold == task.verbalizers[q.label]
-    assert r.reward == pytest.approx(10 * o["correct"] + 10 * avg - o["gold_nll"])
+    assert r.pred == o.pred and r.gold == task.verbalizers[q.label]
+    assert r.reward == pytest.approx(10 * o.correct + 10 * avg - o.gold_nll)
 
 
 def test_pipeline_batches_resume_and_shard(smollm2_tokenizer):

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from typing import Any
 
 from tensorflow_datasets.proto import tf_example_generated_pb2 as example_pb2
+
+from qpo_jax.rewards import Outcome
 
 SCHEMA_VERSION = 1
 NAN = float("nan")
@@ -106,27 +108,27 @@ def from_example(data: bytes, where: str = "") -> Record:
   return Record(**kwargs)
 
 
-def record_from_outcome(*, task, example, prompt: str, outcome: Mapping[str, Any], target: str,
+def record_from_outcome(*, task, example, prompt: str, outcome: Outcome, target: str,
                         setting: str, split: str, prompt_source: str, loop: int) -> Record:
-  """A Record from an evaluation outcome (evaluation.py) with its reward filled in."""
+  """A Record from a rewarded `Outcome` (rewards.with_rewards)."""
   from qpo_jax.tasks.base import CHOICE, format_number  # pylint: disable=g-import-not-at-top
 
   gold = (task.options(example)[example.label] if task.kind == CHOICE
           else format_number(example.answer))
-  rec = Record(task=task.name, query=example.query, prompt=prompt, reward=outcome["reward"],
+  rec = Record(task=task.name, query=example.query, prompt=prompt, reward=outcome.reward,
                split=split, query_id=example.uid, gold=gold,
                label=example.label if example.label is not None else -1,
                prompt_source=prompt_source, target=target, setting=setting,
-               avg_acc=outcome.get("avg_acc", NAN), loop=loop)
-  if "acc_q" in outcome:
-    rec.acc_q = float(outcome["acc_q"])
+               avg_acc=outcome.avg_acc, loop=loop)
+  if outcome.per_set:
+    rec.acc_q = outcome.accuracy
   elif task.kind == CHOICE:
-    rec.correct, rec.pred = float(outcome["correct"]), int(outcome["pred"])
-    rec.option_nll, rec.gold_nll = tuple(outcome["nll"]), float(outcome["gold_nll"])
+    rec.correct, rec.pred = outcome.correct, outcome.pred
+    rec.option_nll, rec.gold_nll = outcome.option_nll, outcome.gold_nll
   else:
-    rec.correct, rec.response = float(outcome["correct"]), outcome["response"]
-    rec.answer = format_number(outcome["answer"])
-    rec.response_nll = float(outcome["nll"])
+    rec.correct, rec.response = outcome.correct, outcome.response
+    rec.answer = format_number(outcome.answer)
+    rec.response_nll = outcome.response_nll
   return rec
 
 
