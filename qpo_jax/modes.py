@@ -170,9 +170,7 @@ def inspect_data(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Prints a dataset's report and writes its reward plot (the latest loop unless data.inspect)."""
   directory = config.data.inspect
   if not directory:
-    loops = sorted(int(n.split("_")[1]) for n in os.listdir(os.path.join(workdir, "data"))
-                   if n.startswith("loop_") and n.split("_")[1].isdigit()) \
-        if os.path.isdir(os.path.join(workdir, "data")) else []
+    loops = Workdir(workdir).datasets()
     if not loops:
       raise FileNotFoundError(f"no datasets under {workdir}/data; run --mode=build_data first "
                               "or set --config.data.inspect")

@@ -39,10 +39,28 @@ class Workdir:
 
   def finished_rounds(self) -> list[int]:
     """Rounds whose training finished, ascending."""
-    base = os.path.join(self.root, "policy")
+    return [t for t in self._indices("policy", r"round_(\d+)") if os.path.exists(self.final(t))]
+
+  def datasets(self) -> list[int]:
+    """Loops t that have a data/loop_<t> directory (finished or not), ascending."""
+    return self._indices("data", r"loop_(\d+)")
+
+  def stage_config(self, stage: str, t: int = 0) -> str:
+    """The config fields a stage was made with (fingerprint.py): "d0", "round" t, "collect" t."""
+    if stage not in ("d0", "round", "collect"):
+      raise ValueError(f"stage {stage!r} is not d0, round or collect")
+    return (self.round(t) if stage == "round" else self.data(0 if stage == "d0" else t)) + \
+        ".config.json"
+
+  def last_recorded_loop(self) -> int:
+    """The highest loop any stage's config record names (0: none past D_0)."""
+    return max(self._indices("data", r"loop_(\d+)\.config\.json") +
+               self._indices("policy", r"round_(\d+)\.config\.json"), default=0)
+
+  def _indices(self, sub: str, pattern: str) -> list[int]:
+    base = os.path.join(self.root, sub)
     names = os.listdir(base) if os.path.isdir(base) else []
-    return sorted(int(n.split("_")[1]) for n in names if re.fullmatch(r"round_\d+", n)
-                  and os.path.exists(self.final(int(n.split("_")[1]))))
+    return sorted(int(m.group(1)) for m in map(lambda n: re.fullmatch(pattern, n), names) if m)
 
   @property
   def cache(self) -> str:

@@ -1,8 +1,12 @@
-"""The layering in docs/architecture.md holds: no qpo_jax module imports a layer above it."""
+"""docs/architecture.md holds: no qpo_jax module imports a layer above it; one Workdir layout."""
 
 import ast
 import os
 import re
+
+import pytest
+
+from qpo_jax.workdir import Workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,3 +69,27 @@ def test_a_violation_would_be_caught():
   layers = _layers()
   assert _layer("qpo_jax.store.dataset", layers) == 2 < _layer("qpo_jax.loop", layers) == 5
   assert _layer("qpo_jax.models.config", layers) == 0 < _layer("qpo_jax.models.transformer", layers)
+
+
+def test_workdir_finds_its_artifacts_by_name(tmp_path):
+  """The listing helpers see finished and partial datasets, rounds with a `final` marker and
+  every stage's config record, and nothing else with a similar name."""
+  wd = Workdir(str(tmp_path))
+  assert (wd.datasets(), wd.finished_rounds(), wd.last_recorded_loop()) == ([], [], 0)
+  for t in (0, 2, 10):
+    os.makedirs(wd.data(t))
+  os.makedirs(wd.data(0) + ".partial")
+  for t in (1, 2):
+    os.makedirs(wd.round(t))
+    open(wd.stage_config("round", t), "w").close()
+  open(wd.final(1), "w").close()
+  for name in ("d0", "collect"):
+    open(wd.stage_config(name, 3 if name == "collect" else 0), "w").close()
+  open(wd.collect_plan(4), "w").close()
+  assert wd.datasets() == [0, 2, 10]
+  assert wd.finished_rounds() == [1]
+  assert wd.last_recorded_loop() == 3
+  assert wd.stage_config("d0") == wd.data(0) + ".config.json"
+  assert wd.stage_config("round", 2) == os.path.join(str(tmp_path), "policy", "round_2.config.json")
+  with pytest.raises(ValueError, match="stage"):
+    wd.stage_config("report")

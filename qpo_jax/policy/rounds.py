@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import time
 from typing import Any, Sequence
 
@@ -32,27 +31,24 @@ def claim_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, t: 
                 record: bool = True) -> None:
   """Checks a stage's recorded config fields against `config` (fingerprint.py) and, for a
   stage about to start (`record`), records them if none are."""
+  wd = Workdir(workdir)
   artifact, name = {
-      "d0": (Workdir(workdir).data(0), "D_0"),
-      "round": (Workdir(workdir).round(t), f"policy round {t}"),
-      "collect": (f"{Workdir(workdir).data(t)} (and {Workdir(workdir).data(t)}.collect.json)",
-                  f"loop {t}'s collection (D_{t})")}[stage]
-  path = (Workdir(workdir).data(t) if stage == "collect" else artifact) + ".config.json"
+      "d0": (wd.data(0), "D_0"),
+      "round": (wd.round(t), f"policy round {t}"),
+      "collect": (f"{wd.data(t)} (and {wd.collect_plan(t)})", f"loop {t}'s collection (D_{t})"),
+  }[stage]
   fields = fingerprint.stage_fields(config, stage, t)
-  (fingerprint.claim if record else fingerprint.check)(path, fields, name, artifact)
+  (fingerprint.claim if record else fingerprint.check)(wd.stage_config(stage, t), fields, name,
+                                                      artifact)
 
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Every stage already in the workdir against `config`, before any work starts."""
-  recorded = [n for sub in ("policy", "data") if os.path.isdir(os.path.join(workdir, sub))
-              for n in os.listdir(os.path.join(workdir, sub)) if n.endswith(".config.json")]
-  last = max((int(re.search(r"_(\d+)\.config\.json$", n).group(1)) for n in recorded), default=0)
-  data = os.path.join(workdir, "data")
-  for name in sorted(os.listdir(data)) if os.path.isdir(data) else ():
-    if re.fullmatch(r"loop_\d+", name):
-      dataset.check_complete(os.path.join(data, name))
+  wd = Workdir(workdir)
+  for t in wd.datasets():
+    dataset.check_complete(wd.data(t))
   claim_stage(config, workdir, "d0", record=False)
-  for t in range(1, last + 1):
+  for t in range(1, wd.last_recorded_loop() + 1):
     claim_stage(config, workdir, "round", t, record=False)
     claim_stage(config, workdir, "collect", t, record=False)
 
