@@ -106,3 +106,15 @@ def test_registry_errors(tmp_path):
     load_model({"name": "hf", "path": str(tmp_path / "missing")})
   with pytest.raises(ValueError, match="set `preset`"):
     load_model({"name": "random"})
+
+
+def test_a_gguf_tokenizer_is_built_once_per_process(tmp_path):
+  """The target and the policy both name SmolLM2's tokenizer; it is built once (about 4 s)."""
+  from qpo_jax.models.registry import load_tokenizer, smollm2_gguf_path
+
+  first = load_tokenizer({"name": "random", "tokenizer": "smollm2"})
+  assert load_tokenizer({"name": "smollm2-135m-instruct"}) is first
+  assert first("Hello world")["input_ids"] and first.eos_token == "<|im_end|>"
+  copy = tmp_path / "copy.gguf"  # the cache is per path and file version
+  copy.symlink_to(smollm2_gguf_path())
+  assert load_tokenizer({"name": "gguf", "path": str(copy)}) is not first

@@ -168,6 +168,7 @@ def test_math_outcomes():
   assert evaluation.accuracy(out) == pytest.approx(2 / 3)
 
 
+@pytest.mark.slow
 def test_generate_batched_equals_one_by_one(tiny_lm):
   target = LocalTarget(tiny_lm, chat=True, batch_size=4)
   texts = ["What is 2 + 2?", "Count to three, please, slowly.", "Hi", "A longer question " * 5,

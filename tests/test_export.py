@@ -70,6 +70,7 @@ def test_round_trip_is_exact_and_transformers_agrees(cfg, tmp_path):
   assert diff.max() < 1e-4, diff.max()
 
 
+@pytest.mark.slow
 def test_export_mode_on_a_trained_run(tiny_run, tmp_path):
   work = str(tmp_path / "work")
   shutil.copytree(tiny_run[0], work)

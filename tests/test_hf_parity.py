@@ -53,6 +53,7 @@ def test_full_forward_matches(pair):
   assert diff.max() < 1e-4, diff.max()
 
 
+@pytest.mark.slow
 def test_kv_cached_decoding_matches(pair):
   """Prefill a padded batch, then feed tokens one at a time; compare with full HF passes."""
   _, model, cfg, params, _ = pair

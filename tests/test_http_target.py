@@ -50,6 +50,7 @@ def test_completions_scoring_equals_local(lm, server, monkeypatch):
                              atol=1e-4)
 
 
+@pytest.mark.slow
 def test_chat_generation_equals_local(lm, server, monkeypatch):
   texts = ["What is 3 + 4?", "Name a colour.", "Say hi"]
   local = LocalTarget(lm, chat=True, batch_size=4).generate(texts, max_new_tokens=8)

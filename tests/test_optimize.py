@@ -65,6 +65,7 @@ def test_reads_jsonl_csv_and_text_and_names_bad_rows(tmp_path):
     optimize.read_queries(get_task("boolq"), str(txt), "query")
 
 
+@pytest.mark.slow
 def test_greedy_prompts_and_answers_resume_after_a_cut(work, tmp_path):
   lines = [json.dumps({"query": q}) for q in QUERIES[:3]] + ["not json"] + \
       [json.dumps({"query": q}) for q in QUERIES[3:]]
@@ -85,6 +86,7 @@ def test_greedy_prompts_and_answers_resume_after_a_cut(work, tmp_path):
   assert again["written_now"] == 4 and _rows(config.optimize.output) == full
 
 
+@pytest.mark.slow
 def test_sampled_prompts_do_not_depend_on_where_a_run_was_cut(work, tmp_path):
   path = _jsonl(tmp_path / "q.jsonl", [json.dumps({"query": q}) for q in QUERIES])
   config = _config(tmp_path, input=path, num_samples=3, round=1)

@@ -91,6 +91,7 @@ def test_gradients_finite_and_return_head_learns():
   assert losses[-1]["mse"] < 0.2 * losses[0]["mse"] and losses[-1]["ce"] < losses[0]["ce"]
 
 
+@pytest.mark.slow
 def test_eight_device_mesh_matches_one_device():
   one, s1 = _losses(sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}))
   eight, s8 = _losses(sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))
@@ -223,6 +224,7 @@ def test_real_size_train_step_eval_shape(name):
   assert metrics["loss"].shape == ()
 
 
+@pytest.mark.slow
 def test_frozen_backbone_and_grad_accumulation():
   params = init_policy(CFG, jax.random.key(6))
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})

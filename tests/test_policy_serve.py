@@ -21,6 +21,30 @@ QUERY = "Our team won the final match"
 
 
 @pytest.fixture(scope="module")
+def untrained():
+  """A proxy over the tiny config's untrained policy: request handling needs no run."""
+  config = load_config(os.path.join(ROOT, "configs", "tiny.py"))
+  cfg, params, tok = rounds.policy_init(config)
+  sampler = rounds.PromptSampler(cfg, params, tok, config.sample, config.train.query_len,
+                                 config.train.prompt_len, round=0)
+  target, task = build_target(config.target), get_task("topics")
+  proxy = make_server(PolicyServer(sampler, task, target, "qpo-topics"), api_key=KEY,
+                      limits=Limits(max_tokens=16))
+  serve_in_thread(proxy)
+  yield sampler, target, task, proxy
+  proxy.shutdown()
+
+
+def test_optimize_route_gives_the_samplers_greedy_prompt(untrained):
+  sampler, _, task, proxy = untrained
+  prompt = sampler([QUERY], collect=False, seed=0)[0][0]
+  status, out = _post(proxy, "/v1/optimize", {"query": f"  {QUERY} "})
+  assert status == 200, out
+  assert (out["query"], out["prompt"], out["round"]) == (QUERY, prompt, 0)
+  assert out["rendered"] == task.render(Example(uid="q", fields={"text": QUERY}), prompt)
+
+
+@pytest.fixture(scope="module")
 def setup(tiny_run, tmp_path_factory):
   work = str(tmp_path_factory.mktemp("serve") / "work")
   shutil.copytree(tiny_run[0], work)
@@ -55,6 +79,7 @@ def _expected(setup, query, max_tokens):
                                                           max_tokens)[0].text
 
 
+@pytest.mark.slow
 def test_chat_and_completions_answer_with_the_policys_prompt(setup):
   proxy = setup[-1]
   prompt, rendered, answer = _expected(setup, QUERY, 8)
@@ -74,6 +99,7 @@ def test_chat_and_completions_answer_with_the_policys_prompt(setup):
   assert status == 200 and out["prompt"] == prompt and out["rendered"] == rendered
 
 
+@pytest.mark.slow
 def test_proxy_in_front_of_serve_target_over_http(setup, monkeypatch):
   """policy -> HTTP backend -> our serve_target: the same answer as the local target."""
   _, _, sampler, target, task, _ = setup
@@ -104,13 +130,14 @@ def test_proxy_in_front_of_serve_target_over_http(setup, monkeypatch):
     ("/v1/optimize", {"query": "x" * 10_000}, 400, "characters; this server takes at most"),
     ("/v1/optimize", {}, 400, "'query' must be a non-empty string"),
 ])
-def test_bad_requests_get_4xx(setup, path, body, code, words):
-  status, out = _post(setup[-1], path, body)
+def test_bad_requests_get_4xx(untrained, path, body, code, words):
+  status, out = _post(untrained[-1], path, body)
   assert status == code and words in out["error"]["message"], out
 
 
-def test_key_and_task_checks(setup):
-  status, out = _post(setup[-1], "/v1/optimize", {"query": QUERY}, key="sk-wrong")
+def test_key_and_task_checks(untrained):
+  sampler, target, _, proxy = untrained
+  status, out = _post(proxy, "/v1/optimize", {"query": QUERY}, key="sk-wrong")
   assert status == 401
   with pytest.raises(ValueError, match="serve_policy takes one text per query"):
-    PolicyServer(setup[2], get_task("boolq"), setup[3], "x")
+    PolicyServer(sampler, get_task("boolq"), target, "x")

@@ -37,6 +37,7 @@ def test_tokenizer_matches_transformers_gguf(smollm2, reference):
   assert smollm2.tokenizer.decode(ids) == SENTENCES[1]
 
 
+@pytest.mark.slow
 def test_logits_match_transformers_gguf(smollm2, reference):
   m = Transformer(smollm2.cfg)
   for s in SENTENCES:
@@ -49,6 +50,7 @@ def test_logits_match_transformers_gguf(smollm2, reference):
     assert np.abs(ours - theirs).max() < 2e-3, (s, np.abs(ours - theirs).max())
 
 
+@pytest.mark.slow
 def test_padded_batch_equals_single_rows(smollm2):
   """Scoring the real model in a left/right padded batch gives each row's solo logits."""
   m = Transformer(smollm2.cfg)
@@ -62,6 +64,7 @@ def test_padded_batch_equals_single_rows(smollm2):
       np.testing.assert_allclose(batch[i][mask[i]], solo, atol=2e-4)
 
 
+@pytest.mark.slow
 def test_greedy_chat_answer_is_sensible(smollm2):
   answers = decoding.generate_text(
       smollm2, ["What is the capital of France?", "What is 2 + 3? Answer with a number."],

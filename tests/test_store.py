@@ -200,6 +200,7 @@ def tiny_target():
   return LocalTarget(lm, chat=False, batch_size=8)
 
 
+@pytest.mark.slow
 def test_build_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_target):
   task = get_task("topics")
   queries = [task.to_example(r, f"all:{i}") for i, r in enumerate(task.builtin_rows(6, 0))]

@@ -58,6 +58,7 @@ def _place(root, setting, results_path, scale=1.0):
   return result
 
 
+@pytest.mark.slow
 def test_tables_assemble_from_run_results(tiny_result, tmp_path):
   root = str(tmp_path / "runs")
   a = _place(root, "ag_news,zero_shot,llama-2-7b-chat", tiny_result, 1.0)
