@@ -186,7 +186,8 @@ def test_generate_batched_equals_one_by_one(tiny_lm):
     assert g.nll == pytest.approx(_naive_nll(tiny_lm, prefix, out_ids), abs=1e-3)
 
 
-@pytest.mark.parametrize("axes", [{"data": 8}, {"data": 4, "tensor": 2}])
+@pytest.mark.parametrize("axes", [pytest.param({"data": 8}, marks=pytest.mark.slow),
+                                  {"data": 4, "tensor": 2}])
 def test_sharded_target_matches_one_device(tiny_lm, axes):
   task, rows = _topics(6)
   pairs = [(ex, "Topic?") for ex in rows]

@@ -40,10 +40,11 @@ def _batch(vocab):
   return ids, mask
 
 
-@pytest.mark.parametrize("cfg", [
-    preset("tiny-llama"), preset("tiny-llama", tie_embeddings=True),
-    preset("tiny-llama", qkv_bias=True), preset("tiny-gpt2")],
-    ids=["llama", "llama-tied", "qwen2", "gpt2"])
+@pytest.mark.parametrize("cfg", [  # the default's architecture in the fast tier, variants slow
+    pytest.param(preset("tiny-llama"), id="llama"),
+    pytest.param(preset("tiny-llama", tie_embeddings=True), id="llama-tied", marks=pytest.mark.slow),
+    pytest.param(preset("tiny-llama", qkv_bias=True), id="qwen2", marks=pytest.mark.slow),
+    pytest.param(preset("tiny-gpt2"), id="gpt2", marks=pytest.mark.slow)])
 def test_round_trip_is_exact_and_transformers_agrees(cfg, tmp_path):
   params = init_policy(cfg, jax.random.key(3))
   params = jax.tree_util.tree_map(  # non-trivial norms and biases, so layouts are really checked

@@ -94,6 +94,7 @@ def test_bfloat16_checkpoint_and_compute(tmp_path):
   assert agree > 0.9 and np.abs(np.asarray(ours) - ref)[mask].max() < 0.1
 
 
+@pytest.mark.slow  # second of a kind: test_policy takes jitted gradients through the model
 def test_jit_and_grad_are_finite(pair):
   _, _, cfg, params, _ = pair
   ids, mask = _batch()

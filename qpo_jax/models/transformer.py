@@ -287,7 +287,9 @@ def init_params(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8) -> Any:
   """Random parameters (tests, from-scratch policies)."""
   tokens = jnp.zeros((1, seq_len), jnp.int32)
   model = Transformer(cfg)
-  return model.init(rng, tokens, jnp.ones((1, seq_len), bool), method=model.lm)["params"]
+  # jitted: one compile instead of one per op (eager init of a small model took seconds)
+  return jax.jit(lambda r: model.init(r, tokens, jnp.ones((1, seq_len), bool),
+                                      method=model.lm)["params"])(rng)
 
 
 def param_shapes(cfg: ModelConfig) -> Any:

@@ -106,9 +106,10 @@ def init_policy(cfg: ModelConfig, rng: jax.Array, backbone_params: Any | None = 
                 query_len: int = 4, prompt_len: int = 4) -> Any:
   """Policy parameters; the backbone's are replaced by pretrained ones when given."""
   model = PromptDT(cfg)
-  params = model.init(rng, jnp.zeros((1,)), jnp.zeros((1, query_len), jnp.int32),
-                      jnp.ones((1, query_len), bool), jnp.zeros((1, prompt_len), jnp.int32),
-                      jnp.ones((1, prompt_len), bool))["params"]
+  # jitted: one compile of the whole init instead of one per op (7.7 s -> ~1 s for tiny-llama)
+  params = jax.jit(lambda r: model.init(
+      r, jnp.zeros((1,)), jnp.zeros((1, query_len), jnp.int32), jnp.ones((1, query_len), bool),
+      jnp.zeros((1, prompt_len), jnp.int32), jnp.ones((1, prompt_len), bool))["params"])(rng)
   if backbone_params is not None:
     params = {**params, "backbone": _with_pretrained(params["backbone"], backbone_params)}
     params = _at_embedding_scale(params)
