@@ -12,6 +12,7 @@ every block parameter), which keeps compile time flat in depth.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -283,13 +284,13 @@ class Transformer(nn.Module):
     return hidden, new_cache
 
 
+@functools.partial(jax.jit, static_argnums=(0, 2))
 def init_params(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8) -> Any:
-  """Random parameters (tests, from-scratch policies)."""
-  tokens = jnp.zeros((1, seq_len), jnp.int32)
+  """Random parameters (tests, from-scratch policies); jitted, so one compile per config
+  instead of one per op."""
   model = Transformer(cfg)
-  # jitted: one compile instead of one per op (eager init of a small model took seconds)
-  return jax.jit(lambda r: model.init(r, tokens, jnp.ones((1, seq_len), bool),
-                                      method=model.lm)["params"])(rng)
+  return model.init(rng, jnp.zeros((1, seq_len), jnp.int32), jnp.ones((1, seq_len), bool),
+                    method=model.lm)["params"]
 
 
 def param_shapes(cfg: ModelConfig) -> Any:
