@@ -16,6 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0  # query sampling, demo sets, the policy's sampling keys
   c.progress = True  # tqdm bars with rate and ETA for every long stage (False for logs and CI)
   c.mesh = dict(data=-1, fsdp=1, tensor=1)  # device mesh axis sizes (-1: the rest)
+  c.compile_cache = True  # keep compiled XLA programs in <workdir>/xla_cache: reruns load them (False: JAX's own setting)
 
   c.target = dict(
       name="smollm2-135m-instruct",  # registry name: smollm2-135m-instruct, hf, gguf, random, or the API model

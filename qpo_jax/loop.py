@@ -9,6 +9,7 @@ is there, and every stage resumes when it is not:
   data/loop_<t>/               D_t = D_{t-1} U filter(rewarded new records)
   eval/                        test-split outcomes (through the cache), results table
   eval_cache.sqlite            every target result; nothing is evaluated twice
+  xla_cache/                   compiled programs, when run through modes.run (config `compile_cache`)
 
 A stage's cost (cumulative target usage when it ended, its wall time, peak memory)
 is written with its artifact, in one atomic step: the `cost` field of a dataset's

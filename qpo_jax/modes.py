@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -25,7 +26,7 @@ from qpo_jax.store import dataset, summary
 from qpo_jax.targets.server import Limits, ModelServer, make_server
 from qpo_jax.tasks import base as task_base
 from qpo_jax.tasks import get_task, load_splits
-from qpo_jax.utils import atomic_write_text, show_progress
+from qpo_jax.utils import atomic_write_text, compile_cache, show_progress
 from qpo_jax.workdir import Workdir
 
 
@@ -229,4 +230,7 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str):
   loop.validate(config)  # before any model is loaded or any byte written
   show_progress(config.progress)
   rounds.check_workdir(config, workdir)  # a stage made with other settings stops the run here
-  return MODES[mode](config, workdir)
+  # compiled programs persist in the workdir (off: JAX's own setting, e.g. JAX_COMPILATION_CACHE_DIR)
+  with (compile_cache(Workdir(workdir).compile_cache) if config.compile_cache
+        else contextlib.nullcontext()):
+    return MODES[mode](config, workdir)

@@ -187,6 +187,33 @@ def exit_on_write_failure(fn: Callable[[], Any]) -> Any:
     os._exit(1)  # pylint: disable=protected-access
 
 
+@contextlib.contextmanager
+def compile_cache(path: str, min_compile_secs: float = 0.2) -> Iterator[None]:
+  """Inside, compiled XLA programs go to (and come from) `path`.
+
+  Programs that took at least `min_compile_secs` to compile are kept (JAX's default
+  is 1 s; on CPU most of a small model's programs compile faster and still add up).
+  The setting is restored on exit, so one process can run several workdirs. The
+  directory is trusted like code: it must be the user's own (it is in the workdir).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=g-import-not-at-top
+
+  before = (jax.config.jax_compilation_cache_dir,
+            jax.config.jax_persistent_cache_min_compile_time_secs)
+
+  def use(directory, secs):
+    cc.reset_cache()  # the next compilation opens `directory`
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", secs)
+
+  use(path, min_compile_secs)
+  try:
+    yield
+  finally:
+    use(*before)
+
+
 _PROGRESS = {"show": True}
 
 

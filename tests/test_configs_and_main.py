@@ -15,7 +15,7 @@ from qpo_jax import sharding
 from qpo_jax.models.config import PRESETS, preset
 from qpo_jax.models.registry import LOADERS
 from qpo_jax.models.transformer import Transformer, init_cache, param_shapes
-from qpo_jax.utils import config_module
+from qpo_jax.utils import compile_cache, config_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = os.path.join(ROOT, "configs", "base.py")
@@ -213,6 +213,26 @@ def test_main_full_disk_ends_with_one_line_and_resumes(full_disk, tmp_path):
   assert json.loads((work / "prompt_eval.json").read_text())["num_queries"] == 8
 
 
+def test_compiled_programs_persist_and_the_setting_is_restored(tmp_path):
+  hits = []
+  listener = lambda event, **_: hits.append(event)  # noqa: E731
+  f = lambda x: jnp.tanh(x @ x.T).sum()  # noqa: E731
+  before = jax.config.jax_compilation_cache_dir
+  jax.monitoring.register_event_listener(listener)
+  try:
+    with compile_cache(str(tmp_path / "xla_cache"), min_compile_secs=0):
+      first = float(jax.jit(f)(jnp.ones((48, 48))))
+      assert os.listdir(tmp_path / "xla_cache")
+      jax.clear_caches()  # as a new process would start: nothing compiled in memory
+      hits.clear()
+      assert float(jax.jit(f)(jnp.ones((48, 48)))) == first
+  finally:
+    jax.monitoring.unregister_event_listener(listener)
+  assert "/jax/compilation_cache/cache_hits" in hits  # every program came from the disk
+  assert "/jax/compilation_cache/cache_misses" not in hits
+  assert jax.config.jax_compilation_cache_dir == before
+
+
 @pytest.mark.slow
 def test_main_evaluate_prompts_and_cache_resume(tmp_path):
   r = _main("--config=configs/tiny.py", "--mode=evaluate_prompts", workdir=tmp_path)
@@ -222,9 +242,13 @@ def test_main_evaluate_prompts_and_cache_resume(tmp_path):
   assert len(result["prompts"]) == 11 and result["usage"]["calls"] == 11 * 8
   best = max(p["accuracy"] for p in result["prompts"])
   assert result["best"]["accuracy"] == best <= result["oracle"]
+  programs = {p: os.path.getmtime(p) for p in glob.glob(str(tmp_path / "xla_cache" / "*"))}
+  assert programs  # the first run kept its compiled programs in the workdir
   r = _main("--config=configs/tiny.py", "--mode=evaluate_prompts", workdir=tmp_path)
   again = json.loads((tmp_path / "prompt_eval.json").read_text())
   assert again["usage"]["calls"] == 11 * 8 and again["prompts"] == result["prompts"]
+  # the rerun loaded them: a miss would have compiled and rewritten its entry
+  assert {p: os.path.getmtime(p) for p in glob.glob(str(tmp_path / "xla_cache" / "*"))} == programs
 
 
 @pytest.mark.slow
