@@ -52,13 +52,10 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smollm2_tokenizer():
   """SmolLM2's tokenizer alone (read from the GGUF metadata; no weights)."""
-  import gguf
-
-  from qpo_jax.checkpoints.gguf_import import tokenizer_from_gguf
+  from qpo_jax.checkpoints.gguf_import import gguf_tokenizer
   from qpo_jax.models.registry import smollm2_gguf_path
 
-  path = smollm2_gguf_path()
-  return tokenizer_from_gguf(gguf.GGUFReader(path), path)
+  return gguf_tokenizer(smollm2_gguf_path())
 
 
 def one_device_env() -> dict[str, str]:

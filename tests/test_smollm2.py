@@ -9,7 +9,7 @@ import torch
 import transformers
 
 from qpo_jax import decoding
-from qpo_jax.models.registry import smollm2_gguf_path
+from qpo_jax.models.registry import load_tokenizer, smollm2_gguf_path
 from qpo_jax.models.transformer import Transformer
 
 SENTENCES = [
@@ -31,6 +31,8 @@ def reference():
 
 @pytest.mark.slow
 def test_tokenizer_matches_transformers_gguf(smollm2, reference):
+  # the model's load and a tokenizer-only load (the policy's) share one tokenizer object
+  assert smollm2.tokenizer is load_tokenizer({"name": "smollm2-135m-instruct"})
   for s in SENTENCES:
     assert smollm2.tokenizer(s)["input_ids"] == reference[1](s)["input_ids"], s
   ids = smollm2.tokenizer(SENTENCES[1])["input_ids"]

@@ -8,6 +8,7 @@ interleaved RoPE; `unpermute_rows` undoes that so our half-split RoPE applies.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Mapping
 
@@ -142,11 +143,28 @@ def load_gguf(path: str, tokenizer_path: str | None = None,
   if tokenizer_path:
     tokenizer = load_hf_tokenizer(tokenizer_path)
   elif "tokenizer.ggml.model" in reader.fields:
-    tokenizer = tokenizer_from_gguf(reader, path)
+    tokenizer = gguf_tokenizer(path)
   else:
     logging.warning("%s: no tokenizer metadata; loading the model without a tokenizer", path)
     tokenizer = None
   return cfg, params, tokenizer
+
+
+def gguf_tokenizer(path: str):
+  """A GGUF file's tokenizer (None without tokenizer metadata), built once per process and
+  file version: about 4 s for SmolLM2's, which the target, the policy and every model
+  load use. Shared: callers never modify it."""
+  st = os.stat(path)
+  return _cached_tokenizer(path, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_tokenizer(path: str, size: int, mtime_ns: int):
+  del size, mtime_ns  # part of the cache key only
+  import gguf
+
+  reader = gguf.GGUFReader(path)
+  return tokenizer_from_gguf(reader, path) if "tokenizer.ggml.model" in reader.fields else None
 
 
 # Pre-tokenizers we rebuild, by llama.cpp's `tokenizer.ggml.pre` name.

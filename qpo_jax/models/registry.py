@@ -9,15 +9,13 @@ one function here; nothing that consumes a `LanguageModel` changes.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib.util
 import os
 from typing import Any, Callable, Mapping
 
-import gguf
 import jax
 
-from qpo_jax.checkpoints.gguf_import import load_gguf, tokenizer_from_gguf
+from qpo_jax.checkpoints.gguf_import import gguf_tokenizer, load_gguf
 from qpo_jax.checkpoints.hf import load_hf_dir, load_hf_tokenizer
 from qpo_jax.models import config as config_lib
 from qpo_jax.models.config import ModelConfig
@@ -108,17 +106,7 @@ def load_tokenizer(spec: Mapping[str, Any]):
     path = _require_path(spec, "GGUF file")
   else:
     return None
-  st = os.stat(path)
-  return _gguf_tokenizer(path, st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=8)
-def _gguf_tokenizer(path: str, size: int, mtime_ns: int):
-  """A GGUF file's tokenizer, built once per process and file version (about 4 s for
-  SmolLM2's, which the target and the policy both use). Shared: callers never modify it."""
-  del size, mtime_ns  # part of the cache key only
-  reader = gguf.GGUFReader(path)
-  return tokenizer_from_gguf(reader, path) if "tokenizer.ggml.model" in reader.fields else None
+  return gguf_tokenizer(path)
 
 
 LOADERS: dict[str, Callable[[Mapping[str, Any]], tuple]] = {
