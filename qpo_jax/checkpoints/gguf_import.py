@@ -140,13 +140,9 @@ def load_gguf(path: str, tokenizer_path: str | None = None,
   cfg = config_from_gguf(reader, path, **overrides)
   arch = _field(reader, path, "general.architecture")
   params = assemble_params(cfg, _GGUFTensors(reader, path, cfg, _PERMUTED[arch]), path)
-  if tokenizer_path:
-    tokenizer = load_hf_tokenizer(tokenizer_path)
-  elif "tokenizer.ggml.model" in reader.fields:
-    tokenizer = gguf_tokenizer(path)
-  else:
+  tokenizer = load_hf_tokenizer(tokenizer_path) if tokenizer_path else gguf_tokenizer(path)
+  if tokenizer is None:
     logging.warning("%s: no tokenizer metadata; loading the model without a tokenizer", path)
-    tokenizer = None
   return cfg, params, tokenizer
 
 
