@@ -30,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
       backend="local",  # local (our JAX model) or http (an OpenAI-compatible server)
       chat=True,  # render prompts with the model's chat template
       batch_size=16,  # scoring / generation batch
-      length_multiple=16,  # pad sequence lengths to a multiple of this (fewer compilations)
+      length_multiple=8,  # pad sequence lengths to a multiple of this (fewer compilations)
       base_url="",  # http: server URL ("" : $OPENAI_BASE_URL)
       model="",  # http: model name sent to the server ("" : target.name)
       api_key_env="OPENAI_API_KEY",  # http: environment variable holding the key

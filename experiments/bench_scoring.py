@@ -72,11 +72,13 @@ def main(argv):
   prefixes = [tok(f"{_PROMPT.value}\nTweet: {t}\nEmotion:")["input_ids"] for t in texts]
   options = [tok(" " + label)["input_ids"] for label in LABELS]
 
-  kw = dict(batch_size=_BATCH.value, length_multiple=_MULTIPLE.value)
-  scoring.score(lm, prefixes, [options] * len(prefixes), **kw)  # compile every bucket first
-  start = time.perf_counter()
-  results = {"qpo_jax batched": scoring.score(lm, prefixes, [options] * len(prefixes), **kw)}
-  seconds = {"qpo_jax batched": time.perf_counter() - start}
+  results, seconds = {}, {}
+  for name, min_shared in (("qpo_jax batched", 8), ("qpo_jax batched, no prefix sharing", 0)):
+    kw = dict(batch_size=_BATCH.value, length_multiple=_MULTIPLE.value, min_shared=min_shared)
+    scoring.score(lm, prefixes, [options] * len(prefixes), **kw)  # compile every bucket first
+    start = time.perf_counter()
+    results[name] = scoring.score(lm, prefixes, [options] * len(prefixes), **kw)
+    seconds[name] = time.perf_counter() - start
 
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top

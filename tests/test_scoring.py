@@ -90,13 +90,18 @@ def test_bad_shapes_are_rejected():
 @pytest.mark.slow
 def test_shared_prefix_equals_unshared(monkeypatch):
   """Rows with common beginnings (a chat header, one instruction over many queries) run their
-  shared tokens once; the NLLs equal the unshared computation and the naive one."""
-  shared_lengths = []
-  real = scoring.option_nll
+  shared tokens once per instruction, however many batches it spans; the NLLs equal the
+  unshared computation and the naive one."""
+  shared_lengths, passes = [], []
+  real_cache, real_nll = scoring.prefix_cache, scoring.option_nll
 
-  def spy(*args, shared=None, shared_mask=None):
-    shared_lengths.append(0 if shared is None else int(shared_mask.sum()))
-    return real(*args, shared=shared, shared_mask=shared_mask)
+  def cache_spy(cfg, params, shared, shared_mask):
+    shared_lengths.append(int(shared_mask.sum()))
+    return real_cache(cfg, params, shared, shared_mask)
+
+  def nll_spy(*args, shared=None):
+    passes.append(None if shared is None else int(shared["pos"][0]))
+    return real_nll(*args, shared=shared)
 
   header = RNG.integers(1, 512, 21).tolist()
   instructions = [RNG.integers(1, 512, n).tolist() for n in (5, 17)]
@@ -106,13 +111,45 @@ def test_shared_prefix_equals_unshared(monkeypatch):
   options = [[[7], [8, 9], [10, 11, 12]]] * len(prefixes)
   assert scoring.common_prefix_length(prefixes[:7]) >= 26
   assert scoring.common_prefix_length([prefixes[0], prefixes[-1]]) == len(prefixes[0]) - 1
-  monkeypatch.setattr(scoring, "option_nll", spy)
+  monkeypatch.setattr(scoring, "prefix_cache", cache_spy)
+  monkeypatch.setattr(scoring, "option_nll", nll_spy)
   shared = scoring.score(LM, prefixes, options, batch_size=4)
-  # batches of 4 in the given order: one instruction (rows 0-3, 8-11) shares it too, a mixed
-  # batch (4-7, 12-13) the header
-  assert shared_lengths[0] >= 26 and shared_lengths[2] >= 38
-  assert 21 <= shared_lengths[1] < 26 and 21 <= shared_lengths[3] < 26
+  # batch_order regroups the rows: instruction 0's eight rows (with the duplicate) make two
+  # batches, instruction 1's six rows two more; each instruction's beginning runs once
+  assert len(shared_lengths) == 2
+  assert sorted(passes) == sorted(shared_lengths * 2) and passes[0] == passes[1]
+  assert min(shared_lengths) >= 26 and max(shared_lengths) >= 38
   plain = scoring.score(LM, prefixes, options, batch_size=4, min_shared=0)
   np.testing.assert_allclose(shared, plain, atol=1e-5)
   want = np.array([[_naive_nll(LM, p, o) for o in opts] for p, opts in zip(prefixes, options)])
   np.testing.assert_allclose(shared, want, atol=1e-5)
+
+
+def test_batch_order_groups_common_beginnings_shortest_first():
+  """Rows of two instructions, given interleaved and unsorted: each instruction's rows come
+  out together and by length (a frequent first word after one of them forms its own group
+  right after it); a lone row stays in its parent's group."""
+  header, a, b = [1, 2, 3], [10, 11, 12], [20, 21]
+  rows = []
+  for n in range(12):
+    rows.append(header + a + [100 + n] * (1 + (7 * n) % 5))
+    rows.append(header + b + [200 + n] * (1 + (3 * n) % 4))
+  rows += [header + a + [99] + [300 + n] * n for n in range(1, 5)]  # a "@user" subgroup
+  order = scoring.batch_order(rows, batch_size=4)
+  assert sorted(order) == list(range(len(rows)))
+  kinds = ["b" if rows[i][3] == 20 else "a99" if rows[i][6] == 99 else "a" for i in order]
+  assert kinds == ["a"] * 12 + ["a99"] * 4 + ["b"] * 12
+  lengths = [len(rows[i]) for i in order]
+  for lo, hi in ((0, 12), (12, 16), (16, 28)):
+    assert lengths[lo:hi] == sorted(lengths[lo:hi])
+  assert scoring.batch_order(rows[:1], batch_size=4) == [0]
+
+
+def test_scores_do_not_depend_on_the_callers_row_order():
+  prefixes, options = _random_rows(9, 2)
+  prefixes = [[5, 6, 7, 8, 9, 10, 11, 12] + p for p in prefixes]  # one shared beginning
+  got = scoring.score(LM, prefixes, options, batch_size=4, min_shared=4)
+  perm = RNG.permutation(len(prefixes))
+  shuffled = scoring.score(LM, [prefixes[i] for i in perm], [options[i] for i in perm],
+                           batch_size=4, min_shared=4)
+  np.testing.assert_allclose(shuffled, got[perm], atol=1e-5)

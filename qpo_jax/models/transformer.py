@@ -241,11 +241,12 @@ class Transformer(nn.Module):
         return/segment-augmented inputs).
       cache: from `init_cache`; the T new tokens go into slots
         [cache["index"], cache["index"] + T).
-      branches: [B, T] int ids (with a cache): the new tokens form independent
-        continuations of the cached sequence, one per id (scoring K answer
-        options in one pass). A token sees the cache and the earlier tokens of
-        its own branch; its position continues the cached sequence. (The
-        returned cache is not meant to be continued.)
+      branches: [B, T] int ids (with a cache): id 0 is the trunk, which
+        continues the cached sequence; every other id is an independent
+        continuation of the cache and the trunk (scoring K answer options of a
+        prefix in the prefix's own pass). A token sees the cache, the earlier
+        trunk tokens and the earlier tokens of its own branch; its position
+        counts those. (The returned cache is not meant to be continued.)
       deterministic: False enables dropout (needs a "dropout" rng).
 
     Returns:
@@ -267,10 +268,11 @@ class Transformer(nn.Module):
     if branches is not None:
       if cache is None:
         raise ValueError("branches continue a cached sequence; pass a cache")
-      same = (branches[:, :, None] == branches[:, None, :]) & input_mask[:, None, :]
+      visible = ((branches[:, :, None] == branches[:, None, :]) | (branches[:, None, :] == 0))
+      visible &= input_mask[:, None, :]
       earlier = jnp.tril(jnp.ones((t, t), bool), -1)[None]
-      positions = cache["pos"][:, None] + (same & earlier).sum(axis=-1, dtype=jnp.int32)
-      new_mask = jax.lax.dynamic_slice_in_dim(mask, write_index, t, axis=2) & same
+      positions = cache["pos"][:, None] + (visible & earlier).sum(axis=-1, dtype=jnp.int32)
+      new_mask = jax.lax.dynamic_slice_in_dim(mask, write_index, t, axis=2) & visible
       mask = jax.lax.dynamic_update_slice(mask, new_mask, (0, 0, write_index))
     if cfg.position == "learned":
       x = x + self.pos_embed(positions)
