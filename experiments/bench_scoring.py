@@ -4,9 +4,11 @@
 
 Three scorers rate the same (query, prompt) pairs over the four emotion options
 with SmolLM2-135M-Instruct (the same dequantized weights, float32):
-  - qpo_jax batched: the prefix runs once per pair, options fan out from its KV
-    cache, the vocabulary projection happens only at option positions, and
-    shapes are bucketed so XLA compiles a handful of times (compiled before timing);
+  - qpo_jax batched: one pass per batch with the options as branches after each
+    prefix, the instruction's KV cache computed once and shared by every row,
+    rows ordered by token length, the vocabulary projection only at option
+    positions, shapes bucketed so XLA compiles a handful of times (compiled
+    before timing); and the same without prefix sharing (min_shared=0);
   - HF one by one: one forward of prefix + option per option, batch 1, full
     logits, as the authors' evaluation code scores classification answers;
   - HF batched: the same sequences padded into batches of --hf_batch (the
@@ -33,7 +35,7 @@ from qpo_jax.utils import write_table
 _DATA = flags.DEFINE_string("data_dir", "../shared/data/tweet_emotion", "TweetEval emotion files")
 _N = flags.DEFINE_integer("n", 48, "queries to score")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "rows per jitted scoring call (ours)")
-_MULTIPLE = flags.DEFINE_integer("length_multiple", 16, "prefix lengths are padded to a multiple")
+_MULTIPLE = flags.DEFINE_integer("length_multiple", 8, "prefix lengths are padded to a multiple")
 _HF_BATCH = flags.DEFINE_integer("hf_batch", 8, "sequences per forward (HF batched)")
 _PROMPT = flags.DEFINE_string(
     "prompt", "Classify the emotion of the tweet as Anger, Joy, Optimism or Sadness.",
