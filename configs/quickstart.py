@@ -7,16 +7,16 @@ sadness), whose files ship in the package, with our own 23 source prompts
 
 Command (after `bash scripts/setup.sh`):
   .venv/bin/python main.py --config configs/quickstart.py --workdir /tmp/qpo_quickstart
-Runtime (2-core dev CPU, matmul peak 190 GFLOP/s f32): 36 minutes. Stages: D_0 (400 train
+Runtime (2-core dev CPU, matmul peak 190 GFLOP/s f32): 31 minutes. Stages: D_0 (400 train
 tweets x 23 prompts = 9,200 target scorings), one policy round (3 epochs over the
 filtered D_0, batch 8), one collection (2 x 100 collect tweets x 2 samples), the test
-evaluation (200 tweets x 25 prompts, plus QPO's). Peak memory 6.0 GB. Rerunning the
+evaluation (200 tweets x 25 prompts, plus QPO's). Peak memory 6.1 GB. Rerunning the
 command after a kill continues where it stopped.
 Expected (measured 2026-11-28, from a fresh clone): the table in <workdir>/eval/results.md,
   no instruction                                0.375
   best source prompt, chosen on train           0.470  ('Answer the question.')
   reward model best-of-N (Prompt-OIRL-style)    0.565
-  QPO loop 1                                    0.500  (+0.030, 95% CI [-0.035, +0.095])
+  QPO loop 1                                    0.485  (+0.015, 95% CI [-0.050, +0.080])
   per-query oracle over source prompts          0.935
 QPO does not yet reach the goal of 5 points over the best train prompt on test (it did
 on validation: +7, se 2.9), and the reward model beats it; the README says what limits it.
