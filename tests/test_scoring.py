@@ -128,7 +128,7 @@ def test_shared_prefix_equals_unshared(monkeypatch):
 def test_batch_order_groups_common_beginnings_shortest_first():
   """Rows of two instructions, given interleaved and unsorted: each instruction's rows come
   out together and by length (a frequent first word after one of them forms its own group
-  right after it); a lone row stays in its parent's group."""
+  right after it); a single row needs no ordering."""
   header, a, b = [1, 2, 3], [10, 11, 12], [20, 21]
   rows = []
   for n in range(12):
