@@ -146,13 +146,14 @@ def batch_order(prefixes: Sequence[Sequence[int]], batch_size: int) -> list[int]
   lex = sorted(range(n), key=lambda i: prefixes[i])
   adjacent = [0] + [common_prefix_length([prefixes[a], prefixes[b]]) for a, b in zip(lex, lex[1:])]
   span = min(batch_size, n) - 1  # neighbours a window of batch_size rows has
-  depth = [0] * n
-  for start in range(n - span):  # window lex[start .. start + span]
-    shared = min(adjacent[start + 1:start + span + 1], default=0)
-    for j in range(start, start + span + 1):
-      depth[j] = max(depth[j], shared)
-  if span == 0:
+  if span <= 0:  # one row per batch (or none): nothing to share
     depth = [len(prefixes[i]) for i in lex]
+  else:
+    depth = [0] * n
+    for start in range(n - span):  # window lex[start .. start + span]
+      shared = min(adjacent[start + 1:start + span + 1])
+      for j in range(start, start + span + 1):
+        depth[j] = max(depth[j], shared)
   keys = {i: (tuple(prefixes[i][:d]), len(prefixes[i])) for i, d in zip(lex, depth)}
   return sorted(range(n), key=keys.__getitem__)
 
