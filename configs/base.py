@@ -73,6 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
       num_demos=4,  # few-shot: demos per set
       threshold=placeholder(float),  # expert filter: least raw reward a trained record has
       top_fraction=placeholder(float),  # expert filter: each query's best fraction of prompts
+      rank_by="reward",  # expert filter ranks a query's prompts by: reward or advantage
       prompts_per_query=0,  # sparse D_0: random prompts per query (0: every prompt)
       nll_term="token",  # reward's NLL: token (gold text) or choice (over the options)
       max_bad_fraction=0.01,  # import: most rows that may be rejected
@@ -90,6 +91,7 @@ def get_config() -> ml_collections.ConfigDict:
       seed=1,  # head init and a `random` backbone
       dtype="float32",  # compute dtype
       param_dtype="float32",  # parameter dtype
+      remat=False,  # recompute each block's activations in the backward pass (less memory)
       lora_rank=0,  # >0: train LoRA adapters of this rank instead of the backbone
       lora_alpha=16.0)  # LoRA scale numerator
 

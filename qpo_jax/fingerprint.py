@@ -32,8 +32,8 @@ NEUTRAL = frozenset({
     "target.timeout_s", "target.api_key_env",
     "data.inspect", "data.records_per_shard", "data.prompts_per_chunk",
     "progress", "train.log_every", "train.checkpoint_every", "train.round",
-    "sample.batch_size", "loop.num_loops"})
-FILTER = ("data.threshold", "data.top_fraction")  # applied when a round draws its data
+    "sample.batch_size", "loop.num_loops", "policy.remat"})
+FILTER = ("data.threshold", "data.top_fraction", "data.rank_by")  # applied when a round draws its data
 _UNSET = "<unset>"
 
 

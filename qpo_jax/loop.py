@@ -93,6 +93,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   fraction = _field(config, "data.top_fraction")
   if fraction is not None and not 0 < fraction <= 1:
     raise ValueError(f"data.top_fraction={fraction!r} must be in (0, 1]")
+  if _field(config, "data.rank_by") not in rewards.RANK_BY:
+    raise ValueError(f"data.rank_by={config.data.rank_by!r} must be one of {rewards.RANK_BY}")
   if not 0 <= _field(config, "data.max_bad_fraction") <= 1:
     raise ValueError(f"data.max_bad_fraction={config.data.max_bad_fraction!r} must be in [0, 1]")
   if config.task.name not in TASKS:

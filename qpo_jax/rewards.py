@@ -158,15 +158,43 @@ def _reward_of(r) -> float:
   return r["reward"] if isinstance(r, Mapping) else r.reward
 
 
-def keep_above(records: Sequence[Any], threshold: float | None) -> list[Any]:
-  """Drops records (dicts or `Record`s) whose raw reward is below `threshold`."""
-  if threshold is None:
-    return list(records)
-  return [r for r in records if _reward_of(r) >= threshold]
+def _query_of(r) -> str:
+  return (r["query_id"] or r["query"]) if isinstance(r, Mapping) else (r.query_id or r.query)
 
 
-def top_per_query(records: Sequence[Any], fraction: float | None) -> list[Any]:
-  """Each query's best ceil(fraction * n) records by reward (ties: the earlier record), in order.
+def _prompt_of(r) -> str:
+  return r["prompt"] if isinstance(r, Mapping) else r.prompt
+
+
+def advantages(records: Sequence[Any]) -> list[float]:
+  """Each record's reward minus its prompt's mean reward on the other queries.
+
+  What a prompt adds for this query beyond what it gives every query: on a grid
+  of queries x source prompts, a prompt that is good everywhere scores ~0 and
+  one that is unusually good for this query scores high. A prompt no other
+  record has (most collected prompts) is compared with the mean of all other
+  records, so it is neither free of a baseline nor its own baseline.
+  """
+  values = [_reward_of(r) for r in records]
+  sums, counts = collections.defaultdict(float), collections.Counter()
+  for r, v in zip(records, values):
+    sums[_prompt_of(r)] += v
+    counts[_prompt_of(r)] += 1
+  total, n = sum(values), len(values)
+  out = []
+  for r, v in zip(records, values):
+    p = _prompt_of(r)
+    if counts[p] > 1:
+      out.append(v - (sums[p] - v) / (counts[p] - 1))
+    else:
+      out.append(v - ((total - v) / (n - 1) if n > 1 else 0.0))
+  return out
+
+
+def top_per_query(records: Sequence[Any], fraction: float | None,
+                  scores: Sequence[float] | None = None) -> list[Any]:
+  """Each query's best ceil(fraction * n) records by score (default: the reward; ties: the
+  earlier record), in order.
 
   A query is its `query_id` (else its text); the fraction is of that query's
   records, so a collected query with one prompt keeps it, and D_0's grid of
@@ -176,19 +204,27 @@ def top_per_query(records: Sequence[Any], fraction: float | None) -> list[Any]:
     return list(records)
   if not 0 < fraction <= 1:
     raise ValueError(f"data.top_fraction={fraction} must be in (0, 1]")
-  key = lambda r: (r["query_id"] or r["query"]) if isinstance(r, Mapping) else (  # noqa: E731
-      r.query_id or r.query)
+  scores = [_reward_of(r) for r in records] if scores is None else list(scores)
   by_query = collections.defaultdict(list)
   for i, r in enumerate(records):
-    by_query[key(r)].append(i)
+    by_query[_query_of(r)].append(i)
   keep = set()
   for rows in by_query.values():
-    best = sorted(rows, key=lambda i: (-_reward_of(records[i]), i))
+    best = sorted(rows, key=lambda i: (-scores[i], i))
     keep.update(best[:math.ceil(fraction * len(rows))])
   return [r for i, r in enumerate(records) if i in keep]
 
 
+RANK_BY = ("reward", "advantage")
+
+
 def expert_filter(records: Sequence[Any], threshold: float | None = None,
-                  top_fraction: float | None = None) -> list[Any]:
-  """The spec's "expert" filtering: the absolute threshold, then each query's top fraction."""
-  return top_per_query(keep_above(records, threshold), top_fraction)
+                  top_fraction: float | None = None, rank_by: str = "reward") -> list[Any]:
+  """The spec's "expert" filtering: the absolute threshold on the raw reward, then each
+  query's top fraction ranked by `rank_by`: the reward, or its `advantages` (computed over
+  all of `records`, before the threshold)."""
+  if rank_by not in RANK_BY:
+    raise ValueError(f"data.rank_by={rank_by!r} must be one of {RANK_BY}")
+  scores = advantages(records) if rank_by == "advantage" else [_reward_of(r) for r in records]
+  kept = [i for i, r in enumerate(records) if threshold is None or _reward_of(r) >= threshold]
+  return top_per_query([records[i] for i in kept], top_fraction, [scores[i] for i in kept])

@@ -51,8 +51,8 @@ def test_normalizer_round_trip_and_filter():
   with pytest.raises(ValueError, match="empty"):
     rewards.Normalizer.fit([])
   recs = [{"reward": r} for r in values]
-  assert rewards.keep_above(recs, 3.0) == [{"reward": 3.0}, {"reward": 7.0}]
-  assert rewards.keep_above(recs, None) == recs
+  assert rewards.expert_filter(recs, 3.0) == [{"reward": 3.0}, {"reward": 7.0}]
+  assert rewards.expert_filter(recs) == recs
 
 
 def test_collection_batch_accuracy_is_the_batch_not_each_prompt():
@@ -83,6 +83,28 @@ def test_expert_filter_threshold_and_top_fraction_per_query():
   assert [(r["query_id"], r["reward"]) for r in both] == [("a", 9.0), ("a", 7.0), ("b", 3.0)]
   with pytest.raises(ValueError, match="top_fraction"):
     rewards.top_per_query(recs, 1.5)
+  with pytest.raises(ValueError, match="rank_by"):
+    rewards.expert_filter(recs, rank_by="nll")
+
+
+def test_expert_filter_by_advantage_keeps_what_a_prompt_adds_for_the_query():
+  """rank_by="advantage": a prompt good for every query ("all") loses to one that is unusually
+  good for this query, while rank_by="reward" keeps the generally good one everywhere. The
+  prompt means are over all records, before the threshold drops any."""
+  grid = {("q1", "all"): 9.0, ("q1", "x"): 8.0, ("q1", "y"): 0.0,
+          ("q2", "all"): 9.0, ("q2", "x"): 0.0, ("q2", "y"): 8.5,
+          ("q3", "all"): 9.0, ("q3", "x"): 1.0, ("q3", "y"): 1.0}
+  recs = [{"query_id": q, "query": "", "prompt": p, "reward": r} for (q, p), r in grid.items()]
+  # q1's rewards minus each prompt's mean on q2 and q3
+  np.testing.assert_allclose(rewards.advantages(recs)[:3], [0.0, 7.5, -4.75])
+  pick = lambda out: [(r["query_id"], r["prompt"]) for r in out]  # noqa: E731
+  assert pick(rewards.expert_filter(recs, 5.0, 0.3)) == [("q1", "all"), ("q2", "all"),
+                                                         ("q3", "all")]
+  assert pick(rewards.expert_filter(recs, 5.0, 0.3, "advantage")) == [
+      ("q1", "x"), ("q2", "y"), ("q3", "all")]
+  # a prompt only one record has is measured against the mean of all the other records
+  novel = recs + [{"query_id": "q4", "query": "", "prompt": "new", "reward": 9.0}]
+  assert rewards.advantages(novel)[-1] == pytest.approx(9.0 - 45.5 / 9)
 
 
 def test_choice_nll_term_is_the_gold_options_share():

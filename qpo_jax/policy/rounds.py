@@ -4,7 +4,7 @@ Round 1 starts from the pretrained LM (`config.policy`) with `config.train`;
 round t > 1 fine-tunes round t-1's final policy with `train.finetune_lr` and
 `train.finetune_epochs` (spec: lr 1e-4, 20 epochs). The round trains on the
 dataset's expert records (`data.threshold` on the raw reward and/or each
-query's best `data.top_fraction`); rewards are normalised by the dataset's
+query's best `data.top_fraction`, ranked by `data.rank_by`); rewards are normalised by the dataset's
 stored min/max (D_0's) when `train.normalize` is on. Every stage checks and
 records the config fields it depends on (`claim_stage`, fingerprint.py), so a
 workdir is never reused with settings it was not made with.
@@ -72,7 +72,8 @@ def train_policy_round(config: ml_collections.ConfigDict, workdir: str, t: int,
     raise ValueError(f"policy rounds start at 1, got {t}")
   recs, manifest = dataset.read_dataset(Workdir(workdir).data(t - 1))
   claim_stage(config, workdir, "round", t)
-  recs = rewards.expert_filter(recs, config.data.threshold, config.data.top_fraction)
+  recs = rewards.expert_filter(recs, config.data.threshold, config.data.top_fraction,
+                               config.data.rank_by)
   if not recs:
     raise ValueError(f"no record of {Workdir(workdir).data(t - 1)} passes the expert filter "
                      f"(data.threshold={config.data.threshold}, data.top_fraction="
