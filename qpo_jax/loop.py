@@ -274,6 +274,8 @@ def run_loop(config: ml_collections.ConfigDict, workdir: str, target=None) -> di
   cache = EvalCache.of_workdir(workdir)
   initial_data(config, workdir, target, cache)
   for t in range(1, int(config.loop.num_loops) + 1):
+    if t not in Workdir(workdir).finished_rounds() and hasattr(target, "release"):
+      target.release()  # a local target's parameters, reloaded by the collection (~5 s)
     rounds.train_policy_round(config, workdir, t)
     collect_round(config, workdir, t, target, cache)
   return report.evaluate_and_report(config, workdir, target, cache)

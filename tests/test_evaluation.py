@@ -52,6 +52,25 @@ def test_choice_outcomes_match_naive_scoring(tiny_lm, chat):
     assert text.startswith("<|im_start|>") and text.endswith("assistant\n")
 
 
+def test_released_target_reloads_its_parameters_and_answers_alike(tiny_lm):
+  """A policy round trains between target stages with the target's parameters dropped; the
+  next scoring reloads them once, through `reload`, and the NLLs are the same."""
+  task, rows = _topics(4)
+  loads = []
+  target = LocalTarget(tiny_lm, chat=False, batch_size=4,
+                       reload=lambda: loads.append(1) or tiny_lm)
+  pairs = [(ex, "Pick the topic.") for ex in rows]
+  before = evaluation.evaluate_pairs(task, target, pairs)
+  assert target.release() and target._lm.params is None  # pylint: disable=protected-access
+  assert target.prefix_ids("hi") and not loads  # tokenising needs no parameters
+  after = evaluation.evaluate_pairs(task, target, pairs)
+  evaluation.evaluate_pairs(task, target, pairs)
+  assert len(loads) == 1
+  np.testing.assert_allclose([o.option_nll for o in after], [o.option_nll for o in before],
+                             rtol=1e-6)
+  assert not LocalTarget(tiny_lm, chat=False).release()  # nothing to reload from: kept
+
+
 class _Counting:
   """Wraps a target and counts what reaches it."""
 

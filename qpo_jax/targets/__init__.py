@@ -35,7 +35,8 @@ def _local(cfg: Mapping[str, Any], mesh):
 
   return LocalTarget(load_model(cfg), chat=bool(cfg["chat"]),
                      batch_size=int(cfg["batch_size"]),
-                     length_multiple=int(cfg["length_multiple"]), mesh=mesh)
+                     length_multiple=int(cfg["length_multiple"]), mesh=mesh,
+                     reload=lambda: load_model(cfg))
 
 
 def _http(cfg: Mapping[str, Any], mesh):

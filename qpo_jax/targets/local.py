@@ -11,7 +11,7 @@ laptop and a 70B model data- and tensor-parallel on a pod.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -37,33 +37,56 @@ def option_text(option: str, chat: bool, tokenizer) -> str:
 
 
 class LocalTarget:
-  """A `LanguageModel` as a target; `identity` keys the evaluation cache."""
+  """A `LanguageModel` as a target; `identity` keys the evaluation cache.
+
+  With `reload` (a function returning the same model), `release()` drops the
+  parameters while other work needs the memory (a policy round trains between
+  two target stages) and the next call that needs them loads them again.
+  """
 
   def __init__(self, lm: LanguageModel, *, chat: bool = True, batch_size: int = 8,
-               length_multiple: int = 32, mesh=None, identity: str | None = None):
+               length_multiple: int = 32, mesh=None, identity: str | None = None,
+               reload: Callable[[], LanguageModel] | None = None):
     if lm.tokenizer is None:
       raise ValueError(f"target {lm.name!r} has no tokenizer; set target.tokenizer_path")
-    self.lm = lm
     self.chat = chat
     self.batch_size = batch_size
     self.length_multiple = length_multiple
     self.mesh = mesh
-    if mesh is not None:
-      self.lm = dataclasses.replace(lm, params=sharding.shard_params(lm.params, mesh))
+    self._reload = reload
+    self._lm = self._placed(lm)
     self.identity = identity or f"local:{lm.name}:chat={int(self._templated)}"
-    tok = lm.tokenizer
-    self.eos_ids = decoding.stop_ids(tok)
+    self.eos_ids = decoding.stop_ids(lm.tokenizer)
+
+  def _placed(self, lm: LanguageModel) -> LanguageModel:
+    if self.mesh is None:
+      return lm
+    return dataclasses.replace(lm, params=sharding.shard_params(lm.params, self.mesh))
+
+  @property
+  def lm(self) -> LanguageModel:
+    if self._lm.params is None:
+      self._lm = dataclasses.replace(self._lm, params=self._placed(self._reload()).params)
+    return self._lm
+
+  def release(self) -> bool:
+    """Drops the parameters until the next call needs them; False (kept) without `reload`."""
+    if self._reload is None:
+      return False
+    self._lm = dataclasses.replace(self._lm, params=None)
+    return True
 
   @property
   def _templated(self) -> bool:
-    return bool(self.chat and getattr(self.lm.tokenizer, "chat_template", None))
+    return bool(self.chat and getattr(self._lm.tokenizer, "chat_template", None))
 
   def prefix_ids(self, user_text: str) -> list[int]:
-    return encode(self.lm.tokenizer, chat_text(self.lm.tokenizer, user_text, self.chat))
+    tok = self._lm.tokenizer
+    return encode(tok, chat_text(tok, user_text, self.chat))
 
   def option_ids(self, option: str) -> list[int]:
-    return self.lm.tokenizer(option_text(option, self.chat, self.lm.tokenizer),
-                             add_special_tokens=False)["input_ids"]
+    tok = self._lm.tokenizer
+    return tok(option_text(option, self.chat, tok), add_special_tokens=False)["input_ids"]
 
   def score_options(self, user_texts: Sequence[str],
                     options: Sequence[Sequence[str]]) -> tuple[np.ndarray, int]:
@@ -77,7 +100,7 @@ class LocalTarget:
 
   def generate(self, user_texts: Sequence[str], max_new_tokens: int) -> list[Generation]:
     """Greedy answers with the KV cache, and the mean NLL of each answer's tokens."""
-    tok = self.lm.tokenizer
+    tok = self._lm.tokenizer
     prefixes = [self.prefix_ids(t) for t in user_texts]
     answers = decoding.generate_ids(self.lm, prefixes, max_new_tokens=max_new_tokens,
                                     eos_ids=self.eos_ids, batch_size=self.batch_size,
