@@ -14,17 +14,20 @@ and round 1 taken from the quickstart's workdir (the same work: same 400 queries
 training config, which the stage fingerprints check): D_0 14.7 min + training 8.5 min
 (quickstart) + collection and evaluation 67 min (part of it sharing the cores with tests),
 about 90 minutes in all, over the 60-minute budget; peak memory 6.2 GB (training).
-Expected (measured 2026-11-28, all 1,421 test tweets, zero-shot; the natural class mix,
-39% anger):
+Measured 2026-11-28 with the quickstart's earlier recipe (the expert filter ranked each
+query's prompts by reward; since 8a19cd3 it ranks them by advantage, and this config has
+not been rerun with it: about 90 minutes here), all 1,421 test tweets, zero-shot, the
+natural class mix (39% anger):
   no instruction                                0.481
   best source prompt, chosen on train           0.563  ('Answer the question.')
   reward model best-of-N (Prompt-OIRL-style)    0.542
   QPO loop 1                                    0.521  (-0.042, 95% CI [-0.063, -0.020])
   best source prompt, chosen on test            0.563
   per-query oracle over source prompts          0.957
-QPO is significantly below the best single prompt here: it routes toward prompts that
-help the rarer classes (optimism), which the class-balanced quickstart rewards and the
-natural mix, dominated by anger where 'Answer the question.' is strong, does not.
+With that recipe QPO was significantly below the best single prompt here: it routed toward
+prompts that help the rarer classes (optimism), which the class-balanced quickstart
+rewards and the natural mix, dominated by anger where 'Answer the question.' is strong,
+does not.
 """
 
 import os
