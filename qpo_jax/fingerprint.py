@@ -33,7 +33,8 @@ NEUTRAL = frozenset({
     "data.inspect", "data.records_per_shard", "data.prompts_per_chunk",
     "progress", "train.log_every", "train.checkpoint_every", "train.round",
     "sample.batch_size", "loop.num_loops", "policy.remat"})
-FILTER = ("data.threshold", "data.top_fraction", "data.rank_by")  # applied when a round draws its data
+# applied when a round draws its data
+FILTER = ("data.threshold", "data.top_fraction", "data.rank_by")
 _UNSET = "<unset>"
 
 
