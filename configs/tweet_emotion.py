@@ -14,7 +14,8 @@ and round 1 taken from the quickstart's workdir (the same work: same 400 queries
 training config, which the stage fingerprints check): D_0 14.7 min + training 8.5 min
 (quickstart) + collection and evaluation 67 min (part of it sharing the cores with tests),
 about 90 minutes in all, over the 60-minute budget; peak memory 6.2 GB (training).
-Measured 2026-11-28 with the quickstart's earlier recipe (the expert filter ranked each
+Expected: not yet measured with the current recipe. Measured 2026-11-28 with the
+quickstart's earlier recipe (the expert filter ranked each
 query's prompts by reward; since 8a19cd3 it ranks them by advantage, and this config has
 not been rerun with it: about 90 minutes here), all 1,421 test tweets, zero-shot, the
 natural class mix (39% anger):
