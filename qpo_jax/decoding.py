@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qpo_jax import sharding
+from qpo_jax.distributed import to_host
 from qpo_jax.models.config import ModelConfig
 from qpo_jax.models.transformer import Transformer, init_cache
 
@@ -206,7 +207,7 @@ def generate_ids(lm, seqs: Sequence[Sequence[int]], *, max_new_tokens: int,
         jnp.asarray(x) for x in args)
     new, lengths = generate(lm.cfg, lm.params, *args, eos, pad, max_new_tokens=max_new_tokens,
                             temperature=temperature, top_k=top_k, top_p=top_p)
-    new, lengths = np.asarray(new), np.asarray(lengths)
+    new, lengths = to_host(new), to_host(lengths)
     out += [new[i, :lengths[i]].tolist() for i in range(len(chunk))]
   return out
 

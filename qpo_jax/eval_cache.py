@@ -23,6 +23,7 @@ import sqlite3
 import threading
 from typing import Any, Iterable, Mapping, Sequence
 
+from qpo_jax import distributed
 from qpo_jax.workdir import Workdir
 
 
@@ -31,19 +32,29 @@ def cache_key(*parts: Any) -> str:
 
 
 class EvalCache:
-  """Results by key, plus usage counters per target. `path=None` keeps them in memory."""
+  """Results by key, plus usage counters per target. `path=None` keeps them in memory.
 
-  def __init__(self, path: str | None):
+  `read_only` (the processes of a multi-process run other than the writer): the
+  file is read, and what `put_many` gets is kept in memory only; the writer
+  process stores the same results, so every process sees the same cache.
+  """
+
+  def __init__(self, path: str | None, read_only: bool = False):
     self.path = path
-    if path:
+    self._overlay: dict[str, Any] | None = {} if read_only else None
+    if path and not read_only:
       os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     self._lock = threading.Lock()
     with self._errors():
-      self._db = sqlite3.connect(path or ":memory:", check_same_thread=False)
-      self._db.executescript(
-          "CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
-          "CREATE TABLE IF NOT EXISTS usage (target TEXT PRIMARY KEY, calls INTEGER NOT NULL,"
-          " prompt_tokens INTEGER NOT NULL, generated_tokens INTEGER NOT NULL);")
+      if read_only:
+        self._db = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro", uri=True,
+                                   check_same_thread=False, timeout=60)
+      else:
+        self._db = sqlite3.connect(path or ":memory:", check_same_thread=False, timeout=60)
+        self._db.executescript(
+            "CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+            "CREATE TABLE IF NOT EXISTS usage (target TEXT PRIMARY KEY, calls INTEGER NOT NULL,"
+            " prompt_tokens INTEGER NOT NULL, generated_tokens INTEGER NOT NULL);")
       problems = [" ".join(r[0].split()) for r in self._db.execute("PRAGMA quick_check(20)")]
       if problems != ["ok"]:
         raise sqlite3.DatabaseError(f"quick_check: {problems[0]}"
@@ -72,11 +83,17 @@ class EvalCache:
 
   @classmethod
   def of_workdir(cls, workdir: str) -> EvalCache:
-    """The run's cache: <workdir>/eval_cache.sqlite."""
-    return cls(Workdir(workdir).cache)
+    """The run's cache: <workdir>/eval_cache.sqlite (read-only but for the writer process)."""
+    path = Workdir(workdir).cache
+    if not distributed.multi():
+      return cls(path)
+    cache = cls(path) if distributed.is_writer() else None  # creates the file
+    distributed.barrier("eval_cache")
+    return cache if cache is not None else cls(path, read_only=True)
 
   def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
-    found = {}
+    found = {k: self._overlay[k] for k in keys if k in self._overlay} if self._overlay else {}
+    keys = [k for k in keys if k not in found]
     with self._lock, self._errors():
       for start in range(0, len(keys), 500):
         chunk = list(keys[start:start + 500])
@@ -88,6 +105,9 @@ class EvalCache:
   def put_many(self, items: Mapping[str, Any], target: str, calls: int, prompt_tokens: int,
                generated_tokens: int) -> None:
     """Stores results and adds their cost to the target's usage, in one transaction."""
+    if self._overlay is not None:
+      self._overlay.update(items)
+      return
     with self._lock, self._errors(), self._db:
       self._db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?)",
                            [(k, json.dumps(v)) for k, v in items.items()])

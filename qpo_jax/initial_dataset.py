@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 from absl import logging
 import numpy as np
 
-from qpo_jax import evaluation, rewards
+from qpo_jax import distributed, evaluation, rewards
 from qpo_jax.eval_cache import EvalCache
 from qpo_jax.store import dataset
 from qpo_jax.store.records import Record, record_from_outcome
@@ -116,7 +116,8 @@ def build_initial_dataset(directory: str, task: Task, target: Target, queries: S
     logging.info("D_0 at %s is complete; not rebuilding", directory)
     return dataset.read_manifest(directory)
   partial = directory.rstrip("/") + ".partial"
-  os.makedirs(partial, exist_ok=True)
+  if distributed.is_writer():
+    os.makedirs(partial, exist_ok=True)
   recs: list[Record] = []
   assigned = query_assignment(len(queries), len(prompts), prompts_per_query, seed)
   grid = [(p, [queries[i] for i in qs]) for p, qs in zip(prompts, assigned)]
@@ -127,6 +128,7 @@ def build_initial_dataset(directory: str, task: Task, target: Target, queries: S
       path = _chunk_path(partial, setting, index)
       expected = sum(len(qs) for _, qs in grid[start:start + prompts_per_chunk])
       done = _finished_chunk(path, expected)
+      distributed.barrier(f"D_0 {setting} chunk {index} checked")  # before anyone writes it
       if done is not None:
         recs += done
         bar.update(expected)
@@ -137,6 +139,7 @@ def build_initial_dataset(directory: str, task: Task, target: Target, queries: S
                                nll_term=nll_term)
       count, sha256 = write_records(path, (records_lib.to_example(r) for r in chunk))
       atomic_write_text(path + ".json", json.dumps({"count": count, "sha256": sha256}))
+      distributed.barrier(f"D_0 {setting} chunk {index} written")
       recs += dataset.read_shard(path)  # as stored (float32), the same as a resumed run sees
       bar.update(expected)
       logging.info("D_0 %s: %d of %d prompts done", setting, min(start + prompts_per_chunk,
@@ -148,5 +151,6 @@ def build_initial_dataset(directory: str, task: Task, target: Target, queries: S
       meta={**(meta or {}), "loop": 0, "evaluated": len(recs), "settings": list(settings),
             "prompts_per_query": prompts_per_query or len(prompts), "nll_term": nll_term,
             **(final_meta() if final_meta else {})})
-  shutil.rmtree(partial, ignore_errors=True)
+  if distributed.is_writer():
+    shutil.rmtree(partial, ignore_errors=True)
   return manifest

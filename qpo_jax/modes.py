@@ -13,7 +13,7 @@ import ml_collections
 
 import numpy as np
 
-from qpo_jax import decoding, evaluation, loop, optimize, report
+from qpo_jax import decoding, distributed, evaluation, loop, optimize, report
 from qpo_jax import prompts as prompts_lib
 from qpo_jax.eval_cache import EvalCache
 from qpo_jax.models.registry import load_model
@@ -224,9 +224,20 @@ MODES: dict[str, Callable[[ml_collections.ConfigDict, str], object]] = {
 }
 
 
+# What runs over several processes (the stages of a run); the rest serve or inspect from one.
+MULTI_PROCESS_MODES = ("build_data", "train_policy", "collect", "sample_prompts", "evaluate",
+                       "evaluate_prompts", "loop")
+
+
 def run(mode: str, config: ml_collections.ConfigDict, workdir: str):
   if mode not in MODES:
     raise ValueError(f"--mode={mode!r} is not one of {sorted(MODES)}")
+  if distributed.multi() and mode not in MULTI_PROCESS_MODES:
+    raise ValueError(f"--mode={mode} runs in one process; over several processes run one of "
+                     f"{', '.join(MULTI_PROCESS_MODES)}")
+  if distributed.multi() and config.target.backend != "local":
+    raise ValueError(f"target.backend={config.target.backend!r}: a multi-process run evaluates "
+                     "a local target in lockstep; call an HTTP target from one process")
   loop.validate(config)  # before any model is loaded or any byte written
   show_progress(config.progress)
   rounds.check_workdir(config, workdir)  # a stage made with other settings stops the run here

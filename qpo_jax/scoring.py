@@ -30,12 +30,12 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
+from qpo_jax.distributed import to_host
 from qpo_jax.decoding import bucket, last_real_index, pad_batch
 from qpo_jax.models.config import ModelConfig
 from qpo_jax.models.transformer import Cache, Transformer, init_cache
-from qpo_jax.sharding import batch_multiple, shard_batch
+from qpo_jax.sharding import batch_multiple, replicate, shard_batch
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -118,7 +118,7 @@ def _place(arrays, mesh):
 def _replicate(arrays, mesh):
   if mesh is None:
     return jax.tree_util.tree_map(jnp.asarray, arrays)
-  return jax.device_put(arrays, NamedSharding(mesh, PartitionSpec()))
+  return replicate(arrays, mesh)
 
 
 def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
@@ -166,7 +166,7 @@ def sequence_logprobs(lm, seqs: Sequence[Sequence[int]], *, batch_size: int = 8,
   for start in range(0, len(seqs), rows):
     chunk = seqs[start:start + rows]
     ids, mask = pad_batch(chunk, 0, side="right", multiple=length_multiple, rows=rows)
-    lp = np.asarray(token_logprobs(lm.cfg, lm.params, *_place((ids, mask), mesh)))
+    lp = to_host(token_logprobs(lm.cfg, lm.params, *_place((ids, mask), mesh)))
     out += [lp[i, :len(s)] for i, s in enumerate(chunk)]
   return out
 
@@ -215,5 +215,5 @@ def score(lm, prefixes: Sequence[Sequence[int]], options: Sequence[Sequence[Sequ
         opt_ids[r, j, :len(o)], opt_mask[r, j, :len(o)] = o, True
     nll = option_nll(lm.cfg, lm.params, *_place((ids, mask, opt_ids, opt_mask), mesh),
                      shared=memo[1] if shared else None)
-    out[rows] = np.asarray(nll)[:len(rows)]
+    out[rows] = to_host(nll)[:len(rows)]
   return out

@@ -19,6 +19,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from qpo_jax import distributed
+
 AXES = ("data", "fsdp", "tensor")
 BATCH = ("data", "fsdp")  # the batch dimension is split over both
 
@@ -95,8 +97,8 @@ def param_shardings(params: Any, mesh: Mesh,
 
 
 def shard_params(params: Any, mesh: Mesh, rules: Sequence[tuple[str, P]] = TRANSFORMER_RULES):
-  """Places a (host or device) parameter tree on the mesh by the rules."""
-  return jax.device_put(params, param_shardings(params, mesh, rules))
+  """Places a (host or device) parameter tree on the mesh by the rules (any process count)."""
+  return jax.tree_util.tree_map(distributed.put, params, param_shardings(params, mesh, rules))
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
@@ -109,12 +111,20 @@ def batch_multiple(mesh: Mesh) -> int:
   return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """Places every array of a tree whole on every device of the mesh."""
+  return jax.tree_util.tree_map(lambda x: distributed.put(x, NamedSharding(mesh, P())), tree)
+
+
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
-  """Places every array of a batch with its leading dimension split over the batch axes."""
+  """Places every array of a batch with its leading dimension split over the batch axes.
+
+  Over several processes each one places only the rows of its own devices.
+  """
   def put(x):
     x = x if isinstance(x, jax.Array) else np.asarray(x)  # typed PRNG keys stay jax arrays
     if x.shape[0] % batch_multiple(mesh):
       raise ValueError(f"batch of {x.shape[0]} rows does not split over "
                        f"{batch_multiple(mesh)} data x fsdp shards; pad it first")
-    return jax.device_put(x, batch_sharding(mesh, x.ndim))
+    return distributed.put(x, batch_sharding(mesh, x.ndim))
   return jax.tree_util.tree_map(put, batch)

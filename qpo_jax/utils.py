@@ -6,6 +6,7 @@ import contextlib
 import difflib
 import errno
 import importlib.util
+import io
 import json
 import os
 import re
@@ -20,8 +21,15 @@ from typing import IO, Any, Callable, Iterator, Sequence
 def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
   """A file handle on a temp file beside `path`, fsynced and renamed over it on success.
 
-  Readers never see half a file; on an exception the temp file is removed.
+  Readers never see half a file; on an exception the temp file is removed. In a
+  multi-process run only the writer process writes (the others' handle goes
+  nowhere): every shared file has exactly one writer.
   """
+  from qpo_jax import distributed  # pylint: disable=g-import-not-at-top
+
+  if not distributed.is_writer():
+    yield io.BytesIO() if "b" in mode else io.StringIO()
+    return
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")

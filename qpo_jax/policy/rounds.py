@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 
-from qpo_jax import fingerprint, rewards, sharding
+from qpo_jax import distributed, fingerprint, rewards, sharding
 from qpo_jax.policy import sampling, trainer
 from qpo_jax.policy.model import pretrained_policy
 from qpo_jax.store import dataset
@@ -106,14 +106,22 @@ class PromptSampler:
 
   def __call__(self, queries: Sequence[str], *, collect: bool, seed: int,
                num_samples: int | None = None, first_index: int = 0) -> list[list[str]]:
-    """Greedy prompts (test) or the collection sampler's `num_samples` per query."""
+    """Greedy prompts (test) or the collection sampler's `num_samples` per query.
+
+    Over several processes each samples its share of the queries on its own
+    devices and the prompts are gathered (a query's prompts depend only on its
+    index, so they are those of one process).
+    """
     sc = self.sample
     knobs = dict(sc.collect) if collect else dict(sc.test)
     n = (num_samples or sc.num_samples) if collect else 1
-    return sampling.sample_prompts(self.cfg, self.params, self.tokenizer, list(queries),
-                                   target_return=sc.target_return, query_len=self.query_len,
-                                   prompt_len=self.prompt_len, seed=seed, num_samples=n,
-                                   batch_size=sc.batch_size, first_index=first_index, **knobs)
+    mine = distributed.share(len(queries))
+    local = sampling.sample_prompts(
+        self.cfg, self.params, self.tokenizer, list(queries)[mine.start:mine.stop],
+        target_return=sc.target_return, query_len=self.query_len, prompt_len=self.prompt_len,
+        seed=seed, num_samples=n, batch_size=sc.batch_size, first_index=first_index + mine.start,
+        **knobs)
+    return distributed.allgather(local)
 
 
 def prompt_sampler(config: ml_collections.ConfigDict, workdir: str, t: int) -> PromptSampler:

@@ -56,6 +56,8 @@ def sample_prompts(cfg: ModelConfig, params, tokenizer, queries: Sequence[str], 
   are numbered from `first_index` (a caller going through a long list in parts
   gets the same prompts as one call over all of it).
   """
+  if not queries:
+    return []
   rows = [(i, s) for i in range(len(queries)) for s in range(num_samples)]
   ids, mask = tokenize(tokenizer, list(queries), query_len, append_eos=False)
   pad = decoding.pad_id(tokenizer)

@@ -21,6 +21,7 @@ from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
+from qpo_jax import distributed
 from qpo_jax.models.config import ModelConfig
 from qpo_jax.policy import train_step
 from qpo_jax.rewards import Normalizer
@@ -77,7 +78,8 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, recs: Sequen
   metrics_path = os.path.join(round_dir, "metrics.jsonl")
   _trim_metrics(metrics_path, int(latest or 0))
   from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-  writer = SummaryWriter(os.path.join(round_dir, "tb"))
+  writes = distributed.is_writer()  # the other processes of a multi-process run log nothing
+  writer = SummaryWriter(os.path.join(round_dir, "tb")) if writes else None
   rng = jax.random.key(seed)
   log_every = int(tc["log_every"])
   ckpt_every = int(tc["checkpoint_every"])
@@ -86,7 +88,7 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, recs: Sequen
                      unit="step")
   t0 = time.time()
   try:
-    with open(metrics_path, "a") as log:
+    with open(metrics_path if writes else os.devnull, "a") as log:
       for step in range(start_step, total):
         state, metrics = step_fns.update(state, batches.next(), rng)
         done = step + 1
@@ -97,7 +99,7 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, recs: Sequen
           log.write(json.dumps(row) + "\n")
           log.flush()
           for k, v in row.items():
-            if k != "step":
+            if k != "step" and writer:
               writer.add_scalar(f"train/{k}", v, done)
           bar.set_postfix(loss=f"{row['loss']:.3f}", ce=f"{row['ce']:.3f}")
         if done % ckpt_every == 0 or done == total or (stop_after and done - start_step ==
@@ -109,11 +111,13 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, recs: Sequen
   finally:
     manager.wait_until_finished()
     bar.close()
-    writer.close()
+    if writer:
+      writer.close()
   if int(state.step) == total:
     params_dir = os.path.join(os.path.abspath(round_dir), "params")
-    if os.path.exists(params_dir):  # left by a run killed between saving and marking final
+    if os.path.exists(params_dir) and writes:  # left by a run killed before marking final
       shutil.rmtree(params_dir)
+    distributed.barrier(f"{round_dir} params")
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(params_dir, state.params)
     checkpointer.wait_until_finished()
@@ -121,6 +125,7 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, recs: Sequen
             "peak_memory_gb": peak_memory_gb()}
     atomic_write_text(final, json.dumps({"steps": total, "last": history_tail(metrics_path),
                                          "cost": cost}))
+    distributed.barrier(f"{round_dir} final")
   return state.params
 
 

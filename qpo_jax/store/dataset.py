@@ -28,6 +28,7 @@ from qpo_jax.rewards import Normalizer
 from qpo_jax.store import records as records_lib
 from qpo_jax.store.records import Record
 from qpo_jax.store.tfrecord import CorruptRecordError, file_sha256, read_records, write_records
+from qpo_jax import distributed
 from qpo_jax.utils import atomic_write_text
 
 MANIFEST = "manifest.json"
@@ -79,8 +80,14 @@ def check_complete(directory: str) -> None:
 def write_dataset(directory: str, recs: Sequence[Record], *, records_per_shard: int = 4096,
                   normalizer: Normalizer | None = None, meta: Mapping[str, Any] | None = None,
                   overwrite: bool = False) -> dict[str, Any]:
-  """Writes a complete dataset at `directory` atomically; returns its manifest."""
+  """Writes a complete dataset at `directory` atomically; returns its manifest.
+
+  In a multi-process run the writer process writes it and the others read it.
+  """
   directory = os.path.abspath(directory)
+  if not distributed.is_writer():
+    distributed.barrier(f"dataset {directory}")
+    return read_manifest(directory)
   if os.path.exists(directory) and not overwrite:
     check_complete(directory)
     raise FileExistsError(f"dataset {directory} already exists; delete that directory to rebuild "
@@ -105,6 +112,7 @@ def write_dataset(directory: str, recs: Sequence[Record], *, records_per_shard: 
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+  distributed.barrier(f"dataset {directory}")
   return manifest
 
 
