@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable
 
@@ -9,10 +10,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qpo_jax.utils import load_config
+
 
 # The paper's policy optimizer (spec: AdamW 1e-3, wd 1e-4, clip 0.25, step decay).
-PAPER_TRAIN = dict(learning_rate=1e-3, schedule="step", decay_every_epochs=20, decay_rate=0.65,
-                   grad_clip=0.25, weight_decay=1e-4, epochs=100)
+# Every other train field (accumulation, freezing, ...) as configs/base.py sets it.
+PAPER_TRAIN = dict(
+    load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "configs", "base.py")).train,
+    learning_rate=1e-3, schedule="step", decay_every_epochs=20, decay_rate=0.65, grad_clip=0.25,
+    weight_decay=1e-4, epochs=100)
 
 
 def policy_batch(cfg, b: int, lq: int, lp: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -15,6 +15,16 @@ all agree to float32 rounding. Simulated CPU devices share the same cores, so th
 step times say nothing about speed; with --simulate=false on a GPU/TPU host they
 are real. Hardware: any; about 3.5 minutes on the 2-core dev CPU with the defaults.
 Writes --out (JSON) and the same name with .md.
+
+  .venv/bin/python experiments/bench_scaling.py --processes=1,2,4   # several processes
+
+Multi-process mode: the same 4 devices (simulated on CPU) split over 1, 2 and 4
+processes on 127.0.0.1 (`qpo_jax.distributed`, gloo collectives): seconds per
+train step of the data-parallel mesh, and target scoring pairs/s (the policy
+model as the scorer, prompts of --query_len tokens, 4 options of 2 tokens each),
+so the table shows the runtime's cross-process overhead. On one CPU the
+processes share its cores; real multi-host scaling needs a pod or cluster.
+Writes --out with _processes before the extension.
 """
 
 from __future__ import annotations
@@ -41,6 +51,11 @@ _STEPS = flags.DEFINE_integer("steps", 4, "updates per mesh")
 _SIMULATE = flags.DEFINE_bool("simulate", True, "simulate the devices on the host CPU")
 _CHILD = flags.DEFINE_string("child", "", "internal: run one mesh and print JSON")
 _REF = flags.DEFINE_string("ref", "", "internal: the first mesh's final parameters (.npz)")
+_PROCESSES = flags.DEFINE_string("processes", "", "multi-process mode: process counts, e.g. "
+                                  "1,2,4 (each must divide --devices)")
+_DEVICES = flags.DEFINE_integer("devices", 4, "multi-process mode: devices in all")
+_PAIRS = flags.DEFINE_integer("pairs", 64, "multi-process mode: scoring pairs timed")
+_PROCESS = flags.DEFINE_string("process", "", "internal: 'address,count,index' of a child")
 _OUT = flags.DEFINE_string("out", "experiments/results/scaling.json", "JSON output ('' for none)")
 
 
@@ -129,8 +144,97 @@ def run_mesh(mesh_text: str, ref_path: str) -> dict:
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def run_process_child(spec: str) -> dict | None:
+  """One process of a multi-process measurement; process 0 returns the figures."""
+  from qpo_jax import distributed  # pylint: disable=g-import-not-at-top
+
+  address, count, index = spec.split(",")
+  if int(count) > 1:
+    distributed.initialize(address, int(count), int(index), timeout_s=120)
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from qpo_jax import scoring, sharding  # pylint: disable=g-import-not-at-top
+  from qpo_jax.models.config import preset  # pylint: disable=g-import-not-at-top
+  from qpo_jax.policy import train_step  # pylint: disable=g-import-not-at-top
+  from qpo_jax.policy.model import init_policy  # pylint: disable=g-import-not-at-top
+  from qpo_jax.models.transformer import init_params  # pylint: disable=g-import-not-at-top
+  from bench_common import PAPER_TRAIN, policy_batch  # pylint: disable=g-import-not-at-top
+
+  mesh = sharding.make_mesh({"data": -1})
+  cfg = preset(_POLICY.value)
+  params = sharding.shard_params(init_policy(cfg, jax.random.key(0)), mesh)
+  step = train_step.make_train_step(cfg, PAPER_TRAIN, 100, params, mesh)
+  state = step.init(params)
+  batch = sharding.shard_batch(policy_batch(cfg, _BATCH.value, _LQ.value, _LP.value), mesh)
+  times = []
+  for _ in range(_STEPS.value):
+    start = time.perf_counter()
+    state, metrics = step.update(state, batch, jax.random.key(1))
+    float(metrics["loss"])
+    times.append(time.perf_counter() - start)
+  lm = type("LM", (), {})()
+  lm.cfg, lm.params = cfg, sharding.shard_params(init_params(cfg, jax.random.key(2)), mesh)
+  rng = np.random.default_rng(0)
+  prefixes = [rng.integers(3, cfg.vocab_size, _LQ.value).tolist() for _ in range(_PAIRS.value)]
+  options = [[rng.integers(3, cfg.vocab_size, 2).tolist() for _ in range(4)]
+             for _ in range(_PAIRS.value)]
+  score = lambda: scoring.score(lm, prefixes, options, batch_size=8, mesh=mesh,  # noqa: E731
+                                min_shared=0)
+  score()  # compiles
+  start = time.perf_counter()
+  score()
+  pairs_per_s = _PAIRS.value / (time.perf_counter() - start)
+  if not distributed.is_writer():
+    return None
+  return {"processes": jax.process_count(), "devices": jax.device_count(),
+          "s/step": float(np.min(times[1:])) if len(times) > 1 else times[0],
+          "scoring pairs/s": pairs_per_s}
+
+
+def run_processes(count: int) -> dict:
+  """`count` processes sharing --devices simulated devices; process 0's figures."""
+  if _DEVICES.value % count:
+    raise ValueError(f"--processes: {count} does not divide --devices={_DEVICES.value}")
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    address = f"127.0.0.1:{s.getsockname()[1]}"
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={_DEVICES.value // count}")
+  args = [sys.executable, os.path.abspath(__file__)] + [
+      f"--{f}={flags.FLAGS[f].serialize().split('=', 1)[1]}"
+      for f in ("policy", "batch", "query_len", "prompt_len", "steps", "pairs")]
+  procs = [subprocess.Popen(args + [f"--process={address},{count},{i}"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(count)]
+  outs = [p.communicate(timeout=1800) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    if p.returncode:
+      raise RuntimeError(f"{count} processes failed:\n{err[-3000:]}")
+  return json.loads(outs[0][0].strip().splitlines()[-1])
+
+
 def main(argv):
   del argv
+  if _PROCESS.value:
+    result = run_process_child(_PROCESS.value)
+    if result:
+      print(json.dumps(result))
+    return
+  if _PROCESSES.value:
+    from qpo_jax.utils import write_table  # pylint: disable=g-import-not-at-top
+    rows = []
+    for count in [int(x) for x in _PROCESSES.value.split(",")]:
+      rows.append(run_processes(count))
+      print(rows[-1], flush=True)
+    for r in rows:
+      r["step vs 1 process"] = r["s/step"] / rows[0]["s/step"]
+      r["scoring vs 1 process"] = r["scoring pairs/s"] / rows[0]["scoring pairs/s"]
+    out = os.path.splitext(_OUT.value)[0] + "_processes.json" if _OUT.value else ""
+    print(write_table(out, rows, list(rows[0]), {
+        "policy": _POLICY.value, "batch": _BATCH.value, "query_len": _LQ.value,
+        "prompt_len": _LP.value, "pairs": _PAIRS.value, "machine": "see README"}))
+    return
   if _CHILD.value:
     print(json.dumps(run_child(_CHILD.value, _REF.value)))
     return

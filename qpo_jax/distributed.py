@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import logging as py_logging
 import os
+import socket
+import time
 from typing import Any, Sequence
 
 from absl import logging
@@ -63,20 +65,39 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
       return False
   if jax.distributed.is_initialized():
     return multi()
+  deadline = time.time() + timeout_s
+  if coordinator_address and process_id:  # process 0 serves the address itself
+    _wait_for(coordinator_address, deadline, f"process {process_id} of {num_processes}",
+              timeout_s)
   # Cross-process collectives on CPU (tests, laptops); accelerators use their own.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  try:
-    jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                               initialization_timeout=int(timeout_s))
-  except Exception as e:  # pylint: disable=broad-except
-    raise RuntimeError(f"process {process_id} of {num_processes}: could not join the run at "
-                       f"the coordinator {where} within {timeout_s} s ({type(e).__name__}: "
-                       f"{str(e).splitlines()[0] if str(e) else ''}). Start process 0 there "
-                       "first, or check the address and port.") from None
+  jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                             initialization_timeout=max(1, int(deadline - time.time())))
   _name_log_lines()
   logging.info("process %d of %d joined via %s; %d local of %d devices", jax.process_index(),
                jax.process_count(), where, jax.local_device_count(), jax.device_count())
   return jax.process_count() > 1
+
+
+def _wait_for(address: str, deadline: float, who: str, timeout_s: int) -> None:
+  """Returns once something listens at 'host:port'; fails naming it at the deadline.
+
+  (JAX itself aborts the process with a bare DEADLINE_EXCEEDED that names no address.)
+  """
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit():
+    raise ValueError(f"--coordinator_address={address!r} must be host:port")
+  while True:
+    try:
+      with socket.create_connection((host.strip("[]"), int(port)),
+                                    timeout=max(0.1, min(2.0, deadline - time.time()))):
+        return
+    except OSError as e:
+      if time.time() >= deadline:
+        raise RuntimeError(f"{who}: could not join the run at the coordinator {address} within "
+                           f"{timeout_s} s ({e.strerror or e}). Start process 0 there, or check "
+                           "the address, the port and the firewall.") from None
+      time.sleep(0.2)
 
 
 class _ProcessPrefix(py_logging.Filter):
