@@ -196,3 +196,24 @@ def test_start_up_flags_go_together(tmp_path):
                      cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=120)
   assert r.returncode != 0
   assert "--coordinator_address, --process_id missing" in r.stderr
+
+
+@pytest.mark.parametrize("env,found", [
+    ({}, None),
+    ({"OMPI_COMM_WORLD_SIZE": "4"}, "Open MPI"),
+    ({"OMPI_COMM_WORLD_SIZE": "1"}, None),
+    ({"SLURM_NTASKS": "8", "SLURM_STEP_ID": "0"}, "Slurm"),
+    ({"SLURM_NTASKS": "8"}, None),  # an allocation, not a step started by srun
+    ({"TPU_WORKER_HOSTNAMES": "t-0,t-1"}, "TPU pod slice"),
+    ({"TPU_WORKER_HOSTNAMES": "localhost"}, None),  # a single TPU VM
+])
+def test_clusters_are_detected_from_their_environment(monkeypatch, env, found):
+  from qpo_jax import distributed
+  for name in ("OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS", "SLURM_STEP_ID", "TPU_WORKER_HOSTNAMES"):
+    monkeypatch.delenv(name, raising=False)
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
+  assert distributed._cluster_env() == found  # pylint: disable=protected-access
+  if found is None:  # a single process: nothing to join, nothing changes
+    assert distributed.initialize() is False and not distributed.multi()
+    assert distributed.is_writer() and distributed.share(5) == range(5)
