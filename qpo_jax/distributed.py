@@ -28,6 +28,7 @@ from absl import logging
 import jax
 import numpy as np
 
+
 def _cluster_env() -> str | None:
   """The cluster JAX can set itself up from (TPU pod slice, Slurm, Open MPI), or None."""
   if int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
@@ -164,9 +165,8 @@ def put(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
     return jax.device_put(x, sharding)
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
     return jax.device_put(x, sharding)  # already global: a reshard
-  host = np.asarray(x) if not (isinstance(x, jax.Array) and
-                               jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)) else x
-  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+  local = x if isinstance(x, jax.Array) else np.asarray(x)  # (typed PRNG keys stay jax arrays)
+  return jax.make_array_from_callback(local.shape, sharding, lambda index: local[index])
 
 
 def to_host(x: jax.Array) -> np.ndarray:

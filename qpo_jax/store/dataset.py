@@ -24,11 +24,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from qpo_jax import distributed
 from qpo_jax.rewards import Normalizer
 from qpo_jax.store import records as records_lib
 from qpo_jax.store.records import Record
 from qpo_jax.store.tfrecord import CorruptRecordError, file_sha256, read_records, write_records
-from qpo_jax import distributed
 from qpo_jax.utils import atomic_write_text
 
 MANIFEST = "manifest.json"
