@@ -67,42 +67,19 @@ def train_steps(out, *start):
       json.dump(result, f)
 
 
-class _Dying:
-  """The real target for `budget` calls, then the process ends as if killed."""
-
-  def __init__(self, inner, budget):
-    self.inner, self.identity, self.budget = inner, inner.identity, int(budget)
-
-  def _spend(self, n):
-    self.budget -= n
-    if self.budget < 0:
-      sys.stdout.flush()
-      os._exit(9)  # pylint: disable=protected-access
-
-  def release(self):
-    return self.inner.release()
-
-  def score_options(self, texts, options):
-    self._spend(len(texts))
-    return self.inner.score_options(texts, options)
-
-  def generate(self, texts, max_new_tokens):
-    self._spend(len(texts))
-    return self.inner.generate(texts, max_new_tokens)
-
-
 def loop_dying(workdir, *args):
   _start(*args[:3])
   import jax  # pylint: disable=g-import-not-at-top
   from qpo_jax import loop  # pylint: disable=g-import-not-at-top
   from qpo_jax.targets import run_target  # pylint: disable=g-import-not-at-top
   from qpo_jax.utils import load_config  # pylint: disable=g-import-not-at-top
+  from tests.killable import Killable  # pylint: disable=g-import-not-at-top
 
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   config = load_config(os.path.join(root, "configs", "tiny.py"))
   target = run_target(config)
-  if jax.process_index() == jax.process_count() - 1:
-    target = _Dying(target, args[3])
+  if jax.process_index() == jax.process_count() - 1:  # ends as a kill would: no cleanup
+    target = Killable(target, int(args[3]), die=lambda: os._exit(9))  # pylint: disable=W0212
   loop.run_loop(config, workdir, target=target)
 
 

@@ -13,6 +13,7 @@ from qpo_jax.store import dataset
 from qpo_jax.targets import build_target
 from qpo_jax.utils import load_config
 from tests.conftest import one_device_env
+from tests.killable import Killable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,39 +22,19 @@ def _config(name):
   return load_config(os.path.join(ROOT, "configs", name))
 
 
-class _Killable:
-  """Passes calls to the real target until `budget` is spent, then dies like a killed process."""
-
-  def __init__(self, inner, budget):
-    self.inner, self.identity, self.budget, self.calls = inner, inner.identity, budget, 0
-
-  def _spend(self, n):
-    if self.calls + n > self.budget:
-      raise KeyboardInterrupt("killed")
-    self.calls += n
-
-  def score_options(self, texts, options):
-    self._spend(len(texts))
-    return self.inner.score_options(texts, options)
-
-  def generate(self, texts, max_new_tokens):
-    self._spend(len(texts))
-    return self.inner.generate(texts, max_new_tokens)
-
-
 @pytest.mark.slow
 def test_loop_killed_in_collection_resumes_to_the_same_table(tmp_path, tiny_run):
   config = _config("tiny.py")
   target = build_target(config.target)
   ref = tiny_run[1]  # uninterrupted
   work = str(tmp_path / "b")
-  dying = _Killable(target, 88 + 3)  # D_0 is 88 calls; dies inside loop 1's collection
+  dying = Killable(target, 88 + 3)  # D_0 is 88 calls; dies inside loop 1's collection
   with pytest.raises(KeyboardInterrupt):
     loop.run_loop(config, work, target=dying)
   assert os.path.exists(os.path.join(work, "data", "loop_0", "manifest.json"))
   assert os.path.exists(os.path.join(work, "data", "loop_1.collect.json"))
   assert not os.path.exists(os.path.join(work, "data", "loop_1"))
-  got = loop.run_loop(config, work, target=_Killable(target, 10**9))
+  got = loop.run_loop(config, work, target=Killable(target, 10**9))
   assert got["methods"] == ref["methods"] and got["qpo_prompts"] == ref["qpo_prompts"]
   usage = lambda r: {k: r["cost"]["total"][k] for k in ("calls", "prompt_tokens",  # noqa: E731
                                                         "generated_tokens")}
@@ -81,7 +62,7 @@ def test_loop_killed_in_collection_resumes_to_the_same_table(tmp_path, tiny_run)
                if r.loop == 1]
   assert len({r.avg_acc for r in collected}) == 1  # the collection batch's accuracy
   assert collected[0].avg_acc == pytest.approx(np.mean([r.correct for r in collected]))
-  again = loop.run_loop(config, work, target=_Killable(target, 0))  # finished: no target calls
+  again = loop.run_loop(config, work, target=Killable(target, 0))  # finished: no target calls
   assert again["methods"] == ref["methods"]
 
 
