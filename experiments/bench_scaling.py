@@ -96,21 +96,15 @@ def compare_params(params, init, ref_path: str) -> dict[str, float]:
   return {"max abs param diff": biggest, "param diff / update": float(np.sqrt(diff2 / update2))}
 
 
-def run_child(mesh_text: str, ref_path: str) -> dict:
-  """One mesh in this process: losses, gradient norms, parameters vs the first mesh, s/step."""
+def time_steps(cfg, params, mesh) -> tuple[object, list[float], list[float], float]:
+  """--steps updates on one fixed batch: (state, losses, gradient norms, best s/step after
+  the first, compiling, step)."""
   import jax  # pylint: disable=g-import-not-at-top
 
   from qpo_jax import sharding  # pylint: disable=g-import-not-at-top
-  from qpo_jax.models.config import preset  # pylint: disable=g-import-not-at-top
   from qpo_jax.policy import train_step  # pylint: disable=g-import-not-at-top
-  from qpo_jax.policy.model import init_policy  # pylint: disable=g-import-not-at-top
   from bench_common import PAPER_TRAIN, policy_batch  # pylint: disable=g-import-not-at-top
 
-  axes = parse_mesh(mesh_text)
-  mesh = sharding.make_mesh(axes)
-  cfg = preset(_POLICY.value)
-  params = init_policy(cfg, jax.random.key(0))
-  init = jax.tree_util.tree_map(np.asarray, params)  # the state is donated
   step = train_step.make_train_step(cfg, PAPER_TRAIN, 100, params, mesh)
   state = step.init(params)
   batch = sharding.shard_batch(policy_batch(cfg, _BATCH.value, _LQ.value, _LP.value), mesh)
@@ -122,10 +116,26 @@ def run_child(mesh_text: str, ref_path: str) -> dict:
     losses.append(float(metrics["loss"]))
     norms.append(float(metrics["grad_norm"]))
     times.append(time.perf_counter() - start)
+  return state, losses, norms, float(np.min(times[1:])) if len(times) > 1 else times[0]
+
+
+def run_child(mesh_text: str, ref_path: str) -> dict:
+  """One mesh in this process: losses, gradient norms, parameters vs the first mesh, s/step."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from qpo_jax import sharding  # pylint: disable=g-import-not-at-top
+  from qpo_jax.models.config import preset  # pylint: disable=g-import-not-at-top
+  from qpo_jax.policy.model import init_policy  # pylint: disable=g-import-not-at-top
+
+  axes = parse_mesh(mesh_text)
+  mesh = sharding.make_mesh(axes)
+  cfg = preset(_POLICY.value)
+  params = init_policy(cfg, jax.random.key(0))
+  init = jax.tree_util.tree_map(np.asarray, params)  # the state is donated
+  state, losses, norms, seconds = time_steps(cfg, params, mesh)
   return {"mesh": mesh_text, "devices": int(np.prod(list(axes.values()))),
           "platform": jax.devices()[0].platform, "losses": losses, "grad_norms": norms,
-          **compare_params(state.params, init, ref_path),
-          "s/step": float(np.min(times[1:])) if len(times) > 1 else times[0]}
+          **compare_params(state.params, init, ref_path), "s/step": seconds}
 
 
 def run_mesh(mesh_text: str, ref_path: str) -> dict:
@@ -155,23 +165,13 @@ def run_process_child(spec: str) -> dict | None:
 
   from qpo_jax import scoring, sharding  # pylint: disable=g-import-not-at-top
   from qpo_jax.models.config import preset  # pylint: disable=g-import-not-at-top
-  from qpo_jax.policy import train_step  # pylint: disable=g-import-not-at-top
   from qpo_jax.policy.model import init_policy  # pylint: disable=g-import-not-at-top
   from qpo_jax.models.transformer import init_params  # pylint: disable=g-import-not-at-top
-  from bench_common import PAPER_TRAIN, policy_batch  # pylint: disable=g-import-not-at-top
 
   mesh = sharding.make_mesh({"data": -1})
   cfg = preset(_POLICY.value)
   params = sharding.shard_params(init_policy(cfg, jax.random.key(0)), mesh)
-  step = train_step.make_train_step(cfg, PAPER_TRAIN, 100, params, mesh)
-  state = step.init(params)
-  batch = sharding.shard_batch(policy_batch(cfg, _BATCH.value, _LQ.value, _LP.value), mesh)
-  times = []
-  for _ in range(_STEPS.value):
-    start = time.perf_counter()
-    state, metrics = step.update(state, batch, jax.random.key(1))
-    float(metrics["loss"])
-    times.append(time.perf_counter() - start)
+  seconds = time_steps(cfg, params, mesh)[3]
   lm = type("LM", (), {})()
   lm.cfg, lm.params = cfg, sharding.shard_params(init_params(cfg, jax.random.key(2)), mesh)
   rng = np.random.default_rng(0)
@@ -187,8 +187,7 @@ def run_process_child(spec: str) -> dict | None:
   if not distributed.is_writer():
     return None
   return {"processes": jax.process_count(), "devices": jax.device_count(),
-          "s/step": float(np.min(times[1:])) if len(times) > 1 else times[0],
-          "scoring pairs/s": pairs_per_s}
+          "s/step": seconds, "scoring pairs/s": pairs_per_s}
 
 
 def run_processes(count: int) -> dict:

@@ -10,8 +10,8 @@ class Killable:
   raises KeyboardInterrupt, as a Ctrl-C or a kill would end the run)."""
 
   def __init__(self, inner, budget, die=_interrupt):
-    self.inner, self.identity, self.budget, self.calls, self.die = (inner, inner.identity,
-                                                                    budget, 0, die)
+    self.inner, self.identity = inner, inner.identity
+    self.budget, self.calls, self.die = budget, 0, die
 
   def _spend(self, n):
     if self.calls + n > self.budget:

@@ -5,9 +5,10 @@ round t > 1 fine-tunes round t-1's final policy with `train.finetune_lr` and
 `train.finetune_epochs` (spec: lr 1e-4, 20 epochs). The round trains on the
 dataset's expert records (`data.threshold` on the raw reward and/or each
 query's best `data.top_fraction`, ranked by `data.rank_by`); rewards are
-normalised by the dataset's stored min/max (D_0's) when `train.normalize` is on. Every stage checks and
-records the config fields it depends on (`claim_stage`, fingerprint.py), so a
-workdir is never reused with settings it was not made with.
+normalised by the dataset's stored min/max (D_0's) when `train.normalize` is
+on. Every stage checks and records the config fields it depends on
+(`claim_stage`, fingerprint.py), so a workdir is never reused with settings it
+was not made with.
 """
 
 from __future__ import annotations
