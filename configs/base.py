@@ -127,7 +127,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.loop = dict(
       num_loops=3,  # QPO loops (rounds)
       collect_batches=10,  # collection batches per loop
-      collect_queries=100)  # queries per collection batch (avg_acc is over one batch)
+      collect_queries=100,  # queries per collection batch (avg_acc is over one batch)
+      # collect after the last round too: its records train nothing, but its accuracy is a
+      # collect-split check of the final policy (a run extended by more loops collects it then)
+      final_collection=True)
 
   c.eval = dict(
       settings=("zero_shot",),  # settings of the final table

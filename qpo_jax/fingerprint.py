@@ -7,8 +7,9 @@ beside the artifact), and a run whose fields differ stops before any work,
 naming the stage, each changed field (old -> new) and what to do. Fields that
 cannot change a result are left out: progress bars, log and checkpoint
 frequency, shard and chunk sizes, inference batch sizes and padding buckets,
-the mesh, HTTP retry settings, and `loop.num_loops` (more loops extend a run;
-they do not change its earlier stages).
+the mesh, HTTP retry settings, `loop.num_loops` (more loops extend a run;
+they do not change its earlier stages) and `loop.final_collection` (whether the
+last round's collection runs, not how).
 
 What each stage depends on:
   d0         seed, task, target, data (without the training-time expert filter)
@@ -32,7 +33,7 @@ NEUTRAL = frozenset({
     "target.timeout_s", "target.api_key_env",
     "data.inspect", "data.records_per_shard", "data.prompts_per_chunk",
     "progress", "train.log_every", "train.checkpoint_every", "train.round",
-    "sample.batch_size", "loop.num_loops", "policy.remat"})
+    "sample.batch_size", "loop.num_loops", "loop.final_collection", "policy.remat"})
 # applied when a round draws its data
 FILTER = ("data.threshold", "data.top_fraction", "data.rank_by")
 _UNSET = "<unset>"

@@ -6,7 +6,8 @@ is there, and every stage resumes when it is not:
   data/loop_0/                 D_0 (built chunk by chunk, or imported)
   policy/round_<t>/            the policy trained on D_{t-1} (orbax resume)
   data/loop_<t>.collect.json   collect-split queries and the prompts sampled for them
-  data/loop_<t>/               D_t = D_{t-1} U filter(rewarded new records)
+  data/loop_<t>/               D_t = D_{t-1} U filter(rewarded new records) (after the last
+                               round only with `loop.final_collection`: it trains nothing)
   eval/                        test-split outcomes (through the cache), results table
   eval_cache.sqlite            every target result; nothing is evaluated twice
   xla_cache/                   compiled programs, when run through modes.run (config `compile_cache`)
@@ -273,9 +274,11 @@ def run_loop(config: ml_collections.ConfigDict, workdir: str, target=None) -> di
   target = target or run_target(config)
   cache = EvalCache.of_workdir(workdir)
   initial_data(config, workdir, target, cache)
-  for t in range(1, int(config.loop.num_loops) + 1):
+  num_loops = int(config.loop.num_loops)
+  for t in range(1, num_loops + 1):
     if t not in Workdir(workdir).finished_rounds() and hasattr(target, "release"):
       target.release()  # a local target's parameters, reloaded by the collection (~5 s)
     rounds.train_policy_round(config, workdir, t)
-    collect_round(config, workdir, t, target, cache)
+    if t < num_loops or config.loop.final_collection:
+      collect_round(config, workdir, t, target, cache)
   return report.evaluate_and_report(config, workdir, target, cache)

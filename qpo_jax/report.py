@@ -263,7 +263,9 @@ def plot(result: dict[str, Any], workdir: str) -> str:
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   num_loops = len(result["qpo_prompts"])
-  recs, _ = dataset.read_dataset(Workdir(workdir).data(num_loops))
+  wd = Workdir(workdir)  # the newest finished dataset (D_T, or D_{T-1} without a final collection)
+  recs, _ = dataset.read_dataset(wd.data(max(t for t in wd.datasets() if os.path.exists(
+      os.path.join(wd.data(t), dataset.MANIFEST)))))
   fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
   by_loop = collections.defaultdict(list)
   for r in recs:

@@ -66,6 +66,27 @@ def test_loop_killed_in_collection_resumes_to_the_same_table(tmp_path, tiny_run)
   assert again["methods"] == ref["methods"]
 
 
+
+@pytest.mark.slow
+def test_without_final_collection_then_extended(tmp_path, tiny_run):
+  """`loop.final_collection=False` skips only the last collection; more loops collect it then."""
+  config = _config("tiny.py")
+  target = build_target(config.target)
+  work = str(tmp_path / "w")
+  config.loop.update(num_loops=1, final_collection=False)
+  one = loop.run_loop(config, work, target=target)
+  assert not os.path.exists(os.path.join(work, "data", "loop_1"))
+  assert "collect_1" not in one["cost"] and "train_1" in one["cost"]
+  assert os.path.getsize(os.path.join(work, "eval", "results.png")) > 1000  # D_0's rewards
+  ref = tiny_run[1]  # two loops, both collections
+  assert one["qpo_prompts"]["1"] == ref["qpo_prompts"]["1"]
+  config.loop.num_loops = 2  # extended: loop 1 now collects, round 2 trains, loop 2 does not
+  two = loop.run_loop(config, work, target=target)
+  assert os.path.exists(os.path.join(work, "data", "loop_1", "manifest.json"))
+  assert not os.path.exists(os.path.join(work, "data", "loop_2"))
+  assert two["qpo_prompts"] == ref["qpo_prompts"]
+  assert two["methods"]["qpo_loop_2"] == ref["methods"]["qpo_loop_2"]
+
 def _main(*args, workdir, one_device=False):
   env = one_device_env() if one_device else None
   return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args,
