@@ -7,20 +7,26 @@ sadness), whose files ship in the package, with our own 23 source prompts
 
 Command (after `bash scripts/setup.sh`):
   .venv/bin/python main.py --config configs/quickstart.py --workdir /tmp/qpo_quickstart
-Runtime (2-core dev CPU, matmul peak 190 GFLOP/s f32): 31 minutes. Stages: D_0 (400 train
-tweets x 23 prompts = 9,200 target scorings) 10.8 min, one policy round (3 epochs over the
-filtered D_0, batch 8, 141 steps) 9.1 min, one collection (2 x 100 collect tweets x 2
-samples) 2.4 min, the test evaluation (200 tweets x 25 prompts, plus QPO's) 8.2 min. Peak
-memory 5.5 GB (training). Rerunning the command after a kill continues where it stopped.
-Expected (measured 2026-11-28, from a fresh clone of 1f0edc9): the table in
-<workdir>/eval/results.md,
+Runtime (2-core dev CPU, measured 2026-11-29 from a fresh clone of 900207d; the CPU's f32
+matmul peak measured 340 GFLOP/s that day): 19.5 minutes. Stages: D_0 (400 train tweets x
+23 prompts = 9,200 target scorings, 22 pairs/s) 6.9 min, one policy round (3 epochs over
+the filtered D_0, batch 8, 141 steps, 2.9 s/step) 6.9 min, the test evaluation (200
+tweets x 24 prompts, plus QPO's) 5.6 min. Peak memory 5.1 GB (training). The same CPU is
+not always this fast: on 2026-11-28, measuring 190 GFLOP/s, the previous version of this
+config (with a final collection and remat) took 31 minutes. Rerunning the command after a
+kill continues where it stopped.
+Expected (measured 2026-11-29, the run above): the table in <workdir>/eval/results.md,
   no instruction                                0.375
   best source prompt, chosen on train           0.470  ('Answer the question.')
   reward model best-of-N (Prompt-OIRL-style)    0.565
-  QPO loop 1                                    0.565  (+0.095, 95% CI [+0.005, +0.180])
+  QPO loop 1                                    0.590  (+0.120, 95% CI [+0.040, +0.200])
   per-query oracle over source prompts          0.935
-QPO is 9.5 points above the best train prompt, the interval's lower end above 0; it ties
-the reward model (difference 0.000, [-0.085, +0.085]) and takes 31 minutes, not 20.
+QPO is 12 points above the best train prompt, the interval's lower end above 0, and 2.5
+points above the reward model (95% CI [-0.060, +0.110]: not significant). The previous
+run (with `policy.remat` and test prompts sampled 8 at a time, which change the order of
+floating-point sums and so the trained policy's greedy prompts; the data and every result
+setting the same) gave QPO 0.565: a tie with the reward model.
+Differences of this size between QPO and the reward model are within run-to-run spread.
 
 How each value was chosen. Only train-split and collect-split tweets were used: runs
 validated either on 160 class-balanced collect tweets or on 200 class-balanced train
@@ -53,8 +59,10 @@ tweets that were not in D_0; the test split was read once, by the run above.
 - query_len=48 (a train tweet is <= 48 tokens 99% of the time), prompt_len=32 (the longest
   source prompt is 28 tokens + EOS; a run fails at start if one does not fit).
 - target_return=100 (the spec's R*: the best normalised return in D_0).
-- policy.remat=True: not a result setting; it recomputes activations in the backward pass,
-  which lowers the training stage's peak memory by ~0.8 GB for ~10% more step time.
+- final_collection=False: with one loop, the collection after round 1 trains nothing (it
+  only measured the policy on collect tweets, 2.4 min); sample.batch_size=32 (greedy
+  test prompts, 200 queries: 40 s vs 58 s at batch 8) and policy.remat off (~10% faster
+  steps, +0.8 GB) are speed settings, not chosen on any accuracy.
 
 Other modes on the same config (add --mode=...):
   generate          answers three questions with the target (a first look, ~10 s).

@@ -143,7 +143,7 @@ def test_quickstart_small_variant(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("QPO_SLOW"), reason="~35 min: set QPO_SLOW=1")
+@pytest.mark.skipif(not os.environ.get("QPO_SLOW"), reason="~20-30 min: set QPO_SLOW=1")
 def test_quickstart_full(tmp_path):
   """The embedded default reproduces the table its docstring and the README give."""
   r = _main("--config=configs/quickstart.py", "--mode=loop", workdir=tmp_path, one_device=True)
@@ -151,8 +151,9 @@ def test_quickstart_full(tmp_path):
   result = json.loads((tmp_path / "eval" / "results.json").read_text())
   got = {k: v["zero_shot"] for k, v in result["methods"].items()}
   documented = {"none": 0.375, "best_train_prompt": 0.470, "reward_model": 0.565,
-                "qpo_loop_1": 0.500, "oracle": 0.935}
+                "qpo_loop_1": 0.590, "oracle": 0.935}
   assert result["num_test_queries"] == 200
-  assert all(abs(got[k] - v) <= 0.02 for k, v in documented.items()), got
-  assert result["qpo_vs_best_train"]["zero_shot"]["low"] < result["qpo_vs_best_train"][
-      "zero_shot"]["mean"] < result["qpo_vs_best_train"]["zero_shot"]["high"]
+  assert all(abs(got[k] - v) <= 0.03 for k, v in documented.items()), got
+  versus_best = result["qpo_vs_best_train"]["zero_shot"]
+  assert got["qpo_loop_1"] - got["best_train_prompt"] >= 0.05 and versus_best["low"] > 0
+  assert result["cost"]["total"]["peak_memory_gb"] <= 8
