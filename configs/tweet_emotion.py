@@ -15,7 +15,7 @@ queries, seed and training config, which the stage fingerprints check; its evalu
 cache already held the quickstart's 4,800 test pairs): D_0 6.9 min + training 6.9 min
 (the quickstart's) + evaluation 28.1 min (29,300 new scorings at 22 pairs/s, 1,421 QPO
 prompts, the reward model); peak memory 5.1 GB (training).
-Expected (measured 2026-11-29 at 4005d10, the run above), zero-shot, all 1,421 tweets:
+Expected (measured 2026-11-29 with the code of 900207d, the run above), zero-shot, all 1,421 tweets:
   no instruction                                0.481
   best source prompt, chosen on train           0.563  ('Answer the question.')
   reward model best-of-N (Prompt-OIRL-style)    0.539
