@@ -66,7 +66,6 @@ def test_loop_killed_in_collection_resumes_to_the_same_table(tmp_path, tiny_run)
   assert again["methods"] == ref["methods"]
 
 
-
 @pytest.mark.slow
 def test_without_final_collection_then_extended(tmp_path, tiny_run):
   """`loop.final_collection=False` skips only the last collection; more loops collect it then."""
@@ -86,6 +85,7 @@ def test_without_final_collection_then_extended(tmp_path, tiny_run):
   assert not os.path.exists(os.path.join(work, "data", "loop_2"))
   assert two["qpo_prompts"] == ref["qpo_prompts"]
   assert two["methods"]["qpo_loop_2"] == ref["methods"]["qpo_loop_2"]
+
 
 def _main(*args, workdir, one_device=False):
   env = one_device_env() if one_device else None
