@@ -263,9 +263,10 @@ def plot(result: dict[str, Any], workdir: str) -> str:
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   num_loops = len(result["qpo_prompts"])
-  wd = Workdir(workdir)  # the newest finished dataset (D_T, or D_{T-1} without a final collection)
-  recs, _ = dataset.read_dataset(wd.data(max(t for t in wd.datasets() if os.path.exists(
-      os.path.join(wd.data(t), dataset.MANIFEST)))))
+  # the newest dataset (D_T, or D_{T-1} without a final collection); datasets are renamed
+  # into place whole, as inspect_data relies on too
+  wd = Workdir(workdir)
+  recs, _ = dataset.read_dataset(wd.data(wd.datasets()[-1]))
   fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
   by_loop = collections.defaultdict(list)
   for r in recs:
