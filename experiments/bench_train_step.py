@@ -10,7 +10,7 @@ clipping 0.25 and AdamW (lr 1e-3, wd 1e-4), same batch, Lq = Lp = 40 (paper). We
 random (speed does not depend on them). MFU is against the f32 matmul peak measured in the
 same run. FLOPs per step: 6 x tokens x non-embedding parameters, plus the prompt head's
 vocabulary projection and attention (fwd + bwd).
-Hardware: any; about 6 minutes on the 2-core dev CPU with the defaults. Writes
+Hardware: any; about 25 minutes on the 2-core dev CPU with the defaults. Writes
 --out (JSON) and the same name with .md (table).
 """
 
@@ -20,17 +20,20 @@ import time
 
 from absl import app
 from absl import flags
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import optax
 
 from qpo_jax import sharding
-from bench_common import PAPER_TRAIN, matmul_peak, policy_batch
+from bench_common import PAPER_TRAIN, best_times, matmul_peak, policy_batch
 from qpo_jax.models.config import preset
 from qpo_jax.policy import train_step
-from qpo_jax.policy.model import init_policy
+from qpo_jax.policy.model import PromptDT, init_policy
 from qpo_jax.utils import write_table
 
 _POLICIES = flags.DEFINE_list("policies", ["gpt2-small", "smollm2-135m"], "policy presets")
-_BATCH = flags.DEFINE_integer("batch", 8, "rows per step")
+_BATCH = flags.DEFINE_list("batch", ["8", "32"], "rows per step (each is timed)")
 _LQ = flags.DEFINE_integer("query_len", 40, "query tokens")
 _LP = flags.DEFINE_integer("prompt_len", 40, "prompt tokens")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps (after one warm-up step)")
@@ -60,6 +63,55 @@ def time_ours(cfg, batch, steps):
     state, m = update(state, batch, rng)
   jax.block_until_ready(m)
   return (time.perf_counter() - start) / steps
+
+
+def breakdown(cfg, batch, steps) -> dict[str, float]:
+  """Where our step's time goes: seconds of each part, each jitted and timed alone.
+
+  backbone = inputs (return/segment embeddings, LayerNorm) and the LM body,
+  forward + backward; head = prompt head, vocabulary projection and CE over
+  the prompt positions, forward + backward (gradients to parameters and
+  hidden states); optimizer = clipping + AdamW + the update. They add up to a
+  little more than the step (XLA overlaps and fuses across them there).
+  """
+  params = init_policy(cfg, jax.random.key(0))
+  model = PromptDT(cfg)
+  b = {k: jnp.asarray(v) for k, v in batch.items()}
+  lq = b["query"].shape[1]
+
+  def hidden(m):
+    embeds = jnp.concatenate([m.embed_return(b["returns"]), m.embed_text(b["query"], 1),
+                              m.embed_text(b["prompt"], 2)], axis=1)
+    mask = jnp.concatenate([jnp.ones_like(b["query_mask"][:, :1]), b["query_mask"],
+                            b["prompt_mask"]], axis=1)
+    return m.backbone(None, mask, embeds=embeds)[0]
+
+  h = jax.eval_shape(lambda p: nn.apply(hidden, model)({"params": p}), params)
+  ct = jax.random.normal(jax.random.key(1), h.shape, h.dtype)
+  h_prompt = ct[:, 1 + lq - 1:-1]
+
+  def backbone_loss(p):
+    return jnp.sum(nn.apply(hidden, model)({"params": p}) * ct)
+
+  def head_loss(p, hp):
+    logits = nn.apply(lambda m: m.prompt_logits(hp), model)({"params": p})
+    lp = jax.nn.log_softmax(logits, -1)
+    return -jnp.take_along_axis(lp, b["prompt"][..., None], -1)[..., 0].mean()
+
+  tx = train_step.make_optimizer(PAPER_TRAIN, 100, params)
+  opt_state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+
+  @jax.jit
+  def optimizer(p, o):
+    updates, o = tx.update(grads, o, p)
+    return optax.apply_updates(p, updates), o
+
+  fwd = jax.jit(lambda p: train_step.loss_fn(p, model, b, jax.random.key(0), True)[0])
+  bb, hd = jax.jit(jax.grad(backbone_loss)), jax.jit(jax.grad(head_loss, argnums=(0, 1)))
+  return best_times({"forward (loss)": lambda: fwd(params), "backbone fwd+bwd": lambda: bb(params),
+                     "head+CE fwd+bwd": lambda: hd(params, h_prompt),
+                     "optimizer": lambda: optimizer(params, opt_state)}, steps)
 
 
 def torch_policy(cfg):
@@ -138,19 +190,21 @@ def main(argv):
   del argv
   peak = matmul_peak(5)
   rows = []
-  for name in _POLICIES.value:
+  for name, b in [(n, int(b)) for n in _POLICIES.value for b in _BATCH.value]:
     cfg = preset(name)
-    b, lq, lp = _BATCH.value, _LQ.value, _LP.value
+    lq, lp = _LQ.value, _LP.value
     batch = policy_batch(cfg, b, lq, lp)
     tokens = b * (1 + lq + lp)
     flops = step_flops(cfg, b, lq, lp)
     ours = time_ours(cfg, batch, _STEPS.value)
     theirs = time_torch(cfg, batch, _STEPS.value)
+    parts = breakdown(cfg, batch, _STEPS.value)
     rows.append({"policy": name, "batch": b, "tokens/step": tokens,
                  "ours s/step": ours, "ours tokens/s": tokens / ours,
                  "ours MFU": flops / ours / peak, "torch s/step": theirs,
                  "torch tokens/s": tokens / theirs, "torch MFU": flops / theirs / peak,
-                 "speed-up ours/torch": theirs / ours})
+                 "speed-up ours/torch": theirs / ours,
+                 **{f"ours {k} s": v for k, v in parts.items()}})
     print(rows[-1], flush=True)
   cols = list(rows[0])
   print(f"matmul peak {peak / 1e9:.0f} GFLOP/s ({jax.devices()[0].device_kind})")

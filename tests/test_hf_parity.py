@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from qpo_jax.checkpoints.hf import load_hf_dir
+from qpo_jax.checkpoints.hf import assemble_params, load_hf_dir
 from qpo_jax.models.transformer import Transformer, init_cache
 from tests.hf_reference import hf_logits, tiny_hf_model
 
@@ -94,15 +94,34 @@ def test_bfloat16_checkpoint_and_compute(tmp_path):
   assert agree > 0.9 and np.abs(np.asarray(ours) - ref)[mask].max() < 0.1
 
 
-@pytest.mark.slow  # second of a kind: test_policy takes jitted gradients through the model
-def test_jit_and_grad_are_finite(pair):
-  _, _, cfg, params, _ = pair
+def test_gradients_match(pair):
+  """Every parameter's gradient of the next-token loss equals HF's (backward passes, incl.
+  the hand-written weight VJPs of models/dots.py, checked against PyTorch autograd)."""
+  _, model, cfg, params, _ = pair
   ids, mask = _batch()
+  target = np.roll(ids, -1, axis=1)
+  weight = (mask & np.roll(mask, -1, axis=1)).astype(np.float32)
+  weight[:, -1] = 0.0
 
   @jax.jit
   def loss(p):
     logits = Transformer(cfg).apply({"params": p}, ids, mask, method=Transformer.lm)
-    return -jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+    lp = jnp.take_along_axis(jax.nn.log_softmax(logits), target[..., None], -1)[..., 0]
+    return -(lp * weight).sum() / weight.sum()
 
-  grads = jax.grad(loss)(params)
-  assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(grads))
+  ours = jax.grad(loss)(params)
+  model.zero_grad()
+  pos = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+  logits = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask, dtype=torch.long),
+                 position_ids=torch.tensor(pos)).logits
+  lp = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(target)[..., None])[..., 0]
+  w = torch.tensor(weight)
+  (-(lp * w).sum() / w.sum()).backward()
+  hf_grads = {n: p.grad.numpy() for n, p in model.named_parameters()}
+  theirs = assemble_params(cfg, hf_grads, "HF gradients", ("", "transformer."))
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(ours)[0],
+                          jax.tree_util.tree_leaves(theirs)):
+    a = np.asarray(a)
+    assert np.isfinite(a).all(), path
+    scale = max(np.abs(b).max(), 1e-6)
+    assert np.abs(a - b).max() / scale < 1e-4, (path, np.abs(a - b).max(), scale)

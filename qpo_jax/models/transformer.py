@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from qpo_jax.models.config import ModelConfig
+from qpo_jax.models.dots import attend, dense_dot_general
 
 Cache = dict[str, jax.Array]
 _NEG_INF = -1e30  # finite, so fully-masked (pad) query rows stay NaN-free
@@ -105,7 +106,8 @@ class Norm(nn.Module):
 def _dense(cfg: ModelConfig, features, bias: bool, name: str, axis=-1):
   return nn.DenseGeneral(features, axis=axis, use_bias=bias, dtype=cfg.compute_dtype,
                          param_dtype=cfg.weight_dtype,
-                         kernel_init=nn.initializers.normal(0.02), name=name)
+                         kernel_init=nn.initializers.normal(0.02), name=name,
+                         dot_general=dense_dot_general)
 
 
 class LoRA(nn.Module):
@@ -221,7 +223,8 @@ class Transformer(nn.Module):
   def logits(self, hidden: jax.Array) -> jax.Array:
     """Vocabulary logits (float32) of final hidden states."""
     if self.cfg.tie_embeddings:
-      return self.embed.attend(hidden.astype(self.cfg.compute_dtype)).astype(jnp.float32)
+      dtype = self.cfg.compute_dtype
+      return attend(hidden.astype(dtype), self.embed.embedding.astype(dtype)).astype(jnp.float32)
     return self.lm_head(hidden).astype(jnp.float32)
 
   def lm(self, tokens: jax.Array, input_mask: jax.Array) -> jax.Array:

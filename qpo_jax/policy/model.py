@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from qpo_jax.models.config import ModelConfig
+from qpo_jax.models.dots import dense_dot_general
 from qpo_jax.models.transformer import Transformer
 
 SEG_RETURN, SEG_QUERY, SEG_PROMPT = 0, 1, 2
@@ -48,7 +49,8 @@ class PromptDT(nn.Module):
     cfg = self.cfg
     dense = lambda n, name: nn.Dense(n, dtype=cfg.compute_dtype,  # noqa: E731
                                      param_dtype=cfg.weight_dtype, name=name,
-                                     kernel_init=nn.initializers.normal(0.02))
+                                     kernel_init=nn.initializers.normal(0.02),
+                                     dot_general=dense_dot_general)
     self.backbone = Transformer(cfg)
     self.return_embed = nn.Dense(cfg.d_model, dtype=cfg.compute_dtype,
                                  param_dtype=cfg.weight_dtype, name="return_embed",
