@@ -89,6 +89,7 @@ def get_config():
   c.train.update(learning_rate=2e-4, epochs=3, decay_every_epochs=1, batch_size=8,
                  query_len=48, prompt_len=32, finetune_epochs=2, log_every=10,
                  checkpoint_every=200)
+  c.policy.remat = True  # -0.8 GB of training memory; step time unchanged since 09923a5
   c.sample.update(num_samples=2, batch_size=32)
   c.loop.update(num_loops=1, collect_batches=2, collect_queries=100, final_collection=False)
   c.eval.update(num_queries=200, num_demo_sets=3, num_demos=4, max_new_tokens=128)

@@ -164,9 +164,10 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, smollm2_tokenizer):
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
   tc = dict(TC, epochs=5, batch_size=2)  # 4 steps per epoch, 20 steps
   recs = _store()
-  ref = trainer.train_round(str(tmp_path / "a"), cfg, params, recs, smollm2_tokenizer, tc,
+  copy = lambda: jax.tree.map(jnp.copy, params)  # noqa: E731  (training consumes its input)
+  ref = trainer.train_round(str(tmp_path / "a"), cfg, copy(), recs, smollm2_tokenizer, tc,
                             mesh=mesh, seed=1)
-  part = trainer.train_round(str(tmp_path / "b"), cfg, params, recs, smollm2_tokenizer, tc,
+  part = trainer.train_round(str(tmp_path / "b"), cfg, copy(), recs, smollm2_tokenizer, tc,
                              mesh=mesh, seed=1, stop_after=7)  # killed after step 7 (mid-epoch)
   assert not (tmp_path / "b" / "final").exists()
   got = trainer.train_round(str(tmp_path / "b"), cfg, params, recs, smollm2_tokenizer, tc,

@@ -107,20 +107,36 @@ class PromptDT(nn.Module):
 
 def init_policy(cfg: ModelConfig, rng: jax.Array, backbone_params: Any | None = None,
                 query_len: int = 4, prompt_len: int = 4) -> Any:
-  """Policy parameters; the backbone's are replaced by pretrained ones when given."""
-  params = _fresh_policy(cfg, rng, query_len, prompt_len)
-  if backbone_params is not None:
-    params = {**params, "backbone": _with_pretrained(params["backbone"], backbone_params)}
-    params = _at_embedding_scale(params)
-  return params
+  """Policy parameters; the backbone's are the pretrained ones when given.
+
+  With a pretrained backbone only the heads (and LoRA adapters) are initialised:
+  a random backbone that would be thrown away costs the model's size in memory
+  the allocator keeps afterwards.
+  """
+  if backbone_params is None:
+    return _fresh_policy(cfg, rng, query_len, prompt_len, False)
+  shapes = jax.eval_shape(lambda r: _fresh_policy(cfg, r, query_len, prompt_len, False), rng)
+  params = _fresh_policy(cfg, rng, query_len, prompt_len, True)
+  backbone = _with_pretrained(shapes["backbone"], params["backbone"], backbone_params)
+  return _at_embedding_scale({**params, "backbone": backbone})
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2, 3))
-def _fresh_policy(cfg: ModelConfig, rng: jax.Array, query_len: int, prompt_len: int) -> Any:
-  """Jitted: one compile per config instead of one per op (tiny-llama: 7.7 s -> 2.4 s)."""
-  return PromptDT(cfg).init(
+@functools.partial(jax.jit, static_argnums=(0, 2, 3, 4))
+def _fresh_policy(cfg: ModelConfig, rng: jax.Array, query_len: int, prompt_len: int,
+                  adapters_only: bool) -> Any:
+  """Jitted: one compile per config instead of one per op (tiny-llama: 7.7 s -> 2.4 s).
+
+  `adapters_only` keeps just the LoRA leaves of the backbone (XLA then never
+  computes the rest).
+  """
+  params = PromptDT(cfg).init(
       rng, jnp.zeros((1,)), jnp.zeros((1, query_len), jnp.int32), jnp.ones((1, query_len), bool),
       jnp.zeros((1, prompt_len), jnp.int32), jnp.ones((1, prompt_len), bool))["params"]
+  if adapters_only:
+    flat = flax.traverse_util.flatten_dict(params["backbone"], sep="/")
+    params = {**params, "backbone": flax.traverse_util.unflatten_dict(
+        {k: v for k, v in flat.items() if "_lora/" in k}, sep="/")}
+  return params
 
 
 def _at_embedding_scale(params: Any) -> Any:
@@ -140,20 +156,21 @@ def _at_embedding_scale(params: Any) -> Any:
   return {**params, "input_norm": norm, "return_embed": ret}
 
 
-def _with_pretrained(fresh: Any, pretrained: Any) -> Any:
-  """`fresh` with every leaf the checkpoint has replaced by it (LoRA adapters stay fresh)."""
+def _with_pretrained(shapes: Any, adapters: Any, pretrained: Any) -> Any:
+  """The backbone tree `shapes` describes: pretrained leaves, fresh LoRA `adapters`."""
   flat = flax.traverse_util.flatten_dict(pretrained, sep="/")
+  fresh = flax.traverse_util.flatten_dict(adapters, sep="/") if adapters else {}
   out = {}
-  for name, value in flax.traverse_util.flatten_dict(fresh, sep="/").items():
+  for name, like in flax.traverse_util.flatten_dict(shapes, sep="/").items():
     if name in flat:
-      if flat[name].shape != value.shape:
+      if flat[name].shape != like.shape:
         raise ValueError(f"pretrained {name} has shape {flat[name].shape}, the policy's backbone "
-                         f"config wants {value.shape}")
+                         f"config wants {like.shape}")
       out[name] = flat.pop(name)
     elif "_lora/" not in name:
       raise ValueError(f"pretrained parameters lack {name} that the policy's backbone needs")
     else:
-      out[name] = value
+      out[name] = fresh[name]
   if flat:
     raise ValueError(f"pretrained parameters have {sorted(flat)[:3]} the backbone does not use")
   return flax.traverse_util.unflatten_dict(out, sep="/")

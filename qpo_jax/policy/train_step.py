@@ -133,20 +133,28 @@ class TrainStep:
   """What a training loop needs for one config, parameter tree and mesh."""
 
   update: Callable  # (state, batch, rng) -> (state, metrics), jitted
-  init: Callable  # params -> TrainState placed by `shardings`
+  init: Callable  # params -> TrainState placed by `shardings`; consumes (donates) the params
   shapes: TrainState
   shardings: TrainState
 
 
 def make_train_step(cfg: ModelConfig, tc: Mapping[str, Any], steps_per_epoch: int, params: Any,
                     mesh) -> TrainStep:
-  """Optimizer, state shapes and shardings, and the jitted update, built once."""
+  """Optimizer, state shapes and shardings, and the jitted update, built once.
+
+  `init` takes over the parameters' buffers (donated), so training does not hold a
+  second copy of the model beside its state; pass a copy to keep the originals.
+  """
   tx = make_optimizer(tc, steps_per_epoch, params)
   shapes = jax.eval_shape(lambda p: init_state(p, tx), params)
   shardings = state_shardings(shapes, mesh)
+  jitted_init = jax.jit(lambda p: init_state(p, tx), out_shardings=shardings, donate_argnums=(0,))
+
+  def init(p):  # placed first, so every buffer can be donated
+    return jitted_init(jax.device_put(p, shardings.params, donate=True))
+
   return TrainStep(update=make_update(cfg, tx, lr_schedule(tc, steps_per_epoch), mesh, shardings),
-                   init=jax.jit(lambda p: init_state(p, tx), out_shardings=shardings),
-                   shapes=shapes, shardings=shardings)
+                   init=init, shapes=shapes, shardings=shardings)
 
 
 def eval_loss(cfg: ModelConfig, params, batch) -> dict[str, jax.Array]:

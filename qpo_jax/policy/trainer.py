@@ -49,6 +49,8 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, recs: Sequen
                 started: float | None = None) -> Any:
   """Trains from `init_params` on `recs` for `tc.epochs`; returns the final parameters.
 
+  A fresh start takes over `init_params`' buffers (see `train_step.TrainStep.init`).
+
   `stop_after` ends the run after that many steps of this call (tests of resume).
   The `final` marker carries the round's cost: seconds since `started` (default: this
   call) in the process that finished it, and its peak memory.
