@@ -10,8 +10,8 @@ clipping 0.25 and AdamW (lr 1e-3, wd 1e-4), same batch, Lq = Lp = 40 (paper). We
 random (speed does not depend on them). MFU is against the f32 matmul peak measured in the
 same run. FLOPs per step: 6 x tokens x non-embedding parameters, plus the prompt head's
 vocabulary projection and attention (fwd + bwd).
-Hardware: any; about 25 minutes on the 2-core dev CPU with the defaults. Writes
---out (JSON) and the same name with .md (table).
+Hardware: any; about 10 minutes on the 2-core dev CPU with the defaults (7 with
+--steps=3). Writes --out (JSON) and the same name with .md (table).
 """
 
 from __future__ import annotations

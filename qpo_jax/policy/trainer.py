@@ -104,8 +104,12 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, recs: Sequen
             if k != "step" and writer:
               writer.add_scalar(f"train/{k}", v, done)
           bar.set_postfix(loss=f"{row['loss']:.3f}", ce=f"{row['ce']:.3f}")
-        if done % ckpt_every == 0 or done == total or (stop_after and done - start_step ==
-                                                       stop_after):
+        # the last step's state is not checkpointed: `params` below is all a finished round
+        # keeps, and a full-state save there would hold a second host copy of the model
+        # and its optimizer at the round's memory peak (a kill before `final` redoes the
+        # steps since the last checkpoint)
+        if (done % ckpt_every == 0 and done < total) or (stop_after and done - start_step ==
+                                                         stop_after):
           manager.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                      data=ocp.args.JsonSave(batches.state())))
         if stop_after and done - start_step == stop_after:
