@@ -78,25 +78,18 @@ def breakdown(cfg, batch, steps) -> dict[str, float]:
   model = PromptDT(cfg)
   b = {k: jnp.asarray(v) for k, v in batch.items()}
   lq = b["query"].shape[1]
-
-  def hidden(m):
-    embeds = jnp.concatenate([m.embed_return(b["returns"]), m.embed_text(b["query"], 1),
-                              m.embed_text(b["prompt"], 2)], axis=1)
-    mask = jnp.concatenate([jnp.ones_like(b["query_mask"][:, :1]), b["query_mask"],
-                            b["prompt_mask"]], axis=1)
-    return m.backbone(None, mask, embeds=embeds)[0]
-
-  h = jax.eval_shape(lambda p: nn.apply(hidden, model)({"params": p}), params)
+  inputs = [b[k] for k in train_step.BATCH_KEYS]
+  hidden = nn.apply(lambda m: m.hidden_states(*inputs), model)
+  h = jax.eval_shape(lambda p: hidden({"params": p}), params)
   ct = jax.random.normal(jax.random.key(1), h.shape, h.dtype)
-  h_prompt = ct[:, 1 + lq - 1:-1]
+  h_prompt = ct[:, lq:-1]
 
   def backbone_loss(p):
-    return jnp.sum(nn.apply(hidden, model)({"params": p}) * ct)
+    return jnp.sum(hidden({"params": p}) * ct)
 
   def head_loss(p, hp):
     logits = nn.apply(lambda m: m.prompt_logits(hp), model)({"params": p})
-    lp = jax.nn.log_softmax(logits, -1)
-    return -jnp.take_along_axis(lp, b["prompt"][..., None], -1)[..., 0].mean()
+    return train_step.prompt_ce(logits, b["prompt"], b["prompt_mask"])
 
   tx = train_step.make_optimizer(PAPER_TRAIN, 100, params)
   opt_state = tx.init(params)

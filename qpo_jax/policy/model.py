@@ -76,14 +76,21 @@ class PromptDT(nn.Module):
     """R_hat in return units (0..100); the head itself works on the 0..1 scale."""
     return RETURN_SCALE * self.return_head(hidden_at_return)[..., 0].astype(jnp.float32)
 
+  def hidden_states(self, returns, query, query_mask, prompt, prompt_mask, *,
+                    deterministic: bool = True) -> jax.Array:
+    """[B, 1 + Lq + Lp, D] backbone output over [e(R); query; prompt] (the inputs and the body)."""
+    b = query.shape[0]
+    embeds = jnp.concatenate([self.embed_return(returns), self.embed_text(query, SEG_QUERY),
+                              self.embed_text(prompt, SEG_PROMPT)], axis=1)
+    mask = jnp.concatenate([jnp.ones((b, 1), bool), query_mask, prompt_mask], axis=1)
+    return self.backbone(None, mask, embeds=embeds, deterministic=deterministic)[0]
+
   def __call__(self, returns, query, query_mask, prompt, prompt_mask, *,
                deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
     """Teacher-forced pass: ([B, Lp, V] logits predicting each prompt token, [B] R_hat)."""
     b, lq = query.shape
-    embeds = jnp.concatenate([self.embed_return(returns), self.embed_text(query, SEG_QUERY),
-                              self.embed_text(prompt, SEG_PROMPT)], axis=1)
-    mask = jnp.concatenate([jnp.ones((b, 1), bool), query_mask, prompt_mask], axis=1)
-    hidden, _ = self.backbone(None, mask, embeds=embeds, deterministic=deterministic)
+    hidden = self.hidden_states(returns, query, query_mask, prompt, prompt_mask,
+                                deterministic=deterministic)
     # slot of the last real query token (0, the return, for an empty query) predicts p_1
     last_query = query_mask.sum(axis=1)
     first = hidden[jnp.arange(b), last_query][:, None]

@@ -73,16 +73,22 @@ def _has_lora(params: Any) -> bool:
              for p, _ in jax.tree_util.tree_flatten_with_path(params)[0])
 
 
+def prompt_ce(logits: jax.Array, prompt: jax.Array, prompt_mask: jax.Array) -> jax.Array:
+  """Mean cross-entropy of the real prompt tokens under [B, Lp, V] logits (float32 softmax)."""
+  mask = prompt_mask.astype(jnp.float32)
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  token_lp = jnp.take_along_axis(logp, prompt[..., None], axis=-1)[..., 0]
+  return -(token_lp * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+
 def loss_fn(params, model: PromptDT, batch: Mapping[str, jax.Array], rng: jax.Array,
             deterministic: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
   logits, r_hat = model.apply({"params": params}, batch["returns"], batch["query"],
                               batch["query_mask"], batch["prompt"], batch["prompt_mask"],
                               deterministic=deterministic, rngs={"dropout": rng})
+  ce = prompt_ce(logits, batch["prompt"], batch["prompt_mask"])
   mask = batch["prompt_mask"].astype(jnp.float32)
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  token_lp = jnp.take_along_axis(logp, batch["prompt"][..., None], axis=-1)[..., 0]
   n = jnp.maximum(mask.sum(), 1.0)
-  ce = -(token_lp * mask).sum() / n
   mse = jnp.mean(jnp.square(r_hat - batch["returns"].astype(jnp.float32)))
   lam = jnp.where(jax.lax.stop_gradient(mse) < 10.0, 0.5, 0.1)
   accuracy = ((jnp.argmax(logits, -1) == batch["prompt"]) * mask).sum() / n
