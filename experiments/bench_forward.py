@@ -21,6 +21,7 @@ from bench_common import best_time, matmul_peak
 from qpo_jax.models import config as config_lib
 from qpo_jax.models.registry import load_model
 from qpo_jax.models.transformer import Transformer, init_params
+from qpo_jax.sharding import shard_params
 from qpo_jax.utils import write_table
 
 _MODEL = flags.DEFINE_string("model", "smollm2", "'smollm2' (embedded weights) or a preset name")
@@ -36,7 +37,7 @@ def main(argv):
   del argv
   if _MODEL.value == "smollm2":
     lm = load_model({"name": "smollm2-135m-instruct", "dtype": _DTYPE.value})
-    cfg, params = lm.cfg, lm.params
+    cfg, params = lm.cfg, shard_params(lm.params, None)  # on the device once, as the pipeline
   else:
     cfg = config_lib.preset(_MODEL.value, dtype=_DTYPE.value)
     params = init_params(cfg, jax.random.key(0))

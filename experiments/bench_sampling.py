@@ -22,6 +22,7 @@ Hardware: any; about 5 minutes on the 2-core dev CPU with the defaults. Writes
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from absl import app
@@ -35,6 +36,7 @@ from bench_common import best_times
 from qpo_jax.models.registry import load_model, smollm2_gguf_path
 from qpo_jax.policy import sampling
 from qpo_jax.policy.model import init_policy
+from qpo_jax.sharding import shard_params
 from qpo_jax.utils import write_table
 
 _DATA = flags.DEFINE_string("data_dir", "../shared/data/tweet_emotion", "TweetEval emotion files")
@@ -65,7 +67,10 @@ def main(argv):
   ref = transformers.AutoModelForCausalLM.from_pretrained(
       os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
   ref.generation_config.eos_token_id = None  # like `never` below: EOS neither stops nor is banned
-  policy_params = init_policy(lm.cfg, jax.random.key(0), backbone_params=lm.params)
+  # on the device once, as the pipeline places them (host arrays are copied in per call)
+  policy_params = shard_params(init_policy(lm.cfg, jax.random.key(0), backbone_params=lm.params),
+                               None)
+  lm = dataclasses.replace(lm, params=shard_params(lm.params, None))
   pad = decoding.pad_id(tok)
   never = jnp.asarray([-1], jnp.int32)  # no token stops a row: fixed work
   rows = []

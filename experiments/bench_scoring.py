@@ -8,7 +8,8 @@ with SmolLM2-135M-Instruct (the same dequantized weights, float32):
     prefix, the instruction's KV cache computed once and shared by every row,
     rows ordered by token length, the vocabulary projection only at option
     positions, shapes bucketed so XLA compiles a handful of times (compiled
-    before timing); and the same without prefix sharing (min_shared=0);
+    before timing), parameters on the device once as the run's target holds
+    them, best of --repeats; and the same without prefix sharing (min_shared=0);
   - HF one by one: one forward of prefix + option per option, batch 1, full
     logits, as the authors' evaluation code scores classification answers;
   - HF batched: the same sequences padded into batches of --hf_batch (the
@@ -20,6 +21,7 @@ with the defaults. Writes --out (JSON) and the same name with .md.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -29,7 +31,9 @@ import jax
 import numpy as np
 
 from qpo_jax import scoring
+from bench_common import best_times
 from qpo_jax.models.registry import load_model, smollm2_gguf_path
+from qpo_jax.sharding import shard_params
 from qpo_jax.utils import write_table
 
 _DATA = flags.DEFINE_string("data_dir", "../shared/data/tweet_emotion", "TweetEval emotion files")
@@ -40,6 +44,8 @@ _HF_BATCH = flags.DEFINE_integer("hf_batch", 8, "sequences per forward (HF batch
 _PROMPT = flags.DEFINE_string(
     "prompt", "Classify the emotion of the tweet as Anger, Joy, Optimism or Sadness.",
     "instruction placed before the example")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "timed rounds of ours (best is reported; HF runs "
+                                "once, its time is many times ours)")
 _OUT = flags.DEFINE_string("out", "experiments/results/scoring.json", "JSON output ('' for none)")
 LABELS = ["Anger", "Joy", "Optimism", "Sadness"]
 
@@ -70,17 +76,24 @@ def main(argv):
   with open(os.path.join(_DATA.value, "test_labels.txt")) as fh:
     gold = np.array([int(line) for line in fh][:_N.value])
   lm = load_model({"name": "smollm2-135m-instruct"})
+  # on the device once, as the pipeline's target places them (host arrays are copied in per call)
+  lm = dataclasses.replace(lm, params=shard_params(lm.params, None))
   tok = lm.tokenizer
   prefixes = [tok(f"{_PROMPT.value}\nTweet: {t}\nEmotion:")["input_ids"] for t in texts]
   options = [tok(" " + label)["input_ids"] for label in LABELS]
 
-  results, seconds = {}, {}
-  for name, min_shared in (("qpo_jax batched", 8), ("qpo_jax batched, no prefix sharing", 0)):
-    kw = dict(batch_size=_BATCH.value, length_multiple=_MULTIPLE.value, min_shared=min_shared)
-    scoring.score(lm, prefixes, [options] * len(prefixes), **kw)  # compile every bucket first
-    start = time.perf_counter()
-    results[name] = scoring.score(lm, prefixes, [options] * len(prefixes), **kw)
-    seconds[name] = time.perf_counter() - start
+  results = {}
+
+  def ours(name, min_shared):
+    def run():
+      results[name] = scoring.score(lm, prefixes, [options] * len(prefixes),
+                                    batch_size=_BATCH.value, length_multiple=_MULTIPLE.value,
+                                    min_shared=min_shared)
+    return run
+
+  # best of --repeats, round-robin, after a call that compiles every bucket
+  seconds = best_times({name: ours(name, min_shared) for name, min_shared in (
+      ("qpo_jax batched", 8), ("qpo_jax batched, no prefix sharing", 0))}, _REPEATS.value)
 
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -13,7 +14,7 @@ import ml_collections
 
 import numpy as np
 
-from qpo_jax import decoding, distributed, evaluation, loop, optimize, report
+from qpo_jax import decoding, distributed, evaluation, loop, optimize, report, sharding
 from qpo_jax import prompts as prompts_lib
 from qpo_jax.eval_cache import EvalCache
 from qpo_jax.models.registry import load_model
@@ -34,6 +35,7 @@ def generate_answers(config: ml_collections.ConfigDict, workdir: str) -> list[di
   """Answers `config.generate.questions` with the target LLM; prints and saves them."""
   start = time.time()
   lm = load_model(config.target)
+  lm = dataclasses.replace(lm, params=sharding.shard_params(lm.params, None))  # once, not per call
   if lm.tokenizer is None:
     raise ValueError(f"target {config.target.name!r} has no tokenizer; set target.tokenizer_path")
   logging.info("loaded %s (%.1fM parameters) in %.1fs", config.target.name,

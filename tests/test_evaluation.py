@@ -1,5 +1,6 @@
 """Target evaluation: local backend numerics, the cache, few-shot, math, sharding."""
 
+import dataclasses
 import os
 
 import jax
@@ -12,6 +13,7 @@ from qpo_jax.eval_cache import EvalCache
 from qpo_jax.models.registry import load_model
 from qpo_jax.models.transformer import Transformer
 from qpo_jax.targets import Generation, LocalTarget
+from qpo_jax.targets.server import ModelServer
 from qpo_jax.tasks import base, get_task
 
 
@@ -69,6 +71,21 @@ def test_released_target_reloads_its_parameters_and_answers_alike(tiny_lm):
   np.testing.assert_allclose([o.option_nll for o in after], [o.option_nll for o in before],
                              rtol=1e-6)
   assert not LocalTarget(tiny_lm, chat=False).release()  # nothing to reload from: kept
+
+
+def test_target_and_server_hold_their_parameters_on_the_device(tiny_lm):
+  """Loaders return host (numpy) parameters; handed to every jitted call they would be copied
+  in each time (for SmolLM2 50 ms and a transient second copy per batch), so a target
+  without a mesh, its reload and the model server place them once."""
+  host = dataclasses.replace(tiny_lm, params=jax.tree.map(np.asarray, tiny_lm.params))
+  target = LocalTarget(host, chat=False, reload=lambda: host)
+  placed = [target.lm, ModelServer(host, "tiny").lm]
+  target.release()
+  placed.append(target.lm)
+  for lm in placed:
+    for a, b in zip(jax.tree.leaves(lm.params), jax.tree.leaves(host.params)):
+      assert isinstance(a, jax.Array) and a.dtype == b.dtype
+      np.testing.assert_array_equal(a, b)
 
 
 class _Counting:

@@ -59,8 +59,6 @@ class LocalTarget:
     self.eos_ids = decoding.stop_ids(lm.tokenizer)
 
   def _placed(self, lm: LanguageModel) -> LanguageModel:
-    if self.mesh is None:
-      return lm
     return dataclasses.replace(lm, params=sharding.shard_params(lm.params, self.mesh))
 
   @property

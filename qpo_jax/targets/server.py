@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qpo_jax import decoding, scoring
+from qpo_jax import decoding, scoring, sharding
 from qpo_jax.decoding import encode
 from qpo_jax.models.config import ModelConfig
 from qpo_jax.models.registry import LanguageModel
@@ -77,7 +77,9 @@ class ModelServer:
   """The model side of the server: tokenize, continue, score. Thread-safe by a lock."""
 
   def __init__(self, lm: LanguageModel, model_name: str, batch_size: int = 8):
-    self.lm, self.model_name, self.batch_size = lm, model_name, batch_size
+    # on the device once, not copied in at every request
+    self.lm = dataclasses.replace(lm, params=sharding.shard_params(lm.params, None))
+    self.model_name, self.batch_size = model_name, batch_size
     tok = lm.tokenizer
     self.eos_ids = decoding.stop_ids(tok)
     self.lock = threading.Lock()
