@@ -7,15 +7,15 @@ sadness), whose files ship in the package, with our own 23 source prompts
 
 Command (after `bash scripts/setup.sh`):
   .venv/bin/python main.py --config configs/quickstart.py --workdir /tmp/qpo_quickstart
-Runtime (2-core dev CPU, measured 2026-11-29 from a fresh clone of 67254dd; the CPU's f32
-matmul peak measured about 310 GFLOP/s that day): 21.2 minutes. Stages: D_0 (400 train
-tweets x 23 prompts = 9,200 target scorings, 19 pairs/s) 7.9 min, one policy round (3
-epochs over the filtered D_0, batch 8, 141 steps, 2.7 s/step) 6.6 min, the test
-evaluation (200 tweets x 24 prompts, plus QPO's) 6.7 min. Peak memory 4.4 GB (training;
-5.1 GB before 67254dd). The same CPU is not always this fast: on 2026-11-28, measuring 190
-GFLOP/s, an earlier version of this config took 31 minutes. Rerunning the command after a
-kill continues where it stopped.
-Expected (measured 2026-11-29, the run above): the table in <workdir>/eval/results.md,
+Runtime (2-core dev CPU): 21.2 minutes from a fresh clone of 67254dd on a day its f32
+matmul peak measured about 310 GFLOP/s (D_0, 400 train tweets x 23 prompts = 9,200 target
+scorings at 19 pairs/s, 7.9 min; one policy round, 3 epochs over the filtered D_0, batch 8,
+141 steps at 2.7 s/step, 6.6 min; the test evaluation, 200 tweets x 24 prompts plus QPO's,
+6.7 min); 28.3 minutes from a fresh clone of f1cca7f on 2026-11-29 at 240-260 GFLOP/s
+(D_0 10.7 min, training 8.4 min, evaluation 8.8 min). Peak memory 3.8 GB in the second run
+(maximum resident set 3,998,820 KiB, in training and evaluation; 4.4 GB at 67254dd, 5.1 GB
+before it). Rerunning the command after a kill continues where it stopped.
+Expected (both runs above gave the same table), in <workdir>/eval/results.md:
   no instruction                                0.375
   best source prompt, chosen on train           0.470  ('Answer the question.')
   reward model best-of-N (Prompt-OIRL-style)    0.565

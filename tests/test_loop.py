@@ -157,4 +157,4 @@ def test_quickstart_full(tmp_path):
   # QPO's margin over the best train prompt: +0.085 [+0.000, +0.165] in the documented run,
   # +0.095 to +0.120 in the two before (see the config's docstring)
   assert got["qpo_loop_1"] - got["best_train_prompt"] >= 0.05
-  assert result["cost"]["total"]["peak_memory_gb"] <= 5
+  assert result["cost"]["total"]["peak_memory_gb"] <= 4.0  # 3.8 measured (README)
