@@ -100,9 +100,9 @@ def shard_params(params: Any, mesh: Mesh | None,
                  rules: Sequence[tuple[str, P]] = TRANSFORMER_RULES):
   """Places a (host or device) parameter tree on the mesh by the rules (any process count).
 
-  Without a mesh, on the default device. Host (numpy) parameters handed to a jitted
-  call are copied in at every call: for SmolLM2's 540 MB, 50 ms and a transient second
-  copy per call on the dev CPU.
+  Without a mesh, host arrays go to the default device (device arrays stay where they
+  are). Host (numpy) parameters handed to a jitted call are copied in at every call:
+  for SmolLM2's 540 MB, 50 ms and a transient second copy per call on the dev CPU.
   """
   if mesh is None:
     return jax.device_put(params)
