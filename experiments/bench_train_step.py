@@ -9,13 +9,16 @@ the prompt head lm_head(ReLU(Linear)), the return head, CE + lambda * MSE, globa
 clipping 0.25 and AdamW (lr 1e-3, wd 1e-4), same batch, Lq = Lp = 40 (paper). Weights are
 random (speed does not depend on them). MFU is against the f32 matmul peak measured in the
 same run. FLOPs per step: 6 x tokens x non-embedding parameters, plus the prompt head's
-vocabulary projection and attention (fwd + bwd).
+vocabulary projection and attention (fwd + bwd). The last two columns are the rate of
+the MLP's six products at the step's token count in XLA and in PyTorch: each side's
+kernel ceiling, which bounds the ratio of the two steps.
 Hardware: any; about 10 minutes on the 2-core dev CPU with the defaults (7 with
 --steps=3). Writes --out (JSON) and the same name with .md (table).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 
 from absl import app
@@ -23,6 +26,7 @@ from absl import flags
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from qpo_jax import sharding
@@ -179,6 +183,34 @@ def time_torch(cfg, batch, steps):
   return (time.perf_counter() - start) / steps
 
 
+def mlp_gemm_rates(cfg, tokens: int, repeats: int) -> dict[str, float]:
+  """FLOP/s of the MLP's six products (forward, input and weight gradients) at a step's
+  token count: XLA's (jitted jnp) and PyTorch's kernels, one round-robin run.
+
+  Both steps spend most of their time in these products, so the ratio of the two
+  libraries' rates bounds what any JAX-side change to the step can gain over PyTorch.
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  d, ff = cfg.d_model, cfg.d_ff
+  x, h = rng.standard_normal((tokens, d), np.float32), rng.standard_normal((tokens, ff), np.float32)
+  w_in, w_out = rng.standard_normal((d, ff), np.float32), rng.standard_normal((ff, d), np.float32)
+  products = [(x, w_in, "nn"), (h, w_out, "nn"), (h, w_in, "nt"), (x, w_out, "nt"),
+              (x, h, "tn"), (h, x, "tn")]
+  dims = {"nn": "ij,jk->ik", "nt": "ik,jk->ij", "tn": "ji,jk->ik"}
+  flops = len(products) * 2 * tokens * d * ff  # each product is tokens x d x ff
+  times = {"XLA": 0.0, "PyTorch": 0.0}
+  for a, b, kind in products:  # each product alone (XLA would overlap independent ones)
+    f, ja, jb = jax.jit(functools.partial(jnp.einsum, dims[kind])), jnp.asarray(a), jnp.asarray(b)
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    # one library after the other, not interleaved: each runtime's threads spin for a
+    # while after its last op and would slow the other's next call
+    times["XLA"] += best_times({0: lambda: f(ja, jb)}, repeats)[0]
+    times["PyTorch"] += best_times({0: lambda: torch.einsum(dims[kind], ta, tb)}, repeats)[0]
+  return {k: flops / t for k, t in times.items()}
+
+
 def main(argv):
   del argv
   peak = matmul_peak(5)
@@ -192,12 +224,15 @@ def main(argv):
     ours = time_ours(cfg, batch, _STEPS.value)
     theirs = time_torch(cfg, batch, _STEPS.value)
     parts = breakdown(cfg, batch, _STEPS.value)
+    gemm = mlp_gemm_rates(cfg, tokens, 3 * _STEPS.value)
     rows.append({"policy": name, "batch": b, "tokens/step": tokens,
                  "ours s/step": ours, "ours tokens/s": tokens / ours,
                  "ours MFU": flops / ours / peak, "torch s/step": theirs,
                  "torch tokens/s": tokens / theirs, "torch MFU": flops / theirs / peak,
                  "speed-up ours/torch": theirs / ours,
-                 **{f"ours {k} s": v for k, v in parts.items()}})
+                 **{f"ours {k} s": v for k, v in parts.items()},
+                 "MLP GEMM GFLOP/s XLA": gemm["XLA"] / 1e9,
+                 "MLP GEMM GFLOP/s torch": gemm["PyTorch"] / 1e9})
     print(rows[-1], flush=True)
   cols = list(rows[0])
   print(f"matmul peak {peak / 1e9:.0f} GFLOP/s ({jax.devices()[0].device_kind})")
