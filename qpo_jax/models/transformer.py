@@ -7,7 +7,10 @@ are counted over real tokens only, and keys at padded slots are never
 attended. With a KV cache the same rule applies to the cached slots.
 
 Layers are stacked with `nn.scan` (one compiled block, leading layer axis on
-every block parameter), which keeps compile time flat in depth.
+every block parameter), which keeps compile time flat in depth. The KV cache
+is stacked the same way and rides in the scan's carry, so each layer writes
+its new slots in place instead of the scan slicing out and restacking the
+whole cache (in a decode loop that was several copies of it per token).
 """
 
 from __future__ import annotations
@@ -127,12 +130,14 @@ class LoRA(nn.Module):
 
 
 class Attention(nn.Module):
-  """Grouped-query attention; writes this step's keys/values into the cache slice."""
+  """Grouped-query attention; writes this step's keys/values into the layer-stacked cache
+  (`kv`: [layers, B, S, kv heads, head dim] each, updated at `layer`, slots from
+  `write_index`) and attends over that layer's slots."""
 
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, positions, mask, kv, write_index):
+  def __call__(self, x, positions, mask, kv, layer, write_index):
     cfg = self.cfg
     h, kvh, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     q = _dense(cfg, (h, hd), cfg.qkv_bias, "q")(x)
@@ -144,10 +149,10 @@ class Attention(nn.Module):
     if cfg.position == "rope":
       q, k = apply_rope(q, positions, cfg), apply_rope(k, positions, cfg)
     if kv is not None:
-      start = (0, write_index, 0, 0)
-      k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), start)
-      v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), start)
-      kv = (k, v)
+      start = (layer, 0, write_index, 0, 0)
+      kv = tuple(jax.lax.dynamic_update_slice(c, new[None].astype(c.dtype), start)
+                 for c, new in zip(kv, (k, v)))
+      k, v = kv[0][layer], kv[1][layer]
     b, t = q.shape[:2]
     q = q.reshape(b, t, kvh, h // kvh, hd)
     logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
@@ -173,19 +178,20 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm residual block; the scan carry is the residual stream."""
+  """Pre-norm residual block; the scan carries the residual stream and the stacked cache."""
 
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, kv, positions, mask, write_index, deterministic):
+  def __call__(self, carry, layer, positions, mask, write_index, deterministic):
     cfg = self.cfg
+    x, kv = carry
     drop = nn.Dropout(cfg.dropout, deterministic=deterministic or cfg.dropout == 0.0)
     attn, kv = Attention(cfg, name="attn")(Norm(cfg, name="attn_norm")(x), positions, mask, kv,
-                                           write_index)
+                                           layer, write_index)
     x = x + drop(attn)
     x = x + drop(Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x)))
-    return x, kv
+    return (x, kv), None
 
 
 class Transformer(nn.Module):
@@ -280,7 +286,8 @@ class Transformer(nn.Module):
     if cfg.position == "learned":
       x = x + self.pos_embed(positions)
     x = self.input_dropout(x, deterministic=deterministic or cfg.dropout == 0.0)
-    x, kv = self.layers(x, kv, positions, mask, write_index, deterministic)
+    (x, kv), _ = self.layers((x, kv), jnp.arange(cfg.n_layers), positions, mask, write_index,
+                             deterministic)
     hidden = self.final_norm(x)
     if cache is None:
       return hidden, None
