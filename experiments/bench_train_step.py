@@ -185,7 +185,7 @@ def time_torch(cfg, batch, steps):
 
 def mlp_gemm_rates(cfg, tokens: int, repeats: int) -> dict[str, float]:
   """FLOP/s of the MLP's six products (forward, input and weight gradients) at a step's
-  token count: XLA's (jitted jnp) and PyTorch's kernels, one round-robin run.
+  token count: XLA's (jitted jnp) and PyTorch's kernels, each product timed alone.
 
   Both steps spend most of their time in these products, so the ratio of the two
   libraries' rates bounds what any JAX-side change to the step can gain over PyTorch.
