@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from qpo_jax import sharding
-from bench_common import PAPER_TRAIN, best_times, matmul_peak, policy_batch
+from bench_common import PAPER_TRAIN, best_time, best_times, matmul_peak, policy_batch
 from qpo_jax.models.config import preset
 from qpo_jax.policy import train_step
 from qpo_jax.policy.model import PromptDT, init_policy
@@ -206,8 +206,8 @@ def mlp_gemm_rates(cfg, tokens: int, repeats: int) -> dict[str, float]:
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
     # one library after the other, not interleaved: each runtime's threads spin for a
     # while after its last op and would slow the other's next call
-    times["XLA"] += best_times({0: lambda: f(ja, jb)}, repeats)[0]
-    times["PyTorch"] += best_times({0: lambda: torch.einsum(dims[kind], ta, tb)}, repeats)[0]
+    times["XLA"] += best_time(lambda: f(ja, jb), repeats)
+    times["PyTorch"] += best_time(lambda: torch.einsum(dims[kind], ta, tb), repeats)
   return {k: flops / t for k, t in times.items()}
 
 
