@@ -6,9 +6,11 @@ arrays on it are global: each process places only the rows (or parameter
 slices) that live on its own devices (`put`), and reads a global result back
 with `to_host`, which gathers it so every process sees the same values. The
 local target therefore runs in lockstep across hosts, data- and tensor-parallel
-as the mesh says; the small policy samples on each process's own devices, each
-process its share of the queries (`share`), and the texts are gathered
-(`allgather`).
+as the mesh says: each process renders and tokenises its share of the texts
+(`share`), the token ids are gathered (`allgather_share`), and every process
+places only its own devices' rows of the batches. The small policy samples on
+each process's own devices, each process its share of the queries, and the
+texts are gathered (`allgather`).
 
 Shared files are written by one process (`is_writer`); the others skip the
 write and wait at a `barrier` before reading what it wrote. With one process
@@ -22,7 +24,7 @@ import logging as py_logging
 import os
 import socket
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import logging
 import jax
@@ -152,6 +154,33 @@ def allgather(items: Sequence[Any]) -> list[Any]:
   out = []
   for row, size in zip(blobs, sizes.reshape(-1)):
     out += json.loads(row[:int(size)].tobytes().decode())
+  return out
+
+
+def allgather_share(items: Sequence[Any]) -> tuple[list[Any], range]:
+  """Every process's JSON-able `items` concatenated in process order, and where this
+  process's own items lie in it."""
+  per_process = allgather([list(items)])
+  start = sum(len(x) for x in per_process[:jax.process_index()])
+  return [x for part in per_process for x in part], range(start, start + len(items))
+
+
+def agree(fn: Callable[[], Any]) -> Any:
+  """fn() run by every process on its own share; if any process fails, every one raises.
+
+  Wraps local work (reading, rendering) that precedes a collective, so a bad record
+  seen by one process stops all of them with its message instead of leaving the
+  others waiting for it in the collective.
+  """
+  if not multi():
+    return fn()
+  try:
+    out, error = fn(), ""
+  except Exception as e:  # pylint: disable=broad-except
+    out, error = None, f"{type(e).__name__}: {e}"
+  failed = [(i, e) for i, e in enumerate(allgather([error])) if e]
+  if failed:
+    raise RuntimeError(f"process {failed[0][0]} failed: {failed[0][1]}")
   return out
 
 

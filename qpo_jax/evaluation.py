@@ -8,16 +8,23 @@ and pad little (scoring.py); results are written to the cache chunk by chunk,
 so a killed run loses at most one chunk. Each pair gives an `Outcome`
 (rewards.py): the choice made and its NLLs, the math answer and its response,
 or the few-shot correctness under each demonstration set.
+
+Over several processes, each renders (and a local target tokenises) only its
+share of the pairs and of every chunk of calls; the target runs a chunk as one
+collective call and the results are gathered, so every process caches and
+returns the same outcomes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Sequence
 
 from absl import logging
 import numpy as np
 
+from qpo_jax import distributed
 from qpo_jax.eval_cache import EvalCache, cache_key
 from qpo_jax.rewards import Outcome
 from qpo_jax.tasks.base import CHOICE, Example, Task, demos_id, extract_answer, numbers_equal
@@ -31,46 +38,91 @@ SETTINGS = (ZERO_SHOT, FEW_SHOT)
 @dataclasses.dataclass(frozen=True)
 class _Call:
   key: str
-  text: str
-  options: tuple[str, ...]
-  group: tuple[str, str] = ("", "")  # (instruction, demo set): calls that share a prefix
+  length: int  # characters of the rendered text (the batching order)
+  pair: int  # index of the (example, prompt) pair
+  demo_set: int  # index of the demonstration set (zero-shot: 0, the empty set)
 
 
-def _calls(task: Task, target: Target, pairs, setting: str, demo_sets) -> list[list[_Call]]:
-  if setting not in SETTINGS:
-    raise ValueError(f"setting {setting!r} is not one of {SETTINGS}")
-  if setting == FEW_SHOT and not demo_sets:
-    raise ValueError("the few-shot setting needs demonstration sets")
-  sets = demo_sets if setting == FEW_SHOT else [()]
-  out = []
-  for ex, prompt in pairs:
-    row = []
-    for demos in sets:
-      text = task.render(ex, prompt, demos)
-      options = task.options(ex) if task.kind == CHOICE else ()
-      did = demos_id(demos)
-      key = cache_key(target.identity, task.name, setting, ex.query, prompt, did, text, options)
-      row.append(_Call(key, text, tuple(options), (prompt, did)))
-    out.append(row)
-  return out
+@dataclasses.dataclass(frozen=True)
+class _Pairs:
+  """A stage's pairs and demonstration sets, and how a call is rendered from them."""
+
+  task: Task
+  pairs: Sequence[tuple[Example, str]]
+  sets: Sequence[Sequence[Example]]
+  set_ids: tuple[str, ...]
+
+  @classmethod
+  def of(cls, task: Task, pairs, setting: str, demo_sets) -> _Pairs:
+    if setting not in SETTINGS:
+      raise ValueError(f"setting {setting!r} is not one of {SETTINGS}")
+    if setting == FEW_SHOT and not demo_sets:
+      raise ValueError("the few-shot setting needs demonstration sets")
+    sets = list(demo_sets) if setting == FEW_SHOT else [()]
+    return cls(task, pairs, sets, tuple(demos_id(d) for d in sets))
+
+  def render(self, pair: int, demo_set: int) -> tuple[str, tuple[str, ...]]:
+    ex, prompt = self.pairs[pair]
+    text = self.task.render(ex, prompt, self.sets[demo_set])
+    return text, tuple(self.task.options(ex)) if self.task.kind == CHOICE else ()
+
+  def render_calls(self, calls: Sequence[_Call]) -> list[tuple[str, tuple[str, ...]]]:
+    return [self.render(c.pair, c.demo_set) for c in calls]
+
+  def group(self, c: _Call) -> tuple[str, str, int]:
+    """Sort key: calls of one instruction and demonstration set share a prefix."""
+    return self.pairs[c.pair][1], self.set_ids[c.demo_set], c.length
 
 
-def _run_missing(task: Task, target: Target, calls: Sequence[_Call], cache: EvalCache, chunk: int,
-                 max_new_tokens: int) -> None:
+def _calls(work: _Pairs, target: Target, setting: str) -> list[list[_Call]]:
+  """Each pair's calls (one per demonstration set), keyed by their rendered text.
+
+  Over several processes each renders its share of the pairs; the keys are gathered.
+  """
+  task, n_sets = work.task, len(work.sets)
+
+  def my_share() -> list[list[Any]]:
+    out = []
+    for p in distributed.share(len(work.pairs)):
+      ex, prompt = work.pairs[p]
+      for s in range(n_sets):
+        text, options = work.render(p, s)
+        out.append([cache_key(target.identity, task.name, setting, ex.query, prompt,
+                              work.set_ids[s], text, list(options)), len(text)])
+    return out
+
+  flat = distributed.allgather(distributed.agree(my_share))
+  return [[_Call(*flat[p * n_sets + s], p, s) for s in range(n_sets)]
+          for p in range(len(work.pairs))]
+
+
+def _run_missing(work: _Pairs, target: Target, calls: Sequence[_Call], cache: EvalCache,
+                 chunk: int, max_new_tokens: int) -> None:
+  """Runs the calls chunk by chunk and caches the results.
+
+  Over several processes each chunk is split in process order: each renders its share,
+  the target runs them as one collective call (LocalTarget: one global batch set), and
+  the results are gathered so every process caches the same.
+  """
   bar = progress_bar(total=len(calls), desc="target calls", unit="call", leave=False)
   for start in range(0, len(calls), chunk):
     part = calls[start:start + chunk]
-    if task.kind == CHOICE:
-      nll, prompt_tokens = target.score_options([c.text for c in part],
-                                                [list(c.options) for c in part])
-      results = {c.key: {"nll": [float(x) for x in row]} for c, row in zip(part, nll)}
+    mine = distributed.share(len(part))
+    rendered = distributed.agree(functools.partial(work.render_calls, part[mine.start:mine.stop]))
+    texts = [text for text, _ in rendered]
+    if work.task.kind == CHOICE:
+      nll, prompt_tokens = target.score_options(texts, [list(o) for _, o in rendered])
+      local = [{"nll": [float(x) for x in row]} for row in nll]
       generated = 0
     else:
-      gens = target.generate([c.text for c in part], max_new_tokens)
-      results = {c.key: {"response": g.text, "nll": float(g.nll)} for c, g in zip(part, gens)}
+      gens = target.generate(texts, max_new_tokens)
+      local = [{"response": g.text, "nll": float(g.nll)} for g in gens]
       prompt_tokens = sum(g.prompt_tokens for g in gens)
       generated = sum(g.generated_tokens for g in gens)
-    cache.put_many(results, target.identity, len(part), int(prompt_tokens), int(generated))
+    results = distributed.allgather(local)
+    tokens = np.sum(distributed.allgather([[int(prompt_tokens), int(generated)]]), axis=0)
+    cache.put_many({c.key: r for c, r in zip(part, results)}, target.identity, len(part),
+                   int(tokens[0]), int(tokens[1]))
     bar.update(len(part))
     logging.debug("evaluated %d/%d new target calls", start + len(part), len(calls))
   bar.close()
@@ -93,14 +145,15 @@ def evaluate_pairs(task: Task, target: Target, pairs: Sequence[tuple[Example, st
                    max_new_tokens: int = 256) -> list[Outcome]:
   """The `Outcome` of each (example, prompt) pair, in order."""
   cache = cache if cache is not None else EvalCache(None)
-  calls = _calls(task, target, pairs, setting, demo_sets)
+  work = _Pairs.of(task, pairs, setting, demo_sets)
+  calls = _calls(work, target, setting)
   flat = {c.key: c for row in calls for c in row}
   have = cache.get_many(list(flat))
   missing = [c for k, c in flat.items() if k not in have]
   if missing:
     logging.info("%d of %d target calls are new (%d cached)", len(missing), len(flat), len(have))
-    missing.sort(key=lambda c: (c.group, len(c.text)))
-    _run_missing(task, target, missing, cache, chunk, max_new_tokens)
+    missing.sort(key=work.group)
+    _run_missing(work, target, missing, cache, chunk, max_new_tokens)
     have.update(cache.get_many([c.key for c in missing]))
   outcomes = []
   for (ex, _), row in zip(pairs, calls):
@@ -120,12 +173,13 @@ def raw_results(task: Task, target: Target, pairs: Sequence[tuple[Example, str]]
   For queries without a gold answer (a user's own); `evaluate_pairs` scores them.
   """
   cache = cache if cache is not None else EvalCache(None)
-  calls = [row[0] for row in _calls(task, target, pairs, ZERO_SHOT, ())]
+  work = _Pairs.of(task, pairs, ZERO_SHOT, ())
+  calls = [row[0] for row in _calls(work, target, ZERO_SHOT)]
   have = cache.get_many(list({c.key for c in calls}))
   missing = list({c.key: c for c in calls if c.key not in have}.values())
   if missing:
-    missing.sort(key=lambda c: (c.group, len(c.text)))
-    _run_missing(task, target, missing, cache, chunk, max_new_tokens)
+    missing.sort(key=work.group)
+    _run_missing(work, target, missing, cache, chunk, max_new_tokens)
     have.update(cache.get_many([c.key for c in missing]))
   return [have[c.key] for c in calls]
 

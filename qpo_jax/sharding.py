@@ -124,6 +124,15 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.tree_util.tree_map(lambda x: distributed.put(x, NamedSharding(mesh, P())), tree)
 
 
+def local_rows(mesh: Mesh | None, n: int) -> np.ndarray:
+  """The rows of an [n, ...] batch that this process's devices hold (all of them with one
+  process or no mesh): what a process must read and tokenise of a batch it places."""
+  if mesh is None or not distributed.multi():
+    return np.arange(n)
+  held = batch_sharding(mesh, 1).addressable_devices_indices_map((n,))
+  return np.unique(np.concatenate([np.arange(n)[index[0]] for index in held.values()]))
+
+
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
   """Places every array of a batch with its leading dimension split over the batch axes.
 

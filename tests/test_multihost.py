@@ -141,7 +141,7 @@ def test_a_process_killed_in_collection_then_both_rerun_resumes(tmp_path, one_pr
   logs = tmp_path / "logs_dying"
   logs.mkdir()
   argv = lambda address, n, i: [sys.executable, "-m", "tests.multihost_driver",  # noqa: E731
-                                "loop_dying", work, address, str(n), str(i), str(88 + 3)]
+                                "loop_dying", work, address, str(n), str(i), str(88 // 2 + 2)]
   procs = _start(argv, 2, 2, str(logs))
   deadline = time.time() + LIMIT_S
   while procs[1].poll() is None and time.time() < deadline:
@@ -175,6 +175,48 @@ def test_train_steps_over_two_processes_equal_one_process(tmp_path):
         assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), (mesh, k)
     for k, (s, sq) in one["params"].items():
       assert two["params"][k] == pytest.approx([s, sq], rel=1e-5, abs=1e-5), (mesh, k)
+
+
+@pytest.mark.slow
+def test_each_process_reads_renders_and_tokenises_only_its_share(tmp_path):
+  """Training rows and target calls over 2 processes x 2 devices: each process reads,
+  renders and tokenises its share, and the batches and outcomes equal 1 process x 4."""
+  out = {}
+  for name, n, devices in (("one", 1, 4), ("two", 2, 2)):
+    path = tmp_path / name
+    path.mkdir()
+    argv = lambda address, n, i, path=str(path): [  # noqa: E731
+        sys.executable, "-m", "tests.multihost_driver", "shares", path, address, str(n), str(i)]
+    _run(tmp_path, name, argv, n, devices)
+    out[name] = []
+    for i in range(n):
+      with open(path / f"process_{i}.json") as f:
+        out[name].append(json.load(f))
+  (one,), two = out["one"], out["two"]
+  assert one["rows"] == len(one["kept"]) < one["records"] == 40
+  assert one["first_read"] == list(range(40)) and one["rendered"] == 2 * one["pairs"]
+  for p in two:
+    assert p["processes"] == 2 and p["kept"] == one["kept"]
+    assert p["placed"] == one["placed"]  # every process sees the whole global batches
+    assert p["outcomes"] == one["outcomes"]
+  # the dataset's facts: each process read its half of the records, once
+  assert two[0]["first_read"] == list(range(20)) and two[1]["first_read"] == list(range(20, 40))
+  # a batch: each process reads only the records of the rows its devices hold
+  assert two[0]["local_rows"] == [0, 1, 2, 3] and two[1]["local_rows"] == [4, 5, 6, 7]
+  for p in two:
+    for rows, reads in zip(one["batch_rows"], p["batch_reads"]):
+      mine = {one["kept"][rows[j]] for j in p["local_rows"]}
+      assert set(reads) == mine - set(p["first_read"])
+  assert any(p["batch_reads"] != [[], [], []] for p in two)  # some rows were read for a batch
+  # target calls: each pair rendered by one process for its key and once to score it,
+  # and tokenised by one process
+  assert [p["tokenized"] for p in two] == [12, 12] and one["tokenized"] == 24
+  assert [p["rendered"] for p in two] == [24, 24]
+  # a damaged record read by process 1 alone stops both processes, with its message
+  assert "data-00002-of-00003.tfrecord" in one["error"]
+  for p in two:
+    assert p["error"].startswith("RuntimeError: process 1 failed: CorruptRecordError: ")
+    assert "data-00002-of-00003.tfrecord" in p["error"]
 
 
 def test_a_process_that_cannot_reach_the_coordinator_fails_in_time(tmp_path):

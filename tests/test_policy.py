@@ -11,6 +11,7 @@ from qpo_jax import sharding
 from qpo_jax.models.config import preset
 from qpo_jax.policy import sampling, train_step, trainer
 from qpo_jax.policy.model import PromptDT, init_policy
+from qpo_jax.store import training_rows
 from qpo_jax.store.records import Record
 from qpo_jax.utils import config_module
 
@@ -143,8 +144,9 @@ def test_overfit_is_query_dependent_and_reward_conditioned(tmp_path, smollm2_tok
   params = init_policy(cfg, jax.random.key(3))
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
   tc = dict(TC, epochs=150, learning_rate=3e-3)
-  params = trainer.train_round(str(tmp_path), cfg, params, _store() * 1, smollm2_tokenizer, tc,
-                               mesh=mesh, seed=0)
+  rows = training_rows.from_records(_store(), smollm2_tokenizer, query_len=tc["query_len"],
+                                    prompt_len=tc["prompt_len"])
+  params = trainer.train_round(str(tmp_path), cfg, params, rows, tc, mesh=mesh, seed=0)
   queries = [r.query for r in _store()[::2]]
   high = sampling.sample_prompts(cfg, params, smollm2_tokenizer, queries, target_return=100.0,
                                  query_len=10, prompt_len=8, seed=0)
@@ -163,14 +165,15 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, smollm2_tokenizer):
   params = init_policy(cfg, jax.random.key(4))
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
   tc = dict(TC, epochs=5, batch_size=2)  # 4 steps per epoch, 20 steps
-  recs = _store()
+  rows = training_rows.from_records(_store(), smollm2_tokenizer, query_len=tc["query_len"],
+                                    prompt_len=tc["prompt_len"])
   copy = lambda: jax.tree.map(jnp.copy, params)  # noqa: E731  (training consumes its input)
-  ref = trainer.train_round(str(tmp_path / "a"), cfg, copy(), recs, smollm2_tokenizer, tc,
+  ref = trainer.train_round(str(tmp_path / "a"), cfg, copy(), rows, tc,
                             mesh=mesh, seed=1)
-  part = trainer.train_round(str(tmp_path / "b"), cfg, copy(), recs, smollm2_tokenizer, tc,
+  part = trainer.train_round(str(tmp_path / "b"), cfg, copy(), rows, tc,
                              mesh=mesh, seed=1, stop_after=7)  # killed after step 7 (mid-epoch)
   assert not (tmp_path / "b" / "final").exists()
-  got = trainer.train_round(str(tmp_path / "b"), cfg, params, recs, smollm2_tokenizer, tc,
+  got = trainer.train_round(str(tmp_path / "b"), cfg, params, rows, tc,
                             mesh=mesh, seed=1)
   del part
   for x, y in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got)):

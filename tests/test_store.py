@@ -1,5 +1,6 @@
 """Offline store: TFRecord round trip, independent readers, corruption, importers, resume, pipeline."""
 
+import dataclasses
 import json
 import math
 import os
@@ -12,6 +13,7 @@ from qpo_jax.eval_cache import EvalCache
 from qpo_jax.models.registry import load_model
 from qpo_jax import initial_dataset as build
 from qpo_jax.store import dataset, importers, pipeline, records, summary, tfrecord
+from qpo_jax.store import training_rows
 from qpo_jax.store.records import Record
 from qpo_jax.targets import LocalTarget
 from qpo_jax.tasks import get_task
@@ -267,9 +269,15 @@ def test_build_records_carry_the_outcomes(tiny_target):
     assert r.reward == pytest.approx(10 * o.correct + 10 * avg - o.gold_nll)
 
 
+def _batches(recs, tokenizer, *, query_len, prompt_len, normalizer=None, **kw):
+  rows = training_rows.from_records(recs, tokenizer, query_len=query_len, prompt_len=prompt_len,
+                                    normalizer=normalizer)
+  return pipeline.Batches(rows, **kw)
+
+
 def test_pipeline_batches_resume_and_shard(smollm2_tokenizer):
   recs = _records(10)
-  b = pipeline.Batches(recs, smollm2_tokenizer, query_len=12, prompt_len=6, batch_size=4, seed=3)
+  b = _batches(recs, smollm2_tokenizer, query_len=12, prompt_len=6, batch_size=4, seed=3)
   first = b.next()
   assert first["query"].shape == (4, 12) and first["prompt"].shape == (4, 6)
   lengths = first["prompt_mask"].sum(1)
@@ -277,10 +285,10 @@ def test_pipeline_batches_resume_and_shard(smollm2_tokenizer):
   assert all(first["prompt"][i, lengths[i] - 1] == eos for i in range(4))
   seq = [b.next() for _ in range(5)]  # crosses epoch boundaries (2 steps per epoch)
   state_after_two = None
-  b2 = pipeline.Batches(recs, smollm2_tokenizer, query_len=12, prompt_len=6, batch_size=4, seed=3)
+  b2 = _batches(recs, smollm2_tokenizer, query_len=12, prompt_len=6, batch_size=4, seed=3)
   b2.next(), b2.next()
   state_after_two = b2.state()
-  b3 = pipeline.Batches(recs, smollm2_tokenizer, query_len=12, prompt_len=6, batch_size=4, seed=3)
+  b3 = _batches(recs, smollm2_tokenizer, query_len=12, prompt_len=6, batch_size=4, seed=3)
   b3.restore(state_after_two)
   for want in seq[1:]:
     got = b3.next()
@@ -289,16 +297,16 @@ def test_pipeline_batches_resume_and_shard(smollm2_tokenizer):
   epoch0 = np.concatenate([first["returns"], seq[0]["returns"]])
   assert len(set(epoch0.tolist())) == 8  # no repeats within an epoch
   norm = rewards.Normalizer.fit(r.reward for r in recs)
-  bn = pipeline.Batches(recs, smollm2_tokenizer, query_len=12, prompt_len=6, batch_size=4, seed=3,
-                        normalizer=norm)
+  bn = _batches(recs, smollm2_tokenizer, query_len=12, prompt_len=6, batch_size=4, seed=3,
+                normalizer=norm)
   assert 0 <= bn.next()["returns"].min() and bn.next()["returns"].max() <= 100
   mesh = sharding.make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
   with pytest.raises(ValueError, match="does not split"):
-    pipeline.Batches(recs, smollm2_tokenizer, query_len=12, prompt_len=6, batch_size=4, seed=3,
-                     mesh=mesh)
+    _batches(recs, smollm2_tokenizer, query_len=12, prompt_len=6, batch_size=4, seed=3,
+             mesh=mesh)
   big = _records(16)
-  sb = pipeline.Batches(big, smollm2_tokenizer, query_len=12, prompt_len=6, batch_size=8, seed=3,
-                        mesh=mesh)
+  sb = _batches(big, smollm2_tokenizer, query_len=12, prompt_len=6, batch_size=8, seed=3,
+                mesh=mesh)
   batch = sb.next()
   assert len(batch["query"].sharding.device_set) == 8
 
@@ -319,8 +327,8 @@ def test_length_grouped_batches_pad_little_and_resume(smollm2_tokenizer):
                  prompt=" ".join(["p"] * int(rng.integers(0, 20))), reward=float(i),
                  query_id=f"q{i}") for i in range(64)]
   kw = dict(query_len=48, prompt_len=24, batch_size=8, seed=1, pad_multiple=8, window=4)
-  b = pipeline.Batches(recs, smollm2_tokenizer, **kw)
-  fixed = pipeline.Batches(recs, smollm2_tokenizer, **dict(kw, pad_multiple=0))
+  b = _batches(recs, smollm2_tokenizer, **kw)
+  fixed = _batches(recs, smollm2_tokenizer, **dict(kw, pad_multiple=0))
   seen, padded, full = [], 0, 0
   for _ in range(b.steps_per_epoch):
     batch = b.next()
@@ -335,9 +343,66 @@ def test_length_grouped_batches_pad_little_and_resume(smollm2_tokenizer):
   assert sorted(seen) == [float(i) for i in range(64)]  # each row once per epoch
   assert padded < 0.75 * full
   later = [b.next() for _ in range(3)]  # epoch 1
-  again = pipeline.Batches(recs, smollm2_tokenizer, **kw)
+  again = _batches(recs, smollm2_tokenizer, **kw)
   again.restore({"epoch": 1, "position": 0})
   for want in later:
     got = again.next()
     for k in want:
       np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_dataset_rows_equal_filtered_records_and_read_only_what_is_asked(tmp_path,
+                                                                          smollm2_tokenizer,
+                                                                          monkeypatch):
+  """training_rows.from_dataset: the expert filter, normaliser and tokens of a whole read,
+  with records read by random access only when a batch asks for them."""
+  recs = [dataclasses.replace(r, query_id=f"train:{i % 4}") for i, r in enumerate(_records(23))]
+  norm = rewards.Normalizer.fit(r.reward for r in recs)
+  d = str(tmp_path / "ds")
+  dataset.write_dataset(d, recs, records_per_shard=5, normalizer=norm)
+  filt = dict(threshold=-1.0, top_fraction=0.5, rank_by="advantage")
+  rows, manifest = training_rows.from_dataset(d, smollm2_tokenizer, query_len=12, prompt_len=6,
+                                              normalize=True, **filt)
+  want = training_rows.from_records(rewards.expert_filter(recs, **filt), smollm2_tokenizer,
+                                    query_len=12, prompt_len=6, normalizer=norm)
+  assert manifest["count"] == 23 and 0 < len(rows) == len(want) < 23
+  np.testing.assert_array_equal(rows.returns, want.returns)
+  np.testing.assert_array_equal(rows.query_lengths, want.query_lengths)
+  np.testing.assert_array_equal(rows.prompt_lengths, want.prompt_lengths)
+  pick = np.asarray([3, 0, len(want) - 1])
+  for k, v in want.load(pick).items():
+    np.testing.assert_array_equal(rows.load(pick)[k], v)
+
+  index = dataset.RecordIndex(d)
+  assert len(index) == 23
+  assert [r.reward for r in index.read([22, 0, 7])] == [recs[22].reward, recs[0].reward,
+                                                         recs[7].reward]
+  # a process that did not read a record before reads only the rows it is asked for
+  read = []
+  real = dataset.RecordIndex.read
+  monkeypatch.setattr(dataset.RecordIndex, "read",
+                      lambda self, ix: read.append(list(ix)) or real(self, ix))
+  tokens = training_rows._DatasetTokens(index, smollm2_tokenizer, 12, 6)
+  tokens(np.asarray([9, 2]))
+  tokens(np.asarray([2, 9, 4]))
+  assert read == [[2, 9], [4]]
+
+
+def test_random_access_reads_check_records(tmp_path):
+  d = str(tmp_path / "ds")
+  dataset.write_dataset(d, _records(5))
+  path = os.path.join(d, dataset.shard_name(0, 1))
+  offsets = tfrecord.record_offsets(path)
+  assert len(offsets) == 5 and offsets[0] == 0
+  blob = bytearray(open(path, "rb").read())
+  blob[offsets[3] + 20] ^= 0x01  # inside record 3's data
+  open(path, "wb").write(bytes(blob))
+  index = dataset.RecordIndex(d)  # the headers are intact
+  assert index.read([1])[0].query == _records(5)[1].query
+  with pytest.raises(tfrecord.CorruptRecordError, match=r"record 3 at byte \d+: data CRC"):
+    index.read([3])
+  with pytest.raises(tfrecord.CorruptRecordError, match="sha256 differs|record 3"):
+    index.verify_shards([0])
+  open(path, "wb").write(bytes(blob[:offsets[4] + 6]))
+  with pytest.raises(tfrecord.CorruptRecordError, match=r"record 4 at byte \d+ is truncated"):
+    dataset.RecordIndex(d)

@@ -21,10 +21,10 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 
-from qpo_jax import distributed, fingerprint, rewards, sharding
+from qpo_jax import distributed, fingerprint, sharding
 from qpo_jax.policy import sampling, trainer
 from qpo_jax.policy.model import pretrained_policy
-from qpo_jax.store import dataset
+from qpo_jax.store import dataset, training_rows
 from qpo_jax.workdir import Workdir
 
 
@@ -71,26 +71,26 @@ def train_policy_round(config: ml_collections.ConfigDict, workdir: str, t: int,
   started = time.time()
   if t < 1:
     raise ValueError(f"policy rounds start at 1, got {t}")
-  recs, manifest = dataset.read_dataset(Workdir(workdir).data(t - 1))
+  data = Workdir(workdir).data(t - 1)
+  dataset.read_manifest(data)  # fails first if D_{t-1} is not there
   claim_stage(config, workdir, "round", t)
-  recs = rewards.expert_filter(recs, config.data.threshold, config.data.top_fraction,
-                               config.data.rank_by)
-  if not recs:
-    raise ValueError(f"no record of {Workdir(workdir).data(t - 1)} passes the expert filter "
-                     f"(data.threshold={config.data.threshold}, data.top_fraction="
-                     f"{config.data.top_fraction}); lower data.threshold")
   cfg, params, tok = policy_init(config)
   tc = dict(config.train)
+  rows, _ = training_rows.from_dataset(
+      data, tok, query_len=tc["query_len"], prompt_len=tc["prompt_len"],
+      normalize=tc["normalize"], threshold=config.data.threshold,
+      top_fraction=config.data.top_fraction, rank_by=config.data.rank_by)
+  if not len(rows):
+    raise ValueError(f"no record of {data} passes the expert filter "
+                     f"(data.threshold={config.data.threshold}, data.top_fraction="
+                     f"{config.data.top_fraction}); lower data.threshold")
   if t > 1:
     params = trainer.load_final_params(Workdir(workdir).round(t - 1), params)
     tc.update(learning_rate=tc["finetune_lr"], epochs=tc["finetune_epochs"])
-  normalizer = (rewards.Normalizer.from_dict(manifest["normalizer"])
-                if tc["normalize"] and manifest.get("normalizer") else None)
   mesh = sharding.make_mesh(config.mesh)
   params = sharding.shard_params(params, mesh)
-  return trainer.train_round(Workdir(workdir).round(t), cfg, params, recs, tok, tc, mesh=mesh,
-                             seed=config.seed + t, normalizer=normalizer, stop_after=stop_after,
-                             started=started)
+  return trainer.train_round(Workdir(workdir).round(t), cfg, params, rows, tc, mesh=mesh,
+                             seed=config.seed + t, stop_after=stop_after, started=started)
 
 
 @dataclasses.dataclass(frozen=True)

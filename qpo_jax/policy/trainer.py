@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from absl import logging
 import jax
@@ -24,9 +24,8 @@ import orbax.checkpoint as ocp
 from qpo_jax import distributed
 from qpo_jax.models.config import ModelConfig
 from qpo_jax.policy import train_step
-from qpo_jax.rewards import Normalizer
 from qpo_jax.store.pipeline import Batches
-from qpo_jax.store.records import Record
+from qpo_jax.store.training_rows import TrainingRows
 from qpo_jax.utils import atomic_write_text, peak_memory_gb, progress_bar
 
 
@@ -43,11 +42,10 @@ def _abstract(tree, shardings):
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, recs: Sequence[Record],
-                tokenizer, tc: Mapping[str, Any], *, mesh, seed: int,
-                normalizer: Normalizer | None = None, stop_after: int | None = None,
+def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, rows: TrainingRows,
+                tc: Mapping[str, Any], *, mesh, seed: int, stop_after: int | None = None,
                 started: float | None = None) -> Any:
-  """Trains from `init_params` on `recs` for `tc.epochs`; returns the final parameters.
+  """Trains from `init_params` on `rows` for `tc.epochs`; returns the final parameters.
 
   A fresh start takes over `init_params`' buffers (see `train_step.TrainStep.init`).
 
@@ -59,8 +57,7 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, recs: Sequen
   final = os.path.join(round_dir, "final")
   if os.path.exists(final):
     return load_final_params(round_dir, init_params)
-  batches = Batches(recs, tokenizer, query_len=tc["query_len"], prompt_len=tc["prompt_len"],
-                    batch_size=tc["batch_size"], seed=seed, normalizer=normalizer, mesh=mesh,
+  batches = Batches(rows, batch_size=tc["batch_size"], seed=seed, mesh=mesh,
                     pad_multiple=int(tc["pad_multiple"]))
   total = int(tc["epochs"] * batches.steps_per_epoch)
   step_fns = train_step.make_train_step(cfg, tc, batches.steps_per_epoch, init_params, mesh)

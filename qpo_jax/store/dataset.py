@@ -28,7 +28,8 @@ from qpo_jax import distributed
 from qpo_jax.rewards import Normalizer
 from qpo_jax.store import records as records_lib
 from qpo_jax.store.records import Record
-from qpo_jax.store.tfrecord import CorruptRecordError, file_sha256, read_records, write_records
+from qpo_jax.store.tfrecord import (CorruptRecordError, file_sha256, read_record_at, read_records,
+                                    record_offsets, write_records)
 from qpo_jax.utils import atomic_write_text
 
 MANIFEST = "manifest.json"
@@ -136,21 +137,70 @@ def read_shard(path: str) -> list[Record]:
           for i, data in enumerate(read_records(path))]
 
 
+def _check_sha256(path: str, entry: Mapping[str, Any]) -> None:
+  if file_sha256(path) != entry["sha256"]:
+    read_shard(path)  # names the record at fault, if one is
+    raise CorruptRecordError(f"{path}: sha256 differs from {MANIFEST} (file changed)")
+
+
 def read_dataset(directory: str, verify: bool = True) -> tuple[list[Record], dict[str, Any]]:
   """All records of a finished dataset and its manifest; shards are checked."""
   manifest = read_manifest(directory)
   recs: list[Record] = []
   for entry in manifest["shards"]:
     path = os.path.join(directory, entry["file"])
-    if verify and file_sha256(path) != entry["sha256"]:
-      # find the record at fault for the message, then report the checksum
-      read_shard(path)
-      raise CorruptRecordError(f"{path}: sha256 differs from {MANIFEST} (file changed)")
+    if verify:
+      _check_sha256(path, entry)
     part = read_shard(path)
     if len(part) != entry["count"]:
       raise CorruptRecordError(f"{path}: {len(part)} records, {MANIFEST} says {entry['count']}")
     recs += part
   return recs, manifest
+
+
+class RecordIndex:
+  """Random access to a finished dataset's records, for a process that needs only some.
+
+  Built from the manifest and the shards' record headers (no record is parsed);
+  `read` checks each record's CRCs, `verify_shards` the sha256 of whole shards.
+  """
+
+  def __init__(self, directory: str):
+    self.directory = directory
+    self.manifest = read_manifest(directory)
+    self._places: list[tuple[int, int, int]] = []  # (shard, index in shard, byte offset)
+    for s, entry in enumerate(self.manifest["shards"]):
+      offsets = record_offsets(self._path(s))
+      if len(offsets) != entry["count"]:
+        raise CorruptRecordError(f"{self._path(s)}: {len(offsets)} records, {MANIFEST} says "
+                                 f"{entry['count']}")
+      self._places += [(s, i, off) for i, off in enumerate(offsets)]
+
+  def _path(self, shard: int) -> str:
+    return os.path.join(self.directory, self.manifest["shards"][shard]["file"])
+
+  def __len__(self) -> int:
+    return len(self._places)
+
+  def verify_shards(self, shards: Iterable[int]) -> None:
+    for s in shards:
+      _check_sha256(self._path(s), self.manifest["shards"][s])
+
+  def read(self, indices: Iterable[int]) -> list[Record]:
+    """The records at these positions of the dataset (in manifest shard order)."""
+    out, handles = [], {}
+    try:
+      for i in indices:
+        s, j, offset = self._places[i]
+        if s not in handles:
+          handles[s] = open(self._path(s), "rb")  # pylint: disable=consider-using-with
+        where = f"{self._path(s)}, record {j}"
+        out.append(records_lib.from_example(
+            read_record_at(handles[s], self._path(s), j, offset), where))
+    finally:
+      for fh in handles.values():
+        fh.close()
+    return out
 
 
 def dedupe(recs: Iterable[Record]) -> list[Record]:

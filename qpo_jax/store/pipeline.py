@@ -1,13 +1,13 @@
 """The policy's training input: tokenized (return, query, prompt) in fixed-shape batches.
 
 Queries are cut to Lq tokens and prompts (plus EOS, so the policy learns to
-stop) to Lp tokens, right-padded with masks (spec: Lq = Lp = 40). Rewards are
-normalised by the dataset's stored normaliser when asked. The order is a
+stop) to Lp tokens, right-padded with masks (spec: Lq = Lp = 40); a round's
+rows, their returns and token counts come from training_rows.py. The order is a
 permutation per epoch drawn from (seed, epoch), so the iterator's whole state
 is two integers — `state()` goes into the checkpoint, `restore()` continues
 exactly where training stopped. Every batch has `batch_size` rows (the last
 partial batch of an epoch is dropped), and with a mesh it is placed split over
-the data axes.
+the data axes, each process loading only the rows its devices hold.
 
 Padding is most of a fixed [B, 1 + Lq + Lp] batch (tweets average 24 tokens
 against Lq = 48), and the train step's cost is linear in it. With
@@ -20,13 +20,14 @@ masks carry the padding, so the loss is the same for any padding.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from qpo_jax import decoding, sharding
-from qpo_jax.rewards import Normalizer
-from qpo_jax.store.records import Record
+
+if TYPE_CHECKING:
+  from qpo_jax.store.training_rows import TrainingRows
 
 
 def tokenize(tokenizer, texts: Sequence[str], length: int, append_eos: bool
@@ -57,24 +58,25 @@ def check_prompt_lengths(tokenizer, prompts: Sequence[str], prompt_len: int) -> 
 
 
 class Batches:
-  """Seeded, resumable, fixed-shape batches over a dataset's records."""
+  """Seeded, resumable, fixed-shape batches over a round's `TrainingRows`.
 
-  def __init__(self, recs: Sequence[Record], tokenizer, *, query_len: int, prompt_len: int,
-               batch_size: int, seed: int, normalizer: Normalizer | None = None, mesh=None,
+  Over several processes every process computes the same batches from the rows'
+  returns and lengths, and loads (reads and tokenises) only the rows its own
+  devices hold (`sharding.local_rows`).
+  """
+
+  def __init__(self, rows: TrainingRows, *, batch_size: int, seed: int, mesh=None,
                pad_multiple: int = 0, window: int = 16):
-    if len(recs) < batch_size:
-      raise ValueError(f"{len(recs)} records cannot fill one batch of {batch_size}; "
+    if len(rows) < batch_size:
+      raise ValueError(f"{len(rows)} records cannot fill one batch of {batch_size}; "
                        "lower the batch size")
     if mesh is not None and batch_size % sharding.batch_multiple(mesh):
       raise ValueError(f"batch size {batch_size} does not split over "
                        f"{sharding.batch_multiple(mesh)} data shards of the mesh")
-    self.query, self.query_mask = tokenize(tokenizer, [r.query for r in recs], query_len, False)
-    self.prompt, self.prompt_mask = tokenize(tokenizer, [r.prompt for r in recs], prompt_len, True)
-    returns = np.asarray([r.reward for r in recs], np.float32)
-    self.returns = normalizer(returns).astype(np.float32) if normalizer else returns
+    self.rows = rows
     self.batch_size, self.seed, self.mesh = batch_size, seed, mesh
     self.pad_multiple, self.window = pad_multiple, window
-    self.steps_per_epoch = len(recs) // batch_size
+    self.steps_per_epoch = len(rows) // batch_size
     self.epoch, self.position = 0, 0
     self._epoch_batches: tuple[int, list[np.ndarray]] | None = None
 
@@ -87,11 +89,11 @@ class Batches:
   def _batches(self, epoch: int) -> list[np.ndarray]:
     """The row indices of every batch of an epoch (a function of seed and epoch only)."""
     rng = np.random.default_rng([self.seed, epoch])
-    order = rng.permutation(len(self.returns))[:self.steps_per_epoch * self.batch_size]
+    order = rng.permutation(len(self.rows))[:self.steps_per_epoch * self.batch_size]
     batches = np.split(order, self.steps_per_epoch)
     if not self.pad_multiple:
       return batches
-    length = self.query_mask.sum(1) * (self.prompt.shape[1] + 1) + self.prompt_mask.sum(1)
+    length = self.rows.query_lengths * (self.rows.prompt_len + 1) + self.rows.prompt_lengths
     out = []
     for start in range(0, len(batches), self.window):
       rows = np.concatenate(batches[start:start + self.window])
@@ -99,11 +101,10 @@ class Batches:
       out += np.split(rows, len(rows) // self.batch_size)
     return [out[i] for i in rng.permutation(len(out))]
 
-  def _padded(self, x: np.ndarray, mask: np.ndarray) -> int:
+  def _padded(self, full: int, lengths: np.ndarray) -> int:
     if not self.pad_multiple:
-      return x.shape[1]
-    return min(x.shape[1], max(1, -(-int(mask.sum(1).max()) // self.pad_multiple)) *
-               self.pad_multiple)
+      return full
+    return min(full, max(1, -(-int(lengths.max()) // self.pad_multiple)) * self.pad_multiple)
 
   def next(self) -> dict[str, Any]:
     if self.position >= self.steps_per_epoch:
@@ -112,13 +113,15 @@ class Batches:
       self._epoch_batches = (self.epoch, self._batches(self.epoch))
     rows = self._epoch_batches[1][self.position]
     self.position += 1
-    lq = self._padded(self.query[rows], self.query_mask[rows])
-    lp = self._padded(self.prompt[rows], self.prompt_mask[rows])
-    batch = {"returns": self.returns[rows], "query": self.query[rows, :lq],
-             "query_mask": self.query_mask[rows, :lq], "prompt": self.prompt[rows, :lp],
-             "prompt_mask": self.prompt_mask[rows, :lp]}
+    width = {"query": self._padded(self.rows.query_len, self.rows.query_lengths[rows]),
+             "prompt": self._padded(self.rows.prompt_len, self.rows.prompt_lengths[rows])}
+    local = sharding.local_rows(self.mesh, len(rows))
+    tokens = self.rows.load(rows[local])
+    batch = {"returns": self.rows.returns[rows]}
+    for k, v in tokens.items():  # the rows other processes hold stay zero here
+      batch[k] = np.zeros((len(rows), width[k.removesuffix("_mask")]), v.dtype)
+      batch[k][local] = v[:, :batch[k].shape[1]]
     return sharding.shard_batch(batch, self.mesh) if self.mesh is not None else batch
-
   def __iter__(self):
     return self
 

@@ -7,7 +7,9 @@ A TFRecord file is a sequence of
 (little endian; CRC-32C from the `crc32c` package). Files are written to a
 temporary name and renamed, so a shard is either complete or absent. Reading
 checks both CRCs of every record; a corrupt or truncated file fails with the
-file name, the record index and the byte offset.
+file name, the record index and the byte offset. `record_offsets` and
+`read_record_at` give random access (a process of a multi-process run reads
+only the records it needs), with the same checks.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import crc32c
 
@@ -76,6 +78,50 @@ def read_records(path: str, verify: bool = True) -> Iterator[bytes]:
       yield data
       index += 1
       offset += 16 + length
+
+
+def record_offsets(path: str) -> list[int]:
+  """The byte offset of every record of a file, from the headers alone (length CRCs checked)."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"TFRecord file {path} does not exist")
+  size = os.path.getsize(path)
+  offsets = []
+  with open(path, "rb") as fh:
+    offset = 0
+    while offset < size:
+      header = fh.read(12)
+      if len(header) < 12:
+        raise CorruptRecordError(f"{path}: record {len(offsets)} at byte {offset} is truncated "
+                                 f"(header of {len(header)} of 12 bytes)")
+      length, length_crc = struct.unpack("<QI", header)
+      if masked_crc(header[:8]) != length_crc:
+        raise CorruptRecordError(f"{path}: record {len(offsets)} at byte {offset}: length CRC "
+                                 "mismatch")
+      if offset + 16 + length > size:
+        raise CorruptRecordError(f"{path}: record {len(offsets)} at byte {offset} is truncated "
+                                 f"({size - offset - 12} of {length} + 4 bytes)")
+      offsets.append(offset)
+      offset += 16 + length
+      fh.seek(offset)
+  return offsets
+
+
+def read_record_at(fh: BinaryIO, path: str, index: int, offset: int) -> bytes:
+  """Record `index` of the open file `path`, which starts at byte `offset`; CRCs checked."""
+  fh.seek(offset)
+  header = fh.read(12)
+  if len(header) < 12:
+    raise CorruptRecordError(f"{path}: record {index} at byte {offset} is truncated")
+  length, length_crc = struct.unpack("<QI", header)
+  if masked_crc(header[:8]) != length_crc:
+    raise CorruptRecordError(f"{path}: record {index} at byte {offset}: length CRC mismatch")
+  data, footer = fh.read(length), fh.read(4)
+  if len(data) < length or len(footer) < 4:
+    raise CorruptRecordError(f"{path}: record {index} at byte {offset} is truncated "
+                             f"({len(data)} of {length} data bytes)")
+  if masked_crc(data) != struct.unpack("<I", footer)[0]:
+    raise CorruptRecordError(f"{path}: record {index} at byte {offset}: data CRC mismatch")
+  return data
 
 
 def file_sha256(path: str) -> str:

@@ -19,7 +19,9 @@ class Target(Protocol):
 
   `identity` keys the evaluation cache (two targets with one identity must answer
   alike). `score_options` returns each text's mean NLL per option and the prompt
-  tokens it read; `generate` returns one `Generation` per text.
+  tokens it read; `generate` returns one `Generation` per text. In a multi-process
+  run (local targets only) both are collective: every process calls them with its
+  share of the texts and gets its share's results (evaluation.py).
   """
 
   identity: str

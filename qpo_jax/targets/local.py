@@ -5,7 +5,8 @@ model's chat template themselves when `chat` is on and the tokenizer has one,
 so the evaluation code does not care whether the target is local or remote.
 Parameters are placed on the mesh by the sharding rules, and every batch is
 padded to split over its data axes, so the same code runs a 135M model on a
-laptop and a 70B model data- and tensor-parallel on a pod.
+laptop and a 70B model data- and tensor-parallel on a pod; over several
+processes each tokenises its share of the texts and the batches are global.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from qpo_jax import decoding, scoring, sharding
+from qpo_jax import decoding, distributed, scoring, sharding
 from qpo_jax.decoding import chat_text, encode
 from qpo_jax.models.registry import LanguageModel
 
@@ -88,18 +89,27 @@ class LocalTarget:
 
   def score_options(self, user_texts: Sequence[str],
                     options: Sequence[Sequence[str]]) -> tuple[np.ndarray, int]:
-    """[N, K] mean NLL of each option after its user text, and the prompt tokens used."""
+    """[N, K] mean NLL of each option after its user text, and the prompt tokens used.
+
+    Over several processes a collective call: each process passes its share of the
+    texts (in process order) and gets its share's results.
+    """
     prefixes = [self.prefix_ids(t) for t in user_texts]
     option_ids = [[self.option_ids(o) for o in opts] for opts in options]
-    nll = scoring.score(self.lm, prefixes, option_ids, batch_size=self.batch_size,
-                        length_multiple=self.length_multiple, mesh=self.mesh)
     tokens = sum(len(p) + sum(len(o) for o in opts) for p, opts in zip(prefixes, option_ids))
-    return nll, tokens
+    rows, mine = distributed.allgather_share(list(zip(prefixes, option_ids)))
+    nll = scoring.score(self.lm, [p for p, _ in rows], [o for _, o in rows],
+                        batch_size=self.batch_size, length_multiple=self.length_multiple,
+                        mesh=self.mesh)
+    return nll[mine.start:mine.stop], tokens
 
   def generate(self, user_texts: Sequence[str], max_new_tokens: int) -> list[Generation]:
-    """Greedy answers with the KV cache, and the mean NLL of each answer's tokens."""
+    """Greedy answers with the KV cache, and the mean NLL of each answer's tokens.
+
+    Over several processes a collective call, as `score_options`.
+    """
     tok = self._lm.tokenizer
-    prefixes = [self.prefix_ids(t) for t in user_texts]
+    prefixes, mine = distributed.allgather_share([self.prefix_ids(t) for t in user_texts])
     answers = decoding.generate_ids(self.lm, prefixes, max_new_tokens=max_new_tokens,
                                     eos_ids=self.eos_ids, batch_size=self.batch_size,
                                     length_multiple=self.length_multiple, mesh=self.mesh)
@@ -107,7 +117,8 @@ class LocalTarget:
     logps = scoring.sequence_logprobs(self.lm, full, batch_size=self.batch_size,
                                       length_multiple=self.length_multiple, mesh=self.mesh)
     results = []
-    for p, a, lp in zip(prefixes, answers, logps):
+    for i in mine:
+      p, a, lp = prefixes[i], answers[i], logps[i]
       nll = float(-lp[len(p):].mean()) if a else 0.0
       results.append(Generation(tok.decode(a, skip_special_tokens=True), nll, len(p), len(a)))
     return results
