@@ -21,7 +21,9 @@ Writes --out (JSON) and the same name with .md.
 Multi-process mode: the same 4 devices (simulated on CPU) split over 1, 2 and 4
 processes on 127.0.0.1 (`qpo_jax.distributed`, gloo collectives): seconds per
 train step of the data-parallel mesh, and target scoring pairs/s (the policy
-model as the scorer, prompts of --query_len tokens, 4 options of 2 tokens each),
+model as the scorer, prompts of --query_len tokens, 4 options of 2 tokens each;
+as in a run, each process holds the token ids of its share of the pairs, the ids
+are gathered, and the batches run over all devices),
 so the table shows the runtime's cross-process overhead. On one CPU the
 processes share its cores; real multi-host scaling needs a pod or cluster.
 Writes --out with _processes before the extension.
@@ -178,8 +180,14 @@ def run_process_child(spec: str) -> dict | None:
   prefixes = [rng.integers(3, cfg.vocab_size, _LQ.value).tolist() for _ in range(_PAIRS.value)]
   options = [[rng.integers(3, cfg.vocab_size, 2).tolist() for _ in range(4)]
              for _ in range(_PAIRS.value)]
-  score = lambda: scoring.score(lm, prefixes, options, batch_size=8, mesh=mesh,  # noqa: E731
-                                min_shared=0)
+  rows = list(zip(prefixes, options))
+  mine = distributed.share(len(rows))
+
+  def score():  # as LocalTarget.score_options: each process's share of the ids is gathered
+    gathered, _ = distributed.allgather_share(rows[mine.start:mine.stop])
+    return scoring.score(lm, [p for p, _ in gathered], [o for _, o in gathered], batch_size=8,
+                         mesh=mesh, min_shared=0)
+
   score()  # compiles
   start = time.perf_counter()
   score()
