@@ -14,8 +14,9 @@ scorings at 19 pairs/s, 7.9 min; one policy round, 3 epochs over the filtered D_
 6.7 min); 28.3 minutes from a fresh clone of f1cca7f on 2026-11-29 at 240-260 GFLOP/s
 (D_0 10.7 min, training 8.4 min, evaluation 8.8 min). Peak memory 3.8 GB in the second run
 (maximum resident set 3,998,820 KiB, in training and evaluation; 4.4 GB at 67254dd, 5.1 GB
-before it). Rerunning the command after a kill continues where it stopped.
-Expected (both runs above gave the same table), in <workdir>/eval/results.md:
+before it); 27.5 minutes and 3.9 GB (4,091,360 KiB) from a fresh clone of fee35e6 on
+2026-12-03, the same table. Rerunning the command after a kill continues where it stopped.
+Expected (every run above gave the same table), in <workdir>/eval/results.md:
   no instruction                                0.375
   best source prompt, chosen on train           0.470  ('Answer the question.')
   reward model best-of-N (Prompt-OIRL-style)    0.565

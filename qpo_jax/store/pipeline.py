@@ -122,6 +122,7 @@ class Batches:
       batch[k] = np.zeros((len(rows), width[k.removesuffix("_mask")]), v.dtype)
       batch[k][local] = v[:, :batch[k].shape[1]]
     return sharding.shard_batch(batch, self.mesh) if self.mesh is not None else batch
+
   def __iter__(self):
     return self
 

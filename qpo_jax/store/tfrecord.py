@@ -52,51 +52,58 @@ def write_records(path: str, records: Iterable[bytes]) -> tuple[int, str]:
   return count, digest.hexdigest()
 
 
-def read_records(path: str, verify: bool = True) -> Iterator[bytes]:
-  """Yields the serialized records of a file, checking lengths and CRCs."""
+def _header(fh: BinaryIO, path: str, index: int, offset: int, verify: bool = True) -> int | None:
+  """The data length of the record whose header starts at the file position (None at the end)."""
+  header = fh.read(12)
+  if not header:
+    return None
+  if len(header) < 12:
+    raise CorruptRecordError(f"{path}: record {index} at byte {offset} is truncated "
+                             f"(header of {len(header)} of 12 bytes)")
+  length, length_crc = struct.unpack("<QI", header)
+  if verify and masked_crc(header[:8]) != length_crc:
+    raise CorruptRecordError(f"{path}: record {index} at byte {offset}: length CRC mismatch")
+  return length
+
+
+def _record(fh: BinaryIO, path: str, index: int, offset: int, verify: bool = True
+            ) -> bytes | None:
+  """The record at the file position, its CRCs checked (None at the end of the file)."""
+  length = _header(fh, path, index, offset, verify)
+  if length is None:
+    return None
+  data, footer = fh.read(length), fh.read(4)
+  if len(data) < length or len(footer) < 4:
+    raise CorruptRecordError(f"{path}: record {index} at byte {offset} is truncated "
+                             f"({len(data)} of {length} data bytes)")
+  if verify and masked_crc(data) != struct.unpack("<I", footer)[0]:
+    raise CorruptRecordError(f"{path}: record {index} at byte {offset}: data CRC mismatch")
+  return data
+
+
+def _open(path: str) -> BinaryIO:
   if not os.path.exists(path):
     raise FileNotFoundError(f"TFRecord file {path} does not exist")
-  with open(path, "rb") as fh:
+  return open(path, "rb")  # pylint: disable=consider-using-with
+
+
+def read_records(path: str, verify: bool = True) -> Iterator[bytes]:
+  """Yields the serialized records of a file, checking lengths and CRCs."""
+  with _open(path) as fh:
     index, offset = 0, 0
-    while True:
-      header = fh.read(12)
-      if not header:
-        return
-      if len(header) < 12:
-        raise CorruptRecordError(f"{path}: record {index} at byte {offset} is truncated "
-                                 f"(header of {len(header)} of 12 bytes)")
-      length, length_crc = struct.unpack("<QI", header)
-      if verify and masked_crc(header[:8]) != length_crc:
-        raise CorruptRecordError(f"{path}: record {index} at byte {offset}: length CRC mismatch")
-      data = fh.read(length)
-      footer = fh.read(4)
-      if len(data) < length or len(footer) < 4:
-        raise CorruptRecordError(f"{path}: record {index} at byte {offset} is truncated "
-                                 f"({len(data)} of {length} data bytes)")
-      if verify and masked_crc(data) != struct.unpack("<I", footer)[0]:
-        raise CorruptRecordError(f"{path}: record {index} at byte {offset}: data CRC mismatch")
+    while (data := _record(fh, path, index, offset, verify)) is not None:
       yield data
       index += 1
-      offset += 16 + length
+      offset += 16 + len(data)
 
 
 def record_offsets(path: str) -> list[int]:
   """The byte offset of every record of a file, from the headers alone (length CRCs checked)."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"TFRecord file {path} does not exist")
-  size = os.path.getsize(path)
-  offsets = []
-  with open(path, "rb") as fh:
-    offset = 0
-    while offset < size:
-      header = fh.read(12)
-      if len(header) < 12:
-        raise CorruptRecordError(f"{path}: record {len(offsets)} at byte {offset} is truncated "
-                                 f"(header of {len(header)} of 12 bytes)")
-      length, length_crc = struct.unpack("<QI", header)
-      if masked_crc(header[:8]) != length_crc:
-        raise CorruptRecordError(f"{path}: record {len(offsets)} at byte {offset}: length CRC "
-                                 "mismatch")
+  offsets: list[int] = []
+  offset = 0
+  with _open(path) as fh:
+    size = os.fstat(fh.fileno()).st_size
+    while (length := _header(fh, path, len(offsets), offset)) is not None:
       if offset + 16 + length > size:
         raise CorruptRecordError(f"{path}: record {len(offsets)} at byte {offset} is truncated "
                                  f"({size - offset - 12} of {length} + 4 bytes)")
@@ -109,18 +116,9 @@ def record_offsets(path: str) -> list[int]:
 def read_record_at(fh: BinaryIO, path: str, index: int, offset: int) -> bytes:
   """Record `index` of the open file `path`, which starts at byte `offset`; CRCs checked."""
   fh.seek(offset)
-  header = fh.read(12)
-  if len(header) < 12:
-    raise CorruptRecordError(f"{path}: record {index} at byte {offset} is truncated")
-  length, length_crc = struct.unpack("<QI", header)
-  if masked_crc(header[:8]) != length_crc:
-    raise CorruptRecordError(f"{path}: record {index} at byte {offset}: length CRC mismatch")
-  data, footer = fh.read(length), fh.read(4)
-  if len(data) < length or len(footer) < 4:
-    raise CorruptRecordError(f"{path}: record {index} at byte {offset} is truncated "
-                             f"({len(data)} of {length} data bytes)")
-  if masked_crc(data) != struct.unpack("<I", footer)[0]:
-    raise CorruptRecordError(f"{path}: record {index} at byte {offset}: data CRC mismatch")
+  data = _record(fh, path, index, offset)
+  if data is None:
+    raise CorruptRecordError(f"{path}: record {index} at byte {offset} is past the end of the file")
   return data
 
 
