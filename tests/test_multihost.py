@@ -140,6 +140,7 @@ def test_a_process_killed_in_collection_then_both_rerun_resumes(tmp_path, one_pr
   work = str(tmp_path / "w")
   logs = tmp_path / "logs_dying"
   logs.mkdir()
+  # process 1's budget: its half of D_0's 88 target calls, then 2 of loop 1's collection
   argv = lambda address, n, i: [sys.executable, "-m", "tests.multihost_driver",  # noqa: E731
                                 "loop_dying", work, address, str(n), str(i), str(88 // 2 + 2)]
   procs = _start(argv, 2, 2, str(logs))
