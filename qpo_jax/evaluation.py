@@ -119,10 +119,10 @@ def _run_missing(work: _Pairs, target: Target, calls: Sequence[_Call], cache: Ev
       local = [{"response": g.text, "nll": float(g.nll)} for g in gens]
       prompt_tokens = sum(g.prompt_tokens for g in gens)
       generated = sum(g.generated_tokens for g in gens)
-    results = distributed.allgather(local)
-    tokens = np.sum(distributed.allgather([[int(prompt_tokens), int(generated)]]), axis=0)
+    gathered = distributed.allgather([[local, int(prompt_tokens), int(generated)]])
+    results = [r for share, _, _ in gathered for r in share]
     cache.put_many({c.key: r for c, r in zip(part, results)}, target.identity, len(part),
-                   int(tokens[0]), int(tokens[1]))
+                   sum(g[1] for g in gathered), sum(g[2] for g in gathered))
     bar.update(len(part))
     logging.debug("evaluated %d/%d new target calls", start + len(part), len(calls))
   bar.close()
