@@ -20,10 +20,13 @@ def _splits(name, **data):
 @needs_data
 def test_tweet_emotion_files():
   task, s = _splits("tweet_emotion", dir=os.path.join(DATA, "tweet_emotion"))
-  # spec: train = 80% of train, collect = validation, test = test; train's repeated tweets and
-  # those also in validation or test are dropped (2606 -> 2585)
-  assert {k: len(v) for k, v in s.items()} == {"train": 2585, "collect": 374, "test": 1421}
-  assert not {e.uid for e in s["train"]} & {e.uid for e in s["collect"]}
+  # spec: train = 80% of train, collect = validation, test = test; ours: validation = the
+  # other 20% of train. Train's repeated tweets and those also in a later split are dropped
+  # (2606 -> 2585)
+  assert {k: len(v) for k, v in s.items()} == {"train": 2585, "collect": 374,
+                                                "validation": 646, "test": 1421}
+  uids = [{e.uid for e in v} for v in s.values()]
+  assert sum(map(len, uids)) == len(set().union(*uids))  # the four splits are disjoint
   counts = np.bincount([e.label for e in s["test"]], minlength=4)
   assert counts.sum() == 1421 and (counts > 0).all()
   first = tasks.sources.read_file_split(
@@ -56,8 +59,9 @@ def test_math_files():
   assert "<<" not in ex.solution
   task, s = _splits("svamp", dir=os.path.join(DATA, "svamp"))
   # train: the MAWPS / ASDiv-A / SVAMP fold file less SVAMP.json's problems; collect and
-  # test: SVAMP.json's first 700 and last 300
-  assert (len(s["train"]), len(s["collect"]), len(s["test"])) == (2961, 700, 300)
+  # test: SVAMP.json's first 700 and last 300, of the 700 the last 70 are validation
+  assert (len(s["train"]), len(s["collect"]), len(s["validation"]), len(s["test"])) == (
+      2961, 630, 70, 300)
   assert all(float(e.answer) == e.answer for e in s["test"])
 
 
@@ -172,8 +176,8 @@ def test_builtin_tasks(name):
   assert [e.query for e in s["test"]] == [e.query for e in again["test"]]  # seeded
   # the generator repeats some texts; they are dropped before splitting (800 rows)
   assert {k: len(v) for k, v in s.items()} == {
-      "topics": {"train": 368, "collect": 183, "test": 184},
-      "arithmetic": {"train": 400, "collect": 199, "test": 200}}[name]
+      "topics": {"train": 368, "collect": 146, "validation": 37, "test": 184},
+      "arithmetic": {"train": 400, "collect": 159, "validation": 40, "test": 200}}[name]
   assert len({e.query for e in s["train"]}) > 300  # varied, not a handful of templates
   assert task.source_prompts and all(task.source_prompts.values())
   if task.kind == base.MATH:

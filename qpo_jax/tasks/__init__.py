@@ -29,7 +29,8 @@ TASKS: dict[str, Callable[[], Task]] = {
     "topics": builtin.topics,
 }
 
-SPLITS = ("train", "collect", "test")
+# validation: for choosing settings; never in D_0, never collected, never the final report's
+SPLITS = ("train", "collect", "validation", "test")
 
 
 def get_task(name: str) -> Task:
@@ -75,8 +76,9 @@ def load_splits(task_cfg: Mapping[str, Any], which: tuple[str, ...] = SPLITS
   """The task and its train / collect / test examples as the spec's split rules cut them.
 
   Texts are deduplicated before splitting, and across splits a text belongs to
-  the last of train < collect < test that has it, so no test query is trained
-  on or collected, and no collect query is in D_0.
+  the last of train < collect < validation < test that has it, so no test query
+  is trained on, collected or validated on, no validation query is in D_0 or
+  collected, and no collect query is in D_0.
   """
   task = get_task(task_cfg["name"])
   spec = data_spec(task, task_cfg["data"])

@@ -15,8 +15,8 @@ import numpy as np
 
 from qpo_jax.tasks.base import CHOICE, MATH, Example, SplitRule, Task
 
-_SPLITS = {"train": SplitRule("all", 0, .5), "collect": SplitRule("all", .5, .75),
-           "test": SplitRule("all", .75, 1)}
+_SPLITS = {"train": SplitRule("all", 0, .5), "collect": SplitRule("all", .5, .7),
+           "validation": SplitRule("all", .7, .75), "test": SplitRule("all", .75, 1)}
 
 _NAMES = ("Ana", "Ben", "Chloe", "Dev", "Emil", "Fatima", "Goran", "Hana", "Ivo", "Jun", "Kemal",
           "Lea", "Mateo", "Nia", "Omar", "Priya")

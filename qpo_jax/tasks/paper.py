@@ -2,7 +2,7 @@
 
 Templates and verbalizers follow the QPO/InstructEval default prompts; splits
 follow the spec's table (train / collect / test as fractions of the source
-splits after a seeded shuffle). File defaults name the published formats
+splits after a seeded shuffle), plus a validation split (`_splits`). File defaults name the published formats
 (the files under ../shared/data for the tasks that have them); tfds defaults
 name the tensorflow-datasets builder.
 """
@@ -175,14 +175,18 @@ def _choice_task(name, field_names, to_example, splits, manual, file_defaults, t
               manual_prompt=manual, file_defaults=file_defaults, tfds_defaults=tfds_defaults)
 
 
-def _splits(train, collect, test) -> dict[str, SplitRule]:
-  return {"train": SplitRule(*train), "collect": SplitRule(*collect), "test": SplitRule(*test)}
+def _splits(train, collect, test, validation) -> dict[str, SplitRule]:
+  """The spec's train / collect / test rules, and a validation split (never in D_0, never
+  collected, never tested on) for choosing settings: rows the spec's rules leave unused, or
+  else the last tenth of the collect rows."""
+  return {"train": SplitRule(*train), "collect": SplitRule(*collect), "test": SplitRule(*test),
+          "validation": SplitRule(*validation)}
 
 
 def ag_news() -> Task:
   return _text_task(
       "ag_news", "News", "Category", ("World", "Sports", "Business", "Sci/Tech"),
-      _splits(("train", 0, .9), ("test", 0, .1), ("test", .1, 1)),
+      _splits(("train", 0, .9), ("test", 0, .1), ("test", .1, 1), ("train", .9, 1)),
       "Classify the news article into World, Sports, Business or Sci/Tech.",
       dict(format="csv", header=False, columns=["label", "title", "description"], label_base=1,
            files={"train": "train.csv", "test": "test.csv"}),
@@ -193,7 +197,7 @@ def ag_news() -> Task:
 def imdb() -> Task:
   return _text_task(
       "imdb", "Review", "Sentiment", ("Negative", "Positive"),
-      _splits(("train", 0, .855), ("train", .855, .905), ("test", 0, 1)),
+      _splits(("train", 0, .855), ("train", .855, .905), ("test", 0, 1), ("train", .905, 1)),
       "Is the sentiment of the movie review Negative or Positive?",
       dict(format="csv", header=True, files={"train": "train.csv", "test": "test.csv"}),
       dict(name="imdb_reviews", splits={"train": "train", "test": "test"}))
@@ -203,7 +207,7 @@ def tweet_emotion() -> Task:
   """TweetEval emotion; its files and our own source prompts ship in the package (NOTICE)."""
   task = _text_task(
       "tweet_emotion", "Tweet", "Emotion", ("Anger", "Joy", "Optimism", "Sadness"),
-      _splits(("train", 0, .8), ("validation", 0, 1), ("test", 0, 1)),
+      _splits(("train", 0, .8), ("validation", 0, 1), ("test", 0, 1), ("train", .8, 1)),
       "Classify the emotion of the tweet as Anger, Joy, Optimism or Sadness.",
       dict(format="tweeteval", dir=package_data("tweet_emotion"),
            files={"train": "train", "validation": "val", "test": "test"}),
@@ -214,7 +218,7 @@ def tweet_emotion() -> Task:
 def boolq() -> Task:
   return _choice_task(
       "boolq", (("passage", "Passage"), ("question", "Question")), _boolq_example,
-      _splits(("train", 0, .81), ("train", .81, .91), ("validation", 0, .9)),
+      _splits(("train", 0, .81), ("train", .81, .91), ("validation", 0, .9), ("train", .91, 1)),
       "Read the passage and answer the question with True or False.",
       dict(format="jsonl", files={"train": "train.jsonl", "validation": "dev.jsonl"}),
       dict(name="bool_q", splits={"train": "train", "validation": "validation"}),
@@ -224,7 +228,7 @@ def boolq() -> Task:
 def cosmos_qa() -> Task:
   return _choice_task(
       "cosmos_qa", (("context", "Passage"), ("question", "Question")), _cosmos_example,
-      _splits(("train", 0, .9), ("train", .9, 1), ("validation", 0, 1)),
+      _splits(("train", 0, .9), ("train", .9, .99), ("validation", 0, 1), ("train", .99, 1)),
       "Read the passage and choose the most plausible answer to the question.",
       dict(format="csv", header=True, files={"train": "train.csv", "validation": "valid.csv"}),
       dict(name="cosmos_qa", splits={"train": "train", "validation": "validation"}))
@@ -233,7 +237,7 @@ def cosmos_qa() -> Task:
 def hellaswag() -> Task:
   return _choice_task(
       "hellaswag", (("context", "Sentence"),), _hellaswag_example,
-      _splits(("train", 0, .81), ("train", .81, .91), ("validation", 0, 1)),
+      _splits(("train", 0, .81), ("train", .81, .91), ("validation", 0, 1), ("train", .91, 1)),
       "Choose the most likely continuation of the sentence.",
       dict(format="jsonl",
            files={"train": "hellaswag_train.jsonl", "validation": "hellaswag_val.jsonl"}),
@@ -242,7 +246,7 @@ def hellaswag() -> Task:
 
 def gsm8k() -> Task:
   return _math_task(
-      "gsm8k", _splits(("train", 0, .45), ("train", .45, .95), ("test", 0, 1)), _gsm8k_example,
+      "gsm8k", _splits(("train", 0, .45), ("train", .45, .95), ("test", 0, 1), ("train", .95, 1)), _gsm8k_example,
       dict(format="jsonl", files={"train": "train.jsonl", "test": "test.jsonl"}),
       dict(name="gsm8k", splits={"train": "train", "test": "test"}))
 
@@ -250,10 +254,12 @@ def gsm8k() -> Task:
 def svamp() -> Task:
   """SVAMP. D_0 is built on MAWPS + ASDiv-A (the SVAMP repo's mawps-asdiv-a_svamp/train.csv,
   3,138 problems: the benchmark's training data, none of them a SVAMP problem); collection uses
-  the first 700 of the 1,000 SVAMP challenge problems and the test the other 300. (The spec's
-  1.8% / 98% of 700 left 13 train queries, too few to train a policy on.)"""
+  90% of the first 700 of the 1,000 SVAMP challenge problems, validation the other 10%, and the
+  test the last 300. (The spec's 1.8% / 98% of 700 left 13 train queries, too few to train a
+  policy on.)"""
   return _math_task(
-      "svamp", _splits(("train", 0, 1), ("validation", 0, 1), ("test", 0, 1)), _svamp_example,
+      "svamp", _splits(("train", 0, 1), ("validation", 0, .9), ("test", 0, 1),
+                       ("validation", .9, 1)), _svamp_example,
       dict(format="auto", files={"train": "mawps-asdiv-a_svamp/train.csv",
                                  "validation": "SVAMP.json[:700]", "test": "SVAMP.json[700:]"}),
       {})
