@@ -130,14 +130,25 @@ def get_config() -> ml_collections.ConfigDict:
       collect_queries=100,  # queries per collection batch (avg_acc is over one batch)
       # collect after the last round too: its records train nothing, but its accuracy is a
       # collect-split check of the final policy (a run extended by more loops collects it then)
-      final_collection=True)
+      final_collection=True,
+      # explore (explore.py): the sampled prompts are candidates; repeats and junk are dropped,
+      # a critic keeps the best `new_prompts`, each scored on `prompt_queries` D_0 queries too
+      explore=False,
+      new_prompts=32,  # explore: new prompts scored per loop
+      prompt_queries=64,  # explore: D_0 queries every kept prompt is scored on
+      junk_quantile=0.9)  # explore: most NLL a candidate may have, as a quantile of the sources
 
   c.eval = dict(
+      split="test",  # the split the final table scores ("validation": choosing settings)
       settings=("zero_shot",),  # settings of the final table
       num_queries=100,  # test queries
       num_demo_sets=10,  # few-shot demo sets per query
       num_demos=6,  # demos per set
-      max_new_tokens=512)  # math: answer length
+      max_new_tokens=512,  # math: answer length
+      validation_queries=100,  # QPO of every loop on this many validation queries (0: none)
+      purity_queries=40,  # label purity of a prompt not in D_0: over this many D_0 queries
+      finetuned_baselines=True,  # also the selectors with their encoder fine-tuned as QPO's
+      best_of_n=0)  # >0: also the critic's pick of the last policy's greedy + N sampled prompts
 
   c.eval_prompts = dict(  # --mode=evaluate_prompts
       split="test",  # split to score on

@@ -30,10 +30,10 @@ from typing import Any
 from absl import logging
 import ml_collections
 
-from qpo_jax import evaluation, report, rewards
+from qpo_jax import evaluation, explore, report, rewards
 from qpo_jax import prompts as prompts_lib
 from qpo_jax.eval_cache import EvalCache, total_usage
-from qpo_jax.models.registry import LOADERS, load_tokenizer
+from qpo_jax.models.registry import LOADERS, load_model, load_tokenizer
 from qpo_jax.policy import rounds
 from qpo_jax import initial_dataset
 from qpo_jax.store import dataset, importers, pipeline
@@ -50,10 +50,12 @@ POSITIVE = ("data.num_demo_sets", "data.num_demos", "data.prompts_per_chunk",
             "data.records_per_shard", "data.max_new_tokens", "target.batch_size",
             "train.batch_size", "train.grad_accum", "train.epochs", "train.query_len",
             "train.prompt_len", "train.learning_rate", "sample.num_samples", "sample.batch_size",
-            "loop.collect_batches", "loop.collect_queries", "eval.num_queries",
+            "loop.collect_batches", "loop.collect_queries", "loop.new_prompts",
+            "loop.prompt_queries", "eval.num_queries",
             "eval.num_demo_sets", "eval.num_demos", "eval.max_new_tokens",
             "eval_prompts.num_queries")
 NON_NEGATIVE = ("data.num_queries", "data.prompts_per_query", "train.finetune_epochs",
+                "eval.validation_queries", "eval.purity_queries", "eval.best_of_n",
                 "train.finetune_lr", "train.warmup_steps", "train.weight_decay")
 
 
@@ -96,6 +98,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"data.top_fraction={fraction!r} must be in (0, 1]")
   if _field(config, "data.rank_by") not in rewards.RANK_BY:
     raise ValueError(f"data.rank_by={config.data.rank_by!r} must be one of {rewards.RANK_BY}")
+  if not 0 < _field(config, "loop.junk_quantile") <= 1:
+    raise ValueError(f"loop.junk_quantile={config.loop.junk_quantile!r} must be in (0, 1]")
   if not 0 <= _field(config, "data.max_bad_fraction") <= 1:
     raise ValueError(f"data.max_bad_fraction={config.data.max_bad_fraction!r} must be in [0, 1]")
   if config.task.name not in TASKS:
@@ -118,6 +122,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if spec["kind"] == "files" and not os.path.isdir(os.path.expanduser(spec.get("dir") or "")):
     raise ValueError(f"task.data.dir={spec.get('dir') or ''!r} is not a directory (task "
                      f"{task.name!r} reads files from it)")
+  if config.eval.split not in ("test", "validation"):
+    raise ValueError(f"eval.split={config.eval.split!r} must be 'test' or 'validation'")
   for s in list(config.data.settings) + list(config.eval.settings):
     if s not in evaluation.SETTINGS:
       raise ValueError(f"setting {s!r} is not one of {evaluation.SETTINGS}")
@@ -215,8 +221,13 @@ def initial_data(config: ml_collections.ConfigDict, workdir: str, target=None,
 
 
 def collect_round(config: ml_collections.ConfigDict, workdir: str, t: int, target: Target,
-            cache: EvalCache) -> dict[str, Any]:
-  """Loop t's collection: sample prompts for fresh collect-split queries, evaluate, merge -> D_t."""
+                  cache: EvalCache) -> dict[str, Any]:
+  """Loop t's collection: sample prompts for fresh collect-split queries, evaluate, merge -> D_t.
+
+  With `loop.explore` the sampled prompts are candidates and explore.py picks which
+  new ones are scored, and on which queries; without it each sampled prompt is scored
+  on its own query (the spec).
+  """
   out = Workdir(workdir).data(t)
   rounds.claim_stage(config, workdir, "collect", t)
   if os.path.exists(os.path.join(out, dataset.MANIFEST)):
@@ -228,34 +239,53 @@ def collect_round(config: ml_collections.ConfigDict, workdir: str, t: int, targe
   queries = task_base.sample_queries(splits["collect"], c.collect_batches * c.collect_queries,
                                      seed=config.seed + 1000 * t, balanced=False,
                                      max_words=config.task.max_words)
+  old, previous = dataset.read_dataset(Workdir(workdir).data(t - 1))
   if os.path.exists(plan_path):  # the prompts sampled before a kill are reused, not redrawn
     with open(plan_path) as f:
       plan = json.load(f)
     if [q.uid for q in queries] != plan["query_ids"]:
       raise ValueError(f"{plan_path} was made for other queries; delete it to resample")
-    prompts = plan["prompts"]
   else:
-    prompts = rounds.policy_prompts(config, workdir, t, [q.query for q in queries], collect=True,
-                                    seed=config.seed + t)
-    atomic_write_text(plan_path, json.dumps({"query_ids": [q.uid for q in queries],
-                                             "prompts": prompts}))
+    samples = rounds.policy_prompts(config, workdir, t, [q.query for q in queries],
+                                    collect=True, seed=config.seed + t)
+    plan = {"query_ids": [q.uid for q in queries], "prompts": samples}
+    if c.explore:
+      pairs, plan["explore"] = explore.plan(
+          samples=samples, queries=queries, dataset_records=old,
+          source_prompts=[p for _, p in prompts_lib.source_prompts(config, task)],
+          lm=load_model(config.policy), train=splits["train"], new_prompts=c.new_prompts,
+          prompt_queries=c.prompt_queries, junk_quantile=c.junk_quantile,
+          seed=config.seed + 1000 * t, max_words=config.task.max_words)
+      plan["pairs"] = [[ex.uid, p] for ex, p in pairs]
+    atomic_write_text(plan_path, json.dumps(plan))
   setting = list(config.data.settings)[0]  # collection rewards use the run's first setting
   demos = task_base.demo_sets(splits["train"], config.data.num_demo_sets, config.data.num_demos,
                               seed=config.seed, max_words=config.task.max_words) \
       if setting == evaluation.FEW_SHOT else ()
-  pairs = [(q, p) for q, ps in zip(queries, prompts) for p in ps]
-  outcomes = evaluation.evaluate_pairs(task, target, pairs, setting=setting, demo_sets=demos,
-                                       cache=cache, max_new_tokens=config.data.max_new_tokens)
-  rows = []  # avg_acc: each collection batch's accuracy (the policy's prompts, evaluated together)
-  per_batch = c.collect_queries * len(prompts[0])
-  for start in range(0, len(pairs), per_batch):
-    rows += rewards.with_rewards([p for _, p in pairs[start:start + per_batch]],
-                                 outcomes[start:start + per_batch], setting, task.kind,
-                                 by_prompt=False, nll_term=config.data.nll_term)
+  if "pairs" in plan:  # explored: each new prompt's avg_acc is over all the queries it got
+    by_uid = {ex.uid: ex for ex in queries}
+    by_uid.update({ex.uid: task_base.truncated(ex, config.task.max_words)
+                   for ex in splits["train"]})
+    pairs = [(by_uid[uid], p) for uid, p in plan["pairs"]]
+    outcomes = evaluation.evaluate_pairs(task, target, pairs, setting=setting, demo_sets=demos,
+                                         cache=cache, max_new_tokens=config.data.max_new_tokens)
+    rows = rewards.with_rewards([p for _, p in pairs], outcomes, setting, task.kind,
+                                nll_term=config.data.nll_term)
+  else:
+    pairs = [(q, p) for q, ps in zip(queries, plan["prompts"]) for p in ps]
+    outcomes = evaluation.evaluate_pairs(task, target, pairs, setting=setting, demo_sets=demos,
+                                         cache=cache, max_new_tokens=config.data.max_new_tokens)
+    rows = []  # avg_acc: each collection batch's accuracy (the policy's prompts, evaluated together)
+    per_batch = c.collect_queries * len(plan["prompts"][0])
+    for start in range(0, len(pairs), per_batch):
+      rows += rewards.with_rewards([p for _, p in pairs[start:start + per_batch]],
+                                   outcomes[start:start + per_batch], setting, task.kind,
+                                   by_prompt=False, nll_term=config.data.nll_term)
+  collect_ids = {q.uid for q in queries}
   new = [record_from_outcome(task=task, example=q, prompt=p, outcome=o, target=target.identity,
-                             setting=setting, split="collect", prompt_source=f"qpo_loop_{t}",
-                             loop=t) for (q, p), o in zip(pairs, rows)]
-  old, previous = dataset.read_dataset(Workdir(workdir).data(t - 1))
+                             setting=setting, split="collect" if q.uid in collect_ids else "train",
+                             prompt_source=f"qpo_loop_{t}", loop=t)
+         for (q, p), o in zip(pairs, rows)]
   manifest = dataset.write_dataset(  # D_0's normaliser: R* means the same raw reward every round
       out, dataset.merge(old, new), normalizer=rewards.Normalizer.from_dict(previous["normalizer"]),
       records_per_shard=config.data.records_per_shard,

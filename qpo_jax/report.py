@@ -1,28 +1,39 @@
-"""Test-split evaluation of QPO against the spec's baselines; the run's table, JSON and plot.
+"""The final evaluation of QPO against the spec's baselines; the run's table, JSON and plot.
 
-Methods (each on the same class-balanced test queries and demonstration sets),
-keyed in results.json by stable ids (display labels live in the Markdown only):
+Methods (each on the same class-balanced queries of `eval.split`, the test split
+unless settings are being chosen, and the same demonstration sets), keyed in
+results.json by stable ids (display labels live in the Markdown only):
   none, manual        no instruction; the task's manual prompt
   source_<name>       a prompt source's mean accuracy over its prompts
   best_train_prompt   the source prompt with the best accuracy on D_0 (all of
                       it, before expert filtering)
   reward_model        a reward model picks a source prompt per query (Prompt-OIRL-style)
+  classifier_lookup   a classifier predicts the query's label, the class's best D_0
+                      prompt is used (choice tasks; baselines.py)
   qpo_loop_<t>        QPO's greedy per-query prompts after loop t
   best_test_prompt    (reference) the best single prompt chosen on the test queries
   oracle              (reference) per query, any source prompt that is right
+  oracle_impure       (reference) the same without label-forcing prompts
 Whether QPO really wins is a paired question (the same queries): the report
-gives the mean difference of QPO's last loop to the best train prompt and to
-the reward model with a paired bootstrap 95% interval, and per loop how many
-distinct prompts QPO wrote, how many are not verbatim a source prompt and how
-many equal the best train prompt. Every test query is listed with its gold
-answer and QPO's prompt per loop, so another implementation can re-score them.
-The cost of the run is read from each stage's artifact (loop.py) and the evaluation cache.
-Everything goes through the cache, so a rerun only reads.
+gives the mean difference of QPO's last loop to each baseline that picks per
+query or overall, with a paired bootstrap 95% interval. Whether it wins by
+writing or by routing (diagnostics.py): every source prompt's label purity, and
+for every per-query method the share of label-forcing prompts and how often
+the target follows them; for QPO the share of new texts, how they did against
+the source prompts on the same queries, and the most used ones. Each baseline's
+capacity stands beside the policy's trained parameters. QPO's prompts of every
+loop are also scored on validation queries (`eval.validation_queries`), which
+no stage trains on or collects. Every query is listed with its gold answer and
+each method's prompt, and the source prompts with their texts, so another
+implementation can re-score them. The cost of the run is read from each stage's
+artifact (loop.py) and the evaluation cache. Everything goes through the cache,
+so a rerun only reads.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import time
@@ -31,12 +42,13 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
-from qpo_jax import evaluation
+from qpo_jax import diagnostics, evaluation, rewards, sharding
 from qpo_jax import prompts as prompts_lib
+from qpo_jax.baselines import ClassifierLookup, RewardModel, TextEmbedder
+from qpo_jax.finetuned_baselines import FinetunedSelectors
 from qpo_jax.eval_cache import EvalCache, total_usage
 from qpo_jax.models.registry import load_model
-from qpo_jax.policy import rounds
-from qpo_jax.oirl_baseline import RewardModel
+from qpo_jax.policy import rounds, train_step
 from qpo_jax.store import dataset
 from qpo_jax.tasks import CHOICE, base as task_base, load_splits
 from qpo_jax.tasks.base import format_number
@@ -44,15 +56,27 @@ from qpo_jax.utils import atomic_open, atomic_write_text, peak_memory_gb, read_j
 from qpo_jax.targets import Target
 from qpo_jax.workdir import Workdir
 
+BEST_OF_N = "qpo_best_of_n"  # the critic's pick among the last policy's prompts (eval.best_of_n)
 LABELS = {
     "none": "no instruction",
     "manual": "manual",
     "best_train_prompt": "best source prompt, chosen on train",
     "reward_model": "reward model best-of-N (Prompt-OIRL-style)",
+    "classifier_lookup": "classifier, then the class's best D_0 prompt",
+    "reward_model_finetuned": "reward model best-of-N, fine-tuned encoder",
+    "classifier_lookup_finetuned": "classifier then lookup, fine-tuned encoder",
     "best_test_prompt": "(reference) best source prompt, chosen on test",
     "oracle": "(reference) per-query oracle over source prompts",
+    "oracle_impure": "(reference) per-query oracle without label-forcing prompts",
+    BEST_OF_N: "QPO last loop, best of N by the critic",
 }
 BOOTSTRAP_RESAMPLES = 10_000
+# QPO's last loop against each of these, paired (results.json key -> baseline)
+SELECTORS = ("reward_model", "classifier_lookup", "reward_model_finetuned",
+             "classifier_lookup_finetuned")  # per-query baselines (baselines.py and finetuned_)
+COMPARISONS = {"qpo_vs_best_train": "best_train_prompt",
+               **{f"qpo_vs_{name}": name for name in SELECTORS}}
+PER_QUERY = ("best_train_prompt",) + SELECTORS  # listed per query
 
 
 def qpo_id(t: int) -> str:
@@ -134,80 +158,168 @@ def _cost(workdir: str, cache: EvalCache, num_loops: int, started: float) -> dic
   return out
 
 
-def _accuracies(task, target: Target, cache, pairs, setting, demos, max_new_tokens) -> np.ndarray:
-  outs = evaluation.evaluate_pairs(task, target, pairs, setting=setting, demo_sets=demos,
+def _outcomes(task, target: Target, cache, pairs, setting, demos, max_new_tokens) -> list:
+  return evaluation.evaluate_pairs(task, target, pairs, setting=setting, demo_sets=demos,
                                    cache=cache, max_new_tokens=max_new_tokens)
-  return np.asarray([o.accuracy for o in outs])
+
+
+def _correct(outcomes) -> np.ndarray:
+  return np.asarray([o.accuracy for o in outcomes])
 
 
 def _gold(task, ex) -> str:
   return task.options(ex)[ex.label] if task.kind == CHOICE else format_number(ex.answer)
 
 
+def _gold_choice_nll(outcomes) -> np.ndarray:
+  return np.asarray([rewards.choice_nll(o.option_nll, o.gold_nll) for o in outcomes])
+
+
+def _purity_probe(task, target, cache, d0, train: Sequence, prompts: Sequence[str], n: int,
+                  seed: int, max_words: int) -> dict[str, diagnostics.Purity]:
+  """Purity of each prompt: over every D_0 query it has a zero-shot record for (a source
+  prompt), else over `n` class-balanced D_0 queries, scored through the cache."""
+  measured = [(r.prompt, r.pred) for r in d0 if r.setting == evaluation.ZERO_SHOT and r.pred >= 0]
+  purity = diagnostics.label_purity(*zip(*measured)) if measured else {}
+  todo = [p for p in dict.fromkeys(prompts) if p not in purity]
+  if todo and n:
+    in_d0 = {r.query_id or r.query for r in d0}
+    probe = task_base.sample_queries([ex for ex in train if ex.uid in in_d0 or ex.query in in_d0],
+                                     n, seed=seed, max_words=max_words)
+    outs = _outcomes(task, target, cache, [(q, p) for p in todo for q in probe],
+                     evaluation.ZERO_SHOT, (), 0)
+    purity.update(diagnostics.label_purity([p for p in todo for _ in probe],
+                                           [o.pred for o in outs]))
+  return purity
+
+
 def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str, target: Target,
                         cache: EvalCache) -> dict[str, Any]:
   started = time.time()
   e, num_loops = config.eval, int(config.loop.num_loops)
-  task, splits = load_splits(config.task, ("train", "test"))
-  queries = task_base.sample_queries(splits["test"], e.num_queries, seed=config.seed + 7,
+  task, splits = load_splits(config.task, ("train", "validation", e.split))
+  queries = task_base.sample_queries(splits[e.split], e.num_queries, seed=config.seed + 7,
                                      max_words=config.task.max_words)
+  texts = [q.query for q in queries]
   cands = prompts_lib.source_prompts(config, task)
   candidate_texts = list(dict.fromkeys(p for _, p in cands))
   d0, _ = dataset.read_dataset(Workdir(workdir).data(0))
   best_train = best_train_prompt(d0)
   prompts = list(dict.fromkeys(candidate_texts + ["", task.manual_prompt, best_train]))
-  rm = RewardModel(load_model(config.policy), seed=config.seed)
-  rm_fit = rm.fit(d0)
-  rm_choice = rm.choose([q.query for q in queries], candidate_texts)
-  qpo_prompts = {t: [p[0] for p in rounds.policy_prompts(
-      config, workdir, t, [q.query for q in queries], collect=False, seed=config.seed)]
-      for t in range(1, num_loops + 1)}
+  lm = load_model({**config.policy, "lora_rank": 0})  # the frozen encoder
+  embed = TextEmbedder(lm)
+  rm = RewardModel(embed, seed=config.seed)
+  fits = {"reward_model": {**rm.fit(d0), "capacity": rm.capacity()}}
+  chosen = {"reward_model": rm.choose(texts, candidate_texts)}
+  routed = task.kind == CHOICE  # classes to route to
+  if routed:
+    lookup = ClassifierLookup(embed, seed=config.seed)
+    fits["classifier_lookup"] = {**lookup.fit(d0), "capacity": lookup.capacity()}
+    chosen["classifier_lookup"] = lookup.choose(texts)
+    del lookup
+  validation = task_base.sample_queries(splits["validation"], e.validation_queries,
+                                        seed=config.seed + 17, max_words=config.task.max_words) \
+      if e.split != "validation" else []
+  qpo_prompts, validation_prompts = {}, {}
+  for t in range(1, num_loops + 1):  # one policy in memory at a time
+    sampler = rounds.prompt_sampler(config, workdir, t)
+    both = [p[0] for p in sampler(texts + [q.query for q in validation], collect=False,
+                                  seed=config.seed)]
+    qpo_prompts[qpo_id(t)], validation_prompts[t] = both[:len(texts)], both[len(texts):]
+  if e.best_of_n:  # the critic picks among the last policy's greedy and sampled prompts
+    drawn = sampler(texts, collect=True, seed=config.seed + 19, num_samples=e.best_of_n)
+    critic = RewardModel(embed, seed=config.seed)
+    critic_fit = {"dataset": Workdir(workdir).datasets()[-1], **critic.fit(
+        dataset.read_dataset(Workdir(workdir).data(Workdir(workdir).datasets()[-1]))[0])}
+    qpo_prompts[BEST_OF_N] = [_critic_pick(critic, q, [g] + d) for q, g, d in zip(
+        texts, qpo_prompts[qpo_id(num_loops)], drawn)]
+    del critic
+  trained = train_step.trained_parameters(sampler.params, config.train.freeze_backbone)
+  del sampler
+  prompt_embeddings = embed(candidate_texts)
+  del rm, embed  # the LM is now the fine-tuned encoder's, or freed
+  if e.finetuned_baselines:  # the encoder trained as QPO's round 1 trains the policy
+    tuned = FinetunedSelectors(
+        dataclasses.replace(lm, cfg=lm.cfg.replace(lora_rank=config.policy.lora_rank,
+                                                   remat=config.policy.remat)),
+        config.train, seed=config.seed, mesh=sharding.make_mesh(config.mesh))
+    del lm
+    fit = tuned.fit(d0, candidate_texts, prompt_embeddings)
+    fit["capacity"] = tuned.capacity()
+    for name, ps in tuned.choose(texts).items():
+      chosen[name], fits[name] = ps, fit
+    del tuned
+  else:
+    del lm
   sources = list(dict.fromkeys(s for s, _ in cands))
   methods: dict[str, dict[str, float]] = collections.defaultdict(dict)
   comparisons: dict[str, dict[str, Any]] = collections.defaultdict(dict)
   calls_per_pair = {}  # target calls for one (query, prompt): the demo sets in few-shot
   per_query: dict[str, dict[str, list[float]]] = {}
+  diag: dict[str, Any] = {}
   for setting in e.settings:
     demos = task_base.demo_sets(splits["train"], e.num_demo_sets, e.num_demos,
                                 seed=config.seed + 11, max_words=config.task.max_words) \
         if setting == evaluation.FEW_SHOT else ()
     calls_per_pair[setting] = max(1, len(demos))
-    acc = _accuracies(task, target, cache, [(q, p) for p in prompts for q in queries], setting,
-                      demos, e.max_new_tokens).reshape(len(prompts), len(queries))
+    grid = _outcomes(task, target, cache, [(q, p) for p in prompts for q in queries], setting,
+                     demos, e.max_new_tokens)
+    acc = _correct(grid).reshape(len(prompts), len(queries))
     row = {p: i for i, p in enumerate(prompts)}
     cand_rows = [row[p] for p in candidate_texts]
     vectors = {"none": acc[row[""]], "manual": acc[row[task.manual_prompt]]}
     for source in sources:
       vectors[source_id(source)] = acc[[row[p] for s, p in cands if s == source]].mean(axis=0)
     vectors["best_train_prompt"] = acc[row[best_train]]
-    vectors["reward_model"] = np.asarray([acc[row[p], i] for i, p in enumerate(rm_choice)])
-    for t, ps in qpo_prompts.items():
-      vectors[qpo_id(t)] = _accuracies(task, target, cache, list(zip(queries, ps)), setting,
-                                       demos, e.max_new_tokens)
+    for name, ps in chosen.items():
+      vectors[name] = np.asarray([acc[row[p], i] for i, p in enumerate(ps)])
+    qpo_outs = {m: _outcomes(task, target, cache, list(zip(queries, ps)), setting, demos,
+                             e.max_new_tokens) for m, ps in qpo_prompts.items()}
+    for m, outs in qpo_outs.items():
+      vectors[m] = _correct(outs)
     vectors["best_test_prompt"] = acc[cand_rows[int(acc[cand_rows].mean(axis=1).argmax())]]
     vectors["oracle"] = acc[cand_rows].max(axis=0)
+    if routed and setting == evaluation.ZERO_SHOT:
+      purity = _purity_probe(task, target, cache, d0, splits["train"],
+                             candidate_texts + [p for ps in qpo_prompts.values() for p in ps],
+                             e.purity_queries, config.seed + 13, config.task.max_words)
+      impure = [row[p] for p in candidate_texts if purity[p].purity < diagnostics.PURE]
+      vectors["oracle_impure"] = acc[impure].max(axis=0) if impure else np.zeros(len(queries))
+      grid_pred = np.asarray([o.pred for o in grid]).reshape(len(prompts), len(queries))
+      pool_nll = _gold_choice_nll(grid).reshape(len(prompts), len(queries))[cand_rows]
+      diag = _diagnostics(task, purity, candidate_texts, cands, d0, chosen, grid_pred, row,
+                          qpo_prompts, qpo_outs, acc[cand_rows], pool_nll)
     for method, v in vectors.items():
       methods[method][setting] = float(v.mean())
     last = vectors[qpo_id(num_loops)]
-    for name, baseline in (("qpo_vs_best_train", "best_train_prompt"),
-                           ("qpo_vs_reward_model", "reward_model")):
-      comparisons[name][setting] = paired_bootstrap(last, vectors[baseline], seed=config.seed)
+    for name, baseline in COMPARISONS.items():
+      if baseline in vectors:
+        comparisons[name][setting] = paired_bootstrap(last, vectors[baseline], seed=config.seed)
     per_query[setting] = {m: [float(x) for x in v] for m, v in vectors.items()
-                          if m in ("best_train_prompt", "reward_model") or m.startswith("qpo_")}
+                          if m in PER_QUERY or m.startswith("qpo_")}
   result = {
       "task": task.name, "target": target.identity, "policy": config.policy.name,
-      "num_test_queries": len(queries), "settings": list(e.settings),
-      "best_train_prompt": best_train, "reward_model": rm_fit, "methods": dict(methods),
-      **comparisons,
-      "qpo_prompt_stats": {str(t): prompt_stats(ps, set(candidate_texts), best_train)
-                           for t, ps in qpo_prompts.items()},
+      "split": e.split, "num_test_queries": len(queries), "settings": list(e.settings),
+      "best_train_prompt": best_train, "reward_model": fits["reward_model"],
+      "baselines": fits,
+      "policy_trained_parameters": trained,
+      "methods": dict(methods), **comparisons,
+      "qpo_prompt_stats": {_short(m): prompt_stats(ps, set(candidate_texts), best_train)
+                           for m, ps in qpo_prompts.items()},
       "num_source_prompts": len(candidate_texts),
       "source_sizes": {s: sum(src == s for src, _ in cands) for s in sources},
+      "source_prompts": diag.pop("source_prompts", None) or [
+          {"source": s, "prompt": p} for s, p in cands],
+      **diag,
+      "validation": _validation(config, task, target, cache, splits["train"], validation,
+                                validation_prompts, best_train) if validation else None,
       "calls_per_pair": calls_per_pair,
-      "qpo_prompts": {str(t): ps for t, ps in qpo_prompts.items()},
+      "qpo_prompts": {str(t): qpo_prompts[qpo_id(t)] for t in range(1, num_loops + 1)},
+      **({"best_of_n": e.best_of_n, "best_of_n_critic": critic_fit,
+          "best_of_n_prompts": qpo_prompts[BEST_OF_N]} if BEST_OF_N in qpo_prompts else {}),
       "queries": [{"uid": q.uid, "text": q.query, "gold": _gold(task, q),
-                   "reward_model_prompt": rm_choice[i],
-                   "qpo": {str(t): ps[i] for t, ps in qpo_prompts.items()},
+                   **{f"{m}_prompt": ps[i] for m, ps in chosen.items()},
+                   "qpo": {_short(m): ps[i] for m, ps in qpo_prompts.items()},
                    "correct": {s: {m: v[i] for m, v in per_query[s].items()}
                                for s in e.settings}}
                   for i, q in enumerate(queries)],
@@ -220,15 +332,74 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str, target:
   return result
 
 
+def _short(method: str) -> str:
+  """A QPO method's key in per-loop tables: the loop ("1", "2", ...) or "best_of_n"."""
+  return method.removeprefix("qpo_loop_").removeprefix("qpo_")
+
+
+def _critic_pick(critic: RewardModel, query: str, prompts: Sequence[str]) -> str:
+  """The prompt the critic scores highest for the query (ties: the first, the greedy one)."""
+  prompts = list(dict.fromkeys(prompts))
+  return prompts[int(np.argmax(critic.pair_scores([query] * len(prompts), prompts)))]
+
+
+def _diagnostics(task, purity, candidate_texts, cands, d0, chosen, grid_pred, row, qpo_prompts,
+                 qpo_outs, pool_correct, pool_nll) -> dict[str, Any]:
+  """Purity of the source prompts, routing statistics of every per-query method, and what
+  QPO's new prompts did (diagnostics.py)."""
+  names = list(task.verbalizers)
+  d0_acc = collections.defaultdict(list)
+  for r in d0:
+    d0_acc[r.prompt].append(r.accuracy)
+  source_rows = []
+  for s, p in cands:
+    pu = purity[p]
+    source_rows.append({"source": s, "prompt": p, "d0_accuracy": float(np.mean(d0_acc[p]))
+                        if d0_acc[p] else None, "purity": pu.purity,
+                        "majority": names[pu.majority] if names else pu.majority,
+                        "purity_queries": pu.n})
+  routing = {name: diagnostics.routing(ps, [grid_pred[row[p], i] for i, p in enumerate(ps)],
+                                       purity) for name, ps in chosen.items()}
+  writing, examples = {}, {}
+  for m, ps in qpo_prompts.items():
+    outs = qpo_outs[m]
+    routing[m] = diagnostics.routing(ps, [o.pred for o in outs], purity)
+    writing[m] = diagnostics.writing(ps, _correct(outs), pool_correct, _gold_choice_nll(outs),
+                                     pool_nll, candidate_texts)
+    examples[m] = diagnostics.examples(ps, _correct(outs), candidate_texts, purity, names)
+  return {"source_prompts": source_rows, "routing": routing, "writing": writing,
+          "new_prompt_examples": examples, "pure_threshold": diagnostics.PURE}
+
+
+def _validation(config, task, target, cache, train, queries, qpo_prompts, best_train
+                ) -> dict[str, Any]:
+  """QPO's greedy prompts of every loop (and the best train prompt) on validation queries:
+  whether later loops help, measured on queries no stage trained on or collected."""
+  setting = list(config.eval.settings)[0]
+  demos = task_base.demo_sets(train, config.eval.num_demo_sets, config.eval.num_demos,
+                              seed=config.seed + 11, max_words=config.task.max_words) \
+      if setting == evaluation.FEW_SHOT else ()
+  lists = {"best_train_prompt": [best_train] * len(queries),
+           **{qpo_id(t): ps for t, ps in qpo_prompts.items()}}
+  return {"num_queries": len(queries), "setting": setting,
+          "methods": {m: float(_correct(_outcomes(task, target, cache, list(zip(queries, ps)),
+                                                  setting, demos, config.eval.max_new_tokens)
+                                        ).mean()) for m, ps in lists.items()}}
+
+
 def _interval(c: dict[str, float]) -> str:
   return f"{c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]"
+
+
+def _share(x: float | None) -> str:
+  return "-" if x is None else f"{x:.2f}"
 
 
 def to_markdown(result: dict[str, Any]) -> str:
   settings = result["settings"]
   last = max(int(t) for t in result["qpo_prompts"])
   lines = [f"# QPO on {result['task']} (target {result['target']}, policy {result['policy']}, "
-           f"{result['num_test_queries']} test queries)", "",
+           f"{result['num_test_queries']} {result.get('split', 'test')} queries)", "",
            "| method | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
   for method, accs in result["methods"].items():
     lines.append(f"| {label(method, result['source_sizes'])} | "
@@ -236,15 +407,30 @@ def to_markdown(result: dict[str, Any]) -> str:
   lines += ["", f"QPO loop {last} minus a baseline, same queries (paired bootstrap 95% interval, "
             f"{BOOTSTRAP_RESAMPLES} resamples):", "",
             "| comparison | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
-  for name, what in (("qpo_vs_best_train", "best source prompt, chosen on train"),
-                     ("qpo_vs_reward_model", "reward model best-of-N")):
-    lines.append(f"| QPO - {what} | " + " | ".join(_interval(result[name][s])
-                                                   for s in settings) + " |")
+  for name, baseline in COMPARISONS.items():
+    if name in result:
+      lines.append(f"| QPO - {label(baseline)} | " + " | ".join(
+          _interval(result[name][s]) if s in result[name] else "-" for s in settings) + " |")
   lines += ["", "| QPO prompts | distinct | not a source prompt | = best train prompt |",
             "|---|---|---|---|"]
   for t, st in result["qpo_prompt_stats"].items():
-    lines.append(f"| loop {t} | {st['distinct']} | {st['not_a_source_prompt']:.2f} | "
+    lines.append(f"| {'loop ' + t if t.isdigit() else t.replace('_', ' ')} | {st['distinct']} | {st['not_a_source_prompt']:.2f} | "
                  f"{st['best_train_prompt']:.2f} |")
+  lines += _diagnostics_markdown(result)
+  if result.get("validation"):
+    v = result["validation"]
+    lines += ["", f"Validation ({v['num_queries']} queries no stage trained on or collected, "
+              f"{v['setting']}):", "", "| method | accuracy |", "|---|---|"]
+    lines += [f"| {label(m)} | {a:.3f} |" for m, a in v["methods"].items()]
+  if result.get("baselines"):
+    lines += ["", "| per-query selector | trained parameters | frozen encoder | what |",
+              "|---|---|---|---|"]
+    for name, b in result["baselines"].items():
+      c = b["capacity"]
+      lines.append(f"| {label(name)} | {c['trained_parameters']:,} | "
+                   f"{c['frozen_encoder_parameters']:,} | {c['what']} |")
+    lines.append(f"| QPO policy | {result['policy_trained_parameters']:,} | 0 | "
+                 "the whole prompt decision transformer |")
   lines += ["", "| stage | target calls | prompt tokens | generated tokens | wall time | "
             "peak memory |", "|---|---|---|---|---|---|"]
   for stage, u in result["cost"].items():
@@ -254,6 +440,35 @@ def to_markdown(result: dict[str, Any]) -> str:
                  f"{wall} | {memory} |")
   lines += ["", f"Best source prompt on train: {result['best_train_prompt']!r}"]
   return "\n".join(lines) + "\n"
+
+
+def _diagnostics_markdown(result: dict[str, Any]) -> list[str]:
+  if not result.get("routing"):
+    return []
+  pure = result["pure_threshold"]
+  lines = ["", f"Writing or routing? (label-forcing: purity >= {pure}, the share of a prompt's "
+           "most-predicted label)", "",
+           "| method | label-forcing prompts | target gives the prompt's majority label | "
+           "new texts | accuracy with a new / a pool prompt | new right where no source is | "
+           "new below every source's gold NLL |", "|---|---|---|---|---|---|---|"]
+  for method, r in result["routing"].items():
+    w = result["writing"].get(method, {})
+    lines.append(
+        f"| {label(method)} | {r['pure_fraction']:.2f} | {r['follows_majority']:.2f} | "
+        f"{_share(w.get('new_fraction'))} | {_share(w.get('accuracy_with_new'))} / "
+        f"{_share(w.get('accuracy_with_pool'))} | "
+        f"{_share(w.get('new_right_where_no_source_is'))} | "
+        f"{_share(w.get('new_below_every_source_nll'))} |")
+  for method, rows in result["new_prompt_examples"].items():
+    if rows:
+      lines += ["", f"{label(method)}: most used new prompts", "",
+                "| prompt | queries | accuracy | purity | majority |", "|---|---|---|---|---|"]
+      lines += [f"| {r['prompt']!r} | {r['queries']} | {r['accuracy']:.2f} | "
+                f"{_share(r.get('purity'))} | {r.get('majority', '-')} |" for r in rows]
+  lines += ["", "| source prompt | D_0 accuracy | purity | majority |", "|---|---|---|---|"]
+  lines += [f"| {r['prompt']!r} | {_share(r['d0_accuracy'])} | {r['purity']:.2f} | "
+            f"{r['majority']} |" for r in result["source_prompts"]]
+  return lines
 
 
 def plot(result: dict[str, Any], workdir: str) -> str:

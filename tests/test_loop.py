@@ -158,3 +158,46 @@ def test_quickstart_full(tmp_path):
   # +0.095 to +0.120 in the two before (see the config's docstring)
   assert got["qpo_loop_1"] - got["best_train_prompt"] >= 0.05
   assert result["cost"]["total"]["peak_memory_gb"] <= 4.0  # 3.8 measured (README)
+
+
+@pytest.mark.slow
+def test_exploring_collection_scores_new_prompts_on_shared_queries(tmp_path, tiny_run):
+  """loop.explore: only new, fluent prompts are scored, each on its own queries and on the
+  same D_0 queries; every outcome is kept; a rerun of the stage reuses its plan."""
+  config = _config("tiny.py")
+  config.loop.update(explore=True, new_prompts=5, prompt_queries=6)
+  config.sample.num_samples = 2
+  work = str(tmp_path / "explore")
+  loop.run_loop(config, work)
+  plan = json.load(open(os.path.join(work, "data", "loop_1.collect.json")))
+  info = plan["explore"]
+  assert info["sampled"] == 2 * len(plan["query_ids"])
+  d0, _ = dataset.read_dataset(os.path.join(work, "data", "loop_0"))
+  known = {r.prompt for r in d0}
+  kept = info["kept"]
+  assert 0 < len(kept) <= 5 and len({k["prompt"] for k in kept}) == len(kept)
+  assert all(k["prompt"] not in known and k["nll"] <= info["nll_limit"] for k in kept)
+  assert [k["critic"] for k in kept] == sorted((k["critic"] for k in kept), reverse=True)
+  shared = info["shared_queries"]
+  d0_queries = {r.query_id for r in d0}
+  assert len(shared) == 6 and set(shared) <= d0_queries
+  own = [plan["query_ids"][q] for k in kept for q in k["queries"]]
+  assert sorted(map(tuple, plan["pairs"])) == sorted(
+      [(u, k["prompt"]) for k, u in zip([k for k in kept for _ in k["queries"]], own)] +
+      [(u, k["prompt"]) for k in kept for u in shared])
+  d1, _ = dataset.read_dataset(os.path.join(work, "data", "loop_1"))
+  new = [r for r in d1 if r.loop == 1]
+  assert len(new) == len(plan["pairs"])  # failures kept too
+  assert {r.split for r in new if r.query_id in shared} == {"train"}
+  assert {r.split for r in new if r.query_id not in shared} <= {"collect"}
+  # a kept prompt's avg_acc is over all its queries, the same for each of its rows
+  for k in kept:
+    rows = [r for r in new if r.prompt == k["prompt"]]
+    assert len({r.avg_acc for r in rows}) == 1
+    assert rows[0].avg_acc == pytest.approx(np.mean([r.correct for r in rows]))
+  # the stage again, from its plan: the same records, no new target calls
+  import shutil
+  shutil.rmtree(os.path.join(work, "data", "loop_1"))
+  target = build_target(config.target)
+  again = loop.collect_round(config, work, 1, Killable(target, 0), loop.EvalCache.of_workdir(work))
+  assert again["count"] == len(d1)

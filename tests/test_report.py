@@ -71,3 +71,44 @@ def test_results_file_says_whether_qpo_is_query_dependent(tiny_run):
   assert all(x["uid"] and x["gold"] in ("Sports", "Food", "Weather", "Technology") for x in q)
   md = open(os.path.join(work, "eval", "results.md")).read()
   assert "| QPO - best source prompt, chosen on train |" in md and "| loop 2 |" in md
+
+
+@pytest.mark.slow  # the whole tiny run (session fixture)
+def test_results_file_tells_routing_from_writing(tiny_run):
+  """The selectors QPO is measured against, the purity table and the new-text share are in
+  the results, consistent with the per-query prompts they summarise."""
+  from qpo_jax import diagnostics
+  work, _ = tiny_run
+  saved = json.load(open(os.path.join(work, "eval", "results.json")))
+  methods = saved["methods"]
+  assert {"classifier_lookup", "reward_model_finetuned", "classifier_lookup_finetuned",
+          "oracle_impure"} <= set(methods)
+  assert methods["oracle_impure"]["zero_shot"] <= methods["oracle"]["zero_shot"]
+  for name in ("reward_model", "classifier_lookup", "reward_model_finetuned",
+               "classifier_lookup_finetuned"):
+    assert saved["baselines"][name]["capacity"]["trained_parameters"] > 0
+    c = saved[f"qpo_vs_{name}"]["zero_shot"]
+    assert c["low"] <= c["mean"] <= c["high"]
+  # the fine-tuned selectors train the backbone QPO trains (less its untied LM head)
+  tuned = saved["baselines"]["reward_model_finetuned"]["capacity"]["trained_parameters"]
+  assert tuned > saved["baselines"]["reward_model"]["capacity"]["trained_parameters"]
+  assert tuned >= saved["policy_trained_parameters"] / 2
+  sources = [row["prompt"] for row in saved["source_prompts"]]
+  assert len(sources) == saved["num_source_prompts"]
+  purity = {row["prompt"]: row["purity"] for row in saved["source_prompts"]}
+  assert all(0 < v <= 1 for v in purity.values())
+  for t, prompts in saved["qpo_prompts"].items():
+    w = saved["writing"][f"qpo_loop_{t}"]
+    assert w["new_fraction"] == pytest.approx(
+        np.mean([diagnostics.is_new_text(p, sources) for p in prompts]))
+    r = saved["routing"][f"qpo_loop_{t}"]
+    pure = [purity[p] >= saved["pure_threshold"] for p in prompts if p in purity]
+    if r["measured"] == 1.0 and len(pure) == len(prompts):
+      assert r["pure_fraction"] == pytest.approx(np.mean(pure))
+  v = saved["validation"]
+  assert v["num_queries"] > 0 and {"best_train_prompt", "qpo_loop_1", "qpo_loop_2"} <= set(
+      v["methods"])
+  test_uids = {q["uid"] for q in saved["queries"]}
+  assert saved["split"] == "test" and test_uids  # validation queries are another split
+  md = open(os.path.join(work, "eval", "results.md")).read()
+  assert "classifier, then the class's best D_0 prompt" in md and "purity" in md

@@ -124,7 +124,7 @@ def init_policy(cfg: ModelConfig, rng: jax.Array, backbone_params: Any | None = 
     return _fresh_policy(cfg, rng, query_len, prompt_len, False)
   shapes = jax.eval_shape(lambda r: _fresh_policy(cfg, r, query_len, prompt_len, False), rng)
   params = _fresh_policy(cfg, rng, query_len, prompt_len, True)
-  backbone = _with_pretrained(shapes["backbone"], params["backbone"], backbone_params)
+  backbone = with_pretrained(shapes["backbone"], params["backbone"], backbone_params)
   return _at_embedding_scale({**params, "backbone": backbone})
 
 
@@ -140,10 +140,15 @@ def _fresh_policy(cfg: ModelConfig, rng: jax.Array, query_len: int, prompt_len: 
       rng, jnp.zeros((1,)), jnp.zeros((1, query_len), jnp.int32), jnp.ones((1, query_len), bool),
       jnp.zeros((1, prompt_len), jnp.int32), jnp.ones((1, prompt_len), bool))["params"]
   if adapters_only:
-    flat = flax.traverse_util.flatten_dict(params["backbone"], sep="/")
-    params = {**params, "backbone": flax.traverse_util.unflatten_dict(
-        {k: v for k, v in flat.items() if "_lora/" in k}, sep="/")}
+    params = {**params, "backbone": lora_leaves(params["backbone"])}
   return params
+
+
+def lora_leaves(backbone: Any) -> Any:
+  """The LoRA adapters of a backbone's parameter tree, alone."""
+  flat = flax.traverse_util.flatten_dict(backbone, sep="/")
+  return flax.traverse_util.unflatten_dict({k: v for k, v in flat.items() if "_lora/" in k},
+                                           sep="/")
 
 
 def _at_embedding_scale(params: Any) -> Any:
@@ -163,7 +168,7 @@ def _at_embedding_scale(params: Any) -> Any:
   return {**params, "input_norm": norm, "return_embed": ret}
 
 
-def _with_pretrained(shapes: Any, adapters: Any, pretrained: Any) -> Any:
+def with_pretrained(shapes: Any, adapters: Any, pretrained: Any) -> Any:
   """The backbone tree `shapes` describes: pretrained leaves, fresh LoRA `adapters`."""
   flat = flax.traverse_util.flatten_dict(pretrained, sep="/")
   fresh = flax.traverse_util.flatten_dict(adapters, sep="/") if adapters else {}

@@ -58,14 +58,29 @@ def make_optimizer(tc: Mapping[str, Any], steps_per_epoch: int, params: Any
                    optax.adamw(schedule, weight_decay=float(tc["weight_decay"])))
   if tc["freeze_backbone"] or _has_lora(params):
     # the backbone's pretrained weights stay fixed; heads and LoRA adapters train
-    labels = jax.tree_util.tree_map_with_path(
-        lambda path, _: "frozen" if (sharding.path_str(path).startswith("backbone/") and
-                                     "_lora/" not in sharding.path_str(path)) else "train",
-        params)
+    labels = jax.tree_util.tree_map(lambda t: "train" if t else "frozen",
+                                    _trainable(params, bool(tc["freeze_backbone"])))
     tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
   if int(tc["grad_accum"]) > 1:
     tx = optax.MultiSteps(tx, int(tc["grad_accum"]))
   return tx
+
+
+def _trainable(params: Any, freeze_backbone: bool) -> Any:
+  """A tree of bools: which parameters a round trains (with a frozen backbone or LoRA
+  adapters, the heads and adapters only)."""
+  frozen = freeze_backbone or _has_lora(params)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: not (frozen and sharding.path_str(path).startswith("backbone/") and
+                           "_lora/" not in sharding.path_str(path)), params)
+
+
+def trained_parameters(params: Any, freeze_backbone: bool) -> int:
+  """How many parameters a round trains (the report sets baselines' capacity beside it)."""
+  return int(sum(x.size for x, t in zip(jax.tree_util.tree_leaves(params),
+                                        jax.tree_util.tree_leaves(_trainable(params,
+                                                                             freeze_backbone)))
+                 if t))
 
 
 def _has_lora(params: Any) -> bool:
