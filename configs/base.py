@@ -136,7 +136,9 @@ def get_config() -> ml_collections.ConfigDict:
       explore=False,
       new_prompts=32,  # explore: new prompts scored per loop
       prompt_queries=64,  # explore: D_0 queries every kept prompt is scored on
-      junk_quantile=0.9)  # explore: most NLL a candidate may have, as a quantile of the sources
+      junk_quantile=0.9,  # explore: most NLL a candidate may have, as a quantile of the sources
+      rewrite_sources=8,  # explore: D_{t-1}'s most accurate prompts the policy's LM rewrites
+      rewrites=6)  # explore: rewrites sampled per such prompt
 
   c.eval = dict(
       split="test",  # the split the final table scores ("validation": choosing settings)

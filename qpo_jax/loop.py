@@ -55,6 +55,7 @@ POSITIVE = ("data.num_demo_sets", "data.num_demos", "data.prompts_per_chunk",
             "eval.num_demo_sets", "eval.num_demos", "eval.max_new_tokens",
             "eval_prompts.num_queries")
 NON_NEGATIVE = ("data.num_queries", "data.prompts_per_query", "train.finetune_epochs",
+                "loop.rewrite_sources", "loop.rewrites",
                 "eval.validation_queries", "eval.purity_queries", "eval.best_of_n",
                 "train.finetune_lr", "train.warmup_steps", "train.weight_decay")
 
@@ -253,9 +254,12 @@ def collect_round(config: ml_collections.ConfigDict, workdir: str, t: int, targe
       pairs, plan["explore"] = explore.plan(
           samples=samples, queries=queries, dataset_records=old,
           source_prompts=[p for _, p in prompts_lib.source_prompts(config, task)],
-          lm=load_model(config.policy), train=splits["train"], new_prompts=c.new_prompts,
-          prompt_queries=c.prompt_queries, junk_quantile=c.junk_quantile,
-          seed=config.seed + 1000 * t, max_words=config.task.max_words)
+          lm=load_model({**config.policy, "lora_rank": 0}), train=splits["train"],
+          new_prompts=c.new_prompts, prompt_queries=c.prompt_queries,
+          junk_quantile=c.junk_quantile, seed=config.seed + 1000 * t,
+          max_words=config.task.max_words, task_description=task.manual_prompt,
+          rewrite_sources=c.rewrite_sources, rewrites_per_prompt=c.rewrites,
+          max_prompt_tokens=config.train.prompt_len - 1)
       plan["pairs"] = [[ex.uid, p] for ex, p in pairs]
     atomic_write_text(plan_path, json.dumps(plan))
   setting = list(config.data.settings)[0]  # collection rewards use the run's first setting
