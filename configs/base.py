@@ -150,7 +150,8 @@ def get_config() -> ml_collections.ConfigDict:
       validation_queries=100,  # QPO of every loop on this many validation queries (0: none)
       purity_queries=40,  # label purity of a prompt not in D_0: over this many D_0 queries
       finetuned_baselines=True,  # also the selectors with their encoder fine-tuned as QPO's
-      best_of_n=0)  # >0: also the critic's pick of the last policy's greedy + N sampled prompts
+      best_of_n=0,  # >0: also the critic's pick of the last policy's greedy + N sampled prompts
+      returns=(0.0, 50.0))  # the last policy's greedy prompts also at these R* (is R* used?)
 
   c.eval_prompts = dict(  # --mode=evaluate_prompts
       split="test",  # split to score on

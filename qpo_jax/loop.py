@@ -123,6 +123,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if spec["kind"] == "files" and not os.path.isdir(os.path.expanduser(spec.get("dir") or "")):
     raise ValueError(f"task.data.dir={spec.get('dir') or ''!r} is not a directory (task "
                      f"{task.name!r} reads files from it)")
+  if not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in config.eval.returns):
+    raise ValueError(f"eval.returns={tuple(config.eval.returns)!r} must be numbers (R* values)")
   if config.eval.split not in ("test", "validation"):
     raise ValueError(f"eval.split={config.eval.split!r} must be 'test' or 'validation'")
   for s in list(config.data.settings) + list(config.eval.settings):

@@ -234,6 +234,10 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str, target:
     qpo_prompts[BEST_OF_N] = [_critic_pick(critic, q, [g] + d) for q, g, d in zip(
         texts, qpo_prompts[qpo_id(num_loops)], drawn)]
     del critic
+  # does R* steer the policy? the last policy's greedy prompts at other returns
+  return_prompts = {float(r): [p[0] for p in sampler(texts, collect=False, seed=config.seed,
+                                                     target_return=float(r))]
+                    for r in e.returns}
   trained = train_step.trained_parameters(sampler.params, config.train.freeze_backbone)
   del sampler
   prompt_embeddings = embed(candidate_texts)
@@ -257,6 +261,7 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str, target:
   calls_per_pair = {}  # target calls for one (query, prompt): the demo sets in few-shot
   per_query: dict[str, dict[str, list[float]]] = {}
   diag: dict[str, Any] = {}
+  returns: dict[str, Any] = {}
   for setting in e.settings:
     demos = task_base.demo_sets(splits["train"], e.num_demo_sets, e.num_demos,
                                 seed=config.seed + 11, max_words=config.task.max_words) \
@@ -289,6 +294,15 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str, target:
       pool_nll = _gold_choice_nll(grid).reshape(len(prompts), len(queries))[cand_rows]
       diag = _diagnostics(task, purity, candidate_texts, cands, d0, chosen, grid_pred, row,
                           qpo_prompts, qpo_outs, acc[cand_rows], pool_nll)
+    if setting == e.settings[0] and return_prompts:
+      base = qpo_prompts[qpo_id(num_loops)]
+      returns = {"target_return": float(config.sample.target_return), "setting": setting,
+                 "by_return": {str(r): {
+                     "same_prompt": float(np.mean([a == b for a, b in zip(ps, base)])),
+                     "accuracy": float(_correct(_outcomes(task, target, cache,
+                                                          list(zip(queries, ps)), setting,
+                                                          demos, e.max_new_tokens)).mean()),
+                     "prompts": ps} for r, ps in return_prompts.items()}}
     for method, v in vectors.items():
       methods[method][setting] = float(v.mean())
     last = vectors[qpo_id(num_loops)]
@@ -313,6 +327,7 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str, target:
       **diag,
       "validation": _validation(config, task, target, cache, splits["train"], validation,
                                 validation_prompts, best_train) if validation else None,
+      "return_sensitivity": returns,
       "calls_per_pair": calls_per_pair,
       "qpo_prompts": {str(t): qpo_prompts[qpo_id(t)] for t in range(1, num_loops + 1)},
       **({"best_of_n": e.best_of_n, "best_of_n_critic": critic_fit,
@@ -422,6 +437,13 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines += ["", f"Validation ({v['num_queries']} queries no stage trained on or collected, "
               f"{v['setting']}):", "", "| method | accuracy |", "|---|---|"]
     lines += [f"| {label(m)} | {a:.3f} |" for m, a in v["methods"].items()]
+  if result.get("return_sensitivity"):
+    r = result["return_sensitivity"]
+    lines += ["", f"Does the return steer the last policy? Its greedy prompts at other R* "
+              f"({r['setting']}):", "", f"| R* | same prompt as at R* = {r['target_return']:g} "
+              "| accuracy |", "|---|---|---|"]
+    lines += [f"| {float(k):g} | {b['same_prompt']:.2f} | {b['accuracy']:.3f} |"
+              for k, b in r["by_return"].items()]
   if result.get("baselines"):
     lines += ["", "| per-query selector | trained parameters | frozen encoder | what |",
               "|---|---|---|---|"]

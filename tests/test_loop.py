@@ -103,6 +103,9 @@ def _main(*args, workdir, one_device=False):
     ("--config.data.prompts_per_chunk=0", "data.prompts_per_chunk=0 must be a positive number"),
     ("--config.data.top_fraction=1.5", "data.top_fraction=1.5 must be in (0, 1]"),
     ("--config.data.rank_by=nll", "data.rank_by='nll' must be one of"),
+    ("--config.eval.split=train", "eval.split='train' must be 'test' or 'validation'"),
+    ("--config.loop.junk_quantile=0", "loop.junk_quantile=0.0 must be in (0, 1]"),
+    ("--config.loop.rewrites=-1", "loop.rewrites=-1 must be"),
     ("--config.policy.name=hf", "policy: model 'hf': set `path` to the checkpoint directory"),
     ("--config.task.name=gsm8k --config.task.data.kind=files", "task.data.dir='' is not a directory"),
     ("--config.train.prompt_len=12", "train.prompt_len=12 cannot hold the source prompt 'What is "

@@ -112,3 +112,18 @@ def test_results_file_tells_routing_from_writing(tiny_run):
   assert saved["split"] == "test" and test_uids  # validation queries are another split
   md = open(os.path.join(work, "eval", "results.md")).read()
   assert "classifier, then the class's best D_0 prompt" in md and "purity" in md
+
+
+@pytest.mark.slow  # the whole tiny run (session fixture)
+def test_results_say_whether_the_return_steers_the_policy(tiny_run):
+  work, _ = tiny_run
+  saved = json.load(open(os.path.join(work, "eval", "results.json")))
+  r = saved["return_sensitivity"]
+  assert r["target_return"] == 100.0 and set(r["by_return"]) == {"0.0", "50.0"}
+  last = saved["qpo_prompts"][str(max(map(int, saved["qpo_prompts"])))]
+  for b in r["by_return"].values():
+    assert len(b["prompts"]) == len(last)
+    assert b["same_prompt"] == pytest.approx(np.mean([p == q for p, q in zip(b["prompts"], last)]))
+    assert 0 <= b["accuracy"] <= 1
+  assert "Does the return steer the last policy?" in open(
+      os.path.join(work, "eval", "results.md")).read()

@@ -106,8 +106,10 @@ class PromptSampler:
   round: int
 
   def __call__(self, queries: Sequence[str], *, collect: bool, seed: int,
-               num_samples: int | None = None, first_index: int = 0) -> list[list[str]]:
-    """Greedy prompts (test) or the collection sampler's `num_samples` per query.
+               num_samples: int | None = None, first_index: int = 0,
+               target_return: float | None = None) -> list[list[str]]:
+    """Greedy prompts (test) or the collection sampler's `num_samples` per query, at R* =
+    `target_return` (default: the config's `sample.target_return`).
 
     Over several processes each samples its share of the queries on its own
     devices and the prompts are gathered (a query's prompts depend only on its
@@ -119,7 +121,8 @@ class PromptSampler:
     mine = distributed.share(len(queries))
     local = sampling.sample_prompts(
         self.cfg, self.params, self.tokenizer, list(queries)[mine.start:mine.stop],
-        target_return=sc.target_return, query_len=self.query_len, prompt_len=self.prompt_len,
+        target_return=sc.target_return if target_return is None else target_return,
+        query_len=self.query_len, prompt_len=self.prompt_len,
         seed=seed, num_samples=n, batch_size=sc.batch_size, first_index=first_index + mine.start,
         **knobs)
     return distributed.allgather(local)
