@@ -141,6 +141,8 @@ def plan(*, samples: Sequence[Sequence[str]], queries: Sequence[Example],
                        rewrites_per_prompt, max_tokens=max_prompt_tokens, seed=seed) \
       if rewrite_sources and rewrites_per_prompt else []
   found = candidates(samples, known, rewritten)
+  in_d0 = {r.query_id or r.query for r in dataset_records if r.loop == 0}
+  d0_train = [ex for ex in train if ex.uid in in_d0 or ex.query in in_d0]  # D_0's queries
   texts = list(found)
   nll = prompt_nll(lm, texts) if texts else np.zeros(0)
   source_nll = prompt_nll(lm, [p for p in source_prompts if p.strip()])
@@ -150,9 +152,7 @@ def plan(*, samples: Sequence[Sequence[str]], queries: Sequence[Example],
   if fluent:
     critic = RewardModel(TextEmbedder(lm), seed=seed)
     critic.fit(dataset_records)
-    in_d0 = {r.query_id or r.query for r in dataset_records if r.loop == 0}
-    probe = sample_queries([ex for ex in train if ex.uid in in_d0 or ex.query in in_d0],
-                           prompt_queries, seed=seed + 1, max_words=max_words)
+    probe = sample_queries(d0_train, prompt_queries, seed=seed + 1, max_words=max_words)
     # every candidate is judged on the same D_0 queries and on its own (a rewrite has none)
     flat = [(i, queries[q].query) for i in fluent for q in found[texts[i]]]
     flat += [(i, ex.query) for i in fluent for ex in probe]
@@ -164,9 +164,8 @@ def plan(*, samples: Sequence[Sequence[str]], queries: Sequence[Example],
     order = sorted(range(len(fluent)), key=lambda j: (-logits[j], fluent[j]))[:new_prompts]
     kept = [Candidate(texts[fluent[j]], tuple(found[texts[fluent[j]]]), float(nll[fluent[j]]),
                       logits[j]) for j in order]
-  in_d0 = {r.query_id or r.query for r in dataset_records if r.loop == 0}
-  shared = sample_queries([ex for ex in train if ex.uid in in_d0 or ex.query in in_d0],
-                          prompt_queries, seed=seed, max_words=max_words) if kept else []
+  shared = sample_queries(d0_train, prompt_queries, seed=seed, max_words=max_words) \
+      if kept else []
   pairs = [(queries[q], c.prompt) for c in kept for q in c.queries]
   pairs += [(ex, c.prompt) for c in kept for ex in shared]
   info = {"sampled": sum(len(s) for s in samples), "rewrites": len(rewritten),
