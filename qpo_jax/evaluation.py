@@ -29,7 +29,7 @@ from qpo_jax.eval_cache import EvalCache, cache_key
 from qpo_jax.rewards import Outcome
 from qpo_jax.tasks.base import CHOICE, Example, Task, demos_id, extract_answer, numbers_equal
 from qpo_jax.utils import progress_bar
-from qpo_jax.targets import Target
+from qpo_jax.targets import Target, TargetError
 
 ZERO_SHOT, FEW_SHOT = "zero_shot", "few_shot"
 SETTINGS = (ZERO_SHOT, FEW_SHOT)
@@ -121,11 +121,34 @@ def _run_missing(work: _Pairs, target: Target, calls: Sequence[_Call], cache: Ev
       generated = sum(g.generated_tokens for g in gens)
     gathered = distributed.allgather([[local, int(prompt_tokens), int(generated)]])
     results = [r for share, _, _ in gathered for r in share]
+    _check_results(work, target, part, results)
     cache.put_many({c.key: r for c, r in zip(part, results)}, target.identity, len(part),
                    sum(g[1] for g in gathered), sum(g[2] for g in gathered))
     bar.update(len(part))
     logging.debug("evaluated %d/%d new target calls", start + len(part), len(calls))
   bar.close()
+
+
+def _check_results(work: _Pairs, target: Target, calls: Sequence[_Call],
+                   results: Sequence[dict[str, Any]]) -> None:
+  """Raises TargetError, naming the target and the pair, on a result that is not an answer:
+  a wrong number of option NLLs or a non-finite NLL. Nothing of the chunk is cached, so no
+  such value reaches a dataset, the cache or a reward normaliser."""
+  if len(results) != len(calls):
+    raise TargetError(f"target {target.identity} returned {len(results)} results for "
+                      f"{len(calls)} calls")
+  for c, r in zip(calls, results):
+    text, options = work.render(c.pair, c.demo_set)
+    nll = np.asarray(r["nll"], np.float64).reshape(-1)
+    problem = ""
+    if work.task.kind == CHOICE and len(nll) != len(options):
+      problem = f"{len(nll)} option NLLs for {len(options)} options"
+    elif not np.isfinite(nll).all():
+      problem = f"a non-finite NLL ({r['nll']})"
+    if problem:
+      raise TargetError(f"target {target.identity} gave {problem} for the pair (query "
+                        f"{work.pairs[c.pair][0].uid}, prompt {work.pairs[c.pair][1]!r}): "
+                        f"{text[:300]!r}" + (f" with options {list(options)}" if options else ""))
 
 
 def _outcome(task: Task, ex: Example, raw: dict[str, Any]) -> Outcome:

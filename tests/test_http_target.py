@@ -1,12 +1,16 @@
 """The HTTP backend against the project's own OpenAI-compatible server on loopback."""
 
+import http.server
 import json
+import socket
+import threading
 import urllib.request
 
 import numpy as np
 import pytest
 
 from qpo_jax import evaluation
+from qpo_jax.eval_cache import EvalCache
 from qpo_jax.models.registry import load_model
 from qpo_jax.targets import HttpTarget, LocalTarget, TargetError
 from qpo_jax.targets.server import ModelServer, make_server, serve_in_thread
@@ -122,3 +126,98 @@ def test_server_speaks_the_openai_format(server):
   with pytest.raises(urllib.error.HTTPError) as err:
     urllib.request.urlopen(req)
   assert err.value.code == 400
+
+
+class _Scripted(http.server.BaseHTTPRequestHandler):
+  """An OpenAI-compatible completions endpoint that misbehaves as `script` says, one
+  entry per request: "ok", "not_json", "no_choices", "drop" (closes without answering) or
+  "nan" (NaN logprobs). Every option's mean NLL is 0.5 when it answers."""
+
+  script: list = []
+  seen: list = []
+
+  def do_POST(self):  # noqa: N802
+    body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    what = self.script.pop(0) if self.script else "ok"
+    self.seen.append(what)
+    if what == "drop":
+      self.close_connection = True
+      self.connection.shutdown(socket.SHUT_RDWR)
+      return
+    value = float("nan") if what == "nan" else -0.5
+    choices = [{"index": i, "text": p, "logprobs": {
+        "token_logprobs": [None] + [value] * (len(p) - 1), "text_offset": list(range(len(p)))}}
+        for i, p in enumerate(body["prompt"])]
+    reply = {"not_json": b"<html>502 Bad Gateway</html>",
+             "no_choices": json.dumps({"error": "overloaded"}).encode()}.get(
+                 what, json.dumps({"choices": choices, "usage": {"prompt_tokens": 3}}).encode())
+    self.send_response(200)
+    self.send_header("Content-Type", "application/json")
+    self.send_header("Content-Length", str(len(reply)))
+    self.end_headers()
+    self.wfile.write(reply)
+
+  def log_message(self, *args):
+    pass
+
+
+@pytest.fixture()
+def scripted():
+  srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
+  threading.Thread(target=srv.serve_forever, daemon=True).start()
+  _Scripted.script, _Scripted.seen = [], []
+  yield srv
+  srv.shutdown()
+
+
+def _scripted_client(srv, retries):
+  return HttpTarget(f"http://127.0.0.1:{srv.server_address[1]}/v1", "m", max_retries=retries,
+                    backoff_s=0.01, timeout_s=5.0)
+
+
+@pytest.mark.parametrize("fault,message", [
+    ("not_json", r"the response is not JSON .*502 Bad Gateway"),
+    ("no_choices", r"the response lacks what an OpenAI-compatible server sends \(KeyError: 'choices'\)"),
+    ("drop", r"the connection was dropped \(RemoteDisconnected"),
+])
+def test_malformed_responses_are_retried_then_named(scripted, fault, message):
+  client = _scripted_client(scripted, retries=2)
+  _Scripted.script = [fault, fault]
+  nll, _ = client.score_options(["News: x\nTopic:"], [["a", "b"]])  # the third try answers
+  np.testing.assert_allclose(nll, [[0.5, 0.5]])
+  assert _Scripted.seen == [fault, fault, "ok"]
+  _Scripted.script = [fault] * 3
+  url = f"http://127.0.0.1:{scripted.server_address[1]}/v1/completions"
+  with pytest.raises(TargetError, match=f"POST {url}: {message}.*\\(3 attempts\\)"):
+    client.score_options(["News: x\nTopic:"], [["a", "b"]])
+
+
+def test_non_finite_answers_never_reach_the_cache(scripted, tmp_path):
+  """A NaN log-probability from a server stops the stage with the URL and the pair; the
+  chunk is not cached, so a rerun asks again."""
+  task, rows = _rows(3)
+  cache = EvalCache(str(tmp_path / "cache.sqlite"))
+  client = _scripted_client(scripted, retries=0)
+  _Scripted.script = ["ok", "nan", "ok"]
+  with pytest.raises(TargetError, match=rf"target http:http://127.0.0.1:{scripted.server_address[1]}"
+                     r"/v1:m:completions gave a non-finite NLL \(\[nan, nan, nan, nan\]\) for "
+                     r"the pair \(query all:\d, prompt 'Which topic\?'\)"):
+    evaluation.evaluate_pairs(task, client, [(ex, "Which topic?") for ex in rows], cache=cache,
+                              chunk=8)
+  assert cache.get_many([]) == {} and sum(u["calls"] for u in cache.usage().values()) == 0
+  outs = evaluation.evaluate_pairs(task, client, [(ex, "Which topic?") for ex in rows],
+                                   cache=cache, chunk=8)  # the server behaves now
+  assert [o.option_nll for o in outs] == [(0.5,) * 4] * 3
+
+
+def test_wrong_option_count_is_named():
+  class Short:
+    identity = "short-target"
+
+    def score_options(self, texts, options):
+      return np.zeros((len(texts), 1)), 0
+
+  task, rows = _rows(2)
+  with pytest.raises(TargetError, match=r"target short-target gave 1 option NLLs for 4 options "
+                     r"for the pair \(query all:0, prompt 'p'\)"):
+    evaluation.evaluate_pairs(task, Short(), [(rows[0], "p")])
