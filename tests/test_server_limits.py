@@ -134,6 +134,9 @@ def test_bad_content_length_and_unknown_route(server):
           + b"\r\nContent-Length: twelve\r\n\r\n{}")
   answer = _raw(server, head)
   assert answer.startswith(b"HTTP/1.1 400") and b"numeric Content-Length" in answer
+  for length in ("\u00b2", "1\u00b3", "-5", "1e3"):  # headers are Latin-1; '²'.isdigit() is true
+    answer = _raw(server, head.replace(b"twelve", length.encode("latin-1")))
+    assert answer.startswith(b"HTTP/1.1 400") and b"numeric Content-Length" in answer, length
   status, out = _post(server, "/v1/nothing", {"prompt": "x"})
   assert status == 404 and "no route" in out["error"]["message"]
   _alive(server)
@@ -222,7 +225,8 @@ def test_generation_stops_when_the_client_goes_away(lm, monkeypatch):
 
 
 def test_bounded_load_mixing_good_oversized_and_malformed(server):
-  """6 clients x 5 requests at once; each good one gets the serial answer, each bad one a 4xx."""
+  """20 clients x 5 requests, all connecting at once; each good one gets the serial answer
+  (no connection refused or reset: the listen backlog holds them), each bad one a 4xx."""
   prompts = ["The capital of France is", "One, two,", "Hello", "Tweet: I love it"]
   expected = {}
   for p in prompts:  # the answers one client alone gets
@@ -232,8 +236,11 @@ def test_bounded_load_mixing_good_oversized_and_malformed(server):
   bad = [(b"[1]", 400), (json.dumps({"prompt": "x", "max_tokens": 10**9}).encode(), 400),
          (b"{" * 30_000, 413), (b"{oops", 400)]
 
+  start = threading.Barrier(20)
+
   def client(i):
     results = []
+    start.wait()
     for j in range(5):
       if (i + j) % 2 == 0:
         p = prompts[(i + j) % len(prompts)]
@@ -245,8 +252,8 @@ def test_bounded_load_mixing_good_oversized_and_malformed(server):
         results.append(status == code and out["error"]["code"] == code)
     return results
 
-  with concurrent.futures.ThreadPoolExecutor(6) as pool:
-    outcomes = [r for rs in pool.map(client, range(6), timeout=300) for r in rs]
-  assert len(outcomes) == 30 and all(outcomes), outcomes
+  with concurrent.futures.ThreadPoolExecutor(20) as pool:
+    outcomes = [r for rs in pool.map(client, range(20), timeout=300) for r in rs]
+  assert len(outcomes) == 100 and all(outcomes), outcomes
   _alive(server)
   assert threading.active_count() < 50  # no thread left behind per request

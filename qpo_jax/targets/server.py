@@ -328,7 +328,7 @@ def make_server(model: Any, host: str = "127.0.0.1", port: int = 0,
 
     def _body(self) -> dict[str, Any]:
       length = self.headers.get("Content-Length")
-      if length is None or not length.strip().isdigit():
+      if length is None or not (length.strip().isascii() and length.strip().isdigit()):
         self.close_connection = True
         raise RequestError(411 if length is None else 400,
                            "a numeric Content-Length header is required")
@@ -371,8 +371,13 @@ def make_server(model: Any, host: str = "127.0.0.1", port: int = 0,
         logging.exception("serve-target: request failed")
         self._error(500, f"internal error: {type(e).__name__}")
 
-  server = http.server.ThreadingHTTPServer((host, port), Handler)
-  server.daemon_threads = True
+  class Server(http.server.ThreadingHTTPServer):
+    # clients that connect at once wait in the kernel's queue (a thread serves each
+    # connection, one model call at a time) instead of being reset at the default 5
+    request_queue_size = socket.SOMAXCONN
+    daemon_threads = True
+
+  server = Server((host, port), Handler)
 
   def inject_faults(*codes: int):
     with faults_lock:
