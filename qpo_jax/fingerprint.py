@@ -30,7 +30,7 @@ from qpo_jax.utils import atomic_write_text, read_json
 
 NEUTRAL = frozenset({
     "target.batch_size", "target.length_multiple", "target.concurrency", "target.max_retries",
-    "target.timeout_s", "target.api_key_env",
+    "target.timeout_s", "target.backoff_s", "target.api_key_env",
     "data.inspect", "data.records_per_shard", "data.prompts_per_chunk",
     "progress", "train.log_every", "train.checkpoint_every", "train.round",
     "sample.batch_size", "loop.num_loops", "loop.final_collection", "policy.remat"})

@@ -33,6 +33,8 @@ def test_stage_fields_leave_out_what_cannot_change_a_result():
   for fields in (d0, r1, r2, fingerprint.stage_fields(c, "collect", 2)):
     assert not set(fields) & fingerprint.NEUTRAL
   assert "loop.num_loops" not in fingerprint.stage_fields(c, "collect", 2)  # more loops extend
+  for retry in ("concurrency", "max_retries", "timeout_s", "backoff_s"):  # HTTP retries, all
+    assert f"target.{retry}" not in d0 and f"target.{retry}" in fingerprint.NEUTRAL
 
 
 @pytest.fixture()

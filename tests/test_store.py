@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import math
 import os
 
@@ -406,3 +407,18 @@ def test_random_access_reads_check_records(tmp_path):
   open(path, "wb").write(bytes(blob[:offsets[4] + 6]))
   with pytest.raises(tfrecord.CorruptRecordError, match=r"record 4 at byte \d+ is truncated"):
     dataset.RecordIndex(d)
+
+
+@pytest.mark.parametrize("label,want", [(2, 2), (2.0, 2), ("2", 2), (" 3 ", 3)])
+def test_import_label_forms_accepted(label, want):
+  assert importers._label(label, ("a", "b", "c", "d")) == want
+
+
+@pytest.mark.parametrize("label,reason", [
+    (1.5, "not a whole number"), ("1.5", "a string label must be decimal digits"),
+    ("2.0", "a string label must be decimal digits"), ("two", "decimal digits"),
+    ("\u00b2", "decimal digits"), (True, "not a number"), (None, "not a number"),
+    ("-1", "decimal digits"), ("9", "not one of the task's 4 options")])
+def test_import_label_forms_rejected(label, reason):
+  with pytest.raises(ValueError, match=re.escape(reason)):
+    importers._label(label, ("a", "b", "c", "d"))

@@ -9,7 +9,8 @@
 * InstructEval-style prompt collections: <root>/<source>[/<model>]/<task>.yaml.
 
 Every field is checked against the task: texts are non-empty strings, labels
-whole numbers that index the task's options, accuracies in 0..1, NLLs finite
+whole numbers that index the task's options (2, 2.0 or the digit string "2";
+not 1.5, "1.5", "2.0" or "two"), accuracies in 0..1, NLLs finite
 and >= 0. A bad row is skipped and reported with its file and index; if more
 than `max_bad_fraction` (default 1%) of a file's rows are bad, the import fails,
 since a systematic fault would otherwise become the normaliser's min or max.
@@ -92,6 +93,13 @@ def _text(value: Any, what: str, empty_ok: bool = False) -> str:
 
 
 def _label(value: Any, verbalizers: Sequence[str]) -> int:
+  """A JSON number that is whole (2, 2.0) or a string of decimal digits ("2",
+  as CSV-born files write them); 1.5, "1.5", "2.0", "two", true and null are rejected."""
+  if isinstance(value, str):
+    if not (value.strip().isascii() and value.strip().isdigit()):
+      raise ValueError(f"label is {value!r}, not a whole number (a string label must be "
+                       "decimal digits)")
+    value = int(value)
   x = _number(value, "label")
   if not x.is_integer():
     raise ValueError(f"label is {value!r}, not a whole number")
