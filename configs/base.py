@@ -131,14 +131,18 @@ def get_config() -> ml_collections.ConfigDict:
       # collect after the last round too: its records train nothing, but its accuracy is a
       # collect-split check of the final policy (a run extended by more loops collects it then)
       final_collection=True,
-      # explore (explore.py): the sampled prompts are candidates; repeats and junk are dropped,
-      # a critic keeps the best `new_prompts`, each scored on `prompt_queries` D_0 queries too
+      # explore (explore.py): every distinct sampled prompt is scored on its query; new texts
+      # (samples, rewrites and edits of the parents) are screened, the best kept and scored on
+      # shared D_0 queries
       explore=False,
-      new_prompts=32,  # explore: new prompts scored per loop
-      prompt_queries=64,  # explore: D_0 queries every kept prompt is scored on
+      parents=8,  # explore: the prompts the expert filter keeps most, rewritten and edited
+      rewrites=6,  # explore: rewrites sampled per parent by the policy's pretrained LM
+      edits=64,  # explore: phrase edits of the parents (swap, delete, add, cross over)
       junk_quantile=0.9,  # explore: most NLL a candidate may have, as a quantile of the sources
-      rewrite_sources=8,  # explore: D_{t-1}'s most accurate prompts the policy's LM rewrites
-      rewrites=6)  # explore: rewrites sampled per such prompt
+      max_screen=96,  # explore: most candidates screened (the critic picks them when more)
+      screen_queries=32,  # explore: D_0 queries every screened candidate is scored on
+      new_prompts=24,  # explore: screened prompts kept and scored on all `prompt_queries`
+      prompt_queries=64)  # explore: D_0 queries every kept prompt is scored on
 
   c.eval = dict(
       split="test",  # the split the final table scores ("validation": choosing settings)

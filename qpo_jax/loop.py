@@ -21,6 +21,7 @@ Kill the process anywhere and rerun the same command: it continues where it stop
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -30,7 +31,7 @@ from typing import Any
 from absl import logging
 import ml_collections
 
-from qpo_jax import evaluation, explore, report, rewards
+from qpo_jax import config_rules, evaluation, explore, report, rewards
 from qpo_jax import prompts as prompts_lib
 from qpo_jax.eval_cache import EvalCache, total_usage
 from qpo_jax.models.registry import LOADERS, load_model, load_tokenizer
@@ -44,20 +45,6 @@ from qpo_jax.tasks.paper import svamp_fold_queries
 from qpo_jax.tasks.sources import read_json_list
 from qpo_jax.utils import atomic_write_text, peak_memory_gb
 from qpo_jax.workdir import Workdir
-
-
-POSITIVE = ("data.num_demo_sets", "data.num_demos", "data.prompts_per_chunk",
-            "data.records_per_shard", "data.max_new_tokens", "target.batch_size",
-            "train.batch_size", "train.grad_accum", "train.epochs", "train.query_len",
-            "train.prompt_len", "train.learning_rate", "sample.num_samples", "sample.batch_size",
-            "loop.collect_batches", "loop.collect_queries", "loop.new_prompts",
-            "loop.prompt_queries", "eval.num_queries",
-            "eval.num_demo_sets", "eval.num_demos", "eval.max_new_tokens",
-            "eval_prompts.num_queries")
-NON_NEGATIVE = ("data.num_queries", "data.prompts_per_query", "train.finetune_epochs",
-                "loop.rewrite_sources", "loop.rewrites",
-                "eval.validation_queries", "eval.purity_queries", "eval.best_of_n",
-                "train.finetune_lr", "train.warmup_steps", "train.weight_decay")
 
 
 def _field(config: ml_collections.ConfigDict, name: str) -> Any:
@@ -88,21 +75,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
   Every mode calls it before it loads a model or writes a byte.
   """
-  for name in POSITIVE + NON_NEGATIVE:
-    value, positive = _field(config, name), name in POSITIVE
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (
-        positive and value == 0):
-      raise ValueError(f"{name}={value!r} must be a {'positive' if positive else 'non-negative'}"
-                       " number")
-  fraction = _field(config, "data.top_fraction")
-  if fraction is not None and not 0 < fraction <= 1:
-    raise ValueError(f"data.top_fraction={fraction!r} must be in (0, 1]")
+  config_rules.check(config)
   if _field(config, "data.rank_by") not in rewards.RANK_BY:
     raise ValueError(f"data.rank_by={config.data.rank_by!r} must be one of {rewards.RANK_BY}")
-  if not 0 < _field(config, "loop.junk_quantile") <= 1:
-    raise ValueError(f"loop.junk_quantile={config.loop.junk_quantile!r} must be in (0, 1]")
-  if not 0 <= _field(config, "data.max_bad_fraction") <= 1:
-    raise ValueError(f"data.max_bad_fraction={config.data.max_bad_fraction!r} must be in [0, 1]")
+  if _field(config, "loop.screen_queries") > _field(config, "loop.prompt_queries"):
+    raise ValueError(f"loop.screen_queries={config.loop.screen_queries} must be at most "
+                     f"loop.prompt_queries={config.loop.prompt_queries} (the screening "
+                     "queries are the first of them)")
   if config.task.name not in TASKS:
     raise ValueError(f"task.name={config.task.name!r} is not one of {sorted(TASKS)}")
   backend = config.target.backend
@@ -116,8 +95,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_model_path(config, role)
   if config.data.nll_term not in rewards.NLL_TERMS:
     raise ValueError(f"data.nll_term={config.data.nll_term!r} is not one of {rewards.NLL_TERMS}")
-  if int(config.loop.num_loops) < 1:
-    raise ValueError(f"loop.num_loops={config.loop.num_loops} must be at least 1")
   task = TASKS[config.task.name]()
   spec = data_spec(task, config.task.data)
   if spec["kind"] == "files" and not os.path.isdir(os.path.expanduser(spec.get("dir") or "")):
@@ -243,6 +220,10 @@ def collect_round(config: ml_collections.ConfigDict, workdir: str, t: int, targe
                                      seed=config.seed + 1000 * t, balanced=False,
                                      max_words=config.task.max_words)
   old, previous = dataset.read_dataset(Workdir(workdir).data(t - 1))
+  setting = list(config.data.settings)[0]  # collection rewards use the run's first setting
+  demos = task_base.demo_sets(splits["train"], config.data.num_demo_sets, config.data.num_demos,
+                              seed=config.seed, max_words=config.task.max_words) \
+      if setting == evaluation.FEW_SHOT else ()
   if os.path.exists(plan_path):  # the prompts sampled before a kill are reused, not redrawn
     with open(plan_path) as f:
       plan = json.load(f)
@@ -253,30 +234,36 @@ def collect_round(config: ml_collections.ConfigDict, workdir: str, t: int, targe
                                     collect=True, seed=config.seed + t)
     plan = {"query_ids": [q.uid for q in queries], "prompts": samples}
     if c.explore:
+      d = config.data
       pairs, plan["explore"] = explore.plan(
           samples=samples, queries=queries, dataset_records=old,
+          kept_records=rewards.expert_filter(old, d.threshold, d.top_fraction, d.rank_by),
           source_prompts=[p for _, p in prompts_lib.source_prompts(config, task)],
           lm=load_model({**config.policy, "lora_rank": 0}), train=splits["train"],
+          score=lambda todo: evaluation.evaluate_pairs(
+              task, target, todo, setting=setting, demo_sets=demos, cache=cache,
+              max_new_tokens=config.data.max_new_tokens),
           new_prompts=c.new_prompts, prompt_queries=c.prompt_queries,
+          screen_queries=c.screen_queries, max_screen=c.max_screen,
           junk_quantile=c.junk_quantile, seed=config.seed + 1000 * t,
           max_words=config.task.max_words, task_description=task.manual_prompt,
-          rewrite_sources=c.rewrite_sources, rewrites_per_prompt=c.rewrites,
+          parents=c.parents, rewrites_per_prompt=c.rewrites, num_edits=c.edits,
           max_prompt_tokens=config.train.prompt_len - 1)
       plan["pairs"] = [[ex.uid, p] for ex, p in pairs]
     atomic_write_text(plan_path, json.dumps(plan))
-  setting = list(config.data.settings)[0]  # collection rewards use the run's first setting
-  demos = task_base.demo_sets(splits["train"], config.data.num_demo_sets, config.data.num_demos,
-                              seed=config.seed, max_words=config.task.max_words) \
-      if setting == evaluation.FEW_SHOT else ()
-  if "pairs" in plan:  # explored: each new prompt's avg_acc is over all the queries it got
+  if "pairs" in plan:  # explored: a prompt's avg_acc is over every query it was scored on
     by_uid = {ex.uid: ex for ex in queries}
     by_uid.update({ex.uid: task_base.truncated(ex, config.task.max_words)
                    for ex in splits["train"]})
     pairs = [(by_uid[uid], p) for uid, p in plan["pairs"]]
     outcomes = evaluation.evaluate_pairs(task, target, pairs, setting=setting, demo_sets=demos,
                                          cache=cache, max_new_tokens=config.data.max_new_tokens)
+    prior: dict[str, list[float]] = collections.defaultdict(list)
+    for r in old:
+      if r.setting == setting:
+        prior[r.prompt].append(r.accuracy)
     rows = rewards.with_rewards([p for _, p in pairs], outcomes, setting, task.kind,
-                                nll_term=config.data.nll_term)
+                                nll_term=config.data.nll_term, prior=prior)
   else:
     pairs = [(q, p) for q, ps in zip(queries, plan["prompts"]) for p in ps]
     outcomes = evaluation.evaluate_pairs(task, target, pairs, setting=setting, demo_sets=demos,
@@ -288,6 +275,8 @@ def collect_round(config: ml_collections.ConfigDict, workdir: str, t: int, targe
                                    outcomes[start:start + per_batch], setting, task.kind,
                                    by_prompt=False, nll_term=config.data.nll_term)
   collect_ids = {q.uid for q in queries}
+  collect_accuracy = evaluation.accuracy(  # the policy's own samples on collect queries
+      [o for (q, _), o in zip(pairs, outcomes) if q.uid in collect_ids])
   new = [record_from_outcome(task=task, example=q, prompt=p, outcome=o, target=target.identity,
                              setting=setting, split="collect" if q.uid in collect_ids else "train",
                              prompt_source=f"qpo_loop_{t}", loop=t)
@@ -295,10 +284,10 @@ def collect_round(config: ml_collections.ConfigDict, workdir: str, t: int, targe
   manifest = dataset.write_dataset(  # D_0's normaliser: R* means the same raw reward every round
       out, dataset.merge(old, new), normalizer=rewards.Normalizer.from_dict(previous["normalizer"]),
       records_per_shard=config.data.records_per_shard,
-      meta={"loop": t, "collected": len(new), "collect_accuracy": evaluation.accuracy(outcomes),
+      meta={"loop": t, "collected": len(new), "collect_accuracy": collect_accuracy,
             "cost": stage_cost(cache, started)})
-  logging.info("loop %d: %d new records (accuracy %.3f), D_%d has %d", t, len(new),
-               evaluation.accuracy(outcomes), t, manifest["count"])
+  logging.info("loop %d: %d new records (collect accuracy %.3f), D_%d has %d", t, len(new),
+               collect_accuracy, t, manifest["count"])
   return manifest
 
 

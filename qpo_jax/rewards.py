@@ -109,13 +109,21 @@ def reward(outcome: Outcome, avg_acc: float, setting: str, kind: str,
 
 
 def with_rewards(prompts: Sequence[str], outcomes: Sequence[Outcome], setting: str, kind: str, *,
-                 by_prompt: bool = True, nll_term: str = "token") -> list[Outcome]:
+                 by_prompt: bool = True, nll_term: str = "token",
+                 prior: Mapping[str, Sequence[float]] | None = None) -> list[Outcome]:
   """The outcomes of one batch of (query, prompt) pairs with `avg_acc` and `reward` filled in.
 
   avg_acc is each prompt's accuracy over this batch (`by_prompt`, D_0), or
-  the accuracy of the whole batch (a collection batch).
+  the accuracy of the whole batch (a collection batch). `prior` holds accuracies a
+  prompt already has from earlier records (by_prompt only): its avg_acc is then over
+  those and this batch's, every query it was ever scored on.
   """
   acc = prompt_accuracy(prompts, outcomes)
+  if prior:
+    fresh: dict[str, list[float]] = collections.defaultdict(list)
+    for p, o in zip(prompts, outcomes, strict=True):
+      fresh[p].append(o.accuracy)
+    acc = {p: float(np.mean(list(prior.get(p, ())) + v)) for p, v in fresh.items()}
   batch = float(np.mean([o.accuracy for o in outcomes])) if outcomes else 0.0
   out = []
   for p, o in zip(prompts, outcomes, strict=True):
@@ -137,6 +145,9 @@ class Normalizer:
     values = np.asarray(list(rewards), np.float64)
     if values.size == 0:
       raise ValueError("cannot fit reward normalisation on an empty dataset")
+    if not np.isfinite(values).all():
+      raise ValueError(f"cannot fit reward normalisation: {int((~np.isfinite(values)).sum())} "
+                       "non-finite rewards")
     return cls(float(values.min()), float(values.max()))
 
   def __call__(self, r):

@@ -98,13 +98,13 @@ def _main(*args, workdir, one_device=False):
     ("--config.task.name=mnist", "task.name='mnist' is not one of"),
     ("--config.policy.name=gpt5", "policy.name='gpt5' is not one of"),
     ("--config.target.name=gpt5", "target.name='gpt5' is not one of"),
-    ("--config.loop.num_loops=0", "loop.num_loops=0 must be at least 1"),
-    ("--config.train.batch_size=-8", "train.batch_size=-8 must be a positive number"),
-    ("--config.data.prompts_per_chunk=0", "data.prompts_per_chunk=0 must be a positive number"),
-    ("--config.data.top_fraction=1.5", "data.top_fraction=1.5 must be in (0, 1]"),
+    ("--config.loop.num_loops=0", "loop.num_loops=0 must be a positive whole number"),
+    ("--config.train.batch_size=-8", "train.batch_size=-8 must be a positive whole number"),
+    ("--config.data.prompts_per_chunk=0", "data.prompts_per_chunk=0 must be a positive whole number"),
+    ("--config.data.top_fraction=1.5", "data.top_fraction=1.5 must be a number in (0, 1]"),
     ("--config.data.rank_by=nll", "data.rank_by='nll' must be one of"),
     ("--config.eval.split=train", "eval.split='train' must be 'test' or 'validation'"),
-    ("--config.loop.junk_quantile=0", "loop.junk_quantile=0.0 must be in (0, 1]"),
+    ("--config.loop.junk_quantile=0", "loop.junk_quantile=0.0 must be a number in (0, 1]"),
     ("--config.loop.rewrites=-1", "loop.rewrites=-1 must be"),
     ("--config.policy.name=hf", "policy: model 'hf': set `path` to the checkpoint directory"),
     ("--config.task.name=gsm8k --config.task.data.kind=files", "task.data.dir='' is not a directory"),
@@ -118,12 +118,28 @@ def test_bad_values_fail_at_start(tmp_path, override, message):
   assert not os.path.exists(tmp_path / "w")  # failed before writing a byte
 
 
+@pytest.mark.parametrize("mode,override,message", [
+    ("optimize", "--config.optimize.batch_size=0", "optimize.batch_size=0 must be a positive "
+     "whole number"),
+    ("generate", "--config.generate.batch_size=0", "generate.batch_size=0 must be a positive "
+     "whole number"),
+    ("generate", "--config.generate.max_new_tokens=-5", "generate.max_new_tokens=-5 must be a "
+     "positive whole number"),
+    ("serve_target", "--config.serve.port=70000", "serve.port=70000 must be a port number"),
+])
+@pytest.mark.slow
+def test_sizes_of_every_section_fail_before_a_model_loads(tmp_path, mode, override, message):
+  r = _main("--config=configs/tiny.py", f"--mode={mode}", override, workdir=tmp_path / "w")
+  assert r.returncode != 0 and message in r.stderr, r.stderr[-2000:]
+  assert not os.path.exists(tmp_path / "w")  # failed before writing a byte
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", sorted(set(modes.MODES) - {"loop"}))
 def test_every_mode_checks_the_config_first(tmp_path, mode):
   r = _main("--config=configs/tiny.py", f"--mode={mode}", "--config.train.batch_size=-8",
             workdir=tmp_path / "w")
-  assert r.returncode != 0 and "train.batch_size=-8 must be a positive number" in r.stderr
+  assert r.returncode != 0 and "train.batch_size=-8 must be a positive whole number" in r.stderr
   assert not os.path.exists(tmp_path / "w")
 
 
@@ -168,10 +184,12 @@ def test_quickstart_full(tmp_path):
 
 @pytest.mark.slow
 def test_exploring_collection_scores_new_prompts_on_shared_queries(tmp_path, tiny_run):
-  """loop.explore: only new, fluent prompts are scored, each on its own queries and on the
-  same D_0 queries; every outcome is kept; a rerun of the stage reuses its plan."""
+  """loop.explore: every sampled prompt is scored on its query; new, fluent texts are
+  screened on the first shared D_0 queries and the best by group gain scored on all of
+  them; every outcome is kept; a rerun of the stage reuses its plan."""
   config = _config("tiny.py")
-  config.loop.update(explore=True, new_prompts=5, prompt_queries=6)
+  config.loop.update(explore=True, new_prompts=3, prompt_queries=6, screen_queries=4,
+                     max_screen=5, edits=8, rewrites=1, parents=4)
   config.sample.num_samples = 2
   work = str(tmp_path / "explore")
   loop.run_loop(config, work)
@@ -180,27 +198,34 @@ def test_exploring_collection_scores_new_prompts_on_shared_queries(tmp_path, tin
   assert info["sampled"] == 2 * len(plan["query_ids"])
   d0, _ = dataset.read_dataset(os.path.join(work, "data", "loop_0"))
   known = {r.prompt for r in d0}
+  assert len(info["parents"]) == 4 and set(info["parents"]) <= known
+  screened = info["screened"]
+  assert info["new_texts"] - info["junk"] > 5 and len(screened) == 5  # the critic cut to 5
+  assert len(info["critic"]) == 5 and {c["prompt"] for c in screened} == set(info["critic"])
+  assert all(c["prompt"] not in known and c["nll"] <= info["nll_limit"] for c in screened)
   kept = info["kept"]
-  assert 0 < len(kept) <= 5 and len({k["prompt"] for k in kept}) == len(kept)
-  assert all(k["prompt"] not in known and k["nll"] <= info["nll_limit"] for k in kept)
-  assert [k["critic"] for k in kept] == sorted((k["critic"] for k in kept), reverse=True)
+  gain = {c["prompt"]: (c["gain"], c["screen_accuracy"]) for c in screened}
+  assert len(kept) == 3 and [gain[p] for p in kept] == sorted(
+      (gain[p] for p in kept), reverse=True)
+  assert min(gain[p] for p in kept) >= max(g for p, g in gain.items() if p not in kept)
   shared = info["shared_queries"]
   d0_queries = {r.query_id for r in d0}
-  assert len(shared) == 6 and set(shared) <= d0_queries
-  own = [plan["query_ids"][q] for k in kept for q in k["queries"]]
+  assert len(shared) == 6 and set(shared) <= d0_queries and info["screen_queries"] == 4
+  own = [(u, p) for u, ps in zip(plan["query_ids"], plan["prompts"]) for p in dict.fromkeys(ps)]
   assert sorted(map(tuple, plan["pairs"])) == sorted(
-      [(u, k["prompt"]) for k, u in zip([k for k in kept for _ in k["queries"]], own)] +
-      [(u, k["prompt"]) for k in kept for u in shared])
+      own + [(u, c["prompt"]) for c in screened for u in shared[:4]]
+      + [(u, p) for p in kept for u in shared[4:]])
   d1, _ = dataset.read_dataset(os.path.join(work, "data", "loop_1"))
   new = [r for r in d1 if r.loop == 1]
-  assert len(new) == len(plan["pairs"])  # failures kept too
+  assert len(new) == len(plan["pairs"])  # failures and screened-out prompts kept too
   assert {r.split for r in new if r.query_id in shared} == {"train"}
-  assert {r.split for r in new if r.query_id not in shared} <= {"collect"}
-  # a kept prompt's avg_acc is over all its queries, the same for each of its rows
-  for k in kept:
-    rows = [r for r in new if r.prompt == k["prompt"]]
-    assert len({r.avg_acc for r in rows}) == 1
-    assert rows[0].avg_acc == pytest.approx(np.mean([r.correct for r in rows]))
+  assert {r.split for r in new if r.query_id not in shared} == {"collect"}
+  # a prompt's avg_acc is over every query it was scored on, D_0's included
+  for p in {r.prompt for r in new}:
+    rows = [r for r in d1 if r.prompt == p]
+    assert len({r.avg_acc for r in rows if r.loop == 1}) == 1
+    assert [r.avg_acc for r in rows if r.loop == 1][0] == pytest.approx(
+        np.mean([r.correct for r in rows]))
   # the stage again, from its plan: the same records, no new target calls
   import shutil
   shutil.rmtree(os.path.join(work, "data", "loop_1"))

@@ -1,0 +1,64 @@
+"""Every number in the config schema has a range rule, and breaking one names the field."""
+
+import os
+import re
+
+import ml_collections
+import pytest
+
+from qpo_jax import config_rules, loop
+from qpo_jax.utils import load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(f for f in os.listdir(os.path.join(ROOT, "configs"))
+                 if f.endswith(".py") and not f.startswith("__"))
+
+
+def _base():
+  return load_config(os.path.join(ROOT, "configs", "base.py"))
+
+
+def _numeric_fields(node, prefix=""):
+  """Fields whose declared type is a number (placeholders too: their type is declared)."""
+  out = set()
+  for k in node.keys():
+    if isinstance(node[k], ml_collections.ConfigDict):
+      out |= _numeric_fields(node[k], f"{prefix}{k}.")
+    elif node.get_type(k) in (int, float):
+      out.add(f"{prefix}{k}")
+  return out
+
+
+def test_every_numeric_field_of_the_schema_has_a_rule():
+  """A new number in configs/base.py fails here until it gets a rule."""
+  numeric = _numeric_fields(_base())
+  assert "task.data.label_base" in numeric and "data.threshold" in numeric  # placeholders
+  assert numeric == set(config_rules.RULES), (sorted(numeric - set(config_rules.RULES)),
+                                              sorted(set(config_rules.RULES) - numeric))
+  assert set(config_rules.RULES.values()) <= set(config_rules.KINDS)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_keeps_the_rules(name):
+  config_rules.check(load_config(os.path.join(ROOT, "configs", name)))
+
+
+BAD = {"positive": (0, -1.0), "positive_int": (0, 2.5, -3), "count": (-1, 0.5),
+       "non_negative": (-0.1,), "seed": (-1, 2**32), "fraction": (0, 1.5),
+       "unit": (-0.1, 1.1), "mesh_axis": (0, -2), "port": (-1, 70000), "round": (-1,),
+       "any": ("x",)}
+
+
+@pytest.mark.parametrize("name,kind", sorted(config_rules.RULES.items()))
+def test_a_value_outside_its_rule_is_named(name, kind):
+  for value in BAD[kind] + ("3",):
+    config = _base()
+    section = config
+    *path, leaf = name.split(".")
+    for part in path:
+      section = section[part]
+    with section.ignore_type():
+      section[leaf] = value
+    stored = section[leaf]  # as the config holds it (0 on a float field is 0.0)
+    with pytest.raises(ValueError, match="^" + re.escape(f"{name}={stored!r} must be ")):
+      loop.validate(config)
