@@ -4,8 +4,9 @@ Input: a .jsonl file (one object per line), a .csv file with a header row, or a
 .txt file (one query per line). A single-field task (tweet_emotion, ag_news,
 imdb, the math tasks) reads the query from `optimize.field`; a task with
 several fields (boolq, cosmos_qa, hellaswag) reads each of its fields by name
-(and `options` for per-query answer options). A bad row (invalid JSON, a field
-missing or not text) is reported with file and line and skipped; the count is
+(and `options` for per-query answer options). A bad row (invalid JSON or CSV, a line
+that is not UTF-8, a field missing or not text) is reported with file and line
+and skipped; the count is
 printed at the end.
 
 Output: one JSON object per input row, in input order: its `line`, the query's
@@ -14,7 +15,8 @@ Output: one JSON object per input row, in input order: its `line`, the query's
 `optimize.answer`, the target's `answer` for each prompt (through the workdir's
 evaluation cache, so a rerun costs nothing). Rows are appended batch by batch
 and fsynced; a rerun continues at the first row that is not there (a line cut
-by a kill is dropped and redone), and sampled prompts do not depend on where
+by a kill is dropped and redone; an output file that holds anything else, a last
+line without its newline included, is refused and left as it is), and sampled prompts do not depend on where
 a run was cut.
 """
 
@@ -24,6 +26,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 from typing import Any, Iterator
 
 from absl import logging
@@ -37,6 +40,11 @@ from qpo_jax.targets import Target, run_target
 from qpo_jax.tasks import CHOICE, Example, Task, get_task
 from qpo_jax.utils import progress_bar
 from qpo_jax.workdir import Workdir
+
+
+_LINE = "__text__"  # a .txt row's one field
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+OWN_ROW_START = b'{"line": '  # how every output row begins (json.dumps of `rec` below)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,31 +64,69 @@ def _fields(task: Task, raw: dict[str, Any], field: str) -> dict[str, str]:
     value = raw.get(theirs)
     if not isinstance(value, str) or not value.strip():
       raise ValueError(f"field {theirs!r} is missing, empty or not text (has {sorted(raw)})")
+    control = _CONTROL.search(value)
+    if control:  # a binary file's lines can decode as UTF-8
+      shown = "the line" if theirs == _LINE else f"field {theirs!r}"
+      raise ValueError(f"{shown} is not text (control character {ord(control.group()):#04x})")
     out[ours] = value.strip()
   return out
+
+
+def _text_lines(path: str) -> Iterator[tuple[int, str | Exception]]:
+  """(line number, text or the error decoding it) of every line: a line that is not UTF-8
+  is one bad row, not the end of the file."""
+  with open(path, "rb") as f:
+    for line, raw in enumerate(f, 1):
+      try:
+        yield line, raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        yield line, ValueError(f"not UTF-8 text (byte {e.start + 1} of the line is "
+                               f"{raw[e.start]:#04x})")
 
 
 def _raw_rows(path: str) -> Iterator[tuple[int, Any]]:
   """(line, raw row or the Exception that reading it raised) for every data line."""
   ext = os.path.splitext(path)[1].lower()
-  with open(path, newline="" if ext == ".csv" else None, encoding="utf-8") as f:
-    if ext == ".csv":
-      reader = csv.DictReader(f)
+  if ext not in (".csv", ".jsonl", ".json", ".txt"):
+    raise ValueError(f"optimize.input={path!r}: use a .jsonl, .csv or .txt file")
+  lines = _text_lines(path)
+  if ext == ".csv":  # records may span lines: the reader takes the decodable ones
+    numbers: list[int] = []
+    undecodable: list[tuple[int, Exception]] = []
+
+    def decoded():
+      for line, text in lines:
+        if isinstance(text, Exception):
+          undecodable.append((line, text))
+        else:
+          numbers.append(line)
+          yield text
+
+    reader = csv.DictReader(decoded())
+    try:
       for row in reader:
-        yield reader.line_num, row
-    elif ext in (".jsonl", ".json"):
-      for line, text in enumerate(f, 1):
-        if text.strip():
-          try:
-            yield line, json.loads(text)
-          except ValueError as e:
-            yield line, ValueError(f"not JSON: {e}")
-    elif ext == ".txt":
-      for line, text in enumerate(f, 1):
-        if text.strip():
-          yield line, {"__text__": text.rstrip("\n")}
-    else:
-      raise ValueError(f"optimize.input={path!r}: use a .jsonl, .csv or .txt file")
+        yield from undecodable
+        undecodable.clear()
+        if None in row:  # more cells than the header names
+          yield numbers[reader.line_num - 1], ValueError(
+              f"{len(row[None])} more cells than the header's {len(reader.fieldnames)} columns")
+        else:
+          yield numbers[reader.line_num - 1], row
+    except csv.Error as e:
+      yield numbers[reader.line_num - 1] if numbers else 1, ValueError(f"not CSV: {e}")
+    yield from undecodable
+    return
+  for line, text in lines:
+    if isinstance(text, Exception):
+      yield line, text
+    elif text.strip():
+      if ext == ".txt":
+        yield line, {_LINE: text.rstrip("\r\n")}
+      else:
+        try:
+          yield line, json.loads(text)
+        except ValueError as e:
+          yield line, ValueError(f"not JSON: {e}")
 
 
 def read_queries(task: Task, path: str, field: str) -> tuple[list[Row], list[str]]:
@@ -98,7 +144,7 @@ def read_queries(task: Task, path: str, field: str) -> tuple[list[Row], list[str
         raise raw
       if not isinstance(raw, dict):
         raise ValueError(f"expected a JSON object, got {type(raw).__name__}")
-      fields = _fields(task, raw, "__text__" if txt else field)
+      fields = _fields(task, raw, _LINE if txt else field)
       options = ()
       if task.kind == CHOICE and not task.verbalizers:
         options = raw.get("options")
@@ -121,6 +167,12 @@ def _done_rows(path: str) -> dict[int, dict[str, str]]:
   with open(path, "rb") as f:
     data = f.read()
   keep = data[:data.rfind(b"\n") + 1]
+  tail = data[len(keep):]
+
+  def foreign(line: int) -> ValueError:
+    return ValueError(f"{path}:{line}: not a row that --mode=optimize wrote; set "
+                      "optimize.output to a new file (this one is left as it is)")
+
   done = {}
   for i, text in enumerate(keep.decode("utf-8", errors="replace").splitlines(), 1):
     try:
@@ -129,8 +181,9 @@ def _done_rows(path: str) -> dict[int, dict[str, str]]:
         raise ValueError(text)
       done[int(row["line"])] = dict(row["fields"])
     except (ValueError, KeyError, TypeError):
-      raise ValueError(f"{path}:{i}: not a row that --mode=optimize wrote; set "
-                       "optimize.output to a new file (this one is left as it is)") from None
+      raise foreign(i) from None
+  if tail and not (tail.startswith(OWN_ROW_START) or OWN_ROW_START.startswith(tail)):
+    raise foreign(keep.count(b"\n") + 1)  # a last line without its newline, not ours
   if len(keep) != len(data):
     logging.warning("%s: dropping a last line cut short (%d bytes)", path, len(data) - len(keep))
     with open(path, "r+b") as f:
@@ -198,7 +251,7 @@ def optimize(config: ml_collections.ConfigDict, workdir: str, target=None) -> di
         flat = iter(answers(task, target, pairs, cache, config.eval.max_new_tokens))
         said = [[next(flat) for _ in ps] for ps in prompts]
       for k, (r, ps) in enumerate(zip(batch, prompts)):
-        rec = {"line": r.line, "fields": dict(r.example.fields), "prompt": ps[0]}
+        rec = {"line": r.line, "fields": dict(r.example.fields), "prompt": ps[0]}  # OWN_ROW_START
         if oc.num_samples:
           rec["prompts"] = ps
         if said is not None:

@@ -124,3 +124,36 @@ def test_needs_input_and_a_trained_policy(tmp_path):
   config.optimize.input = _jsonl(tmp_path / "q.jsonl", [json.dumps({"query": "x"})])
   with pytest.raises(FileNotFoundError, match="no trained policy in"):
     optimize.optimize(config, str(tmp_path / "w"))
+
+
+def test_a_single_foreign_line_without_newline_is_refused_not_dropped(tmp_path):
+  path = _jsonl(tmp_path / "q.jsonl", [json.dumps({"query": q}) for q in QUERIES[:2]])
+  config = _config(tmp_path, input=path)
+  for text in ('{"id": 1, "note": "mine"}', "my notes", '{"line" 3}'):
+    foreign = tmp_path / "out.jsonl"
+    foreign.write_text(text)
+    with pytest.raises(ValueError, match=f"{foreign}:1: not a row that --mode=optimize wrote"):
+      optimize.optimize(config, str(tmp_path / "w"))
+    assert foreign.read_text() == text
+
+
+def test_lines_that_are_not_utf8_are_named_and_skipped(tmp_path):
+  task = get_task("topics")
+  good = [json.dumps({"query": q}).encode() for q in QUERIES[:2]]
+  path = tmp_path / "q.jsonl"
+  path.write_bytes(good[0] + b"\n" + b'{"query": "caf\xe9"}\n' + good[1] + b"\n")
+  rows, bad = optimize.read_queries(task, str(path), "query")
+  assert [r.line for r in rows] == [1, 3]
+  assert bad == [f"{path}:2: not UTF-8 text (byte 15 of the line is 0xe9)"]
+  csv_path = tmp_path / "q.csv"
+  csv_path.write_bytes(b'id,query\n1,"A, with\ncomma"\n2,caf\xe9\n3,Plain\n4,x,extra\n')
+  rows, bad = optimize.read_queries(task, str(csv_path), "query")
+  assert [(r.line, r.example.query) for r in rows] == [(3, "A, with\ncomma"), (5, "Plain")]
+  assert bad == [f"{csv_path}:4: not UTF-8 text (byte 6 of the line is 0xe9)",
+                 f"{csv_path}:6: 1 more cells than the header's 2 columns"]
+  binary = tmp_path / "b.txt"
+  binary.write_bytes(bytes(range(256)) * 4)  # a binary file: every line named, none read
+  rows, bad = optimize.read_queries(task, str(binary), "query")
+  assert rows == [] and len(bad) == 5  # 4 x 256 bytes hold 5 lines (4 newlines)
+  assert bad[0] == f"{binary}:1: the line is not text (control character 0x00)"
+  assert all("not UTF-8 text" in b or "is not text (control character" in b for b in bad)
