@@ -182,6 +182,94 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, smollm2_tokenizer):
   assert steps == list(range(1, 21))  # no step logged twice after the resume
 
 
+def _flip(path, count=16):
+  data = bytearray(path.read_bytes())
+  for i in range(count):
+    data[len(data) // 2 + i] ^= 0xFF
+  path.write_bytes(bytes(data))
+
+
+def _largest_file(directory):
+  return max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+@pytest.mark.slow
+def test_damaged_checkpoints_are_never_resumed(tmp_path, smollm2_tokenizer, caplog):
+  """A flipped byte in the latest step's arrays, or its truncated _METADATA: the step is
+  moved aside with a warning naming it and the step resumed instead, and the round ends
+  as an uninterrupted one; both steps damaged: the round starts over. Damaged final
+  parameters stop whoever loads them, naming the path."""
+  cfg = CFG.replace(vocab_size=len(smollm2_tokenizer))
+  params = init_policy(cfg, jax.random.key(4))
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
+  tc = dict(TC, epochs=5, batch_size=2, checkpoint_every=4)  # 20 steps
+  rows = training_rows.from_records(_store(), smollm2_tokenizer, query_len=tc["query_len"],
+                                    prompt_len=tc["prompt_len"])
+  copy = lambda: jax.tree.map(jnp.copy, params)  # noqa: E731  (training consumes its input)
+  ref = trainer.train_round(str(tmp_path / "ref"), cfg, copy(), rows, tc, mesh=mesh, seed=1)
+
+  def killed_at_10(name):
+    trainer.train_round(str(tmp_path / name), cfg, copy(), rows, tc, mesh=mesh, seed=1,
+                        stop_after=10)
+    steps = tmp_path / name / "checkpoints"
+    assert sorted(int(p.name) for p in steps.iterdir() if p.name.isdigit()) == [8, 10]
+    return steps
+
+  def resumed(name):
+    caplog.clear()
+    got = trainer.train_round(str(tmp_path / name), cfg, copy(), rows, tc, mesh=mesh, seed=1)
+    for x, y in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got)):
+      np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
+    assert [m["step"] for m in trainer.metrics_history(str(tmp_path / name))] == \
+        list(range(1, 21))
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+  steps = killed_at_10("flipped")
+  _flip(_largest_file(steps / "10"))
+  warnings = resumed("flipped")
+  assert len(warnings) == 1 and f"checkpoint {steps / '10'} is damaged" in warnings[0]
+  assert "differs from its sha256 at save time" in warnings[0]
+  assert f"resuming from step 8 ({steps / '8'})" in warnings[0]
+  assert len(list((tmp_path / "flipped" / "damaged").iterdir())) == 2  # the step, its sums
+
+  def truncate(path):
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+
+  steps = killed_at_10("metadata")
+  truncate(steps / "10" / "state" / "_METADATA")
+  assert "state/_METADATA differs from its sha256" in resumed("metadata")[0]
+  steps = killed_at_10("no_sums")  # as saved before checksums existed: orbax's own error
+  truncate(steps / "10" / "state" / "_METADATA")
+  for sums in (tmp_path / "no_sums" / "checkpoint_sums").iterdir():
+    sums.unlink()
+  assert "orbax cannot read it" in resumed("no_sums")[0]
+
+  steps = killed_at_10("both")
+  _flip(_largest_file(steps / "10"))
+  _flip(_largest_file(steps / "8"))
+  warnings = resumed("both")
+  assert len(warnings) == 2 and "the round starts over" in warnings[1]
+
+  final = tmp_path / "both" / "params"
+  _flip(_largest_file(final))
+  with pytest.raises(ValueError, match=f"the parameters of {tmp_path / 'both'} are damaged: "
+                     f"{final}/.* differs from its sha256 at save time; delete "):
+    trainer.train_round(str(tmp_path / "both"), cfg, copy(), rows, tc, mesh=mesh, seed=1)
+
+
+def test_a_non_finite_loss_stops_the_round_unfinished(tmp_path, smollm2_tokenizer):
+  cfg = CFG.replace(vocab_size=len(smollm2_tokenizer))
+  params = init_policy(cfg, jax.random.key(4))
+  params["return_head"] = jax.tree.map(lambda x: x * jnp.nan, params["return_head"])
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
+  rows = training_rows.from_records(_store(), smollm2_tokenizer, query_len=TC["query_len"],
+                                    prompt_len=TC["prompt_len"])
+  with pytest.raises(FloatingPointError, match=r"the loss is nan at step 1 of 2; the round "
+                     r"stops unfinished \(last checkpoint: step none\)"):
+    trainer.train_round(str(tmp_path), cfg, params, rows, TC, mesh=mesh, seed=1)
+  assert not (tmp_path / "final").exists() and not (tmp_path / "params").exists()
+
+
 @pytest.mark.slow
 def test_cached_sampling_equals_recomputation_and_padding():
   params = init_policy(CFG, jax.random.key(5))

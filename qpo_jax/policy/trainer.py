@@ -12,6 +12,7 @@ A finished round writes `<round_dir>/final` and is not trained again.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -19,9 +20,10 @@ from typing import Any, Mapping
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from qpo_jax import distributed
+from qpo_jax import checksums, distributed
 from qpo_jax.models.config import ModelConfig
 from qpo_jax.policy import train_step
 from qpo_jax.store.pipeline import Batches
@@ -61,18 +63,8 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, rows: Traini
                     pad_multiple=int(tc["pad_multiple"]))
   total = int(tc["epochs"] * batches.steps_per_epoch)
   step_fns = train_step.make_train_step(cfg, tc, batches.steps_per_epoch, init_params, mesh)
-  manager = ocp.CheckpointManager(
-      os.path.join(os.path.abspath(round_dir), "checkpoints"),
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-  latest = manager.latest_step()
-  if latest is not None:
-    restored = manager.restore(latest, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(step_fns.shapes, step_fns.shardings)),
-        data=ocp.args.JsonRestore()))
-    state = restored["state"]
-    batches.restore(restored["data"])
-    logging.info("resumed %s at step %d of %d", round_dir, latest, total)
-  else:
+  manager, state, latest = _restore_latest_good(round_dir, step_fns, batches, total)
+  if state is None:
     state = step_fns.init(init_params)
   metrics_path = os.path.join(round_dir, "metrics.jsonl")
   _trim_metrics(metrics_path, int(latest or 0))
@@ -91,6 +83,12 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, rows: Traini
       for step in range(start_step, total):
         state, metrics = step_fns.update(state, batches.next(), rng)
         done = step + 1
+        loss = float(metrics["loss"])
+        if not math.isfinite(loss):  # stop here: a later step would checkpoint NaN weights
+          raise FloatingPointError(
+              f"{round_dir}: the loss is {loss} at step {done} of {total}; the round stops "
+              f"unfinished (last checkpoint: step {manager.latest_step() or 'none'}). Lower "
+              "train.learning_rate or train.grad_clip, or check the dataset's rewards")
         bar.update(1)
         if done % log_every == 0 or done == total:
           row = {"step": done, "epoch": batches.epoch, **{k: float(v) for k, v in metrics.items()},
@@ -109,6 +107,7 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, rows: Traini
                                                          stop_after):
           manager.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                      data=ocp.args.JsonSave(batches.state())))
+          _record_sums(round_dir, manager)
         if stop_after and done - start_step == stop_after:
           break
   finally:
@@ -124,6 +123,9 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, rows: Traini
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(params_dir, state.params)
     checkpointer.wait_until_finished()
+    distributed.barrier(f"{round_dir} params saved")
+    if writes:
+      checksums.write(params_dir, _params_sums(round_dir))
     cost = {"seconds": round(time.time() - (started or entered), 1),  # with the model's load
             "peak_memory_gb": peak_memory_gb()}
     atomic_write_text(final, json.dumps({"steps": total, "last": history_tail(metrics_path),
@@ -133,12 +135,92 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, rows: Traini
 
 
 def load_final_params(round_dir: str, like: Any) -> Any:
-  """A finished round's parameters, restored with the shapes and shardings of `like`."""
+  """A finished round's parameters, restored with the shapes and shardings of `like`, after
+  their checksums (rounds saved before checksums existed: a finite check) pass."""
   abstract = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
       like)
-  return ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(round_dir), "params"),
-                                            abstract)
+  params_dir = os.path.join(os.path.abspath(round_dir), "params")
+  redo = (f"; delete {os.path.join(round_dir, 'final')} and {params_dir} and rerun: the round "
+          "resumes from its last checkpoint")
+  sums = _params_sums(round_dir)
+  why = checksums.problem(params_dir, sums) if os.path.exists(sums) else None
+  if why:
+    raise ValueError(f"the parameters of {round_dir} are damaged: {why}{redo}")
+  params = ocp.StandardCheckpointer().restore(params_dir, abstract)
+  if not _finite(params):
+    raise ValueError(f"the parameters in {params_dir} are not finite{redo}")
+  return params
+
+
+def _params_sums(round_dir: str) -> str:
+  return os.path.join(os.path.abspath(round_dir), "params.sha256.json")
+
+
+def _step_sums(round_dir: str, step: int) -> str:
+  return os.path.join(os.path.abspath(round_dir), "checkpoint_sums", f"{step}.json")
+
+
+def _finite(tree) -> bool:
+  return all(bool(jnp.isfinite(x).all()) for x in jax.tree_util.tree_leaves(tree)
+             if jnp.issubdtype(x.dtype, jnp.inexact))
+
+
+def _record_sums(round_dir: str, manager: ocp.CheckpointManager) -> None:
+  """The sha256 of the step just saved (after the save has finished), and no sums of steps
+  orbax has since deleted."""
+  manager.wait_until_finished()
+  distributed.barrier(f"{round_dir} checkpoint saved")
+  if distributed.is_writer():
+    step = manager.latest_step()
+    checksums.write(os.path.join(manager.directory, str(step)), _step_sums(round_dir, step))
+    kept = {f"{s}.json" for s in manager.all_steps()}
+    folder = os.path.dirname(_step_sums(round_dir, step))
+    for name in os.listdir(folder):
+      if name not in kept:
+        os.remove(os.path.join(folder, name))
+  distributed.barrier(f"{round_dir} checkpoint sums")
+
+
+def _restore_latest_good(round_dir: str, step_fns, batches: Batches, total: int):
+  """(manager, restored state or None, its step): the latest checkpoint whose checksums
+  pass, that orbax reads and whose parameters are finite. A damaged one is moved to
+  <round_dir>/damaged/ with a warning naming it and the step resumed instead (none left:
+  the round starts over, its data being the same)."""
+  directory = os.path.join(os.path.abspath(round_dir), "checkpoints")
+  options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+  while True:
+    manager = ocp.CheckpointManager(directory, options=options)
+    latest = manager.latest_step()
+    if latest is None:
+      return manager, None, None
+    step_dir, sums = os.path.join(directory, str(latest)), _step_sums(round_dir, latest)
+    why = checksums.problem(step_dir, sums) if os.path.exists(sums) else None
+    if why is None:
+      try:
+        restored = manager.restore(latest, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_abstract(step_fns.shapes, step_fns.shardings)),
+            data=ocp.args.JsonRestore()))
+      except Exception as e:  # pylint: disable=broad-except
+        why = f"orbax cannot read it ({type(e).__name__}: {str(e)[:200]})"
+      else:
+        if _finite(restored["state"].params):
+          batches.restore(restored["data"])
+          logging.info("resumed %s at step %d of %d", round_dir, latest, total)
+          return manager, restored["state"], latest
+        why = "its parameters are not finite"
+    older = [s for s in manager.all_steps() if s < latest]
+    aside = os.path.join(os.path.abspath(round_dir), "damaged", f"{latest}-{int(time.time())}")
+    logging.warning("checkpoint %s is damaged: %s. Moved to %s; %s.", step_dir, why, aside,
+                    f"resuming from step {max(older)} ({os.path.join(directory, str(max(older)))})"
+                    if older else "the round starts over")
+    manager.close()
+    if distributed.is_writer():
+      os.makedirs(os.path.dirname(aside), exist_ok=True)
+      os.replace(step_dir, aside)
+      if os.path.exists(sums):
+        os.replace(sums, aside + ".sha256.json")
+    distributed.barrier(f"{round_dir} damaged step {latest}")
 
 
 def history_tail(path: str) -> dict[str, float]:
