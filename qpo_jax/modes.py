@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 
 from qpo_jax import decoding, distributed, evaluation, loop, optimize, report, sharding
+from qpo_jax import workdir_lock
 from qpo_jax import prompts as prompts_lib
 from qpo_jax.eval_cache import EvalCache
 from qpo_jax.models.registry import load_model
@@ -226,6 +227,8 @@ MODES: dict[str, Callable[[ml_collections.ConfigDict, str], object]] = {
 }
 
 
+# What may run beside another mode on the same workdir: it writes no stage, cache or output there.
+SHARED_MODES = ("inspect_data", "serve_target")
 # What runs over several processes (the stages of a run); the rest serve or inspect from one.
 MULTI_PROCESS_MODES = ("build_data", "train_policy", "collect", "sample_prompts", "evaluate",
                        "evaluate_prompts", "loop")
@@ -242,8 +245,11 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str):
                      "a local target in lockstep; call an HTTP target from one process")
   loop.validate(config)  # before any model is loaded or any byte written
   show_progress(config.progress)
-  rounds.check_workdir(config, workdir)  # a stage made with other settings stops the run here
-  # compiled programs persist in the workdir (off: JAX's own setting, e.g. JAX_COMPILATION_CACHE_DIR)
-  with (compile_cache(Workdir(workdir).compile_cache) if config.compile_cache
-        else contextlib.nullcontext()):
-    return MODES[mode](config, workdir)
+  # one run per workdir (inspecting and serving the target read it and may run beside one)
+  with (contextlib.nullcontext() if mode in SHARED_MODES else workdir_lock.locked(workdir, mode)):
+    rounds.check_workdir(config, workdir)  # a stage made with other settings stops the run here
+    # compiled programs persist in the workdir (off: JAX's own setting, e.g.
+    # JAX_COMPILATION_CACHE_DIR)
+    with (compile_cache(Workdir(workdir).compile_cache) if config.compile_cache
+          else contextlib.nullcontext()):
+      return MODES[mode](config, workdir)

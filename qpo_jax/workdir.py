@@ -63,6 +63,11 @@ class Workdir:
     return sorted(int(m.group(1)) for m in map(lambda n: re.fullmatch(pattern, n), names) if m)
 
   @property
+  def lock(self) -> str:
+    """Held (flock) by the process running a mode on this workdir; names its PID and host."""
+    return os.path.join(self.root, ".lock")
+
+  @property
   def compile_cache(self) -> str:
     """Compiled XLA programs (JAX's persistent cache): a resumed run loads, not recompiles."""
     return os.path.join(self.root, "xla_cache")
