@@ -34,7 +34,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                          timeout_s=_JOIN_TIMEOUT.value)
-  utils.exit_on_write_failure(lambda: modes.run(_MODE.value, _CONFIG.value, _WORKDIR.value))
+  utils.exit_on_signal(lambda: utils.exit_on_write_failure(
+      lambda: modes.run(_MODE.value, _CONFIG.value, _WORKDIR.value)), f"--mode={_MODE.value}")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from qpo_jax.targets import BACKENDS, Target, run_target
 from qpo_jax.tasks import TASKS, base as task_base, data_spec, load_source, load_splits
 from qpo_jax.tasks.paper import svamp_fold_queries
 from qpo_jax.tasks.sources import read_json_list
-from qpo_jax.utils import atomic_write_text, peak_memory_gb
+from qpo_jax.utils import atomic_write_text, peak_memory_gb, stage
 from qpo_jax.workdir import Workdir
 
 
@@ -298,12 +298,16 @@ def run_loop(config: ml_collections.ConfigDict, workdir: str, target=None) -> di
   os.makedirs(workdir, exist_ok=True)
   target = target or run_target(config)
   cache = EvalCache.of_workdir(workdir)
-  initial_data(config, workdir, target, cache)
+  with stage(f"D_0 ({Workdir(workdir).data(0)})"):
+    initial_data(config, workdir, target, cache)
   num_loops = int(config.loop.num_loops)
   for t in range(1, num_loops + 1):
     if t not in Workdir(workdir).finished_rounds() and hasattr(target, "release"):
       target.release()  # a local target's parameters, reloaded by the collection (~5 s)
-    rounds.train_policy_round(config, workdir, t)
+    with stage(f"policy round {t}'s training ({Workdir(workdir).round(t)})"):
+      rounds.train_policy_round(config, workdir, t)
     if t < num_loops or config.loop.final_collection:
-      collect_round(config, workdir, t, target, cache)
-  return report.evaluate_and_report(config, workdir, target, cache)
+      with stage(f"loop {t}'s collection ({Workdir(workdir).data(t)})"):
+        collect_round(config, workdir, t, target, cache)
+  with stage(f"the evaluation ({Workdir(workdir).eval('')})"):
+    return report.evaluate_and_report(config, workdir, target, cache)

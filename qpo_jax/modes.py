@@ -28,7 +28,7 @@ from qpo_jax.store import dataset, summary
 from qpo_jax.targets.server import Limits, ModelServer, make_server
 from qpo_jax.tasks import base as task_base
 from qpo_jax.tasks import get_task, load_splits
-from qpo_jax.utils import atomic_write_text, compile_cache, show_progress
+from qpo_jax.utils import atomic_write_text, compile_cache, show_progress, stage
 from qpo_jax.workdir import Workdir
 
 
@@ -104,8 +104,6 @@ def _serve(config: ml_collections.ConfigDict, model, what: str) -> None:
         f"{' (API key required)' if key else ''}; Ctrl-C stops", flush=True)
   try:
     server.serve_forever()
-  except KeyboardInterrupt:
-    pass
   finally:
     server.server_close()
 
@@ -251,5 +249,5 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str):
     # compiled programs persist in the workdir (off: JAX's own setting, e.g.
     # JAX_COMPILATION_CACHE_DIR)
     with (compile_cache(Workdir(workdir).compile_cache) if config.compile_cache
-          else contextlib.nullcontext()):
+          else contextlib.nullcontext()), stage(f"--mode={mode} in {workdir}"):
       return MODES[mode](config, workdir)

@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -232,3 +234,34 @@ def test_exploring_collection_scores_new_prompts_on_shared_queries(tmp_path, tin
   target = build_target(config.target)
   again = loop.collect_round(config, work, 1, Killable(target, 0), loop.EvalCache.of_workdir(work))
   assert again["count"] == len(d1)
+
+
+@pytest.mark.slow
+def test_sigint_and_sigterm_stop_with_one_line_and_a_rerun_finishes(tmp_path):
+  """Ctrl-C in training ended in a segmentation fault: now 130 (SIGTERM: 143), one line
+  naming the stage, no traceback, and the same command then finishes the run."""
+  work = tmp_path / "w"
+  cmd = [sys.executable, os.path.join(ROOT, "main.py"), "--config=configs/tiny.py",
+         "--config.train.epochs=30", "--config.loop.num_loops=1", f"--workdir={work}"]
+
+  def stopped(sig, ready):
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 300
+    while not ready() and time.time() < deadline and proc.poll() is None:
+      time.sleep(0.2)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err and "Segmentation" not in err, err[-3000:]
+    return proc.returncode, err.strip().splitlines()[-1]
+
+  code, last = stopped(signal.SIGTERM, lambda: (work / ".lock").exists())
+  assert code == 143 and last.startswith("Stopped by SIGTERM during "), last
+  assert last.endswith("rerun the same command to continue from there.")
+  checkpoints = work / "policy" / "round_1" / "metrics.jsonl"
+  code, last = stopped(signal.SIGINT, lambda: checkpoints.exists())
+  assert code == 130 and last.startswith(
+      f"Stopped by SIGINT during policy round 1's training ({work / 'policy' / 'round_1'})")
+  done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert (work / "eval" / "results.json").exists()
