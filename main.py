@@ -26,6 +26,8 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Several processes:
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Several processes: this one's index.")
 _JOIN_TIMEOUT = flags.DEFINE_integer("join_timeout_s", 300, "Several processes: how long to "
                                      "wait for the coordinator before failing.")
+_TRACEBACK = flags.DEFINE_bool("traceback", False, "Print the stack of an error in what was "
+                               "given (a value, a path, a busy workdir) before its one line.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -34,8 +36,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                          timeout_s=_JOIN_TIMEOUT.value)
-  utils.exit_on_signal(lambda: utils.exit_on_write_failure(
-      lambda: modes.run(_MODE.value, _CONFIG.value, _WORKDIR.value)), f"--mode={_MODE.value}")
+  utils.quiet_library_info()
+  utils.exit_on_signal(lambda: utils.exit_on_write_failure(lambda: utils.exit_on_user_error(
+      lambda: modes.run(_MODE.value, _CONFIG.value, _WORKDIR.value), _TRACEBACK.value)),
+      f"--mode={_MODE.value}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import errno
 import importlib.util
 import io
 import json
+import logging as logging_std
 import os
 import re
 import resource
@@ -129,6 +130,9 @@ def parse_flags(argv: list[str]) -> list[str]:
 
   try:
     return flags.FLAGS(argv)
+  except flags.Error as e:  # a missing or malformed flag: absl's own one line
+    raise SystemExit(f"FATAL Flags parsing error: {e}\nPass --helpfull to see help on flags.") \
+        from None
   except (AttributeError, KeyError) as e:
     spec = next((a.split("=", 1)[1] if "=" in a else argv[i + 1]
                  for i, a in enumerate(argv[:-1] if argv[-1] == "--config" else argv)
@@ -194,6 +198,46 @@ def exit_on_write_failure(fn: Callable[[], Any]) -> Any:
                      "--workdir), then rerun the same command: it resumes.\n")
     sys.stderr.flush()
     os._exit(1)  # pylint: disable=protected-access
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError)
+
+
+def exit_on_user_error(fn: Callable[[], Any], show_traceback: bool = False) -> Any:
+  """Runs `fn`; an error in what the user gave (a value, a path, a busy workdir, a target
+  that answers nonsense: `USER_ERRORS` and RuntimeErrors the package raises for them)
+  ends the process with one line, `FATAL <message>`, not a traceback (`show_traceback`
+  prints it first)."""
+  from qpo_jax.targets import TargetError  # pylint: disable=g-import-not-at-top
+  from qpo_jax.workdir_lock import WorkdirBusy  # pylint: disable=g-import-not-at-top
+
+  try:
+    return fn()
+  except USER_ERRORS + (TargetError, WorkdirBusy) as e:
+    if write_failure(e) is not None:
+      raise  # exit_on_write_failure says it
+    if show_traceback:
+      traceback.print_exc()
+    sys.stdout.flush()
+    sys.stderr.write(f"FATAL {e}\n" + ("" if show_traceback else
+                                       "(--traceback shows where it was raised)\n"))
+    sys.stderr.flush()
+    os._exit(1)  # pylint: disable=protected-access
+
+
+def quiet_library_info() -> None:
+  """INFO lines come from this package only; other libraries (orbax writes ~20 per
+  checkpoint) show warnings and errors. `--verbosity=1` shows everything."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+
+  package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+  class OwnInfo(logging_std.Filter):
+    def filter(self, record):
+      return (record.levelno >= logging_std.WARNING or record.pathname.startswith(package)
+              or logging.get_verbosity() > logging.INFO)
+
+  logging.get_absl_handler().addFilter(OwnInfo())
 
 
 class Terminated(BaseException):

@@ -336,3 +336,25 @@ def test_main_train_and_sample_policy(tmp_path):
   r = _main("--config=configs/tiny.py", "--mode=train_policy", "--config.train.round=0",
             workdir=tmp_path)
   assert r.returncode != 0 and "policy rounds start at 1" in r.stderr
+
+
+@pytest.mark.slow
+def test_user_errors_are_one_line_and_library_info_is_quiet(tmp_path):
+  r = _main("--config=configs/tiny.py", "--config.train.batch_size=-8", workdir=tmp_path / "w")
+  lines = r.stderr.strip().splitlines()
+  assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  assert lines[-2] == ("FATAL train.batch_size=-8 must be a positive whole number "
+                       "(--config.train.batch_size=...)")
+  assert lines[-1] == "(--traceback shows where it was raised)"
+  r = _main("--config=configs/tiny.py", "--config.train.batch_size=-8", "--traceback",
+            workdir=tmp_path / "w")
+  assert "Traceback" in r.stderr and r.stderr.strip().splitlines()[-1].startswith("FATAL ")
+  r = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "--config=configs/tiny.py"],
+                     capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert r.returncode == 1 and "Traceback" not in r.stderr
+  assert "FATAL Flags parsing error: flag --workdir=None" in r.stderr
+  r = _main("--config=configs/tiny.py", "--config.loop.num_loops=1", workdir=tmp_path / "run")
+  assert r.returncode == 0, r.stderr[-2000:]
+  info = [ln for ln in r.stderr.splitlines() if ln.startswith("I")]
+  assert not [ln for ln in info if "orbax" in ln or "checkpoint_manager.py" in ln], info[:5]
+  assert any("evaluation.py" in ln for ln in info)  # the package's own INFO stays
