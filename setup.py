@@ -36,6 +36,7 @@ setup(
         # loader (the reference in tests) needs accelerate.
         "test": ["pytest", "torch==2.13.0", "accelerate",
                  "tfrecord",  # an independent TFRecord reader for the store's tests
-                 "nbclient", "nbformat", "ipykernel"],  # the colab/ notebooks run in tests
+                 "nbclient", "nbformat", "ipykernel",  # the colab/ notebooks run in tests
+                 "openai"],  # the servers are tested with the OpenAI client
     },
 )

@@ -134,6 +134,16 @@ def bucket(n: int, multiple: int) -> int:
   return max(multiple, -(-n // multiple) * multiple)
 
 
+def batch_rows(n: int, batch_size: int, multiple: int = 1) -> int:
+  """Rows to pad a chunk of n sequences to: the next power of two, at most `batch_size`
+  (a few compiled shapes; one request's single row is not decoded as a full batch),
+  rounded up to `multiple` (a mesh's data axes)."""
+  rows = 1
+  while rows < n:
+    rows *= 2
+  return bucket(min(rows, batch_size), multiple)
+
+
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "left",
               multiple: int = 16, rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Pads token lists into ([B, T] ids, [B, T] mask), T bucketed, B padded to `rows`."""
@@ -189,7 +199,7 @@ def generate_ids(lm, seqs: Sequence[Sequence[int]], *, max_new_tokens: int,
                  eos_ids: Sequence[int], batch_size: int = 8, length_multiple: int = 16,
                  seed: int = 0, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                  mesh=None) -> list[list[int]]:
-  """Continuations of token lists, in fixed-size left-padded bucketed batches.
+  """Continuations of token lists, in left-padded batches of bucketed shapes (`batch_rows`).
 
   Row i's sampling key comes from (seed, i), so results do not depend on the
   batch a row lands in. With a mesh the batch is padded to split over its data
@@ -197,10 +207,11 @@ def generate_ids(lm, seqs: Sequence[Sequence[int]], *, max_new_tokens: int,
   """
   pad = pad_id(lm.tokenizer)
   eos = jnp.asarray(eos_ids, jnp.int32)
-  rows = bucket(batch_size, sharding.batch_multiple(mesh)) if mesh is not None else batch_size
+  multiple = sharding.batch_multiple(mesh) if mesh is not None else 1
   out: list[list[int]] = []
-  for start in range(0, len(seqs), rows):
-    chunk = seqs[start:start + rows]
+  for start in range(0, len(seqs), batch_size):
+    chunk = seqs[start:start + batch_size]
+    rows = batch_rows(len(chunk), batch_size, multiple)
     ids, mask = pad_batch(chunk, pad, multiple=length_multiple, rows=rows)
     args = (ids, mask, row_keys(seed, np.arange(start, start + rows)))
     args = sharding.shard_batch(args, mesh) if mesh is not None else tuple(

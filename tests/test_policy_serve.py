@@ -3,14 +3,16 @@
 import json
 import os
 import shutil
+import time
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
 
 from qpo_jax.policy import rounds
 from qpo_jax.policy.serve import PolicyServer
-from qpo_jax.targets import HttpTarget, build_target
+from qpo_jax.targets import HttpTarget, LocalTarget, build_target
 from qpo_jax.targets.server import Limits, ModelServer, make_server, serve_in_thread
 from qpo_jax.tasks import Example, get_task
 from qpo_jax.utils import load_config
@@ -71,37 +73,49 @@ def _post(srv, path, body, key=KEY):
     return e.code, json.loads(e.read())
 
 
-def _expected(setup, query, max_tokens):
-  config, work, _, target, task, _ = setup
+def _expected(setup, query, target=None):
+  """(prompt, rendered text, the target's likeliest option, option NLLs) done by hand."""
+  config, work, _, default, task, _ = setup
+  target = target or default
   prompt = rounds.policy_prompts(config, work, 2, [query], collect=False, seed=0)[0][0]
   ex = Example(uid="q", fields={"text": query})
-  return prompt, task.render(ex, prompt), target.generate([task.render(ex, prompt)],
-                                                          max_tokens)[0].text
+  rendered = task.render(ex, prompt)
+  nll, _ = target.score_options([rendered], [list(task.verbalizers)])
+  nll = [float(x) for x in np.asarray(nll)[0]]
+  return prompt, rendered, task.verbalizers[int(np.argmin(nll))], nll
 
 
 @pytest.mark.slow
-def test_chat_and_completions_answer_with_the_policys_prompt(setup):
+def test_chat_and_completions_answer_with_the_label_the_evaluation_would(setup):
+  """A choice task's reply is the option the target finds likeliest after the policy's
+  prompt (as the evaluation scores), and the response says so."""
   proxy = setup[-1]
-  prompt, rendered, answer = _expected(setup, QUERY, 8)
+  prompt, rendered, label, nll = _expected(setup, QUERY)
   status, out = _post(proxy, "/v1/chat/completions", {
-      "model": "x", "max_tokens": 8, "messages": [
-          {"role": "system", "content": "You are helpful."},
+      "model": "x", "max_tokens": 8, "temperature": 0, "messages": [
           {"role": "user", "content": "an earlier turn"},
           {"role": "assistant", "content": "ok"},
           {"role": "user", "content": QUERY}]})
   assert status == 200, out
-  assert out["qpo"] == {"query": QUERY, "prompt": prompt, "rendered": rendered, "round": 2}
-  assert out["choices"][0]["message"]["content"] == answer
-  assert out["usage"]["completion_tokens"] <= 8
+  assert out["choices"][0]["message"]["content"] == label and label in setup[4].verbalizers
+  qpo = out["qpo"]
+  assert (qpo["query"], qpo["prompt"], qpo["rendered"], qpo["round"]) == (QUERY, prompt,
+                                                                          rendered, 2)
+  assert qpo["options"] == list(setup[4].verbalizers)
+  np.testing.assert_allclose(qpo["option_nll"], nll, atol=1e-5)
+  assert "lowest mean NLL under the target" in qpo["answer"]
+  assert out["id"].startswith("chatcmpl-") and abs(out["created"] - time.time()) < 300
   status, out = _post(proxy, "/v1/completions", {"prompt": QUERY, "max_tokens": 8})
-  assert status == 200 and out["choices"][0]["text"] == answer and out["qpo"]["prompt"] == prompt
+  assert status == 200 and out["choices"][0]["text"] == label and out["qpo"]["prompt"] == prompt
+  assert out["id"].startswith("cmpl-")
   status, out = _post(proxy, "/v1/optimize", {"query": QUERY})
   assert status == 200 and out["prompt"] == prompt and out["rendered"] == rendered
 
 
 @pytest.mark.slow
 def test_proxy_in_front_of_serve_target_over_http(setup, monkeypatch):
-  """policy -> HTTP backend -> our serve_target: the same answer as the local target."""
+  """policy -> HTTP backend -> our serve_target: the same answer as the local target (raw
+  text, as completions endpoints score it)."""
   _, _, sampler, target, task, _ = setup
   backend = make_server(ModelServer(target.lm, "tiny"))
   serve_in_thread(backend)
@@ -113,15 +127,44 @@ def test_proxy_in_front_of_serve_target_over_http(setup, monkeypatch):
     status, out = _post(proxy, "/v1/chat/completions",
                         {"max_tokens": 8, "messages": [{"role": "user", "content": QUERY}]})
     assert status == 200, out
-    assert out["choices"][0]["message"]["content"] == _expected(setup, QUERY, 8)[2]
+    raw = LocalTarget(target.lm, chat=False, batch_size=4)
+    assert out["choices"][0]["message"]["content"] == _expected(setup, QUERY, raw)[2]
   finally:
     proxy.shutdown()
     backend.shutdown()
 
 
+def test_a_generative_task_gets_the_targets_greedy_reply(untrained):
+  sampler, target, _, _ = untrained
+  task = get_task("arithmetic")
+  proxy = make_server(PolicyServer(sampler, task, target, "qpo-arithmetic"),
+                      limits=Limits(max_tokens=16))
+  serve_in_thread(proxy)
+  try:
+    status, out = _post(proxy, "/v1/chat/completions",
+                        {"max_tokens": 5, "messages": [{"role": "user", "content": "2 + 3"}]})
+    assert status == 200, out
+    prompt = out["qpo"]["prompt"]
+    gen = target.generate([task.render(Example(uid="q", fields={"question": "2 + 3"}), prompt)],
+                          5)[0]
+    assert out["choices"][0]["message"]["content"] == gen.text
+    assert out["choices"][0]["finish_reason"] == ("length" if gen.generated_tokens == 5
+                                                  else "stop")
+    assert out["qpo"]["answer"] == "the target's greedy reply"
+  finally:
+    proxy.shutdown()
+
+
 @pytest.mark.parametrize("path,body,code,words", [
-    ("/v1/chat/completions", {"messages": [{"role": "system", "content": "x"}]}, 400,
+    ("/v1/chat/completions", {"messages": [{"role": "assistant", "content": "x"}]}, 400,
      "no user message"),
+    ("/v1/chat/completions", {"messages": [{"role": "system", "content": "Be brief."},
+                                           {"role": "user", "content": "hi"}]}, 400,
+     "this proxy writes the instruction itself"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                              "temperature": 0.7}, 400, "'temperature' must be 0 or absent"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                              "stream": "yes"}, 400, "'stream' must be true or false"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": ""}]}, 400,
      "must be a non-empty string"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],

@@ -66,11 +66,12 @@ def sample_prompts(cfg: ModelConfig, params, tokenizer, queries: Sequence[str], 
   bar = progress_bar(total=len(rows), desc="policy prompts", unit="prompt", leave=False)
   for start in range(0, len(rows), batch_size):
     chunk = rows[start:start + batch_size]
-    index = np.array([i for i, _ in chunk] + [0] * (batch_size - len(chunk)))
+    width = decoding.batch_rows(len(chunk), batch_size)
+    index = np.array([i for i, _ in chunk] + [0] * (width - len(chunk)))
     row_ids = np.array([(first_index + i) * num_samples + s for i, s in chunk]
-                       + [0] * (batch_size - len(chunk)))
+                       + [0] * (width - len(chunk)))
     keys = decoding.row_keys(seed, row_ids)
-    tokens, lengths = sample(cfg, params, jnp.full((batch_size,), target_return, jnp.float32),
+    tokens, lengths = sample(cfg, params, jnp.full((width,), target_return, jnp.float32),
                              jnp.asarray(ids[index]), jnp.asarray(mask[index]), keys, eos, pad,
                              max_len=prompt_len, temperature=temperature, top_k=top_k,
                              top_p=top_p)

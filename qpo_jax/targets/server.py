@@ -3,9 +3,13 @@
 Endpoints: GET /v1/models, POST /v1/completions (prompt: str or list; echo;
 logprobs with tokens / token_logprobs / text_offset; greedy or sampled
 continuation of max_tokens) and POST /v1/chat/completions (the model's chat
-template; logprobs and top_logprobs of the generated tokens). Enough for the
-HTTP backend, vLLM-style clients and a quick curl; one request runs on the
-model at a time (requests are accepted concurrently).
+template; logprobs and top_logprobs of the generated tokens). Every completion
+has an `id` and `created`; `finish_reason` is "length" when `max_tokens` cut
+it; `stream: true` sends the finished answer as server-sent events in OpenAI's
+chunk format (the text in one chunk; `stream_options.include_usage` adds the
+usage chunk). Enough for the HTTP backend, the `openai` client, vLLM-style
+clients and a quick curl; one request runs on the model at a time (requests
+are accepted concurrently), and each gets one access-log line.
 
 No request can take the server down or hold it for long (`Limits`): the key is
 checked from the headers before the body is read; the body's size, the prompt's
@@ -31,6 +35,7 @@ import select
 import socket
 import threading
 import time
+import uuid
 from typing import Any, Callable
 
 from absl import logging
@@ -292,7 +297,12 @@ def make_server(model: Any, host: str = "127.0.0.1", port: int = 0,
     timeout = limits.request_timeout_s  # a client that stops sending mid-body is dropped
 
     def log_message(self, fmt, *args):  # quiet; absl logging instead of stderr lines
-      logging.debug("serve-target: " + fmt, *args)
+      logging.debug("serve: " + fmt, *args)
+
+    def log_request(self, code="-", size="-"):  # one access-log line per request
+      del size
+      took = time.monotonic() - getattr(self, "_started", time.monotonic())
+      logging.info('%s "%s" %s %.2fs', self.client_address[0], self.requestline, code, took)
 
     def _send(self, code: int, payload: dict[str, Any]):
       data = json.dumps(payload).encode()
@@ -305,6 +315,36 @@ def make_server(model: Any, host: str = "127.0.0.1", port: int = 0,
         self.send_header("Connection", "close")
       self.end_headers()
       self.wfile.write(data)
+
+    def _stream(self, payload: dict[str, Any], include_usage: bool):
+      """A finished answer as server-sent events in OpenAI's chunk format: one chunk with
+      the text, one with the finish reason (and usage when asked), then [DONE]."""
+      chat = payload["object"] == "chat.completion"
+      self.close_connection = True  # the stream ends when the connection closes
+      self.send_response(200)
+      self.send_header("Content-Type", "text/event-stream")
+      self.send_header("Cache-Control", "no-cache")
+      self.send_header("Connection", "close")
+      self.end_headers()
+      head = {k: payload[k] for k in ("id", "created", "model")}
+      head["object"] = "chat.completion.chunk" if chat else "text_completion"
+      events = []
+      for c in payload["choices"]:
+        text = c["message"]["content"] if chat else c["text"]
+        first = {"role": "assistant", "content": text} if chat else None
+        events.append({**head, "choices": [
+            {"index": c["index"], **({"delta": first} if chat else {"text": text}),
+             "finish_reason": None, "logprobs": None}]})
+        events.append({**head, "choices": [
+            {"index": c["index"], **({"delta": {}} if chat else {"text": ""}),
+             "finish_reason": c["finish_reason"], "logprobs": None}]})
+      if include_usage:
+        events.append({**head, "choices": [], "usage": payload.get("usage")})
+      if "qpo" in payload:
+        events[0]["qpo"] = payload["qpo"]
+      for event in events:
+        self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+      self.wfile.write(b"data: [DONE]\n\n")
 
     def _error(self, code: int, message: str):
       self._send(code, {"error": {"message": message, "code": code}})
@@ -319,6 +359,7 @@ def make_server(model: Any, host: str = "127.0.0.1", port: int = 0,
       return True
 
     def do_GET(self):  # noqa: N802
+      self._started = time.monotonic()
       if not self._authorized():
         return
       if self.path.rstrip("/") == "/v1/models":
@@ -348,10 +389,17 @@ def make_server(model: Any, host: str = "127.0.0.1", port: int = 0,
       return body
 
     def do_POST(self):  # noqa: N802
+      self._started = time.monotonic()
       if not self._authorized():
         return
       try:
         body = self._body()
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+          raise RequestError(400, f"'stream' must be true or false, got {json.dumps(stream)[:40]}")
+        options = body.get("stream_options") or {}
+        if not isinstance(options, dict):
+          raise RequestError(400, "'stream_options' must be an object")
         with faults_lock:
           fault = faults.pop(0) if faults else None
         if delay_s:
@@ -361,7 +409,14 @@ def make_server(model: Any, host: str = "127.0.0.1", port: int = 0,
         route = model.routes().get(self.path.rstrip("/"))
         if route is None:
           raise RequestError(404, f"no route {self.path}")
-        self._send(200, route(body, limits, lambda: _client_gone(self.connection)))
+        payload = route(body, limits, lambda: _client_gone(self.connection))
+        if "choices" in payload:  # what OpenAI clients expect of every completion
+          payload = {"id": f"{'chatcmpl' if 'chat' in payload['object'] else 'cmpl'}-"
+                           f"{uuid.uuid4().hex[:24]}", "created": int(time.time()), **payload}
+        if stream and "choices" in payload:
+          self._stream(payload, bool(options.get("include_usage")))
+        else:
+          self._send(200, payload)
       except RequestError as e:
         if e.code != 499:  # nobody is listening for a 499
           self._error(e.code, str(e))
