@@ -77,9 +77,10 @@ def check(path: str, fields: Mapping[str, Any], stage: str, artifact: str) -> bo
   if old is None:
     return False
   # a field the record lacks joined the schema (configs/base.py) after the stage ran;
-  # its default keeps the old behaviour, so only fields both know, or that left, count
+  # its default keeps the old behaviour, so only fields both know, or that left, count;
+  # a recorded field that has since been found neutral (NEUTRAL) no longer counts
   changed = [f"{k}: {old.get(k, _UNSET)!r} -> {fields.get(k, _UNSET)!r}"
-             for k in sorted(old) if old[k] != fields.get(k, _UNSET)]
+             for k in sorted(old) if k not in NEUTRAL and old[k] != fields.get(k, _UNSET)]
   if changed:
     raise ValueError(
         f"{stage} in this workdir was made with other settings ({path}):\n  "

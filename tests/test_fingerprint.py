@@ -37,6 +37,15 @@ def test_stage_fields_leave_out_what_cannot_change_a_result():
     assert f"target.{retry}" not in d0 and f"target.{retry}" in fingerprint.NEUTRAL
 
 
+def test_a_field_recorded_before_it_was_found_neutral_does_not_count(tmp_path):
+  """Workdirs recorded target.backoff_s while it counted; they stay usable."""
+  path, fields = str(tmp_path / "d0.config.json"), fingerprint.stage_fields(_tiny(), "d0")
+  fingerprint.claim(path, {**fields, "target.backoff_s": 1.0}, "D_0", "data/loop_0")
+  assert fingerprint.check(path, fields, "D_0", "data/loop_0")
+  with pytest.raises(ValueError, match=r"task.seed: 0 -> 5"):
+    fingerprint.check(path, {**fields, "task.seed": 5}, "D_0", "data/loop_0")
+
+
 @pytest.fixture()
 def copied_run(tiny_run, tmp_path):
   work = str(tmp_path / "run")
