@@ -70,17 +70,18 @@ def _check_model_path(config: ml_collections.ConfigDict, role: str) -> None:
     raise FileNotFoundError(f"{role}.path={path!r}: the {kind} does not exist")
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
+def validate(config: ml_collections.ConfigDict, policy: bool = True) -> None:
   """Fails at start, with the field at fault, on values that would fail hours later.
 
-  Every mode calls it before it loads a model or writes a byte.
+  Every mode calls it before it loads a model or writes a byte; `policy` is False for
+  the modes that never train or run the policy (then its prompt length is not checked).
   """
   config_rules.check(config)
   if _field(config, "data.rank_by") not in rewards.RANK_BY:
     raise ValueError(f"data.rank_by={config.data.rank_by!r} must be one of {rewards.RANK_BY}")
-  if _field(config, "loop.screen_queries") > _field(config, "loop.prompt_queries"):
+  if 0 < _field(config, "loop.prompt_queries") < _field(config, "loop.screen_queries"):
     raise ValueError(f"loop.screen_queries={config.loop.screen_queries} must be at most "
-                     f"loop.prompt_queries={config.loop.prompt_queries} (the screening "
+                     f"loop.prompt_queries={config.loop.prompt_queries} (0: all D_0 queries; the screening "
                      "queries are the first of them)")
   if config.task.name not in TASKS:
     raise ValueError(f"task.name={config.task.name!r} is not one of {sorted(TASKS)}")
@@ -107,7 +108,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for s in list(config.data.settings) + list(config.eval.settings):
     if s not in evaluation.SETTINGS:
       raise ValueError(f"setting {s!r} is not one of {evaluation.SETTINGS}")
-  if config.data.source == "build":  # imported prompts are checked when D_0 is imported
+  if policy and config.data.source == "build":  # imported prompts: when D_0 is imported
     tokenizer = load_tokenizer(config.policy)
     if tokenizer is not None:
       pipeline.check_prompt_lengths(tokenizer,

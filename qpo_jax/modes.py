@@ -228,6 +228,9 @@ MODES: dict[str, Callable[[ml_collections.ConfigDict, str], object]] = {
 
 # What may run beside another mode on the same workdir: it writes no stage, cache or output there.
 SHARED_MODES = ("inspect_data", "serve_target")
+# What neither makes nor uses a run's stages (D_0, rounds, collections) or the policy: it is
+# not checked against their fingerprints or the policy's prompt length.
+STAGELESS_MODES = ("generate", "evaluate_prompts", "serve_target", "inspect_data")
 # What runs over several processes (the stages of a run); the rest serve or inspect from one.
 MULTI_PROCESS_MODES = ("build_data", "train_policy", "collect", "sample_prompts", "evaluate",
                        "evaluate_prompts", "loop")
@@ -242,11 +245,13 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str):
   if distributed.multi() and config.target.backend != "local":
     raise ValueError(f"target.backend={config.target.backend!r}: a multi-process run evaluates "
                      "a local target in lockstep; call an HTTP target from one process")
-  loop.validate(config)  # before any model is loaded or any byte written
+  staged = mode not in STAGELESS_MODES
+  loop.validate(config, policy=staged)  # before any model is loaded or any byte written
   show_progress(config.progress)
   # one run per workdir (inspecting and serving the target read it and may run beside one)
   with (contextlib.nullcontext() if mode in SHARED_MODES else workdir_lock.locked(workdir, mode)):
-    rounds.check_workdir(config, workdir)  # a stage made with other settings stops the run here
+    if staged:  # a stage made with other settings stops the run here
+      rounds.check_workdir(config, workdir)
     # compiled programs persist in the workdir (off: JAX's own setting, e.g.
     # JAX_COMPILATION_CACHE_DIR)
     with (compile_cache(Workdir(workdir).compile_cache) if config.compile_cache

@@ -265,3 +265,23 @@ def test_sigint_and_sigterm_stop_with_one_line_and_a_rerun_finishes(tmp_path):
   done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert done.returncode == 0, done.stderr[-2000:]
   assert (work / "eval" / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_modes_check_only_what_they_use(tmp_path, tiny_run):
+  """evaluate_prompts never runs the policy: a prompt length too short for the policy does
+  not stop it; inspect_data reads a dataset: a training field changed since does not
+  stop it. The modes that use stages still refuse both."""
+  import shutil
+  work = str(tmp_path / "w")
+  shutil.copytree(tiny_run[0], work)
+  short = _config("tiny.py")
+  short.train.prompt_len = 4
+  assert modes.run("evaluate_prompts", short, work)["num_queries"] == 8
+  with pytest.raises(ValueError, match="train.prompt_len=4 cannot hold the source prompt"):
+    modes.run("sample_prompts", short, work)
+  changed = _config("tiny.py")
+  changed.train.epochs = 7
+  assert "records" in modes.run("inspect_data", changed, work)
+  with pytest.raises(ValueError, match=r"train.epochs: 3 -> 7"):
+    modes.run("sample_prompts", changed, work)
