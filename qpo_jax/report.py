@@ -42,7 +42,7 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
-from qpo_jax import diagnostics, evaluation, rewards, sharding
+from qpo_jax import diagnostics, evaluation, report_plot, rewards, sharding
 from qpo_jax import prompts as prompts_lib
 from qpo_jax.baselines import ClassifierLookup, RewardModel, TextEmbedder
 from qpo_jax.finetuned_baselines import FinetunedSelectors
@@ -52,7 +52,7 @@ from qpo_jax.policy import rounds, train_step
 from qpo_jax.store import dataset
 from qpo_jax.tasks import CHOICE, base as task_base, load_splits
 from qpo_jax.tasks.base import format_number
-from qpo_jax.utils import atomic_open, atomic_write_text, peak_memory_gb, read_json
+from qpo_jax.utils import atomic_write_text, peak_memory_gb, read_json
 from qpo_jax.targets import Target
 from qpo_jax.workdir import Workdir
 
@@ -258,6 +258,7 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str, target:
   sources = list(dict.fromkeys(s for s, _ in cands))
   methods: dict[str, dict[str, float]] = collections.defaultdict(dict)
   comparisons: dict[str, dict[str, Any]] = collections.defaultdict(dict)
+  intervals: dict[str, dict[str, Any]] = collections.defaultdict(dict)  # each method's own
   calls_per_pair = {}  # target calls for one (query, prompt): the demo sets in few-shot
   per_query: dict[str, dict[str, list[float]]] = {}
   diag: dict[str, Any] = {}
@@ -305,6 +306,7 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str, target:
                      "prompts": ps} for r, ps in return_prompts.items()}}
     for method, v in vectors.items():
       methods[method][setting] = float(v.mean())
+      intervals[method][setting] = paired_bootstrap(v, np.zeros_like(v), seed=config.seed)
     last = vectors[qpo_id(num_loops)]
     for name, baseline in COMPARISONS.items():
       if baseline in vectors:
@@ -317,7 +319,7 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str, target:
       "best_train_prompt": best_train, "reward_model": fits["reward_model"],
       "baselines": fits,
       "policy_trained_parameters": trained,
-      "methods": dict(methods), **comparisons,
+      "methods": dict(methods), "intervals": dict(intervals), **comparisons,
       "qpo_prompt_stats": {_short(m): prompt_stats(ps, set(candidate_texts), best_train)
                            for m, ps in qpo_prompts.items()},
       "num_source_prompts": len(candidate_texts),
@@ -342,7 +344,8 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str, target:
   markdown = to_markdown(result)
   atomic_write_text(Workdir(workdir).eval("results.json"), json.dumps(result, indent=2))
   atomic_write_text(Workdir(workdir).eval("results.md"), markdown)
-  plot(result, workdir)
+  report_plot.plot(result, workdir, label)
+  report_plot.tensorboard(result, workdir)
   print(markdown, flush=True)
   return result
 
@@ -491,46 +494,3 @@ def _diagnostics_markdown(result: dict[str, Any]) -> list[str]:
   lines += [f"| {r['prompt']!r} | {_share(r['d0_accuracy'])} | {r['purity']:.2f} | "
             f"{r['majority']} |" for r in result["source_prompts"]]
   return lines
-
-
-def plot(result: dict[str, Any], workdir: str) -> str:
-  """Reward distribution per loop and accuracy per loop against the baselines."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  num_loops = len(result["qpo_prompts"])
-  # the newest dataset (D_T, or D_{T-1} without a final collection); datasets are renamed
-  # into place whole, as inspect_data relies on too
-  wd = Workdir(workdir)
-  recs, _ = dataset.read_dataset(wd.data(wd.datasets()[-1]))
-  fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
-  by_loop = collections.defaultdict(list)
-  for r in recs:
-    by_loop[r.loop].append(r.reward)
-  edges = np.histogram_bin_edges([r.reward for r in recs], bins=30)
-  for t, values in sorted(by_loop.items()):
-    left.hist(values, bins=edges, alpha=0.5, label=f"loop {t} ({len(values)})")
-  left.set_xlabel("reward")
-  left.set_title("reward distribution per loop")
-  left.legend(fontsize=7)
-  setting = result["settings"][0]
-  loops = list(range(1, num_loops + 1))
-  right.plot(loops, [result["methods"][qpo_id(t)][setting] for t in loops], "o-", color="black",
-             lw=2, label="QPO")
-  baselines = ("best_train_prompt", "reward_model", "manual", "none", "best_test_prompt",
-               "oracle")
-  for method, color in zip(baselines, plt.get_cmap("tab10").colors):
-    right.axhline(result["methods"][method][setting], ls=":" if method in ("best_test_prompt",
-                                                                           "oracle") else "--",
-                  lw=1.5, color=color, label=label(method))
-  right.set_xlabel("loop")
-  right.set_ylabel(f"test accuracy ({setting})")
-  right.set_xticks(loops)
-  right.legend(fontsize=7)
-  fig.tight_layout()
-  path = Workdir(workdir).eval("results.png")
-  with atomic_open(path, "wb") as fh:
-    fig.savefig(fh, format="png", dpi=100)
-  plt.close(fig)
-  return path

@@ -20,6 +20,19 @@ from tests.killable import Killable
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _scalars(directory):
+  """{tag: [(step, value)]} of the TensorBoard event files in a directory."""
+  from tensorboardX.proto import event_pb2
+  from qpo_jax.store.tfrecord import read_records
+  out = {}
+  for name in sorted(os.listdir(directory)):
+    for raw in read_records(os.path.join(directory, name)):
+      event = event_pb2.Event.FromString(raw)
+      for v in event.summary.value:
+        out.setdefault(v.tag, []).append((event.step, v.simple_value))
+  return out
+
+
 def _config(name):
   return load_config(os.path.join(ROOT, "configs", name))
 
@@ -56,6 +69,15 @@ def test_loop_killed_in_collection_resumes_to_the_same_table(tmp_path, tiny_run)
   md = open(os.path.join(work, "eval", "results.md")).read()
   assert "| QPO loop 2 |" in md and "| collect_1 |" in md and "| train_2 |" in md
   assert os.path.getsize(os.path.join(work, "eval", "results.png")) > 1000
+  for m, accs in got["methods"].items():  # every method's own interval, around its accuracy
+    ci = got["intervals"][m]["zero_shot"]
+    assert ci["low"] <= accs["zero_shot"] <= ci["high"]
+    assert accs["zero_shot"] == pytest.approx(ci["mean"])
+  scalars = _scalars(os.path.join(work, "eval", "tb"))  # the report's accuracies in TensorBoard
+  assert scalars["eval/zero_shot/qpo"] == [
+      (t, pytest.approx(got["methods"][f"qpo_loop_{t}"]["zero_shot"])) for t in (1, 2)]
+  assert scalars["eval/zero_shot/reward_model"] == [
+      (2, pytest.approx(got["methods"]["reward_model"]["zero_shot"]))]
   d0 = json.load(open(os.path.join(work, "data", "loop_0", "manifest.json")))
   d2 = json.load(open(os.path.join(work, "data", "loop_2", "manifest.json")))
   assert set(d2["by_loop"]) == {"0", "1", "2"}  # datasets keep every record
