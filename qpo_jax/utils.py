@@ -19,6 +19,19 @@ import traceback
 from typing import IO, Any, Callable, Iterator, Sequence
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def default_permissions(root: str) -> None:
+  """Files and folders under `root` get the modes open() and mkdir() give (some writers,
+  safetensors and mkstemp among them, make files only their owner can read)."""
+  for folder, _, files in os.walk(root):
+    os.chmod(folder, 0o777 & ~_UMASK)
+    for f in files:
+      os.chmod(os.path.join(folder, f), 0o666 & ~_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
   """A file handle on a temp file beside `path`, fsynced and renamed over it on success.
@@ -36,6 +49,7 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
   try:
+    os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would create it (mkstemp makes it 0600)
     with os.fdopen(fd, mode) as fh:
       yield fh
       fh.flush()

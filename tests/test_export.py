@@ -4,6 +4,8 @@ backbone transformers (PyTorch) runs to the same logits."""
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -88,6 +90,15 @@ def test_export_mode_on_a_trained_run(tiny_run, tmp_path):
                                   query_len=config.train.query_len,
                                   prompt_len=config.train.prompt_len, seed=0)
   assert again == sampler(queries, collect=False, seed=0)
+  script = os.path.join(out, "qpo", "generate_prompt.py")  # the policy in PyTorch, standalone
+  r = subprocess.run([sys.executable, script, *queries], capture_output=True, text=True,
+                     cwd=str(tmp_path), timeout=300, env={**os.environ, "PYTHONPATH": ""})
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert [json.loads(ln)["prompt"] for ln in r.stdout.splitlines()] == [p[0] for p in again]
+  assert "python qpo/generate_prompt.py" in open(os.path.join(out, "qpo", "README.md")).read()
+  for root, _, files in os.walk(out):  # ordinary permissions: readable by others
+    for f in files:
+      assert os.stat(os.path.join(root, f)).st_mode & 0o777 == 0o644, f
   hf_cfg = json.load(open(os.path.join(out, "config.json")))
   assert hf_cfg["model_type"] == "llama" and hf_cfg["vocab_size"] == cfg.vocab_size
   config.export.dir = str(tmp_path / "elsewhere")

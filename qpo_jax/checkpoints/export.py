@@ -6,7 +6,8 @@ Layout of the directory:
   tokenizer files                  the policy's tokenizer (save_pretrained)
   qpo/heads.safetensors            the QPO parameters around the backbone
   qpo/qpo.json                     what the policy was trained for and how to prompt it
-  qpo/README.md                    how to condition on R, in words
+  qpo/README.md                    how to condition on R
+  qpo/generate_prompt.py           the policy in PyTorch: a prompt for a query, runnable
 
 The backbone tensors are written with the same layout tables the importer
 reads (hf.py): each table entry maps an HF tensor to ours by a reshape,
@@ -25,8 +26,9 @@ from typing import Any, Mapping
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from qpo_jax.checkpoints import hf
+from qpo_jax.checkpoints import export_generate, hf
 from qpo_jax.models.config import ModelConfig
+from qpo_jax.utils import default_permissions
 
 HEADS_DIR = "qpo"
 
@@ -108,8 +110,10 @@ def export_policy(directory: str, cfg: ModelConfig, params: Mapping[str, Any], t
     f.write(_README.format(**{"target_return": meta.get("target_return"),
                               "query_len": meta.get("query_len"),
                               "prompt_len": meta.get("prompt_len")}))
+  shutil.copyfile(export_generate.__file__, os.path.join(tmp, HEADS_DIR, "generate_prompt.py"))
   if tokenizer is not None:
     tokenizer.save_pretrained(tmp)
+  default_permissions(tmp)  # safetensors writes 0600: others could not read the export
   if os.path.exists(directory):
     shutil.rmtree(directory)
   os.replace(tmp, directory)
@@ -154,6 +158,15 @@ policy. The policy (qpo_jax `PromptDT`) wraps it with the parameters in
 R is the min-max normalised reward (0..100) of the training data; ask for
 R* = {target_return} (the best return seen) to get a good prompt. Queries are
 cut to {query_len} tokens; prompts are at most {prompt_len} tokens.
+
+In PyTorch (torch, transformers, safetensors; no qpo_jax), `generate_prompt.py`
+beside this file is the whole policy, every detail written out (LayerNorm
+epsilon 1e-6, query tokens without special tokens, greedy decoding to EOS):
+
+    python qpo/generate_prompt.py "I just got the job, best day ever!"
+
+prints `{{"query": ..., "prompt": ...}}`, the prompt qpo_jax writes for it; from
+Python, `load()` and `write_prompt(...)` in that file do the same.
 With qpo_jax: `qpo_jax.checkpoints.export.load_policy_dir(<this directory>)`
 gives (config, parameters, tokenizer, qpo.json) back, bit for bit.
 """
