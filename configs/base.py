@@ -136,13 +136,13 @@ def get_config() -> ml_collections.ConfigDict:
       # shared D_0 queries
       explore=False,
       parents=8,  # explore: the prompts the expert filter keeps most, rewritten and edited
-      rewrites=6,  # explore: rewrites sampled per parent by the policy's pretrained LM
+      rewrites=4,  # explore: rewrites sampled per parent by the policy's pretrained LM
       edits=64,  # explore: phrase edits of the parents (swap, delete, add, cross over)
       junk_quantile=0.9,  # explore: most NLL a candidate may have, as a quantile of the sources
-      max_screen=96,  # explore: most candidates screened (the critic picks them when more)
+      max_screen=64,  # explore: most candidates screened (the critic picks them when more)
       screen_queries=32,  # explore: D_0 queries every screened candidate is scored on
-      new_prompts=24,  # explore: screened prompts kept and scored on all `prompt_queries`
-      prompt_queries=64)  # explore: D_0 queries every kept prompt is scored on
+      new_prompts=8,  # explore: screened prompts kept and scored on all `prompt_queries`
+      prompt_queries=0)  # explore: D_0 queries every kept prompt is scored on (0: all)
 
   c.eval = dict(
       split="test",  # the split the final table scores ("validation": choosing settings)

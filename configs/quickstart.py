@@ -98,8 +98,10 @@ def get_config():
                  query_len=48, prompt_len=32, finetune_epochs=2, log_every=10,
                  checkpoint_every=200)
   c.policy.remat = True  # -0.8 GB of training memory (see above)
-  c.sample.update(num_samples=2, batch_size=32)
-  c.loop.update(num_loops=1, collect_batches=2, collect_queries=100, final_collection=False)
+  c.sample.update(num_samples=4, batch_size=32)
+  c.sample.collect.update(top_k=50, top_p=0.95)
+  c.loop.update(num_loops=2, collect_batches=2, collect_queries=100, final_collection=False,
+                explore=True)
   c.eval.update(num_queries=200, num_demo_sets=3, num_demos=4, max_new_tokens=128)
   c.generate.update(
       questions=("What is the capital of France?",

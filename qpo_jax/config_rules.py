@@ -66,7 +66,7 @@ RULES: dict[str, str] = {
     "loop.collect_queries": "positive_int", "loop.parents": "count", "loop.rewrites": "count",
     "loop.edits": "count", "loop.junk_quantile": "fraction", "loop.max_screen": "positive_int",
     "loop.screen_queries": "positive_int", "loop.new_prompts": "positive_int",
-    "loop.prompt_queries": "positive_int",
+    "loop.prompt_queries": "count",
     "eval.num_queries": "positive_int", "eval.num_demo_sets": "positive_int",
     "eval.num_demos": "positive_int", "eval.max_new_tokens": "positive_int",
     "eval.validation_queries": "count", "eval.purity_queries": "count", "eval.best_of_n": "count",

@@ -26,8 +26,9 @@ one query cannot be compared with the pool. Here a loop:
      the largest `group_gain` over the pool (measured: the critic's ranking
      did not predict it, Spearman -0.25 over 96 edits on TweetEval);
   5. scores each kept prompt on the rest of `loop.prompt_queries` shared D_0
-     queries, so its avg_acc is over the same queries for every kept prompt and
-     the expert filter can compare it with every source prompt there. Every
+     queries (0: all of D_0's), so its avg_acc is over the same queries for every
+     kept prompt and the expert filter can compare it with every source prompt
+     there: a new prompt the policy is to learn needs many queries it wins on. Every
      outcome is kept, failures and screened-out prompts with their low returns.
 
 `plan` returns the (query, prompt) pairs to evaluate; loop.py evaluates, rewards
@@ -245,7 +246,8 @@ def plan(*, samples: Sequence[Sequence[str]], queries: Sequence[Example],
   fluent = [i for i in range(len(texts)) if nll[i] <= limit]
   in_d0 = {r.query_id or r.query for r in dataset_records if r.loop == 0}
   d0_train = [ex for ex in train if ex.uid in in_d0 or ex.query in in_d0]  # D_0's queries
-  shared = sample_queries(d0_train, prompt_queries, seed=seed, max_words=max_words)
+  shared = sample_queries(d0_train, prompt_queries or len(d0_train), seed=seed,
+                          max_words=max_words)
   screen = shared[:screen_queries]  # class-balanced: sample_queries interleaves the labels
   critic_rank = None
   if len(fluent) > max_screen:  # the critic spends no target calls: it picks what is screened

@@ -84,8 +84,10 @@ def train_policy_round(config: ml_collections.ConfigDict, workdir: str, t: int,
     raise ValueError(f"no record of {data} passes the expert filter "
                      f"(data.threshold={config.data.threshold}, data.top_fraction="
                      f"{config.data.top_fraction}); lower data.threshold")
-  if t > 1:
-    params = trainer.load_final_params(Workdir(workdir).round(t - 1), params)
+  if t > 1:  # the init's arrays are dropped first: never two copies of the policy (+0.5 GB)
+    like = trainer.abstract(params)
+    del params
+    params = trainer.load_final_params(Workdir(workdir).round(t - 1), like)
     tc.update(learning_rate=tc["finetune_lr"], epochs=tc["finetune_epochs"])
   mesh = sharding.make_mesh(config.mesh)
   params = sharding.shard_params(params, mesh)
@@ -142,7 +144,9 @@ def prompt_sampler(config: ml_collections.ConfigDict, workdir: str, t: int) -> P
                             f"finished rounds: {finished or 'none'}")
   claim_stage(config, workdir, "round", t, record=False)
   cfg, params, tok = policy_init(config)
-  params = trainer.load_final_params(wd.round(t), params)
+  like = trainer.abstract(params)  # the init's arrays go before the trained ones come
+  del params
+  params = trainer.load_final_params(wd.round(t), like)
   return PromptSampler(cfg, params, tok, config.sample, config.train.query_len,
                        config.train.prompt_len, t)
 

@@ -39,11 +39,6 @@ def _trim_metrics(path: str, last_step: int) -> None:
   atomic_write_text(path, "".join(lines))
 
 
-def _abstract(tree, shardings):
-  return jax.tree_util.tree_map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
-
 def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, rows: TrainingRows,
                 tc: Mapping[str, Any], *, mesh, seed: int, stop_after: int | None = None,
                 started: float | None = None) -> Any:
@@ -137,9 +132,6 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, rows: Traini
 def load_final_params(round_dir: str, like: Any) -> Any:
   """A finished round's parameters, restored with the shapes and shardings of `like`, after
   their checksums (rounds saved before checksums existed: a finite check) pass."""
-  abstract = jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-      like)
   params_dir = os.path.join(os.path.abspath(round_dir), "params")
   redo = (f"; delete {os.path.join(round_dir, 'final')} and {params_dir} and rerun: the round "
           "resumes from its last checkpoint")
@@ -147,10 +139,21 @@ def load_final_params(round_dir: str, like: Any) -> Any:
   why = checksums.problem(params_dir, sums) if os.path.exists(sums) else None
   if why:
     raise ValueError(f"the parameters of {round_dir} are damaged: {why}{redo}")
-  params = ocp.StandardCheckpointer().restore(params_dir, abstract)
+  params = ocp.StandardCheckpointer().restore(params_dir, abstract(like))
   if not _finite(params):
     raise ValueError(f"the parameters in {params_dir} are not finite{redo}")
   return params
+
+
+def abstract(tree: Any, shardings: Any = None) -> Any:
+  """Shapes and dtypes of a tree (arrays or ShapeDtypeStructs) with `shardings`, or with
+  each leaf's own: what orbax restores into."""
+  if shardings is None:
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        tree)
+  return jax.tree_util.tree_map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
 def _params_sums(round_dir: str) -> str:
@@ -199,7 +202,7 @@ def _restore_latest_good(round_dir: str, step_fns, batches: Batches, total: int)
     if why is None:
       try:
         restored = manager.restore(latest, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract(step_fns.shapes, step_fns.shardings)),
+            state=ocp.args.StandardRestore(abstract(step_fns.shapes, step_fns.shardings)),
             data=ocp.args.JsonRestore()))
       except Exception as e:  # pylint: disable=broad-except
         why = f"orbax cannot read it ({type(e).__name__}: {str(e)[:200]})"
