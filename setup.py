@@ -6,7 +6,9 @@ setup(
     name="qpo_jax",
     version="0.1.0",
     description="Reference JAX/Flax implementation of QPO (query-dependent prompt optimization)",
-    packages=find_packages(include=["qpo_jax", "qpo_jax.*"]),
+    packages=find_packages(include=["qpo_jax", "qpo_jax.*"]) + ["qpo_jax.configs"],
+    package_dir={"qpo_jax.configs": "configs"},  # an installed user has the configs too
+    entry_points={"console_scripts": ["qpo-jax = qpo_jax.cli:run"]},
     # TweetEval emotion (see its NOTICE) and our source prompts: the embedded default task
     package_data={"qpo_jax": ["data/tweet_emotion/*", "data/prompts/*.yaml"]},
     python_requires=">=3.11",  # tested on 3.11 (CI); Colab runs 3.12, where jaxlib 0.10.2 has wheels too

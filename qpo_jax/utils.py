@@ -214,31 +214,6 @@ def exit_on_write_failure(fn: Callable[[], Any]) -> Any:
     os._exit(1)  # pylint: disable=protected-access
 
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError)
-
-
-def exit_on_user_error(fn: Callable[[], Any], show_traceback: bool = False) -> Any:
-  """Runs `fn`; an error in what the user gave (a value, a path, a busy workdir, a target
-  that answers nonsense: `USER_ERRORS` and RuntimeErrors the package raises for them)
-  ends the process with one line, `FATAL <message>`, not a traceback (`show_traceback`
-  prints it first)."""
-  from qpo_jax.targets import TargetError  # pylint: disable=g-import-not-at-top
-  from qpo_jax.workdir_lock import WorkdirBusy  # pylint: disable=g-import-not-at-top
-
-  try:
-    return fn()
-  except USER_ERRORS + (TargetError, WorkdirBusy) as e:
-    if write_failure(e) is not None:
-      raise  # exit_on_write_failure says it
-    if show_traceback:
-      traceback.print_exc()
-    sys.stdout.flush()
-    sys.stderr.write(f"FATAL {e}\n" + ("" if show_traceback else
-                                       "(--traceback shows where it was raised)\n"))
-    sys.stderr.flush()
-    os._exit(1)  # pylint: disable=protected-access
-
-
 def quiet_library_info() -> None:
   """INFO lines come from this package only; other libraries (orbax writes ~20 per
   checkpoint) show warnings and errors. `--verbosity=1` shows everything."""

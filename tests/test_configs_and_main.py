@@ -19,7 +19,8 @@ from qpo_jax.utils import compile_cache, config_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = os.path.join(ROOT, "configs", "base.py")
-CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py")) if p != BASE)
+CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+                 if p != BASE and not p.endswith("__init__.py"))
 
 
 def _all_configs():
