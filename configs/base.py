@@ -42,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.task = dict(
       name="tweet_emotion",  # registry name (qpo_jax/tasks)
+      file="",  # a YAML/JSON file declaring your own task (tasks/declared.py); then it names it
       seed=0,  # split shuffles
       max_words=100,  # queries longer than this are dropped
       data=dict(

@@ -40,7 +40,7 @@ from qpo_jax import initial_dataset
 from qpo_jax.store import dataset, importers, pipeline
 from qpo_jax.store.records import record_from_outcome
 from qpo_jax.targets import BACKENDS, Target, run_target
-from qpo_jax.tasks import TASKS, base as task_base, data_spec, load_source, load_splits
+from qpo_jax.tasks import TASKS, base as task_base, data_spec, load_source, load_splits, task_of
 from qpo_jax.tasks.paper import svamp_fold_queries
 from qpo_jax.tasks.sources import read_json_list
 from qpo_jax.utils import atomic_write_text, peak_memory_gb, stage
@@ -83,8 +83,9 @@ def validate(config: ml_collections.ConfigDict, policy: bool = True) -> None:
     raise ValueError(f"loop.screen_queries={config.loop.screen_queries} must be at most "
                      f"loop.prompt_queries={config.loop.prompt_queries} (0: all D_0 queries; the screening "
                      "queries are the first of them)")
-  if config.task.name not in TASKS:
-    raise ValueError(f"task.name={config.task.name!r} is not one of {sorted(TASKS)}")
+  if not config.task.file and config.task.name not in TASKS:
+    raise ValueError(f"task.name={config.task.name!r} is not one of {sorted(TASKS)} (or "
+                     "declare your own in a file: task.file)")
   backend = config.target.backend
   if backend not in BACKENDS:
     raise ValueError(f"target.backend={backend!r} is not one of {sorted(BACKENDS)}")
@@ -96,7 +97,7 @@ def validate(config: ml_collections.ConfigDict, policy: bool = True) -> None:
     _check_model_path(config, role)
   if config.data.nll_term not in rewards.NLL_TERMS:
     raise ValueError(f"data.nll_term={config.data.nll_term!r} is not one of {rewards.NLL_TERMS}")
-  task = TASKS[config.task.name]()
+  task = task_of(config.task)
   spec = data_spec(task, config.task.data)
   if spec["kind"] == "files" and not os.path.isdir(os.path.expanduser(spec.get("dir") or "")):
     raise ValueError(f"task.data.dir={spec.get('dir') or ''!r} is not a directory (task "

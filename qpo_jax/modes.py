@@ -27,7 +27,7 @@ from qpo_jax.policy.serve import PolicyServer
 from qpo_jax.store import dataset, summary
 from qpo_jax.targets.server import Limits, ModelServer, make_server
 from qpo_jax.tasks import base as task_base
-from qpo_jax.tasks import get_task, load_splits
+from qpo_jax.tasks import task_of, load_splits
 from qpo_jax.utils import atomic_write_text, compile_cache, show_progress, stage
 from qpo_jax.workdir import Workdir
 
@@ -122,7 +122,7 @@ def serve_policy(config: ml_collections.ConfigDict, workdir: str) -> None:
   """
   sampler = rounds.prompt_sampler(config, workdir, config.optimize.round)
   target = run_target(config)
-  proxy = PolicyServer(sampler, get_task(config.task.name), target,
+  proxy = PolicyServer(sampler, task_of(config.task), target,
                        f"qpo-{config.task.name}-round{sampler.round}")
   _serve(config, proxy, f"QPO policy round {sampler.round} in front of {config.target.name}")
 

@@ -37,7 +37,7 @@ from qpo_jax import evaluation
 from qpo_jax.eval_cache import EvalCache
 from qpo_jax.policy import rounds
 from qpo_jax.targets import Target, run_target
-from qpo_jax.tasks import CHOICE, Example, Task, get_task
+from qpo_jax.tasks import CHOICE, Example, Task, task_of
 from qpo_jax.utils import progress_bar
 from qpo_jax.workdir import Workdir
 
@@ -217,7 +217,7 @@ def optimize(config: ml_collections.ConfigDict, workdir: str, target=None) -> di
   oc = config.optimize
   if not oc.input:
     raise ValueError("--mode=optimize needs --config.optimize.input=<.jsonl, .csv or .txt>")
-  task = get_task(config.task.name)
+  task = task_of(config.task)
   rows, bad = read_queries(task, os.path.expanduser(oc.input), oc.field)
   for message in bad:
     logging.warning("skipped %s", message)

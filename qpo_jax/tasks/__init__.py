@@ -6,14 +6,15 @@ A config's `task` section:
   max_words queries and demonstrations are cut to this many words (spec: 100)
   data      where rows come from: kind="files" | "tfds" | "builtin", plus that
             kind's fields (sources.py); the task's defaults fill what is not set.
-Adding a task means adding one function returning a `Task` and a line here.
+Adding a task means adding one function returning a `Task` and a line here, or
+declaring it in a YAML/JSON file (`task.file`, tasks/declared.py) without code.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from qpo_jax.tasks import builtin, paper, sources
+from qpo_jax.tasks import builtin, declared, paper, sources
 from qpo_jax.tasks.base import CHOICE, MATH, Example, Task, split_rows
 
 TASKS: dict[str, Callable[[], Task]] = {
@@ -35,8 +36,17 @@ SPLITS = ("train", "collect", "validation", "test")
 
 def get_task(name: str) -> Task:
   if name not in TASKS:
-    raise ValueError(f"task.name={name!r} is not one of {sorted(TASKS)}")
+    raise ValueError(f"task.name={name!r} is not one of {sorted(TASKS)} (or declare your "
+                     "own in a file: task.file)")
   return TASKS[name]()
+
+
+def task_of(task_cfg: Mapping[str, Any]) -> Task:
+  """The task a config's `task` section names: declared in `task.file` (tasks/declared.py),
+  else the registry's `task.name`."""
+  if task_cfg.get("file"):
+    return declared.load_task(task_cfg["file"])
+  return get_task(task_cfg["name"])
 
 
 def data_spec(task: Task, data: Mapping[str, Any] | None) -> dict:
@@ -80,7 +90,7 @@ def load_splits(task_cfg: Mapping[str, Any], which: tuple[str, ...] = SPLITS
   is trained on, collected or validated on, no validation query is in D_0 or
   collected, and no collect query is in D_0.
   """
-  task = get_task(task_cfg["name"])
+  task = task_of(task_cfg)
   spec = data_spec(task, task_cfg["data"])
   seed = int(task_cfg["seed"])
   loaded: dict[str, list[Example]] = {}
@@ -97,4 +107,5 @@ def load_splits(task_cfg: Mapping[str, Any], which: tuple[str, ...] = SPLITS
   return task, {split: splits[split] for split in which}
 
 
-__all__ = ["CHOICE", "MATH", "Example", "Task", "TASKS", "get_task", "load_splits", "data_spec"]
+__all__ = ["CHOICE", "MATH", "Example", "Task", "TASKS", "get_task", "task_of", "load_splits",
+           "data_spec"]
