@@ -35,6 +35,8 @@ def test_stage_fields_leave_out_what_cannot_change_a_result():
   assert "loop.num_loops" not in fingerprint.stage_fields(c, "collect", 2)  # more loops extend
   for retry in ("concurrency", "max_retries", "timeout_s", "backoff_s"):  # HTTP retries, all
     assert f"target.{retry}" not in d0 and f"target.{retry}" in fingerprint.NEUTRAL
+  # they move the order of floating-point sums, and the trained policy's prompts with it
+  assert "policy.remat" in r1 and "sample.batch_size" in r2
 
 
 def test_a_field_recorded_before_it_was_found_neutral_does_not_count(tmp_path):
