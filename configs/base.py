@@ -122,7 +122,7 @@ def get_config() -> ml_collections.ConfigDict:
       target_return=100.0,  # R*: the return the policy is conditioned on
       num_samples=1,  # collection: prompts per query
       batch_size=64,  # queries per sampling batch
-      test=dict(temperature=0.0),  # test prompts: greedy
+      test=dict(temperature=0.0, top_k=0, top_p=1.0),  # test prompts: greedy (temperature 0)
       collect=dict(temperature=1.0, top_k=2, top_p=0.9))  # collection sampling
 
   c.loop = dict(

@@ -60,6 +60,7 @@ RULES: dict[str, str] = {
     "train.log_every": "positive_int", "train.checkpoint_every": "positive_int",
     "sample.target_return": "any", "sample.num_samples": "positive_int",
     "sample.batch_size": "positive_int", "sample.test.temperature": "non_negative",
+    "sample.test.top_k": "count", "sample.test.top_p": "fraction",
     "sample.collect.temperature": "non_negative", "sample.collect.top_k": "count",
     "sample.collect.top_p": "fraction",
     "loop.num_loops": "positive_int", "loop.collect_batches": "positive_int",
