@@ -39,6 +39,7 @@ setup(
         "test": ["pytest", "torch==2.13.0", "accelerate",
                  "tfrecord",  # an independent TFRecord reader for the store's tests
                  "nbclient", "nbformat", "ipykernel",  # the colab/ notebooks run in tests
-                 "openai"],  # the servers are tested with the OpenAI client
+                 "openai",  # the servers are tested with the OpenAI client
+                 "dspy==3.4.1"],  # qpo_jax.dspy_adapter is tested with DSPy
     },
 )
