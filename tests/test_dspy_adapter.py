@@ -1,7 +1,5 @@
 """QPO from DSPy: the policy's per-query prompt becomes the instruction DSPy sends."""
 
-import os
-
 import pytest
 
 dspy = pytest.importorskip("dspy")  # the test extra installs it
@@ -9,15 +7,7 @@ dspy = pytest.importorskip("dspy")  # the test extra installs it
 from dspy.utils import DummyLM  # noqa: E402
 
 from qpo_jax.dspy_adapter import QPOPredict, RemotePolicy  # noqa: E402
-from qpo_jax.policy import rounds  # noqa: E402
-from qpo_jax.policy.serve import PolicyServer  # noqa: E402
-from qpo_jax.targets import build_target  # noqa: E402
-from qpo_jax.targets.server import Limits, make_server, serve_in_thread  # noqa: E402
-from qpo_jax.tasks import get_task  # noqa: E402
-from qpo_jax.utils import load_config  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
+from tests.conftest import untrained_proxy  # noqa: E402
 
 class Rule:
   """A stand-in policy: its prompt names the query's length, so each query gets its own."""
@@ -57,13 +47,7 @@ def test_the_query_field_must_be_named_when_there_are_several():
 
 
 def test_a_serve_policy_proxy_writes_the_instruction():
-  config = load_config(os.path.join(ROOT, "configs", "tiny.py"))
-  cfg, params, tok = rounds.policy_init(config)
-  sampler = rounds.PromptSampler(cfg, params, tok, config.sample, config.train.query_len,
-                                 config.train.prompt_len, round=0)
-  proxy = make_server(PolicyServer(sampler, get_task("topics"), build_target(config.target),
-                                   "qpo-topics"), api_key="sk-d", limits=Limits(max_tokens=8))
-  serve_in_thread(proxy)
+  sampler, _, _, proxy = untrained_proxy("sk-d", max_tokens=8)
   try:
     host, port = proxy.server_address[:2]
     remote = RemotePolicy(f"http://{host}:{port}/v1", api_key="sk-d")

@@ -1,19 +1,13 @@
 """Both servers through the `openai` Python client on loopback: fields, finish reasons, streams."""
 
-import os
-
 import openai
 import pytest
 
 from qpo_jax.models.registry import load_model
-from qpo_jax.policy import rounds
-from qpo_jax.policy.serve import PolicyServer
-from qpo_jax.targets import build_target
 from qpo_jax.targets.server import Limits, ModelServer, make_server, serve_in_thread
 from qpo_jax.tasks import get_task
-from qpo_jax.utils import load_config
+from tests.conftest import untrained_proxy
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY = "sk-openai-client-1"
 
 
@@ -34,13 +28,7 @@ def target_server():
 
 @pytest.fixture(scope="module")
 def proxy():
-  config = load_config(os.path.join(ROOT, "configs", "tiny.py"))
-  cfg, params, tok = rounds.policy_init(config)
-  sampler = rounds.PromptSampler(cfg, params, tok, config.sample, config.train.query_len,
-                                 config.train.prompt_len, round=0)
-  srv = make_server(PolicyServer(sampler, get_task("topics"), build_target(config.target),
-                                 "qpo-topics"), api_key=KEY, limits=Limits(max_tokens=16))
-  serve_in_thread(srv)
+  srv = untrained_proxy(KEY, max_tokens=16)[-1]
   yield srv
   srv.shutdown()
 

@@ -16,6 +16,7 @@ from qpo_jax.targets import HttpTarget, LocalTarget, build_target
 from qpo_jax.targets.server import Limits, ModelServer, make_server, serve_in_thread
 from qpo_jax.tasks import Example, get_task
 from qpo_jax.utils import load_config
+from tests.conftest import untrained_proxy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY = "sk-proxy-789"
@@ -25,14 +26,7 @@ QUERY = "Our team won the final match"
 @pytest.fixture(scope="module")
 def untrained():
   """A proxy over the tiny config's untrained policy: request handling needs no run."""
-  config = load_config(os.path.join(ROOT, "configs", "tiny.py"))
-  cfg, params, tok = rounds.policy_init(config)
-  sampler = rounds.PromptSampler(cfg, params, tok, config.sample, config.train.query_len,
-                                 config.train.prompt_len, round=0)
-  target, task = build_target(config.target), get_task("topics")
-  proxy = make_server(PolicyServer(sampler, task, target, "qpo-topics"), api_key=KEY,
-                      limits=Limits(max_tokens=16))
-  serve_in_thread(proxy)
+  sampler, target, task, proxy = untrained_proxy(KEY, max_tokens=16)
   yield sampler, target, task, proxy
   proxy.shutdown()
 
