@@ -138,14 +138,15 @@ def _check_results(work: _Pairs, target: Target, calls: Sequence[_Call],
     raise TargetError(f"target {target.identity} returned {len(results)} results for "
                       f"{len(calls)} calls")
   for c, r in zip(calls, results):
-    text, options = work.render(c.pair, c.demo_set)
     nll = np.asarray(r["nll"], np.float64).reshape(-1)
     problem = ""
-    if work.task.kind == CHOICE and len(nll) != len(options):
-      problem = f"{len(nll)} option NLLs for {len(options)} options"
+    n_options = len(work.task.options(work.pairs[c.pair][0])) if work.task.kind == CHOICE else 0
+    if work.task.kind == CHOICE and len(nll) != n_options:
+      problem = f"{len(nll)} option NLLs for {n_options} options"
     elif not np.isfinite(nll).all():
       problem = f"a non-finite NLL ({r['nll']})"
-    if problem:
+    if problem:  # rendered again only for the message: a pair is rendered to key it and to run it
+      text, options = work.render(c.pair, c.demo_set)
       raise TargetError(f"target {target.identity} gave {problem} for the pair (query "
                         f"{work.pairs[c.pair][0].uid}, prompt {work.pairs[c.pair][1]!r}): "
                         f"{text[:300]!r}" + (f" with options {list(options)}" if options else ""))

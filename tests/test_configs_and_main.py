@@ -341,7 +341,7 @@ def test_main_train_and_sample_policy(tmp_path):
   assert len(json.loads((round_dir / "prompts.json").read_text())) == 8
   r = _main("--config=configs/tiny.py", "--mode=train_policy", "--config.train.round=0",
             workdir=tmp_path)
-  assert r.returncode != 0 and "policy rounds start at 1" in r.stderr
+  assert r.returncode != 0 and "train.round=0 must be a positive whole number" in r.stderr
 
 
 @pytest.mark.slow
