@@ -159,6 +159,14 @@ def _imported(config, task, splits) -> tuple[list, str]:
   return recs, str(summary)
 
 
+def d0_queries(config: ml_collections.ConfigDict, train: list[task_base.Example]
+               ) -> list[task_base.Example]:
+  """The train queries a built D_0 tries every source prompt on (data.num_queries, seeded);
+  a peer optimiser compared with QPO is given the same ones."""
+  return task_base.sample_queries(train, config.data.num_queries or len(train),
+                                  seed=config.seed, max_words=config.task.max_words)
+
+
 def initial_data(config: ml_collections.ConfigDict, workdir: str, target=None,
                  cache: EvalCache | None = None) -> dict[str, Any]:
   """D_0 in <workdir>/data/loop_0: built on the target from source prompts, or imported."""
@@ -181,8 +189,7 @@ def initial_data(config: ml_collections.ConfigDict, workdir: str, target=None,
         meta={"loop": 0, "imported_from": d.path, "import_summary": summary,
               "cost": stage_cost(cache or EvalCache.of_workdir(workdir), started)})
   elif d.source == "build":
-    queries = task_base.sample_queries(splits["train"], d.num_queries or len(splits["train"]),
-                                       seed=config.seed, max_words=config.task.max_words)
+    queries = d0_queries(config, splits["train"])
     demos = task_base.demo_sets(splits["train"], d.num_demo_sets, d.num_demos, seed=config.seed,
                                 max_words=config.task.max_words) \
         if evaluation.FEW_SHOT in d.settings else ()

@@ -193,13 +193,20 @@ def _purity_probe(task, target, cache, d0, train: Sequence, prompts: Sequence[st
   return purity
 
 
+def report_queries(config: ml_collections.ConfigDict, rows: list[task_base.Example]
+                   ) -> list[task_base.Example]:
+  """The queries the report scores every method on: eval.num_queries of `rows` (the
+  eval.split), seeded; experiments that compare with the report read the same ones."""
+  return task_base.sample_queries(rows, config.eval.num_queries, seed=config.seed + 7,
+                                  max_words=config.task.max_words)
+
+
 def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str, target: Target,
                         cache: EvalCache) -> dict[str, Any]:
   started = time.time()
   e, num_loops = config.eval, int(config.loop.num_loops)
   task, splits = load_splits(config.task, ("train", "validation", e.split))
-  queries = task_base.sample_queries(splits[e.split], e.num_queries, seed=config.seed + 7,
-                                     max_words=config.task.max_words)
+  queries = report_queries(config, splits[e.split])
   texts = [q.query for q in queries]
   cands = prompts_lib.source_prompts(config, task)
   candidate_texts = list(dict.fromkeys(p for _, p in cands))

@@ -6,6 +6,8 @@
   texts; an option's mean NLL is taken over the tokens whose `text_offset`
   falls inside the option. The text is sent raw (no chat template), as
   completions endpoints expect; this matches the local backend with chat=False.
+  Given the model's tokenizer (`chat_tokenizer`), the text is put in its chat
+  template here and an option follows as the reply, as with chat=True.
 * Choice, scoring="chat_first_token" (APIs without echo): one chat request with
   `max_tokens=1` and `top_logprobs=20`; an option's score is the log-probability
   of the listed token its text starts with, and an unlisted option gets the
@@ -32,7 +34,8 @@ from typing import Any, Callable, Sequence, TypeVar
 from absl import logging
 import numpy as np
 
-from qpo_jax.targets.local import Generation
+from qpo_jax.decoding import chat_text
+from qpo_jax.targets.local import Generation, option_text
 
 RETRY_STATUS = (429, 500, 502, 503, 504)
 T = TypeVar("T")
@@ -47,7 +50,8 @@ class HttpTarget:
 
   def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY",
                scoring: str = "completions", concurrency: int = 4, max_retries: int = 5,
-               timeout_s: float = 60.0, backoff_s: float = 1.0, top_logprobs: int = 20):
+               timeout_s: float = 60.0, backoff_s: float = 1.0, top_logprobs: int = 20,
+               chat_tokenizer=None):
     if not base_url:
       raise ValueError("target.base_url is empty; e.g. http://127.0.0.1:8000/v1")
     if scoring not in ("completions", "chat_first_token"):
@@ -61,7 +65,8 @@ class HttpTarget:
     self.backoff_s = float(backoff_s)
     self.top_logprobs = int(top_logprobs)
     self._key = os.environ.get(api_key_env, "") if api_key_env else ""
-    self.identity = f"http:{self.base_url}:{model}:{scoring}"
+    self.chat_tokenizer = chat_tokenizer
+    self.identity = f"http:{self.base_url}:{model}:{scoring}" + (":chat" if chat_tokenizer else "")
     self._warned_no_logprobs = False
 
   def __repr__(self) -> str:
@@ -130,7 +135,9 @@ class HttpTarget:
 
   def _score_completions(self, item) -> tuple[list[float], int]:
     text, options = item
-    full = [text + " " + o for o in options]
+    chat = self.chat_tokenizer is not None
+    text = chat_text(self.chat_tokenizer, text) if chat else text
+    full = [text + option_text(o, chat, self.chat_tokenizer) for o in options]
 
     def parse(resp):
       choices = sorted(resp["choices"], key=lambda c: c.get("index", 0))

@@ -1,8 +1,10 @@
 """`serve-target`: a small OpenAI-compatible server in front of a local JAX model.
 
-Endpoints: GET /v1/models, POST /v1/completions (prompt: str or list; echo;
-logprobs with tokens / token_logprobs / text_offset; greedy or sampled
-continuation of max_tokens) and POST /v1/chat/completions (the model's chat
+Endpoints: GET /v1/models, GET /v1/usage (requests answered, with their tokens,
+since the start, in all and per route: how an optimiser's target calls are
+counted), POST /v1/completions (prompt: str or list; echo; logprobs with tokens /
+token_logprobs / text_offset; greedy or sampled continuation of max_tokens) and
+POST /v1/chat/completions (the model's chat
 template; logprobs and top_logprobs of the generated tokens). Every completion
 has an `id` and `created`; `finish_reason` is "length" when `max_tokens` cut
 it; `stream: true` sends the finished answer as server-sent events in OpenAI's
@@ -291,6 +293,17 @@ def make_server(model: Any, host: str = "127.0.0.1", port: int = 0,
   limits = limits or Limits()
   faults: list[int] = []
   faults_lock = threading.Lock()
+  usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "by_route": {}}
+
+  def count(route: str, payload: dict[str, Any]) -> None:
+    """What was answered (status 200): requests and tokens, in all and per route."""
+    tokens = payload.get("usage") or {}
+    with faults_lock:
+      for entry in (usage, usage["by_route"].setdefault(
+          route, {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0})):
+        entry["requests"] += 1
+        entry["prompt_tokens"] += int(tokens.get("prompt_tokens", 0))
+        entry["completion_tokens"] += int(tokens.get("completion_tokens", 0))
 
   class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -364,6 +377,9 @@ def make_server(model: Any, host: str = "127.0.0.1", port: int = 0,
         return
       if self.path.rstrip("/") == "/v1/models":
         self._send(200, {"object": "list", "data": [{"id": model.model_name, "object": "model"}]})
+      elif self.path.rstrip("/") == "/v1/usage":
+        with faults_lock:
+          self._send(200, json.loads(json.dumps(usage)))
       else:
         self._error(404, f"no route {self.path}")
 
@@ -410,6 +426,7 @@ def make_server(model: Any, host: str = "127.0.0.1", port: int = 0,
         if route is None:
           raise RequestError(404, f"no route {self.path}")
         payload = route(body, limits, lambda: _client_gone(self.connection))
+        count(self.path.rstrip("/"), payload)
         if "choices" in payload:  # what OpenAI clients expect of every completion
           payload = {"id": f"{'chatcmpl' if 'chat' in payload['object'] else 'cmpl'}-"
                            f"{uuid.uuid4().hex[:24]}", "created": int(time.time()), **payload}
