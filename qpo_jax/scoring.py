@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qpo_jax.distributed import to_host
-from qpo_jax.decoding import bucket, last_real_index, pad_batch
+from qpo_jax.decoding import batch_rows, bucket, last_real_index, pad_batch
 from qpo_jax.models.config import ModelConfig
 from qpo_jax.models.transformer import Cache, Transformer, init_cache
 from qpo_jax.sharding import batch_multiple, replicate, shard_batch
@@ -98,16 +98,32 @@ def option_nll(cfg: ModelConfig, params, prefix: jax.Array, prefix_mask: jax.Arr
   return jnp.where(count > 0, nll, jnp.inf)
 
 
+def _token_logprobs(cfg: ModelConfig, params, tokens: jax.Array, input_mask: jax.Array,
+                    with_next: bool):
+  model = Transformer(cfg)
+  hidden, _ = model.apply({"params": params}, tokens, input_mask)
+  logits = model.apply({"params": params}, hidden if with_next else hidden[:, :-1],
+                       method=model.logits)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  lp = jnp.take_along_axis(logp[:, :tokens.shape[1] - 1], tokens[:, 1:, None], axis=-1)[..., 0]
+  lp = jnp.where(input_mask[:, 1:] & input_mask[:, :-1], lp, 0.0)
+  lp = jnp.concatenate([jnp.zeros_like(lp[:, :1]), lp], axis=1)
+  if not with_next:
+    return lp
+  last = jnp.take_along_axis(logp, last_real_index(input_mask)[:, None, None], axis=1)[:, 0]
+  return lp, jnp.argmax(last, axis=-1), jnp.max(last, axis=-1)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def token_logprobs(cfg: ModelConfig, params, tokens: jax.Array, input_mask: jax.Array) -> jax.Array:
   """[B, T] log p(token t | tokens < t) (0 at t = 0 and at padding); right padding."""
-  model = Transformer(cfg)
-  hidden, _ = model.apply({"params": params}, tokens, input_mask)
-  logits = model.apply({"params": params}, hidden[:, :-1], method=model.logits)
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  lp = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-  lp = jnp.where(input_mask[:, 1:] & input_mask[:, :-1], lp, 0.0)
-  return jnp.concatenate([jnp.zeros_like(lp[:, :1]), lp], axis=1)
+  return _token_logprobs(cfg, params, tokens, input_mask, with_next=False)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def token_logprobs_and_next(cfg: ModelConfig, params, tokens: jax.Array, input_mask: jax.Array):
+  """`token_logprobs`, and each row's greedy next token with its log-probability ([B] each)."""
+  return _token_logprobs(cfg, params, tokens, input_mask, with_next=True)
 
 
 def _place(arrays, mesh):
@@ -159,16 +175,29 @@ def batch_order(prefixes: Sequence[Sequence[int]], batch_size: int) -> list[int]
 
 
 def sequence_logprobs(lm, seqs: Sequence[Sequence[int]], *, batch_size: int = 8,
-                      length_multiple: int = 32, mesh=None) -> list[np.ndarray]:
-  """Per-token log-probabilities of whole sequences (entry 0 of each is 0)."""
-  rows = bucket(batch_size, batch_multiple(mesh)) if mesh is not None else batch_size
-  out = []
-  for start in range(0, len(seqs), rows):
-    chunk = seqs[start:start + rows]
-    ids, mask = pad_batch(chunk, 0, side="right", multiple=length_multiple, rows=rows)
-    lp = to_host(token_logprobs(lm.cfg, lm.params, *_place((ids, mask), mesh)))
+                      length_multiple: int = 32, mesh=None, with_next: bool = False):
+  """Per-token log-probabilities of whole sequences (entry 0 of each is 0); with `with_next`,
+  also each sequence's greedy next token and its log-probability (one forward for both).
+
+  Without a mesh a chunk is padded to the next power of two of its rows (at most batch_size),
+  so a request of a few sequences is not computed as a full batch; on a mesh every chunk is
+  a full batch (processes that share a batch compute the same shapes).
+  """
+  fn = token_logprobs_and_next if with_next else token_logprobs
+  out, nxt, nxt_lp = [], [], []
+  step = bucket(batch_size, batch_multiple(mesh)) if mesh is not None else batch_size
+  for start in range(0, len(seqs), step):
+    chunk = seqs[start:start + step]
+    ids, mask = pad_batch(chunk, 0, side="right", multiple=length_multiple,
+                          rows=step if mesh is not None else batch_rows(len(chunk), batch_size))
+    got = fn(lm.cfg, lm.params, *_place((ids, mask), mesh))
+    got = tuple(to_host(g) for g in got) if with_next else to_host(got)
+    lp = got[0] if with_next else got
     out += [lp[i, :len(s)] for i, s in enumerate(chunk)]
-  return out
+    if with_next:
+      nxt += got[1][:len(chunk)].tolist()
+      nxt_lp += got[2][:len(chunk)].tolist()
+  return (out, nxt, nxt_lp) if with_next else out
 
 
 def score(lm, prefixes: Sequence[Sequence[int]], options: Sequence[Sequence[Sequence[int]]], *,

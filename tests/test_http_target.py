@@ -54,6 +54,54 @@ def test_completions_scoring_equals_local(lm, server, monkeypatch):
                              atol=1e-4)
 
 
+def test_completions_scoring_of_a_chat_model_equals_local_chat(lm, server, monkeypatch):
+  """Given the tokenizer, the user turn is put in the chat template client-side and the option
+  follows as the reply: the same NLLs as LocalTarget(chat=True)."""
+  task, rows = _rows(4)
+  pairs = [(ex, "Which topic?") for ex in rows]
+  local = evaluation.evaluate_pairs(task, LocalTarget(lm, chat=True, batch_size=4), pairs)
+  client = _client(server, monkeypatch, chat_tokenizer=lm.tokenizer)
+  remote = evaluation.evaluate_pairs(task, client, pairs)
+  assert client.identity.endswith(":chat")
+  np.testing.assert_allclose([o.option_nll for o in remote], [o.option_nll for o in local],
+                             atol=1e-4)
+
+
+def test_a_scoring_request_is_one_forward_with_the_same_answer(lm):
+  """echo + logprobs + max_tokens=1 at temperature 0 takes the fused path: the same next
+  token and log-probabilities as generating, then scoring."""
+  ms = ModelServer(lm, "tiny")
+  seqs = [ms.encode(t)[0] for t in ("Hello there, how", "A", "Sports news today: the team")]
+  lps, new = ms.logprobs_and_next(seqs)
+  want_new = ms.continue_ids(seqs, max_tokens=1, temperature=0.0, top_p=1.0, seed=0)
+  want = ms.logprobs([s + n for s, n in zip(seqs, want_new)])
+  assert new == want_new
+  for a, b in zip(lps, want):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_usage_counts_what_the_server_answered(lm):
+  srv = make_server(ModelServer(lm, "tiny"))
+  serve_in_thread(srv)
+  try:
+    url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    post = lambda path, body: urllib.request.urlopen(urllib.request.Request(  # noqa: E731
+        url + path, json.dumps(body).encode(), {"Content-Type": "application/json"}))
+    post("/completions", {"prompt": ["a b", "c"], "max_tokens": 1, "temperature": 0})
+    post("/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    with pytest.raises(urllib.error.HTTPError):  # refused: not counted
+      post("/chat/completions", {})
+    got = json.loads(urllib.request.urlopen(url + "/usage").read())
+    assert got["requests"] == 2 and set(got["by_route"]) == {"/v1/completions",
+                                                              "/v1/chat/completions"}
+    assert got["by_route"]["/v1/completions"]["requests"] == 1
+    assert got["prompt_tokens"] == sum(r["prompt_tokens"] for r in got["by_route"].values()) > 0
+    assert 1 <= got["completion_tokens"] <= 1 * 2 + 2
+  finally:
+    srv.shutdown()
+    srv.server_close()
+
+
 @pytest.mark.slow
 def test_chat_generation_equals_local(lm, server, monkeypatch):
   texts = ["What is 3 + 4?", "Name a colour.", "Say hi"]

@@ -125,6 +125,14 @@ class ModelServer:
   def logprobs(self, seqs: list[list[int]]) -> list[np.ndarray]:
     return scoring.sequence_logprobs(self.lm, seqs, batch_size=self.batch_size)
 
+  def logprobs_and_next(self, seqs: list[list[int]]) -> tuple[list[np.ndarray], list[list[int]]]:
+    """Log-probabilities of the prompts and of their greedy next token, from one forward: a
+    scoring request (echo, logprobs, max_tokens=1, temperature 0) is one pass, not two."""
+    lps, nxt, nxt_lp = scoring.sequence_logprobs(self.lm, seqs, batch_size=self.batch_size,
+                                                 with_next=True)
+    new = [[] if t in self.eos_ids else [t] for t in nxt]
+    return [np.concatenate([lp, [v]]) if n else lp for lp, n, v in zip(lps, new, nxt_lp)], new
+
   def top(self, seq: list[int], start: int, k: int) -> list[list[tuple[int, float]]]:
     """Top-k next-token log-probabilities at positions start-1 .. len-2 (the generated tokens)."""
     ids, mask = decoding.pad_batch([seq], decoding.pad_id(self.lm.tokenizer), side="right",
@@ -157,8 +165,11 @@ class ModelServer:
       self._check_length(ids, knobs["max_tokens"], limits)
     want_lp = body.get("logprobs") is not None
     with hold(self.lock, limits, stop):
-      new = self.continue_ids([e[0] for e in encoded], **knobs, stop=stop, limits=limits)
-      lps = self.logprobs([e[0] + n for e, n in zip(encoded, new)]) if want_lp else None
+      if want_lp and knobs["max_tokens"] == 1 and knobs["temperature"] == 0:
+        lps, new = self.logprobs_and_next([e[0] for e in encoded])
+      else:
+        new = self.continue_ids([e[0] for e in encoded], **knobs, stop=stop, limits=limits)
+        lps = self.logprobs([e[0] + n for e, n in zip(encoded, new)]) if want_lp else None
     choices = []
     for i, ((ids, offsets), gen) in enumerate(zip(encoded, new)):
       text = self.lm.tokenizer.decode(gen, skip_special_tokens=True)
