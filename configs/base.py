@@ -174,7 +174,10 @@ def get_config() -> ml_collections.ConfigDict:
       max_tokens=512,  # most tokens one request may generate
       max_body_bytes=1_000_000,  # largest request body
       request_timeout_s=60.0,  # longest a request may hold the model
-      max_prompt_tokens=2048)  # longest prompt one request may send
+      max_prompt_tokens=2048,  # longest prompt one request may send
+      # tokens generated between checks of the time limit and of the client (each check
+      # starts the next piece from the whole text again: larger is faster, checks are rarer)
+      chunk_tokens=64)
 
   c.optimize = dict(  # --mode=optimize: the policy's prompts for your own queries
       input="",  # queries: .jsonl, .csv (with a header row) or .txt (one per line)

@@ -75,6 +75,7 @@ RULES: dict[str, str] = {
     "eval_prompts.num_demos": "positive_int", "eval_prompts.max_new_tokens": "positive_int",
     "serve.port": "port", "serve.max_tokens": "positive_int", "serve.max_body_bytes": "positive_int",
     "serve.request_timeout_s": "positive", "serve.max_prompt_tokens": "positive_int",
+    "serve.chunk_tokens": "positive_int",
     "optimize.round": "round", "optimize.num_samples": "count", "optimize.batch_size": "positive_int",
     "generate.max_new_tokens": "positive_int", "generate.batch_size": "positive_int",
 }

@@ -97,7 +97,7 @@ def _serve(config: ml_collections.ConfigDict, model, what: str) -> None:
   key = os.environ.get(serve.api_key_env, "") if serve.api_key_env else ""
   limits = Limits(max_tokens=serve.max_tokens, max_body_bytes=serve.max_body_bytes,
                   request_timeout_s=serve.request_timeout_s,
-                  max_prompt_tokens=serve.max_prompt_tokens)
+                  max_prompt_tokens=serve.max_prompt_tokens, chunk_tokens=serve.chunk_tokens)
   show_progress(False)  # one access-log line per request, not a progress bar per stage
   server = make_server(model, serve.host, serve.port, api_key=key, limits=limits)
   host, port = server.server_address[:2]

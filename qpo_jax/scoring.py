@@ -98,32 +98,56 @@ def option_nll(cfg: ModelConfig, params, prefix: jax.Array, prefix_mask: jax.Arr
   return jnp.where(count > 0, nll, jnp.inf)
 
 
-def _token_logprobs(cfg: ModelConfig, params, tokens: jax.Array, input_mask: jax.Array,
-                    with_next: bool):
-  model = Transformer(cfg)
-  hidden, _ = model.apply({"params": params}, tokens, input_mask)
-  logits = model.apply({"params": params}, hidden if with_next else hidden[:, :-1],
-                       method=model.logits)
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  lp = jnp.take_along_axis(logp[:, :tokens.shape[1] - 1], tokens[:, 1:, None], axis=-1)[..., 0]
-  lp = jnp.where(input_mask[:, 1:] & input_mask[:, :-1], lp, 0.0)
-  lp = jnp.concatenate([jnp.zeros_like(lp[:, :1]), lp], axis=1)
-  if not with_next:
-    return lp
-  last = jnp.take_along_axis(logp, last_real_index(input_mask)[:, None, None], axis=1)[:, 0]
-  return lp, jnp.argmax(last, axis=-1), jnp.max(last, axis=-1)
-
-
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def token_logprobs(cfg: ModelConfig, params, tokens: jax.Array, input_mask: jax.Array) -> jax.Array:
   """[B, T] log p(token t | tokens < t) (0 at t = 0 and at padding); right padding."""
-  return _token_logprobs(cfg, params, tokens, input_mask, with_next=False)
+  model = Transformer(cfg)
+  hidden, _ = model.apply({"params": params}, tokens, input_mask)
+  logits = model.apply({"params": params}, hidden[:, :-1], method=model.logits)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  lp = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+  lp = jnp.where(input_mask[:, 1:] & input_mask[:, :-1], lp, 0.0)
+  return jnp.concatenate([jnp.zeros_like(lp[:, :1]), lp], axis=1)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def token_logprobs_and_next(cfg: ModelConfig, params, tokens: jax.Array, input_mask: jax.Array):
-  """`token_logprobs`, and each row's greedy next token with its log-probability ([B] each)."""
-  return _token_logprobs(cfg, params, tokens, input_mask, with_next=True)
+def branched_logprobs(cfg: ModelConfig, params, tokens: jax.Array, input_mask: jax.Array,
+                      branches: jax.Array, before: jax.Array):
+  """One row of a trunk and branches (transformer.py): [T] log p of each token given the
+  token at `before` (its predecessor; -1: none, 0 given), and [T] greedy next token and its
+  log p after each position."""
+  model = Transformer(cfg)
+  variables = {"params": params}
+  hidden, _ = model.apply(variables, tokens[None], input_mask[None],
+                          cache=init_cache(cfg, 1, tokens.shape[0]), branches=branches[None])
+  logp = jax.nn.log_softmax(model.apply(variables, hidden[0], method=model.logits), axis=-1)
+  lp = logp[jnp.maximum(before, 0), tokens]
+  return jnp.where(before >= 0, lp, 0.0), jnp.argmax(logp, axis=-1), jnp.max(logp, axis=-1)
+
+
+def shared_prefix_logprobs(lm, seqs: Sequence[Sequence[int]], length_multiple: int = 32
+                           ) -> tuple[list[np.ndarray], list[int], list[float]]:
+  """`sequence_logprobs` of a few sequences, with each one's greedy next token and its log p,
+  in one pass whose common beginning runs once (the trunk; the rest of each sequence is a
+  branch): K answer options after one prompt cost the prompt once, not K times."""
+  c = common_prefix_length(seqs)
+  ids, branch, before, last = list(seqs[0][:c]), [0] * c, list(range(-1, c - 1)), []
+  for k, s in enumerate(seqs):
+    start = len(ids)
+    ids += s[c:]
+    branch += [k + 1] * (len(s) - c)
+    before += [c - 1] + list(range(start, len(ids) - 1))
+    last.append(len(ids) - 1)
+  n = len(ids)
+  t = -(-n // length_multiple) * length_multiple
+  pad = lambda v, fill: np.asarray(v + [fill] * (t - n), np.int32)  # noqa: E731
+  lp, nxt, nxt_lp = (np.asarray(x) for x in branched_logprobs(
+      lm.cfg, lm.params, pad(ids, 0), np.arange(t) < n, pad(branch, 0), pad(before, -1)))
+  out = []
+  for k, s in enumerate(seqs):
+    mine = list(range(c)) + list(range(last[k] - (len(s) - c) + 1, last[k] + 1))
+    out.append(lp[mine].astype(np.float32))
+  return out, [int(nxt[i]) for i in last], [float(nxt_lp[i]) for i in last]
 
 
 def _place(arrays, mesh):
@@ -175,29 +199,22 @@ def batch_order(prefixes: Sequence[Sequence[int]], batch_size: int) -> list[int]
 
 
 def sequence_logprobs(lm, seqs: Sequence[Sequence[int]], *, batch_size: int = 8,
-                      length_multiple: int = 32, mesh=None, with_next: bool = False):
-  """Per-token log-probabilities of whole sequences (entry 0 of each is 0); with `with_next`,
-  also each sequence's greedy next token and its log-probability (one forward for both).
+                      length_multiple: int = 32, mesh=None) -> list[np.ndarray]:
+  """Per-token log-probabilities of whole sequences (entry 0 of each is 0).
 
   Without a mesh a chunk is padded to the next power of two of its rows (at most batch_size),
   so a request of a few sequences is not computed as a full batch; on a mesh every chunk is
   a full batch (processes that share a batch compute the same shapes).
   """
-  fn = token_logprobs_and_next if with_next else token_logprobs
-  out, nxt, nxt_lp = [], [], []
+  out = []
   step = bucket(batch_size, batch_multiple(mesh)) if mesh is not None else batch_size
   for start in range(0, len(seqs), step):
     chunk = seqs[start:start + step]
     ids, mask = pad_batch(chunk, 0, side="right", multiple=length_multiple,
                           rows=step if mesh is not None else batch_rows(len(chunk), batch_size))
-    got = fn(lm.cfg, lm.params, *_place((ids, mask), mesh))
-    got = tuple(to_host(g) for g in got) if with_next else to_host(got)
-    lp = got[0] if with_next else got
+    lp = to_host(token_logprobs(lm.cfg, lm.params, *_place((ids, mask), mesh)))
     out += [lp[i, :len(s)] for i, s in enumerate(chunk)]
-    if with_next:
-      nxt += got[1][:len(chunk)].tolist()
-      nxt_lp += got[2][:len(chunk)].tolist()
-  return (out, nxt, nxt_lp) if with_next else out
+  return out
 
 
 def score(lm, prefixes: Sequence[Sequence[int]], options: Sequence[Sequence[Sequence[int]]], *,

@@ -68,16 +68,21 @@ def test_completions_scoring_of_a_chat_model_equals_local_chat(lm, server, monke
 
 
 def test_a_scoring_request_is_one_forward_with_the_same_answer(lm):
-  """echo + logprobs + max_tokens=1 at temperature 0 takes the fused path: the same next
-  token and log-probabilities as generating, then scoring."""
+  """echo + logprobs + max_tokens=1 at temperature 0 is one pass that runs the prompts'
+  common beginning once: the same next token and log-probabilities as generating, then
+  scoring each prompt whole."""
   ms = ModelServer(lm, "tiny")
-  seqs = [ms.encode(t)[0] for t in ("Hello there, how", "A", "Sports news today: the team")]
-  lps, new = ms.logprobs_and_next(seqs)
-  want_new = ms.continue_ids(seqs, max_tokens=1, temperature=0.0, top_p=1.0, seed=0)
-  want = ms.logprobs([s + n for s, n in zip(seqs, want_new)])
-  assert new == want_new
-  for a, b in zip(lps, want):
-    np.testing.assert_allclose(a, b, atol=1e-5)
+  prompt = "Which topic? Sentence: the match went to penalties. Topic:"
+  for texts in (("Hello there, how", "A", "Sports news today: the team"),  # nothing shared
+                tuple(prompt + o for o in (" Sports", " Food", " Weather", " Technology")),
+                (prompt,)):
+    seqs = [ms.encode(t)[0] for t in texts]
+    lps, new = ms.logprobs_and_next(seqs)
+    want_new = ms.continue_ids(seqs, max_tokens=1, temperature=0.0, top_p=1.0, seed=0)
+    want = ms.logprobs([s + n for s, n in zip(seqs, want_new)])
+    assert new == want_new
+    for a, b in zip(lps, want):
+      np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 def test_usage_counts_what_the_server_answered(lm):

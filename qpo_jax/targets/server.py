@@ -126,10 +126,10 @@ class ModelServer:
     return scoring.sequence_logprobs(self.lm, seqs, batch_size=self.batch_size)
 
   def logprobs_and_next(self, seqs: list[list[int]]) -> tuple[list[np.ndarray], list[list[int]]]:
-    """Log-probabilities of the prompts and of their greedy next token, from one forward: a
-    scoring request (echo, logprobs, max_tokens=1, temperature 0) is one pass, not two."""
-    lps, nxt, nxt_lp = scoring.sequence_logprobs(self.lm, seqs, batch_size=self.batch_size,
-                                                 with_next=True)
+    """Log-probabilities of the prompts and of their greedy next token, in one pass that runs
+    their common beginning once: a scoring request (echo, logprobs, max_tokens=1,
+    temperature 0; K options after one prompt) costs about one prompt, not 2K."""
+    lps, nxt, nxt_lp = scoring.shared_prefix_logprobs(self.lm, seqs)
     new = [[] if t in self.eos_ids else [t] for t in nxt]
     return [np.concatenate([lp, [v]]) if n else lp for lp, n, v in zip(lps, new, nxt_lp)], new
 
