@@ -125,7 +125,7 @@ def target_server(config_spec: str, overrides: list[str], workdir: str, base_url
        "--mode=serve_target", f"--workdir={os.path.join(workdir, 'serve')}",
        "--config.serve.port=0", "--config.serve.host=127.0.0.1",
        "--config.serve.max_tokens=1024", "--config.serve.request_timeout_s=1800",
-       "--config.serve.chunk_tokens=1024",
+       "--config.serve.chunk_tokens=1024", "--config.serve.max_prompt_tokens=7000",
        *(f"--config.{o}" for o in overrides)], cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True)
   try:
     deadline = time.time() + timeout_s

@@ -102,10 +102,13 @@ GOOD = {"prompt": "The capital of France is", "max_tokens": 6, "temperature": 0}
     ({"prompt": 7}, 400, "'prompt' must be a string"),
     ({"prompt": []}, 400, "'prompt' must be a string"),
 ])
-def test_completions_are_bounded(server, body, code, words):
-  """Each bad request is refused before it reaches the model (max_tokens=1e9 once crashed XLA)."""
-  status, out = _post(server, "/v1/completions", body)
+def test_completions_are_bounded(server, body, code, words, caplog):
+  """Each bad request is refused before it reaches the model (max_tokens=1e9 once crashed XLA);
+  its access-log line gives the reason the client was told."""
+  with caplog.at_level("INFO"):
+    status, out = _post(server, "/v1/completions", body)
   assert status == code and words in out["error"]["message"], out
+  assert any(f'" {code} ' in r.getMessage() and words in r.getMessage() for r in caplog.records)
   _alive(server)
 
 

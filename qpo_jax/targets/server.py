@@ -326,7 +326,10 @@ def make_server(model: Any, host: str = "127.0.0.1", port: int = 0,
     def log_request(self, code="-", size="-"):  # one access-log line per request
       del size
       took = time.monotonic() - getattr(self, "_started", time.monotonic())
-      logging.info('%s "%s" %s %.2fs', self.client_address[0], self.requestline, code, took)
+      why = getattr(self, "_why", "")  # a refused request's reason, as its client was told
+      self._why = ""
+      logging.info('%s "%s" %s %.2fs%s', self.client_address[0], self.requestline, code, took,
+                   f": {why}" if why else "")
 
     def _send(self, code: int, payload: dict[str, Any]):
       data = json.dumps(payload).encode()
@@ -371,6 +374,7 @@ def make_server(model: Any, host: str = "127.0.0.1", port: int = 0,
       self.wfile.write(b"data: [DONE]\n\n")
 
     def _error(self, code: int, message: str):
+      self._why = message[:200]
       self._send(code, {"error": {"message": message, "code": code}})
 
     def _authorized(self) -> bool:
