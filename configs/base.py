@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
       name="tweet_emotion",  # registry name (qpo_jax/tasks)
       file="",  # a YAML/JSON file declaring your own task (tasks/declared.py); then it names it
       seed=0,  # split shuffles
-      max_words=100,  # queries longer than this are dropped
+      max_words=100,  # queries are cut to this many words (spec: texts cut to 100 words)
       data=dict(
           kind="files",  # files, tfds or builtin
           size=800,  # builtin: number of generated rows

@@ -6,8 +6,9 @@ is there, and every stage resumes when it is not:
   data/loop_0/                 D_0 (built chunk by chunk, or imported)
   policy/round_<t>/            the policy trained on D_{t-1} (orbax resume)
   data/loop_<t>.collect.json   collect-split queries and the prompts sampled for them
-  data/loop_<t>/               D_t = D_{t-1} U filter(rewarded new records) (after the last
-                               round only with `loop.final_collection`: it trains nothing)
+  data/loop_<t>/               D_t = D_{t-1} U every rewarded new record (the expert filter
+                               picks a round's training rows from it, not the merge; after
+                               the last round only with `loop.final_collection`)
   eval/                        test-split outcomes (through the cache), results table
   eval_cache.sqlite            every target result; nothing is evaluated twice
   xla_cache/                   compiled programs, when run through modes.run (config `compile_cache`)
