@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qpo_jax.distributed import to_host
-from qpo_jax.decoding import batch_rows, bucket, last_real_index, pad_batch
+from qpo_jax.decoding import bucket, last_real_index, pad_batch
 from qpo_jax.models.config import ModelConfig
 from qpo_jax.models.transformer import Cache, Transformer, init_cache
 from qpo_jax.sharding import batch_multiple, replicate, shard_batch
@@ -129,7 +129,8 @@ def shared_prefix_logprobs(lm, seqs: Sequence[Sequence[int]], length_multiple: i
                            ) -> tuple[list[np.ndarray], list[int], list[float]]:
   """`sequence_logprobs` of a few sequences, with each one's greedy next token and its log p,
   in one pass whose common beginning runs once (the trunk; the rest of each sequence is a
-  branch): K answer options after one prompt cost the prompt once, not K times."""
+  branch): K answer options after one prompt cost the prompt once, not K times. Every
+  sequence has a token at least."""
   c = common_prefix_length(seqs)
   ids, branch, before, last = list(seqs[0][:c]), [0] * c, list(range(-1, c - 1)), []
   for k, s in enumerate(seqs):
@@ -200,18 +201,12 @@ def batch_order(prefixes: Sequence[Sequence[int]], batch_size: int) -> list[int]
 
 def sequence_logprobs(lm, seqs: Sequence[Sequence[int]], *, batch_size: int = 8,
                       length_multiple: int = 32, mesh=None) -> list[np.ndarray]:
-  """Per-token log-probabilities of whole sequences (entry 0 of each is 0).
-
-  Without a mesh a chunk is padded to the next power of two of its rows (at most batch_size),
-  so a request of a few sequences is not computed as a full batch; on a mesh every chunk is
-  a full batch (processes that share a batch compute the same shapes).
-  """
+  """Per-token log-probabilities of whole sequences (entry 0 of each is 0)."""
+  rows = bucket(batch_size, batch_multiple(mesh)) if mesh is not None else batch_size
   out = []
-  step = bucket(batch_size, batch_multiple(mesh)) if mesh is not None else batch_size
-  for start in range(0, len(seqs), step):
-    chunk = seqs[start:start + step]
-    ids, mask = pad_batch(chunk, 0, side="right", multiple=length_multiple,
-                          rows=step if mesh is not None else batch_rows(len(chunk), batch_size))
+  for start in range(0, len(seqs), rows):
+    chunk = seqs[start:start + rows]
+    ids, mask = pad_batch(chunk, 0, side="right", multiple=length_multiple, rows=rows)
     lp = to_host(token_logprobs(lm.cfg, lm.params, *_place((ids, mask), mesh)))
     out += [lp[i, :len(s)] for i, s in enumerate(chunk)]
   return out

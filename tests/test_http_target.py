@@ -92,7 +92,8 @@ def test_usage_counts_what_the_server_answered(lm):
     url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
     post = lambda path, body: urllib.request.urlopen(urllib.request.Request(  # noqa: E731
         url + path, json.dumps(body).encode(), {"Content-Type": "application/json"}))
-    post("/completions", {"prompt": ["a b", "c"], "max_tokens": 1, "temperature": 0})
+    post("/completions", {"prompt": ["a b", ""], "max_tokens": 1, "temperature": 0,
+                          "echo": True, "logprobs": 0})  # an empty prompt: scored unshared
     post("/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
     with pytest.raises(urllib.error.HTTPError):  # refused: not counted
       post("/chat/completions", {})

@@ -165,7 +165,8 @@ class ModelServer:
       self._check_length(ids, knobs["max_tokens"], limits)
     want_lp = body.get("logprobs") is not None
     with hold(self.lock, limits, stop):
-      if want_lp and knobs["max_tokens"] == 1 and knobs["temperature"] == 0:
+      if want_lp and knobs["max_tokens"] == 1 and knobs["temperature"] == 0 and \
+          all(e[0] for e in encoded):
         lps, new = self.logprobs_and_next([e[0] for e in encoded])
       else:
         new = self.continue_ids([e[0] for e in encoded], **knobs, stop=stop, limits=limits)
