@@ -33,7 +33,9 @@ Settings, all DSPy's own except where said:
 Resumable: each peer's result is written to --workdir when it ends and a rerun skips it;
 DSPy's cache lives in --workdir too (a peer interrupted and rerun sends fewer requests, so its
 result then says `resumed`).
-Runtime (2 CPU cores, SmolLM2-135M, TweetEval): about 60 minutes for the four peers.
+Runtime (2 CPU cores, SmolLM2-135M, TweetEval; 2026-12-06, another run sharing the cores):
+80 minutes for the four peers (MIPROv2 light 13, medium 28; GEPA light 19, medium 19), 90 in
+all. Expected: experiments/results/peers_tweet_emotion.md.
 """
 
 from __future__ import annotations
@@ -271,7 +273,7 @@ def qpo_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     acc = result["intervals"][f"qpo_loop_{t}"]["zero_shot"]
     rows.append({"method": f"QPO loop {t}", "accuracy": acc["mean"],
                  "interval": f"[{acc['low']:.3f}, {acc['high']:.3f}]",
-                 "dspy_metric": "", "offline_calls": cost["d0"]["calls"], "online_calls": online,
+                 "qpo_minus": "", "dspy_metric": "", "offline_calls": cost["d0"]["calls"], "online_calls": online,
                  "generated_tokens": 0, "minutes": "", "instruction": "per query"})
   return rows
 
@@ -279,6 +281,14 @@ def qpo_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 def interval(correct: list[float], seed: int) -> tuple[float, str]:
   b = report.paired_bootstrap(correct, [0.0] * len(correct), seed)
   return b["mean"], f"[{b['low']:.3f}, {b['high']:.3f}]"
+
+
+def qpo_minus(result: dict[str, Any], correct: list[float], seed: int) -> str:
+  """QPO's last loop minus a method, per query, with its paired bootstrap 95% interval."""
+  t = max(int(k) for k in result["qpo_prompts"])
+  qpo = [q["correct"]["zero_shot"][f"qpo_loop_{t}"] for q in result["queries"]][:len(correct)]
+  b = report.paired_bootstrap(qpo, correct, seed)
+  return f"{b['mean']:+.3f} [{b['low']:+.3f}, {b['high']:+.3f}]"
 
 
 def plot(rows: list[dict[str, Any]], path: str) -> None:
@@ -349,8 +359,12 @@ def main(argv):
     again = evaluation.evaluate_pairs(
         task, target, list(zip(queries, result["qpo_prompts"][t])), cache=cache)
     r["accuracy_here"] = float(np.mean([o.correct for o in again]))
-  acc, ci = interval(evaluator(task.manual_prompt), config.seed)  # where every peer starts
+    r["qpo_minus"] = qpo_minus(result, [o.correct for o in again], config.seed) \
+        if t != max(result["qpo_prompts"], key=int) else ""
+  manual = evaluator(task.manual_prompt)  # where every peer starts
+  acc, ci = interval(manual, config.seed)
   rows.append({"method": "manual instruction", "accuracy": acc, "interval": ci,
+               "qpo_minus": qpo_minus(result, manual, config.seed),
                "dspy_metric": "", "offline_calls": 0, "online_calls": 0, "generated_tokens": 0,
                "minutes": "", "instruction": task.manual_prompt})
 
@@ -376,10 +390,12 @@ def main(argv):
         found["resumed"] = started
         atomic_write_text(path, json.dumps(found, indent=2))
         os.remove(path + ".started")
-      acc, ci = interval(evaluator(found["instruction"]), config.seed)
+      correct = evaluator(found["instruction"])
+      acc, ci = interval(correct, config.seed)
       calls = found["calls"] or {}
       rows.append({"method": name.replace("mipro", "MIPROv2").replace("gepa", "GEPA").replace(
                        "_", " "), "accuracy": acc, "interval": ci,
+                   "qpo_minus": qpo_minus(result, correct, config.seed),
                    "dspy_metric": found["dspy_metric"], "offline_calls": 0,
                    "online_calls": calls.get("requests", 0),
                    "generated_tokens": calls.get("completion_tokens", 0),
@@ -390,21 +406,30 @@ def main(argv):
 
   commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                           text=True).stdout.strip()
-  meta = {"date": datetime.date.today().isoformat(), "commit": commit, "config": _CONFIG.value,
+  meta = {"date": datetime.date.today().isoformat(), "commit": commit,
+          "config": os.path.relpath(_CONFIG.value.partition(":")[0], ROOT) + (
+              ":" + _CONFIG.value.partition(":")[2] if ":" in _CONFIG.value else ""),
           "overrides": _SET.value,
           "task": task.name, "target": config.target.name, "test_queries": len(queries),
           "peer_train": cut, "peer_val": len(train_rows) - cut, "dspy": dspy.__version__,
           "server": _BASE_URL.value or "serve_target on 127.0.0.1", "cpus": os.cpu_count()}
   if _OUT.value:
-    columns = ["method", "accuracy", "interval", "dspy_metric", "offline_calls", "online_calls",
-               "generated_tokens", "minutes", "instruction"]
+    columns = ["method", "accuracy", "interval", "qpo_minus", "dspy_metric", "offline_calls",
+               "online_calls", "generated_tokens", "minutes", "instruction"]
     table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
       cells = [f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]).replace("|", "/")
                .replace("\n", " ")[:120] for c in columns]
       table.append("| " + " | ".join(cells) + " |")
     atomic_write_text(_OUT.value, json.dumps({"meta": meta, "rows": rows}, indent=2))
-    atomic_write_text(os.path.splitext(_OUT.value)[0] + ".md", "\n".join(table) + "\n")
+    head = (f"# {task.name}: QPO beside DSPy's optimisers on {config.target.name}\n\n"
+            f"Measured {meta['date']} at {commit} ({meta['cpus']} CPUs) by "
+            f"experiments/compare_optimizers.py: every accuracy is qpo_jax's evaluator on the "
+            f"same {len(queries)} {config.eval.split} queries; peers' calls are the requests "
+            f"the server answered while they optimised (their test evaluation apart: `test_calls` "
+            f"in the JSON); QPO's are its stages' target calls. The peers trained on "
+            f"{cut} and validated on {len(train_rows) - cut} of QPO's D_0 queries.\n\n")
+    atomic_write_text(os.path.splitext(_OUT.value)[0] + ".md", head + "\n".join(table) + "\n")
     plot(rows, os.path.splitext(_OUT.value)[0] + ".png")
   print(json.dumps(meta))
 
