@@ -9,11 +9,9 @@ then lays it out so that the fused elementwise backward (SiLU, gating) is
 written transposed, through a strided loop fusion: in the SmolLM2 MLP that
 one fusion took as long as the MLP's three forward matmuls. Written as
 dot(x, dy) contracting the token axes, the transpose lands on the saved
-input instead and every matmul goes to the fast library path. Measured on
-the 2-core dev CPU, one run each on 2026-11-29: SmolLM2 MLP forward+backward
-56 -> 38 ms, a whole block 93 -> 72 ms, the policy's prompt head + CE
-0.47 -> 0.35 s, the train step (batch 8, Lq = Lp = 40) 3.74 -> 2.85 s.
-tests/test_hf_parity.py checks every parameter's gradient against PyTorch.
+input instead and every matmul goes to the fast library path (what it saved:
+experiments/results/README.md, "Speed"). tests/test_hf_parity.py checks every
+parameter's gradient against PyTorch.
 """
 
 from __future__ import annotations
