@@ -55,6 +55,7 @@ def test_peers_beside_qpo_with_server_counted_calls(tmp_path):
     assert p["test_calls"]["requests"] == table["meta"]["test_queries"] == 8
     assert 0.0 <= p["accuracy"] <= 1.0 and 0.0 <= p["dspy_metric"] <= 1.0
     assert isinstance(p["instruction"], str)
+    assert p["qpo_minus"][0] in "+-" and "[" in p["qpo_minus"]  # QPO's last loop minus the peer
     sent += c["requests"] + p["test_calls"]["requests"]
   assert sent == _answered_posts(peers / "serve_target.log")  # counted by the server = reported
   assert sent < 2000  # bounded: the light budgets on 2 + 6 train queries
