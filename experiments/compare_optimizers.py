@@ -191,7 +191,6 @@ def make_adapter(dspy, task, scorer: HttpTarget, examples: dict[str, Any]):
 
     def __init__(self):
       super().__init__(use_json_adapter_fallback=False)
-      self.scored = 0
 
     def __call__(self, lm, lm_kwargs, signature, demos, inputs):
       if set(signature.input_fields) != {"query"} or set(signature.output_fields) != {"answer"}:
@@ -201,7 +200,6 @@ def make_adapter(dspy, task, scorer: HttpTarget, examples: dict[str, Any]):
       text = task.render(ex, signature.instructions, shown)
       options = list(task.options(ex))
       nll, _ = scorer.score_options([text], [options])
-      self.scored += 1
       return [{"answer": options[int(np.argmin(nll[0]))]}]
 
     def parse(self, signature, completion):
@@ -260,7 +258,7 @@ def run_peer(dspy, name: str, program, train, val, url: str, lm, seed: int, thre
   dspy_score = evaluate(best).score / 100.0
   return {"instruction": best.predictors()[0].signature.instructions,
           "calls": usage_delta(before, optimised), "test_calls": usage_delta(optimised, usage(url)),
-          "minutes": minutes, "dspy_metric": dspy_score, "adapter_scored": adapter.scored}
+          "minutes": minutes, "dspy_metric": dspy_score}
 
 
 # --- the table ---------------------------------------------------------------------------------
