@@ -4,12 +4,11 @@ Endpoints: GET /v1/models, GET /v1/usage (requests answered, with their tokens,
 since the start, in all and per route: how an optimiser's target calls are
 counted), POST /v1/completions (prompt: str or list; echo; logprobs with tokens /
 token_logprobs / text_offset; greedy or sampled continuation of max_tokens) and
-POST /v1/chat/completions (the model's chat
-template; logprobs and top_logprobs of the generated tokens). Every completion
-has an `id` and `created`; `finish_reason` is "length" when `max_tokens` cut
-it; `stream: true` sends the finished answer as server-sent events in OpenAI's
-chunk format (the text in one chunk; `stream_options.include_usage` adds the
-usage chunk). Enough for the HTTP backend, the `openai` client, vLLM-style
+POST /v1/chat/completions (the model's chat template; logprobs and top_logprobs of
+the generated tokens). Every completion has an `id` and `created`;
+`finish_reason` is "length" when `max_tokens` cut it; `stream: true` sends the
+finished answer as server-sent events in OpenAI's chunk format (the text in one
+chunk; `stream_options.include_usage` adds the usage chunk). Enough for the HTTP backend, the `openai` client, vLLM-style
 clients and a quick curl; one request runs on the model at a time (requests
 are accepted concurrently), and each gets one access-log line.
 
@@ -304,13 +303,13 @@ def make_server(model: Any, host: str = "127.0.0.1", port: int = 0,
   """
   limits = limits or Limits()
   faults: list[int] = []
-  faults_lock = threading.Lock()
+  state_lock = threading.Lock()
   usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "by_route": {}}
 
   def count(route: str, payload: dict[str, Any]) -> None:
     """What was answered (status 200): requests and tokens, in all and per route."""
     tokens = payload.get("usage") or {}
-    with faults_lock:
+    with state_lock:
       for entry in (usage, usage["by_route"].setdefault(
           route, {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0})):
         entry["requests"] += 1
@@ -394,8 +393,9 @@ def make_server(model: Any, host: str = "127.0.0.1", port: int = 0,
       if self.path.rstrip("/") == "/v1/models":
         self._send(200, {"object": "list", "data": [{"id": model.model_name, "object": "model"}]})
       elif self.path.rstrip("/") == "/v1/usage":
-        with faults_lock:
-          self._send(200, json.loads(json.dumps(usage)))
+        with state_lock:
+          answered = json.loads(json.dumps(usage))
+        self._send(200, answered)
       else:
         self._error(404, f"no route {self.path}")
 
@@ -432,7 +432,7 @@ def make_server(model: Any, host: str = "127.0.0.1", port: int = 0,
         options = body.get("stream_options") or {}
         if not isinstance(options, dict):
           raise RequestError(400, "'stream_options' must be an object")
-        with faults_lock:
+        with state_lock:
           fault = faults.pop(0) if faults else None
         if delay_s:
           time.sleep(delay_s)
@@ -468,7 +468,7 @@ def make_server(model: Any, host: str = "127.0.0.1", port: int = 0,
   server = Server((host, port), Handler)
 
   def inject_faults(*codes: int):
-    with faults_lock:
+    with state_lock:
       faults.extend(codes)
 
   server.inject_faults = inject_faults
