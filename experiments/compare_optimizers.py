@@ -9,7 +9,8 @@ with the run's target on 127.0.0.1 (or uses --base_url) and runs each peer on th
 train split through it: the D_0 queries QPO learnt from, the first 20% for the peer's own
 training and the rest for its validation (MIPROv2's split when it is given a trainset alone,
 given to GEPA too). Every request the server answers is counted by the server (GET /v1/usage):
-requests, prompt and generated tokens, per peer and stage.
+requests, prompt and generated tokens, per peer and stage (a --base_url server without
+/v1/usage leaves them "not counted").
 
 Then each optimised program's instruction is scored by qpo_jax's evaluator (the run's target
 and cache, the task's template, option likelihood) on the report's test queries, so every
@@ -298,6 +299,8 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
   fig, ax = plt.subplots(figsize=(7, 4.5))
   families: dict[str, list] = {}
   for r in rows:
+    if not isinstance(r["online_calls"], int):  # a server that does not count
+      continue
     calls = r["offline_calls"] + r["online_calls"]
     if calls:
       families.setdefault(r["method"].split(" ")[0], []).append((calls, r["accuracy"], r["method"]))
@@ -395,8 +398,8 @@ def main(argv):
                        "_", " "), "accuracy": acc, "interval": ci,
                    "qpo_minus": qpo_minus(result, correct, config.seed),
                    "dspy_metric": found["dspy_metric"], "offline_calls": 0,
-                   "online_calls": calls.get("requests", 0),
-                   "generated_tokens": calls.get("completion_tokens", 0),
+                   "online_calls": calls.get("requests", "not counted"),
+                   "generated_tokens": calls.get("completion_tokens", "not counted"),
                    "minutes": round(found["minutes"], 1), "instruction": found["instruction"],
                    "calls": found["calls"], "test_calls": found["test_calls"],
                    "resumed": found["resumed"]})
