@@ -286,8 +286,7 @@ def qpo_minus(result: dict[str, Any], correct: list[float], seed: int) -> str:
   """QPO's last loop minus a method, per query, with its paired bootstrap 95% interval."""
   t = max(int(k) for k in result["qpo_prompts"])
   qpo = [q["correct"]["zero_shot"][f"qpo_loop_{t}"] for q in result["queries"]][:len(correct)]
-  b = report.paired_bootstrap(qpo, correct, seed)
-  return f"{b['mean']:+.3f} [{b['low']:+.3f}, {b['high']:+.3f}]"
+  return report.interval_text(report.paired_bootstrap(qpo, correct, seed))
 
 
 def plot(rows: list[dict[str, Any]], path: str) -> None:

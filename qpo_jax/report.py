@@ -414,7 +414,8 @@ def _validation(config, task, target, cache, train, queries, qpo_prompts, best_t
                                         ).mean()) for m, ps in lists.items()}}
 
 
-def _interval(c: dict[str, float]) -> str:
+def interval_text(c: dict[str, float]) -> str:
+  """A difference with its interval: '+0.175 [+0.090, +0.260]'."""
   return f"{c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]"
 
 
@@ -437,7 +438,7 @@ def to_markdown(result: dict[str, Any]) -> str:
   for name, baseline in COMPARISONS.items():
     if name in result:
       lines.append(f"| QPO - {label(baseline)} | " + " | ".join(
-          _interval(result[name][s]) if s in result[name] else "-" for s in settings) + " |")
+          interval_text(result[name][s]) if s in result[name] else "-" for s in settings) + " |")
   lines += ["", "| QPO prompts | distinct | not a source prompt | = best train prompt |",
             "|---|---|---|---|"]
   for t, st in result["qpo_prompt_stats"].items():

@@ -132,23 +132,20 @@ def shared_prefix_logprobs(lm, seqs: Sequence[Sequence[int]], length_multiple: i
   branch): K answer options after one prompt cost the prompt once, not K times. Every
   sequence has a token at least."""
   c = common_prefix_length(seqs)
-  ids, branch, before, last = list(seqs[0][:c]), [0] * c, list(range(-1, c - 1)), []
+  ids, branch, before, spans = list(seqs[0][:c]), [0] * c, list(range(-1, c - 1)), []
   for k, s in enumerate(seqs):
     start = len(ids)
     ids += s[c:]
     branch += [k + 1] * (len(s) - c)
     before += [c - 1] + list(range(start, len(ids) - 1))
-    last.append(len(ids) - 1)
+    spans.append((start, len(ids)))
   n = len(ids)
   t = -(-n // length_multiple) * length_multiple
   pad = lambda v, fill: np.asarray(v + [fill] * (t - n), np.int32)  # noqa: E731
   lp, nxt, nxt_lp = (np.asarray(x) for x in branched_logprobs(
       lm.cfg, lm.params, pad(ids, 0), np.arange(t) < n, pad(branch, 0), pad(before, -1)))
-  out = []
-  for k, s in enumerate(seqs):
-    mine = list(range(c)) + list(range(last[k] - (len(s) - c) + 1, last[k] + 1))
-    out.append(lp[mine].astype(np.float32))
-  return out, [int(nxt[i]) for i in last], [float(nxt_lp[i]) for i in last]
+  out = [np.concatenate([lp[:c], lp[a:b]]).astype(np.float32) for a, b in spans]
+  return out, [int(nxt[b - 1]) for _, b in spans], [float(nxt_lp[b - 1]) for _, b in spans]
 
 
 def _place(arrays, mesh):

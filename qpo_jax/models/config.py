@@ -104,10 +104,6 @@ PRESETS: dict[str, ModelConfig] = {
                            head_dim=16, d_ff=256, max_len=256),
     "tiny-llama": ModelConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
                               head_dim=16, d_ff=160, max_len=256, rope_theta=10000.0),
-    # the same with a 4k context: a random target that takes DSPy's long proposer prompts
-    "tiny-llama-4k": ModelConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4,
-                                 n_kv_heads=2, head_dim=16, d_ff=160, max_len=4096,
-                                 rope_theta=10000.0),
     "gpt2-small": gpt2_like(vocab_size=50257, d_model=768, n_layers=12, n_heads=12,
                             n_kv_heads=12, head_dim=64, d_ff=3072, max_len=1024),
     "smollm2-135m": ModelConfig(vocab_size=49152, d_model=576, n_layers=30, n_heads=9,
@@ -125,6 +121,8 @@ PRESETS: dict[str, ModelConfig] = {
     "mistral-7b": ModelConfig(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32,
                               n_kv_heads=8, head_dim=128, d_ff=14336, max_len=8192),
 }
+# tiny-llama with a 4k context: a random target that takes DSPy's long proposer prompts
+PRESETS["tiny-llama-4k"] = PRESETS["tiny-llama"].replace(max_len=4096)
 
 
 def preset(name: str, **overrides) -> ModelConfig:
