@@ -15,8 +15,6 @@ import pytest
 
 from tests.conftest import one_device_env
 
-pytestmark = pytest.mark.slow  # real models, whole runs or notebooks
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "colab", "*.ipynb")))
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
@@ -30,10 +28,29 @@ EXPECTED = {  # notebook -> text its outputs must contain
 }
 
 
+def _output_text(book) -> str:
+  return "\n".join(
+      o.get("text", "") + str(o.get("data", {}).get("text/markdown", ""))
+      for c in book.cells if c.cell_type == "code" for o in c.get("outputs", []))
+
+
 def test_every_notebook_is_checked():
   assert sorted(os.path.basename(p)[:-6] for p in NOTEBOOKS) == sorted(EXPECTED)
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: os.path.basename(p)[:-6])
+def test_saved_outputs_show_the_result_and_the_plots(path):
+  """What GitHub shows before anyone runs it (scripts/save_notebook_outputs.py writes it)."""
+  book = nbformat.read(path, as_version=4)
+  assert EXPECTED[os.path.basename(path)[:-6]] in _output_text(book)
+  for cell in book.cells:
+    if cell.cell_type == "code" and re.search(r"display\(Image|plt\.show\(", cell.source):
+      assert any("image/png" in o.get("data", {}) for o in cell.outputs), cell.source[:80]
+    if cell.cell_type == "code":
+      assert not any(o.output_type == "error" for o in cell.outputs), cell.source[:80]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: os.path.basename(p)[:-6])
 def test_notebook_runs_top_to_bottom(path, tmp_path):
   if os.path.basename(path) in NEEDS_SHARED_DATA and not os.path.isdir(SHARED_DATA):
@@ -48,8 +65,5 @@ def test_notebook_runs_top_to_bottom(path, tmp_path):
   client = nbclient.NotebookClient(book, timeout=900, kernel_name="python3",
                                    resources={"metadata": {"path": os.path.join(ROOT, "colab")}})
   client.execute(env=one_device_env())
-  text = "\n".join(
-      o.get("text", "") + str(o.get("data", {}).get("text/markdown", ""))
-      for c in book.cells if c.cell_type == "code" for o in c.get("outputs", []))
-  assert EXPECTED[os.path.basename(path)[:-6]] in text
+  assert EXPECTED[os.path.basename(path)[:-6]] in _output_text(book)
   assert os.path.isdir(tmp_path / "work")

@@ -115,6 +115,24 @@ def test_import_qpo_tweet_emotion():
   assert {r.prompt_source for r in recs} >= {"manual", "ape", "lp_rewrite", "no_instruction"}
 
 
+@needs_data
+def test_fetch_published_checks_the_sha256_and_writes_only_a_whole_file(tmp_path):
+  url, sha256 = importers.AUTHORS_TWEET_EMOTION_LOG
+  assert url.endswith("/" + os.path.basename(QPO_FILE))
+  source = "file://" + os.path.abspath(QPO_FILE)
+  dest = str(tmp_path / "dl" / "log.json")
+  assert importers.fetch_published(source, dest, sha256) == dest  # the pinned file's bytes
+  assert tfrecord.file_sha256(dest) == sha256
+  os.unlink(dest)
+  with pytest.raises(ValueError, match="sha256 .* is not the expected .* not written"):
+    importers.fetch_published(source, dest, "0" * 64)
+  assert os.listdir(tmp_path / "dl") == []  # neither the file nor a temp file
+  with pytest.raises(OSError, match="cannot download file:///nonexistent"):
+    importers.fetch_published("file:///nonexistent/log.json", dest, sha256)
+  (tmp_path / "dl" / "log.json").write_bytes(open(QPO_FILE, "rb").read())
+  assert importers.fetch_published("file:///nonexistent/log.json", dest, sha256) == dest  # there
+
+
 def test_import_reports_malformed_rows(tmp_path):
   path = tmp_path / "x.json"
   good = {"prompt_method": "instructions/manual", "query": "q", "label": 1, "prompt": "p",

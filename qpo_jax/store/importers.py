@@ -8,6 +8,10 @@
   They hold no NLL, so R = 10*correct + 10*avg_acc (the NLL term is 0).
 * InstructEval-style prompt collections: <root>/<source>[/<model>]/<task>.yaml.
 
+`fetch_published` downloads a published file (pinned to a commit, checked by its sha256)
+where no local copy exists, e.g. in Colab: the authors' logs carry no license, so they
+cannot ship with the package.
+
 Every field is checked against the task: texts are non-empty strings, labels
 whole numbers that index the task's options (2, 2.0 or the digit string "2";
 not 1.5, "1.5", "2.0" or "two"), accuracies in 0..1, NLLs finite
@@ -23,11 +27,14 @@ import dataclasses
 import math
 import os
 import re
+import shutil
+import urllib.request
 from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
 from qpo_jax.store.records import Record
+from qpo_jax.store.tfrecord import file_sha256
 from qpo_jax.tasks.sources import read_json_list
 
 _EOT = "<|endoftext|>"
@@ -163,6 +170,40 @@ def import_qpo_json(path: str, *, task: str, target: str | None = None, model: s
   summary.imported = len(out)
   summary.check(len(rows), max_bad_fraction)
   return out, summary
+
+
+# The QPO authors' TweetEval-emotion log (Llama-2-7B-chat, few-shot), at the commit the
+# project's data manifest pins.
+AUTHORS_TWEET_EMOTION_LOG = (
+    "https://raw.githubusercontent.com/KongYilun/QPO/8dc335e934ba2970b7cc9a2cd12653f01ec18216/"
+    "data/tweet_emotion/tweet_emotion_llama7b_ocml_round1_few_shot_expert.json",
+    "2993285d9cd131d5dc897635e229bcfe3922e44bb3545329100524656d234bfc")
+
+
+def fetch_published(url: str, path: str, sha256: str, timeout: float = 60.0) -> str:
+  """`path`, downloaded from `url` unless it already holds the bytes of `sha256`.
+
+  The download goes to a temp file beside `path` and is renamed over it only once its
+  sha256 matches, so an interrupted or altered download never poses as the file.
+  """
+  if os.path.isfile(path) and file_sha256(path) == sha256:
+    return path
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.{os.getpid()}.download"
+  try:
+    try:
+      with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as fh:
+        shutil.copyfileobj(response, fh)
+    except OSError as e:
+      raise OSError(f"cannot download {url} to {path}: {e}") from e
+    got = file_sha256(tmp)
+    if got != sha256:
+      raise ValueError(f"{url}: sha256 {got} is not the expected {sha256}; {path} not written")
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+  return path
 
 
 _OIRL_LINE = re.compile(r"^\(\s*(\d+)\s*,\s*(True|False)\s*\)\s*$")
