@@ -310,8 +310,10 @@ def show_progress(show: bool) -> None:
 
 
 def progress_bar(total: int, desc: str, unit: str, initial: int = 0, leave: bool = True):
-  """A tqdm bar with rate and ETA on stderr, unless `show_progress(False)`."""
+  """A tqdm bar with rate and ETA on stderr, unless `show_progress(False)` or tqdm's own
+  TQDM_DISABLE is set in the environment."""
   import tqdm  # pylint: disable=g-import-not-at-top
 
+  off = not _PROGRESS["show"] or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
   return tqdm.tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True,
-                   leave=leave, disable=not _PROGRESS["show"])
+                   leave=leave, disable=off)
