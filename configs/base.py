@@ -53,9 +53,11 @@ def get_config() -> ml_collections.ConfigDict:
           name="",  # tfds: builder name ("" : the task's default)
           data_dir="",  # tfds: prepared data directory
           format="",  # files: tweeteval, csv, jsonl, json, auto ("" : the task's default)
-          files=placeholder(dict),  # files: {split: file[lo:hi]} (None: the task's default)
-          columns=placeholder(dict),  # {our field: their column} renames
-          splits=placeholder(dict),  # tfds: {our split: tfds split}
+          # files: each source split's file[lo:hi] (None: the task's default for that split)
+          files=dict(train=placeholder(str), validation=placeholder(str), test=placeholder(str)),
+          columns=placeholder(object),  # {our field: their column} renames, or a CSV's names
+          # tfds: each source split's tfds split (None: the task's default)
+          splits=dict(train=placeholder(str), validation=placeholder(str), test=placeholder(str)),
           header=placeholder(bool),  # csv: first line is a header (None: the task's default)
           label_base=placeholder(int)))  # subtract from labels (1-based label files)
 

@@ -15,29 +15,12 @@ import ml_collections
 
 from qpo_jax import modes
 from qpo_jax.policy import rounds
-from qpo_jax.utils import load_config as _load_config_file
-
-_CONFIG_DIRS = (  # the repository's configs/ (a checkout) or the installed qpo_jax.configs
-    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"),
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs"))
-
-
-def _config_dir() -> str:
-  for d in _CONFIG_DIRS:
-    if os.path.isfile(os.path.join(d, "quickstart.py")):
-      return d
-  try:  # an installed copy: setup.py ships configs/ as the package qpo_jax.configs
-    import importlib.resources  # pylint: disable=g-import-not-at-top
-    return str(importlib.resources.files("qpo_jax.configs"))
-  except ModuleNotFoundError:
-    raise FileNotFoundError("no packaged configs found (configs/ of a checkout, or the "
-                            "installed qpo_jax.configs)") from None
-
+from qpo_jax.utils import configs_dir, load_config as _load_config_file
 
 def packaged_configs() -> list[str]:
   """Names of the configs shipped with qpo_jax ('quickstart', 'tiny', 'nlu', ...)."""
   try:
-    names = os.listdir(_config_dir())
+    names = os.listdir(configs_dir())
   except FileNotFoundError:
     return []
   return sorted(n[:-3] for n in names if n.endswith(".py") and n not in ("__init__.py",
@@ -50,7 +33,7 @@ def config_path(spec: str) -> str:
   path, sep, arg = spec.partition(":")
   if os.path.isfile(path) or path.endswith(".py") or path not in packaged_configs():
     return spec
-  return os.path.join(_config_dir(), f"{path}.py") + sep + arg
+  return os.path.join(configs_dir(), f"{path}.py") + sep + arg
 
 
 def resolve_config_args(argv: Sequence[str]) -> list[str]:

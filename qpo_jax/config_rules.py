@@ -8,9 +8,13 @@ must be. Fields that may be unset (None) are checked only when set.
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any, Callable, Mapping
 
 import ml_collections
+
+from qpo_jax.utils import config_module, configs_dir
 
 
 def _number(v: Any) -> bool:
@@ -92,9 +96,46 @@ def leaves(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   return out
 
 
+# fields whose value is a mapping (or a list) of the user's keys, compared as one field
+_VALUES = ("task.data.files", "task.data.splits", "task.data.columns")
+
+
+def fields(config: Mapping[str, Any]) -> set[str]:
+  """The config's field names, 'section.field' (a `_VALUES` field is one name)."""
+  return {next((v for v in _VALUES if k == v or k.startswith(v + ".")), k)
+          for k in leaves(config)}
+
+
+@functools.cache
+def _base_fields() -> frozenset[str]:
+  return frozenset(fields(config_module(os.path.join(configs_dir(), "base.py")).get_config()
+                          .to_dict()))
+
+
+def schema_problem(config: Mapping[str, Any]) -> str | None:
+  """What makes `config`'s fields differ from configs/base.py's, or None.
+
+  A section assigned whole (`c.target = dict(name=...)`) replaces every field of it,
+  silently dropping the ones not given; `c.target.update(name=...)` keeps them.
+  """
+  have = fields(config)
+  missing, extra = sorted(_base_fields() - have), sorted(have - _base_fields())
+  if not missing and not extra:
+    return None
+  sections = sorted({k.rsplit(".", 1)[0] for k in missing + extra if "." in k})
+  return ("the config's fields differ from configs/base.py's"
+          + (f"; missing: {', '.join(missing)}" if missing else "")
+          + (f"; unknown: {', '.join(extra)}" if extra else "")
+          + (f". Was a section replaced whole (c.{sections[0]} = dict(...))? Set its fields "
+             f"with c.{sections[0]}.update(...) instead" if sections else ""))
+
+
 def check(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the first field whose value breaks its rule."""
+  """Raises ValueError on fields that differ from base.py's, else naming the first field
+  whose value breaks its rule."""
   values = leaves(config.to_dict())
+  if problem := schema_problem(config.to_dict()):
+    raise ValueError(problem)
   for name, kind in RULES.items():
     if name not in values:
       raise ValueError(f"the config has no field {name} (every config has the same fields; "

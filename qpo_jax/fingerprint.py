@@ -26,6 +26,7 @@ from typing import Any, Mapping
 
 import ml_collections
 
+from qpo_jax.tasks import MAPS
 from qpo_jax.utils import atomic_write_text, read_json
 
 NEUTRAL = frozenset({
@@ -51,8 +52,18 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
   return {prefix[:-1]: node}
 
 
+def _set_entries(d: dict[str, Any]) -> dict[str, Any]:
+  """`task.data.files` / `splits` as the entries a config sets (None: none set), the form
+  stages recorded when these fields were plain dicts, so older workdirs still resume."""
+  data = d.get("task", {}).get("data", {})
+  for k in MAPS:
+    if isinstance(data.get(k), Mapping):
+      data[k] = {s: v for s, v in data[k].items() if v is not None} or None
+  return d
+
+
 def _fields(config: ml_collections.ConfigDict, sections: tuple[str, ...]) -> dict[str, Any]:
-  d = config.to_dict()
+  d = _set_entries(config.to_dict())
   flat: dict[str, Any] = {}
   for s in sections:
     if s in d:

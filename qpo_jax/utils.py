@@ -100,6 +100,24 @@ def write_table(path: str, rows: Sequence[dict[str, Any]], columns: Sequence[str
   return markdown
 
 
+_CONFIG_DIRS = (  # the repository's configs/ (a checkout) or the installed qpo_jax.configs
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"),
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs"))
+
+
+def configs_dir() -> str:
+  """The directory of the shipped configs (base.py, quickstart.py, ...)."""
+  for d in _CONFIG_DIRS:
+    if os.path.isfile(os.path.join(d, "quickstart.py")):
+      return d
+  try:  # an installed copy: setup.py ships configs/ as the package qpo_jax.configs
+    import importlib.resources  # pylint: disable=g-import-not-at-top
+    return str(importlib.resources.files("qpo_jax.configs"))
+  except ModuleNotFoundError:
+    raise FileNotFoundError("no packaged configs found (configs/ of a checkout, or the "
+                            "installed qpo_jax.configs)") from None
+
+
 def config_module(path: str):
   """The module of a config file (its `get_config` and any constants it defines)."""
   if not os.path.isfile(path):
@@ -126,6 +144,10 @@ def unknown_field(config, dotted: str) -> str | None:
   node, walked = config, []
   for name in dotted.split("."):
     keys = list(node.keys()) if hasattr(node, "keys") else []
+    if walked and not hasattr(node, "keys"):  # e.g. task.data.columns: a dict or list value
+      where = ".".join(walked)
+      return (f"{where} is one value, not a section: set it whole, e.g. "
+              f"--config.{where}=\"{{'{name}': ...}}\"")
     if name not in keys:
       where = ".".join(walked) or "the config"
       close = difflib.get_close_matches(name, keys, n=1)
@@ -147,13 +169,16 @@ def parse_flags(argv: list[str]) -> list[str]:
   except flags.Error as e:  # a missing or malformed flag: absl's own one line
     raise SystemExit(f"FATAL Flags parsing error: {e}\nPass --helpfull to see help on flags.") \
         from None
-  except (AttributeError, KeyError) as e:
+  except (AttributeError, KeyError, ValueError) as e:
     spec = next((a.split("=", 1)[1] if "=" in a else argv[i + 1]
                  for i, a in enumerate(argv[:-1] if argv[-1] == "--config" else argv)
                  if a == "--config" or a.startswith("--config=")), None)
     bad = None
-    if spec:
-      config = load_config(spec)
+    try:
+      config = load_config(spec) if spec else None
+    except Exception:  # pylint: disable=broad-except  # the config file itself fails: say e
+      config = None
+    if config is not None:
       for arg in argv:
         if arg.startswith("--config.") and (why := unknown_field(config, arg[9:].split("=")[0])):
           bad = f"{arg.split('=')[0]}: {spec.split(':')[0]}: {why}"

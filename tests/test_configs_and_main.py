@@ -68,17 +68,67 @@ def test_config_parses_and_names_known_modules(name, config):
 @pytest.mark.parametrize("name,config", ALL, ids=[n for n, _ in ALL])
 def test_every_config_has_exactly_the_base_fields(name, config):
   """One schema: configs override base.py's fields and add none, so every override works."""
-  maps = ("task.data.files.", "task.data.columns.", "task.data.splits.")  # open {key: value}
+  from qpo_jax import config_rules
 
-  def flat(c):
-    keys = flax.traverse_util.flatten_dict(c.to_dict(), sep=".", keep_empty_nodes=True)
-    return {next((m[:-1] for m in maps if k.startswith(m)), k) for k in keys}
-
-  base = config_module(BASE).get_config()
-  assert flat(config) == flat(base), name
+  assert config_rules.schema_problem(config.to_dict()) is None, name
   assert config.is_locked  # a typo in a notebook's `config.train.epoch = 3` fails too
   with pytest.raises(AttributeError):
     config.train.epoch = 3
+
+
+def test_a_section_assigned_whole_is_refused_naming_what_it_dropped():
+  from qpo_jax import loop
+
+  config = config_module(os.path.join(ROOT, "configs", "tiny.py")).get_config()
+  config.target = dict(name="random", preset="tiny-llama")  # drops tokenizer, seed, chat, ...
+  with pytest.raises(ValueError, match=r"missing: .*target\.tokenizer.*c\.target = dict\(\.\.\.\)"
+                     r".*c\.target\.update\(\.\.\.\)"):
+    loop.validate(config)
+  config = config_module(os.path.join(ROOT, "configs", "tiny.py")).get_config()
+  config.target.update(name="random", preset="tiny-llama")
+  loop.validate(config)
+
+
+def test_task_data_maps_are_set_from_the_command_line_entry_by_entry():
+  """files / splits: one entry per source split, the rest the task's defaults; columns whole."""
+  from absl import flags
+  from ml_collections import config_flags
+  from qpo_jax.tasks import data_spec, task_of
+
+  def parse(*args):
+    argv = ["main.py", *args]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=argv)
+    values(argv)
+    return values.config
+
+  config = parse(f"--config={ROOT}/configs/quickstart.py",
+                 "--config.task.data.files.test=my_test.txt",
+                 "--config.task.data.columns={'text': 'review'}")
+  spec = data_spec(task_of(config.task), config.task.data)
+  assert spec["files"] == {"train": "train", "validation": "val", "test": "my_test.txt"}
+  assert spec["columns"] == {"text": "review"}
+  boolq = parse(f"--config={ROOT}/configs/nlu.py:task=boolq", "--config.task.data.kind=tfds",
+                "--config.task.data.splits.validation=validation[:50]")
+  spec = data_spec(task_of(boolq.task), boolq.task.data)
+  assert spec["splits"] == {"train": "train", "validation": "validation[:50]"}
+  config.task.data.files = {"tset": "x.txt"}  # a Python dict of any keys; the task's are checked
+  with pytest.raises(ValueError, match=r"task.data.files names \['tset'\], which task "
+                     r"'tweet_emotion' does not read; its source splits: \['test', 'train', "
+                     r"'validation'\]"):
+    data_spec(task_of(config.task), config.task.data)
+
+
+def test_fingerprints_record_task_data_maps_as_before_they_had_entries():
+  """Stages record the entries a config sets, as when files/splits were plain dicts (None
+  when none is set), so workdirs made then still resume."""
+  from qpo_jax import fingerprint
+
+  config = config_module(os.path.join(ROOT, "configs", "nlu.py")).get_config("task=boolq")
+  fields = fingerprint.stage_fields(config, "d0")
+  assert fields["task.data.splits"] is None and "task.data.splits.train" not in fields
+  assert {k: v for k, v in fields.items() if k.startswith("task.data.files")} == {
+      "task.data.files.train": "dev.jsonl[:50%]", "task.data.files.validation": "dev.jsonl[50%:]"}
 
 
 def test_paper_config_takes_named_arguments():
@@ -157,6 +207,12 @@ def test_main_names_a_field_the_config_lacks(tmp_path):
             workdir=tmp_path / "w")
   assert "--config.trian.epochs: configs/quickstart.py: the config has no field 'trian' " \
          "(did you mean 'train'?)" in r.stderr
+  r = _main("--config=configs/tiny.py", "--config.task.data.columns.text=review",
+            "--mode=generate", workdir=tmp_path / "w")
+  assert r.returncode == 1 and "Traceback" not in r.stderr
+  assert ("--config.task.data.columns.text: configs/tiny.py: task.data.columns is one value, "
+          "not a section: set it whole, e.g. --config.task.data.columns=\"{'text': ...}\"") \
+      in r.stderr
   assert not os.path.exists(tmp_path / "w")
 
 

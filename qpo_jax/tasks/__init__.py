@@ -32,6 +32,7 @@ TASKS: dict[str, Callable[[], Task]] = {
 
 # validation: for choosing settings; never in D_0, never collected, never the final report's
 SPLITS = ("train", "collect", "validation", "test")
+MAPS = ("files", "splits")  # task.data fields keyed by source split
 
 
 def get_task(name: str) -> Task:
@@ -58,7 +59,15 @@ def data_spec(task: Task, data: Mapping[str, Any] | None) -> dict:
     raise ValueError(f"task {task.name!r} has no tensorflow-datasets builder; use data.kind='files'")
   if kind == "builtin" and task.builtin_rows is None:
     raise ValueError(f"task {task.name!r} is not built in; set data.kind to 'files' or 'tfds'")
-  spec = {**defaults, **{k: v for k, v in data.items() if v not in (None, "")}}
+  spec = {**defaults, **{k: v for k, v in data.items() if v not in (None, "") and k not in MAPS}}
+  for k in MAPS:  # {source split: ...}: each split the config sets replaces the default's
+    given = {s: v for s, v in (data.get(k) or {}).items() if v not in (None, "")}
+    read = sorted({rule.source for rule in task.splits.values()})
+    if unknown := sorted(set(given) - set(read)):
+      raise ValueError(f"task.data.{k} names {unknown}, which task {task.name!r} does not "
+                       f"read; its source splits: {read}")
+    if given:
+      spec[k] = {**(defaults.get(k) or {}), **given}
   spec["kind"] = kind
   return spec
 
