@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks in experiments/: timing, matmul peak, policy batches."""
+"""Helpers shared by the benchmarks in experiments/: timing and the matmul peak (random policy
+batches: qpo_jax.testing.policy_batch, the ones the tests check)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from qpo_jax.utils import load_config
 
@@ -20,16 +20,6 @@ PAPER_TRAIN = dict(
                              "configs", "base.py")).train,
     learning_rate=1e-3, schedule="step", decay_every_epochs=20, decay_rate=0.65, grad_clip=0.25,
     weight_decay=1e-4, epochs=100)
-
-
-def policy_batch(cfg, b: int, lq: int, lp: int, seed: int = 0) -> dict[str, np.ndarray]:
-  """A random policy training batch with ragged query/prompt masks (speed and sharding checks)."""
-  rng = np.random.default_rng(seed)
-  return {"returns": rng.uniform(0, 100, b).astype(np.float32),
-          "query": rng.integers(3, cfg.vocab_size, (b, lq)).astype(np.int32),
-          "query_mask": np.arange(lq)[None] < rng.integers(lq // 2, lq + 1, (b, 1)),
-          "prompt": rng.integers(3, cfg.vocab_size, (b, lp)).astype(np.int32),
-          "prompt_mask": np.arange(lp)[None] < rng.integers(lp // 2, lp + 1, (b, 1))}
 
 
 def best_time(fn: Callable[[], Any], repeats: int) -> float:

@@ -105,11 +105,12 @@ def time_steps(cfg, params, mesh) -> tuple[object, list[float], list[float], flo
 
   from qpo_jax import sharding  # pylint: disable=g-import-not-at-top
   from qpo_jax.policy import train_step  # pylint: disable=g-import-not-at-top
-  from bench_common import PAPER_TRAIN, policy_batch  # pylint: disable=g-import-not-at-top
+  from bench_common import PAPER_TRAIN  # pylint: disable=g-import-not-at-top
+  from qpo_jax.testing import policy_batch  # pylint: disable=g-import-not-at-top
 
   step = train_step.make_train_step(cfg, PAPER_TRAIN, 100, params, mesh)
   state = step.init(params)
-  batch = sharding.shard_batch(policy_batch(cfg, _BATCH.value, _LQ.value, _LP.value), mesh)
+  batch = sharding.shard_batch(policy_batch(_BATCH.value, _LQ.value, _LP.value, vocab=cfg.vocab_size, shortest=0.5), mesh)
   rng = jax.random.key(1)
   losses, norms, times = [], [], []
   for _ in range(_STEPS.value):

@@ -30,9 +30,10 @@ import numpy as np
 import optax
 
 from qpo_jax import sharding
-from bench_common import PAPER_TRAIN, best_time, best_times, matmul_peak, policy_batch
+from bench_common import PAPER_TRAIN, best_time, best_times, matmul_peak
 from qpo_jax.models.config import preset
 from qpo_jax.policy import train_step
+from qpo_jax.testing import policy_batch
 from qpo_jax.policy.model import PromptDT, init_policy
 from qpo_jax.utils import write_table
 
@@ -218,7 +219,7 @@ def main(argv):
   for name, b in [(n, int(b)) for n in _POLICIES.value for b in _BATCH.value]:
     cfg = preset(name)
     lq, lp = _LQ.value, _LP.value
-    batch = policy_batch(cfg, b, lq, lp)
+    batch = policy_batch(b, lq, lp, vocab=cfg.vocab_size, shortest=0.5)
     tokens = b * (1 + lq + lp)
     flops = step_flops(cfg, b, lq, lp)
     ours = time_ours(cfg, batch, _STEPS.value)

@@ -13,6 +13,16 @@ import gc  # noqa: E402
 import pytest  # noqa: E402
 
 
+TIERS = ("integration", "multiprocess", "real_model", "repro")
+
+
+def pytest_collection_modifyitems(items):
+  """A test with none of the slower tiers' markers is a unit test (`pytest -m unit`)."""
+  for item in items:
+    if not any(item.get_closest_marker(tier) for tier in TIERS):
+      item.add_marker(pytest.mark.unit)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _free_compiled_programs():
   """Drops JAX's compiled programs after each test file.

@@ -29,15 +29,6 @@ def _start(address, num_processes, process_id):
   return distributed
 
 
-def _batch(seed, b=8, lq=6, lp=5):
-  rng = np.random.default_rng(seed)
-  return dict(returns=rng.uniform(0, 1, b).astype(np.float32),
-              query=rng.integers(3, 500, (b, lq)).astype(np.int32),
-              query_mask=np.arange(lq)[None] < rng.integers(1, lq + 1, (b, 1)),
-              prompt=rng.integers(3, 500, (b, lp)).astype(np.int32),
-              prompt_mask=np.arange(lp)[None] < rng.integers(1, lp + 1, (b, 1)))
-
-
 def train_steps(out, *start):
   distributed = _start(*start)
   import jax  # pylint: disable=g-import-not-at-top
@@ -45,6 +36,7 @@ def train_steps(out, *start):
   from qpo_jax.models.config import preset  # pylint: disable=g-import-not-at-top
   from qpo_jax.policy import train_step  # pylint: disable=g-import-not-at-top
   from qpo_jax.policy.model import init_policy  # pylint: disable=g-import-not-at-top
+  from qpo_jax.testing import policy_batch  # pylint: disable=g-import-not-at-top
   from qpo_jax.utils import load_config  # pylint: disable=g-import-not-at-top
 
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,7 +50,8 @@ def train_steps(out, *start):
     step = train_step.make_train_step(cfg, tc, 10, params, mesh)
     state, metrics = step.init(params), []
     for i in range(4):
-      state, m = step.update(state, sharding.shard_batch(_batch(i), mesh), jax.random.key(0))
+      state, m = step.update(state, sharding.shard_batch(
+          policy_batch(8, 6, 5, seed=i, max_return=1.0), mesh), jax.random.key(0))
       metrics.append({k: float(v) for k, v in m.items()})
     leaves = jax.tree_util.tree_leaves_with_path(state.params)
     result[name] = {

@@ -10,16 +10,15 @@ import pytest
 
 import qpo_jax
 from qpo_jax.policy import rounds
-from qpo_jax.utils import load_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT, repo_config
 
 
 def test_packaged_configs_load_by_name_like_their_files():
   assert {"quickstart", "tiny", "nlu", "paper", "tweet_emotion"} <= set(
       qpo_jax.packaged_configs())
   by_name = qpo_jax.load_config("tiny")
-  assert by_name == load_config(os.path.join(ROOT, "configs", "tiny.py"))
+  assert by_name == repo_config("tiny.py")
   assert qpo_jax.load_config("nlu:task=boolq").task.name == "boolq"
   assert by_name.is_locked
   with pytest.raises(FileNotFoundError, match="config file nothere.py does not exist"):
@@ -34,7 +33,7 @@ def test_run_checks_the_config_first_as_main_does(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_load_policy_writes_the_runs_prompts(tiny_run):
   config = qpo_jax.load_config("tiny")
   policy = qpo_jax.load_policy(config, tiny_run[0])
@@ -46,7 +45,7 @@ def test_load_policy_writes_the_runs_prompts(tiny_run):
   assert [len(d) for d in drawn] == [3, 3]
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_the_installed_command_runs_a_packaged_config(tmp_path):
   command = os.path.join(os.path.dirname(sys.executable), "qpo-jax")
   r = subprocess.run([command, "--config", "tiny", "--mode=generate",
@@ -57,7 +56,7 @@ def test_the_installed_command_runs_a_packaged_config(tmp_path):
       "What is the capital of France?", "Hi"]
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_a_built_wheel_carries_the_configs_and_the_command(tmp_path):
   subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                   "-w", str(tmp_path), ROOT], check=True, capture_output=True, timeout=600)

@@ -8,7 +8,7 @@ import pytest
 
 from qpo_jax.workdir import Workdir
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT
 
 
 def _layers() -> dict[str, int]:

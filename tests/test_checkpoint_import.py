@@ -20,6 +20,7 @@ GGUF_SIZES = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4,
                   num_key_value_heads=2)
 
 
+@pytest.mark.integration
 def test_gguf_matches_hf_with_the_same_dequantized_weights(tmp_path):
   model = tiny_hf_model("llama", seed=5, **GGUF_SIZES)
   expected = write_llama_gguf(tmp_path / "tiny.gguf", model)
@@ -108,6 +109,7 @@ def test_registry_errors(tmp_path):
     load_model({"name": "random"})
 
 
+@pytest.mark.real_model
 def test_a_gguf_tokenizer_is_built_once_per_process(tmp_path):
   """The target and the policy both name SmolLM2's tokenizer; it is built once (about 4 s)."""
   from qpo_jax.models.registry import load_tokenizer, smollm2_gguf_path

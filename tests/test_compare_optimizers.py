@@ -3,7 +3,6 @@ MIPROv2 and GEPA (light) through serve_target with a random 4k-context target on
 the calls the script reports equal the requests the server's access log shows."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ import pytest
 
 from tests.conftest import one_device_env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT
 TINY = ["--config=configs/tiny.py"]
 SET = "target.preset=tiny-llama-4k"  # DSPy's proposer prompts do not fit 256 tokens
 
@@ -21,7 +20,7 @@ def _answered_posts(log_path: str) -> int:
     return sum('"POST /v1/' in line and '" 200 ' in line for line in f)
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_peers_beside_qpo_with_server_counted_calls(tmp_path):
   qpo = tmp_path / "qpo"
   r = subprocess.run([sys.executable, "main.py", *TINY, f"--workdir={qpo}",
@@ -70,6 +69,7 @@ def test_peers_beside_qpo_with_server_counted_calls(tmp_path):
   assert again["GEPA light"]["accuracy"] == rows["GEPA light"]["accuracy"]
 
 
+@pytest.mark.multiprocess
 def test_the_script_refuses_a_run_of_another_config(tmp_path):
   qpo = tmp_path / "qpo" / "eval"
   qpo.mkdir(parents=True)

@@ -9,13 +9,13 @@ import pytest
 from qpo_jax import config_rules, loop
 from qpo_jax.utils import load_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT, repo_config
 CONFIGS = sorted(f for f in os.listdir(os.path.join(ROOT, "configs"))
                  if f.endswith(".py") and not f.startswith("__"))
 
 
 def _base():
-  return load_config(os.path.join(ROOT, "configs", "base.py"))
+  return repo_config("base.py")
 
 
 def _numeric_fields(node, prefix=""):

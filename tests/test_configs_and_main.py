@@ -17,7 +17,7 @@ from qpo_jax.models.registry import LOADERS
 from qpo_jax.models.transformer import Transformer, init_cache, param_shapes
 from qpo_jax.utils import compile_cache, config_module
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT, SHARED_DATA as SHARED, repo_config, run_main
 BASE = os.path.join(ROOT, "configs", "base.py")
 CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
                  if p != BASE and not p.endswith("__init__.py"))
@@ -79,12 +79,12 @@ def test_every_config_has_exactly_the_base_fields(name, config):
 def test_a_section_assigned_whole_is_refused_naming_what_it_dropped():
   from qpo_jax import loop
 
-  config = config_module(os.path.join(ROOT, "configs", "tiny.py")).get_config()
+  config = repo_config("tiny.py")
   config.target = dict(name="random", preset="tiny-llama")  # drops tokenizer, seed, chat, ...
   with pytest.raises(ValueError, match=r"missing: .*target\.tokenizer.*c\.target = dict\(\.\.\.\)"
                      r".*c\.target\.update\(\.\.\.\)"):
     loop.validate(config)
-  config = config_module(os.path.join(ROOT, "configs", "tiny.py")).get_config()
+  config = repo_config("tiny.py")
   config.target.update(name="random", preset="tiny-llama")
   loop.validate(config)
 
@@ -124,7 +124,7 @@ def test_fingerprints_record_task_data_maps_as_before_they_had_entries():
   when none is set), so workdirs made then still resume."""
   from qpo_jax import fingerprint
 
-  config = config_module(os.path.join(ROOT, "configs", "nlu.py")).get_config("task=boolq")
+  config = repo_config("nlu.py:task=boolq")
   fields = fingerprint.stage_fields(config, "d0")
   assert fields["task.data.splits"] is None and "task.data.splits.train" not in fields
   assert {k: v for k, v in fields.items() if k.startswith("task.data.files")} == {
@@ -170,44 +170,40 @@ def test_presets_are_consistent():
   assert PRESETS["smollm2-135m"].num_params() == pytest.approx(134.5e6, rel=0.01)
 
 
-def _main(*args, workdir):
-  return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args, f"--workdir={workdir}"],
-                        capture_output=True, text=True, cwd=ROOT, timeout=600)
-
-
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_main_generate_on_tiny_config(tmp_path):
-  r = _main("--config=configs/tiny.py", "--mode=generate", workdir=tmp_path)
+  r = run_main("--config=configs/tiny.py", "--mode=generate", workdir=tmp_path)
   assert r.returncode == 0, r.stderr[-3000:]
   records = json.loads((tmp_path / "answers.json").read_text())
   assert [x["question"] for x in records] == ["What is the capital of France?", "Hi"]
   assert "Q: Hi" in r.stdout
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_main_rejects_bad_values_clearly(tmp_path):
-  r = _main("--config=configs/tiny.py", "--mode=generate", "--config.target.name=gpt5",
+  r = run_main("--config=configs/tiny.py", "--mode=generate", "--config.target.name=gpt5",
             workdir=tmp_path)
   assert r.returncode != 0 and "target.name='gpt5' is not one of" in r.stderr
-  r = _main("--config=configs/tiny.py", "--mode=fly", workdir=tmp_path)
+  r = run_main("--config=configs/tiny.py", "--mode=fly", workdir=tmp_path)
   assert r.returncode != 0 and "--mode" in r.stderr
-  r = _main("--config=configs/tiny.py", "--config.target.preset=huge", workdir=tmp_path)
+  r = run_main("--config=configs/tiny.py", "--config.target.preset=huge", workdir=tmp_path)
   assert r.returncode != 0 and "unknown model preset 'huge'" in r.stderr
 
 
+@pytest.mark.multiprocess
 def test_main_names_a_field_the_config_lacks(tmp_path):
   """Every config has target.path; a typo is one line naming the flag, the field and its siblings."""
-  r = _main("--config=configs/tiny.py", "--config.target.pathh=/x", "--mode=generate",
+  r = run_main("--config=configs/tiny.py", "--config.target.pathh=/x", "--mode=generate",
             workdir=tmp_path / "w")
   last = r.stderr.strip().splitlines()[-1]
   assert r.returncode == 1 and "Traceback" not in r.stderr
   assert last.startswith("FATAL Flags parsing error: --config.target.pathh: configs/tiny.py: "
                          "target has no field 'pathh' (did you mean 'path'?)"), last
-  r = _main("--config", "configs/quickstart.py", "--config.trian.epochs", "3", "--mode=generate",
+  r = run_main("--config", "configs/quickstart.py", "--config.trian.epochs", "3", "--mode=generate",
             workdir=tmp_path / "w")
   assert "--config.trian.epochs: configs/quickstart.py: the config has no field 'trian' " \
          "(did you mean 'train'?)" in r.stderr
-  r = _main("--config=configs/tiny.py", "--config.task.data.columns.text=review",
+  r = run_main("--config=configs/tiny.py", "--config.task.data.columns.text=review",
             "--mode=generate", workdir=tmp_path / "w")
   assert r.returncode == 1 and "Traceback" not in r.stderr
   assert ("--config.task.data.columns.text: configs/tiny.py: task.data.columns is one value, "
@@ -237,10 +233,10 @@ def test_write_failures_become_one_line_naming_path_and_cause():
   assert write_failure(OSError(errno.ENOENT, "missing", "/w")) is None  # not a write failure
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_main_unwritable_workdir_ends_with_one_line(tmp_path):
   (tmp_path / "file").write_text("not a directory")
-  r = _main("--config=configs/tiny.py", "--mode=evaluate_prompts", workdir=tmp_path / "file" / "w")
+  r = run_main("--config=configs/tiny.py", "--mode=evaluate_prompts", workdir=tmp_path / "file" / "w")
   last = r.stderr.strip().splitlines()[-1]
   assert r.returncode == 1
   assert last.startswith(f"FATAL cannot create {tmp_path / 'file' / 'w'}: a part of the path is "
@@ -259,9 +255,9 @@ def full_disk(tmp_path):
   subprocess.run(["umount", str(mount)], check=False)
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_main_full_disk_ends_with_one_line_and_resumes(full_disk, tmp_path):
-  r = _main("--config=configs/tiny.py", "--mode=evaluate_prompts", workdir=full_disk / "w")
+  r = run_main("--config=configs/tiny.py", "--mode=evaluate_prompts", workdir=full_disk / "w")
   last = r.stderr.strip().splitlines()[-1]
   assert r.returncode == 1
   assert last.startswith(f"FATAL cannot write {full_disk / 'w' / 'eval_cache.sqlite'}: no space "
@@ -270,7 +266,7 @@ def test_main_full_disk_ends_with_one_line_and_resumes(full_disk, tmp_path):
   work = tmp_path / "w"  # "free space": move the workdir to a roomier disk and rerun
   work.mkdir()
   (work / "eval_cache.sqlite").write_bytes(kept.read_bytes())
-  r = _main("--config=configs/tiny.py", "--mode=evaluate_prompts", workdir=work)
+  r = run_main("--config=configs/tiny.py", "--mode=evaluate_prompts", workdir=work)
   assert r.returncode == 0, r.stderr[-2000:]
   assert json.loads((work / "prompt_eval.json").read_text())["num_queries"] == 8
 
@@ -295,9 +291,9 @@ def test_compiled_programs_persist_and_the_setting_is_restored(tmp_path):
   assert jax.config.jax_compilation_cache_dir == before
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_main_evaluate_prompts_and_cache_resume(tmp_path):
-  r = _main("--config=configs/tiny.py", "--mode=evaluate_prompts", workdir=tmp_path)
+  r = run_main("--config=configs/tiny.py", "--mode=evaluate_prompts", workdir=tmp_path)
   assert r.returncode == 0, r.stderr[-3000:]
   result = json.loads((tmp_path / "prompt_eval.json").read_text())
   assert result["task"] == "topics" and result["num_queries"] == 8
@@ -306,45 +302,44 @@ def test_main_evaluate_prompts_and_cache_resume(tmp_path):
   assert result["best"]["accuracy"] == best <= result["oracle"]
   programs = {p: os.path.getmtime(p) for p in glob.glob(str(tmp_path / "xla_cache" / "*"))}
   assert programs  # the first run kept its compiled programs in the workdir
-  r = _main("--config=configs/tiny.py", "--mode=evaluate_prompts", workdir=tmp_path)
+  r = run_main("--config=configs/tiny.py", "--mode=evaluate_prompts", workdir=tmp_path)
   again = json.loads((tmp_path / "prompt_eval.json").read_text())
   assert again["usage"]["calls"] == 11 * 8 and again["prompts"] == result["prompts"]
   # the rerun loaded them: a miss would have compiled and rewritten its entry
   assert {p: os.path.getmtime(p) for p in glob.glob(str(tmp_path / "xla_cache" / "*"))} == programs
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_main_rejects_bad_task_and_data(tmp_path):
-  r = _main("--config=configs/tiny.py", "--mode=evaluate_prompts", "--config.task.name=mnist",
+  r = run_main("--config=configs/tiny.py", "--mode=evaluate_prompts", "--config.task.name=mnist",
             workdir=tmp_path)
   assert r.returncode != 0 and "task.name='mnist'" in r.stderr
-  r = _main("--config=configs/tiny.py", "--mode=evaluate_prompts", "--config.task.name=gsm8k",
+  r = run_main("--config=configs/tiny.py", "--mode=evaluate_prompts", "--config.task.name=gsm8k",
             "--config.task.data.kind=files", "--config.task.data.dir=/no/such/dir",
             workdir=tmp_path / "w")
   assert r.returncode != 0 and "task.data.dir='/no/such/dir' is not a directory" in r.stderr
   assert not os.path.exists(tmp_path / "w")  # failed before writing a byte
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_main_build_and_inspect_data(tmp_path):
-  r = _main("--config=configs/tiny.py", "--mode=build_data", workdir=tmp_path)
+  r = run_main("--config=configs/tiny.py", "--mode=build_data", workdir=tmp_path)
   assert r.returncode == 0, r.stderr[-3000:]
   manifest = json.loads((tmp_path / "data" / "loop_0" / "manifest.json").read_text())
   assert manifest["count"] == 8 * 11 and manifest["normalizer"]["max"] > manifest["normalizer"]["min"]
-  r = _main("--config=configs/tiny.py", "--mode=inspect_data", workdir=tmp_path)
+  r = run_main("--config=configs/tiny.py", "--mode=inspect_data", workdir=tmp_path)
   assert r.returncode == 0 and "| manual | 32 |" in r.stdout
   assert (tmp_path / "data" / "loop_0_rewards.png").stat().st_size > 1000
 
 
-SHARED = os.path.join(ROOT, "..", "shared", "data")
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.skipif(not os.path.isdir(SHARED), reason="../shared/data not present")
 def test_main_imports_published_qpo_logs(tmp_path):
   path = os.path.join(SHARED, "qpo_offline", "tweet_emotion",
                       "tweet_emotion_llama7b_ocml_round1_few_shot_expert.json")
-  r = _main("--config=configs/tiny.py", "--mode=build_data", "--config.data.source=qpo_json",
+  r = run_main("--config=configs/tiny.py", "--mode=build_data", "--config.data.source=qpo_json",
             f"--config.data.path={path}", "--config.task.name=tweet_emotion",
             "--config.task.data.kind=files", "--config.train.prompt_len=64",
             f"--config.task.data.dir={os.path.join(SHARED, 'tweet_emotion')}", workdir=tmp_path)
@@ -361,6 +356,7 @@ def _policy_preset(spec):
   return preset(spec.preset)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_config_train_step_eval_shape(path):
   from qpo_jax.policy import train_step
@@ -382,40 +378,40 @@ def test_config_train_step_eval_shape(path):
   assert metrics["ce"].shape == ()
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_main_train_and_sample_policy(tmp_path):
-  assert _main("--config=configs/tiny.py", "--mode=build_data", workdir=tmp_path).returncode == 0
-  r = _main("--config=configs/tiny.py", "--mode=train_policy", workdir=tmp_path)
+  assert run_main("--config=configs/tiny.py", "--mode=build_data", workdir=tmp_path).returncode == 0
+  r = run_main("--config=configs/tiny.py", "--mode=train_policy", workdir=tmp_path)
   assert r.returncode == 0, r.stderr[-3000:]
   round_dir = tmp_path / "policy" / "round_1"
   lines = (round_dir / "metrics.jsonl").read_text().splitlines()
   assert (round_dir / "final").exists() and len(lines) >= 1
-  r = _main("--config=configs/tiny.py", "--mode=train_policy", workdir=tmp_path)  # finished: skip
+  r = run_main("--config=configs/tiny.py", "--mode=train_policy", workdir=tmp_path)  # finished: skip
   assert r.returncode == 0 and (round_dir / "metrics.jsonl").read_text().splitlines() == lines
-  r = _main("--config=configs/tiny.py", "--mode=sample_prompts", workdir=tmp_path)
+  r = run_main("--config=configs/tiny.py", "--mode=sample_prompts", workdir=tmp_path)
   assert r.returncode == 0, r.stderr[-3000:]
   assert len(json.loads((round_dir / "prompts.json").read_text())) == 8
-  r = _main("--config=configs/tiny.py", "--mode=train_policy", "--config.train.round=0",
-            workdir=tmp_path)
+  r = run_main("--config=configs/tiny.py", "--mode=train_policy", "--config.train.round=0",
+               workdir=tmp_path)
   assert r.returncode != 0 and "train.round=0 must be a positive whole number" in r.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_user_errors_are_one_line_and_library_info_is_quiet(tmp_path):
-  r = _main("--config=configs/tiny.py", "--config.train.batch_size=-8", workdir=tmp_path / "w")
+  r = run_main("--config=configs/tiny.py", "--config.train.batch_size=-8", workdir=tmp_path / "w")
   lines = r.stderr.strip().splitlines()
   assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
   assert lines[-2] == ("FATAL train.batch_size=-8 must be a positive whole number "
                        "(--config.train.batch_size=...)")
   assert lines[-1] == "(--traceback shows where it was raised)"
-  r = _main("--config=configs/tiny.py", "--config.train.batch_size=-8", "--traceback",
+  r = run_main("--config=configs/tiny.py", "--config.train.batch_size=-8", "--traceback",
             workdir=tmp_path / "w")
   assert "Traceback" in r.stderr and r.stderr.strip().splitlines()[-1].startswith("FATAL ")
   r = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "--config=configs/tiny.py"],
                      capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert r.returncode == 1 and "Traceback" not in r.stderr
   assert "FATAL Flags parsing error: flag --workdir=None" in r.stderr
-  r = _main("--config=configs/tiny.py", "--config.loop.num_loops=1", workdir=tmp_path / "run")
+  r = run_main("--config=configs/tiny.py", "--config.loop.num_loops=1", workdir=tmp_path / "run")
   assert r.returncode == 0, r.stderr[-2000:]
   info = [ln for ln in r.stderr.splitlines() if ln.startswith("I")]
   assert not [ln for ln in info if "orbax" in ln or "checkpoint_manager.py" in ln], info[:5]

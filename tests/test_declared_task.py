@@ -9,9 +9,8 @@ import pytest
 from qpo_jax import loop, modes
 from qpo_jax.tasks import declared, load_splits, task_of
 from qpo_jax.tasks.base import Example
-from qpo_jax.utils import load_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT, repo_config
 DOC = open(os.path.join(ROOT, "docs", "your_own_task.md")).read()
 BLOCKS = dict(re.findall(r"```(\w+)\n(.*?)```", DOC, flags=re.S))
 
@@ -34,7 +33,7 @@ def reviews(tmp_path):
 
 
 def _config(folder):
-  config = load_config(os.path.join(ROOT, "configs", "tiny.py"))
+  config = repo_config("tiny.py")
   config.task.file = str(folder / "task.yaml")
   config.task.data.kind = "files"
   return config
@@ -94,7 +93,7 @@ def test_math_and_per_row_options(tmp_path):
   assert (ex.options, ex.label, task.options(ex)) == (("blue", "green"), 1, ("blue", "green"))
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_every_mode_runs_on_the_declared_task(reviews, tmp_path):
   config = _config(reviews)
   config.loop.num_loops = 1

@@ -32,7 +32,7 @@ def _greedy_by_recomputation(seq, steps):
   return seq[-steps:]
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_cached_greedy_equals_recomputation():
   out, lengths = _generate(PROMPTS)
   for i, p in enumerate(PROMPTS):
@@ -40,8 +40,9 @@ def test_cached_greedy_equals_recomputation():
   np.testing.assert_array_equal(lengths, 6)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kw", [  # greedy is the same loop at temperature 0 (next test: top_k=1)
-    pytest.param({}, marks=pytest.mark.slow), dict(temperature=1.0, top_k=50, top_p=0.9)])
+    {}, dict(temperature=1.0, top_k=50, top_p=0.9)])
 def test_padding_and_batch_position_do_not_change_outputs(kw):
   ids = [7, 3, 1]  # stable row ids give each prompt its own key wherever it sits
   ref = [_generate([p], row_ids=[r], **kw)[0][0] for p, r in zip(PROMPTS, ids)]
@@ -54,6 +55,7 @@ def test_padding_and_batch_position_do_not_change_outputs(kw):
   np.testing.assert_array_equal(rev[::-1], np.stack(ref))
 
 
+@pytest.mark.integration
 def test_sampling_is_seeded():
   a, _ = _generate(PROMPTS, seed=3, temperature=1.0, max_new=12)
   b, _ = _generate(PROMPTS, seed=3, temperature=1.0, max_new=12)
@@ -81,6 +83,7 @@ def test_stops_at_eos_and_pads_after():
     assert (out[i, lengths[i]:] == 0).all()
 
 
+@pytest.mark.integration
 def test_top_p_and_top_k_support_and_frequencies():
   logits = jnp.log(jnp.array([[0.05, 0.5, 0.15, 0.3]]))
   keys = decoding.row_keys(0, range(4000))
@@ -99,6 +102,7 @@ def test_top_p_and_top_k_support_and_frequencies():
   np.testing.assert_allclose(freq()[[0, 1, 2, 3]], [0.05, 0.5, 0.15, 0.3], atol=0.03)
 
 
+@pytest.mark.integration
 def test_pad_batch_buckets_and_sides():
   ids, mask = decoding.pad_batch([[1, 2, 3], [4]], pad_id=9, side="left", multiple=4, rows=3)
   np.testing.assert_array_equal(ids, [[9, 1, 2, 3], [9, 9, 9, 4], [9, 9, 9, 9]])

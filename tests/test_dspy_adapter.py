@@ -46,6 +46,7 @@ def test_the_query_field_must_be_named_when_there_are_several():
   assert QPOPredict("passage, question -> answer", Rule(), query_field="question")
 
 
+@pytest.mark.integration
 def test_a_serve_policy_proxy_writes_the_instruction():
   sampler, _, _, proxy = untrained_proxy("sk-d", max_tokens=8)
   try:

@@ -4,15 +4,14 @@ import dataclasses
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from qpo_jax import evaluation, sharding
 from qpo_jax.eval_cache import EvalCache
 from qpo_jax.models.registry import load_model
-from qpo_jax.models.transformer import Transformer
 from qpo_jax.targets import Generation, LocalTarget
+from qpo_jax.testing import naive_option_nll
 from qpo_jax.targets.server import ModelServer
 from qpo_jax.tasks import base, get_task
 
@@ -28,15 +27,7 @@ def _topics(n=6):
   return task, rows
 
 
-def _naive_nll(lm, prefix, option):
-  seq = np.array([list(prefix) + list(option)])
-  logits = Transformer(lm.cfg).apply({"params": lm.params}, jnp.asarray(seq),
-                                     jnp.ones(seq.shape, bool), method=Transformer.lm)
-  logp = np.asarray(jax.nn.log_softmax(logits[0]))
-  return -np.mean([logp[len(prefix) - 1 + j, t] for j, t in enumerate(option)])
-
-
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("chat", [True, False])
 def test_choice_outcomes_match_naive_scoring(tiny_lm, chat):
   task, rows = _topics(5)
@@ -44,7 +35,7 @@ def test_choice_outcomes_match_naive_scoring(tiny_lm, chat):
   outcomes = evaluation.evaluate_pairs(task, target, [(ex, "Pick the topic.") for ex in rows])
   for ex, out in zip(rows, outcomes):
     prefix = target.prefix_ids(task.render(ex, "Pick the topic."))
-    naive = [_naive_nll(tiny_lm, prefix, target.option_ids(o)) for o in task.options(ex)]
+    naive = [naive_option_nll(tiny_lm, prefix, target.option_ids(o)) for o in task.options(ex)]
     np.testing.assert_allclose(out.option_nll, naive, atol=2e-4)
     assert out.pred == int(np.argmin(naive))
     assert out.correct == int(out.pred == ex.label) == out.accuracy
@@ -54,6 +45,7 @@ def test_choice_outcomes_match_naive_scoring(tiny_lm, chat):
     assert text.startswith("<|im_start|>") and text.endswith("assistant\n")
 
 
+@pytest.mark.integration
 def test_released_target_reloads_its_parameters_and_answers_alike(tiny_lm):
   """A policy round trains between target stages with the target's parameters dropped; the
   next scoring reloads them once, through `reload`, and the NLLs are the same."""
@@ -103,6 +95,7 @@ class _Counting:
     return self.inner.generate(texts, max_new_tokens)
 
 
+@pytest.mark.integration
 def test_cache_never_calls_twice_and_counts_cost(tiny_lm, tmp_path):
   task, rows = _topics(6)
   path = str(tmp_path / "cache.sqlite")
@@ -148,6 +141,7 @@ def test_unwritable_cache_is_an_os_error_naming_it(tmp_path):
   assert e.value.filename == path and "cannot write the evaluation cache" in str(e.value)
 
 
+@pytest.mark.integration
 def test_cache_key_separates_targets_settings_and_demos(tiny_lm):
   task, rows = _topics(8)
   cache = EvalCache(None)
@@ -162,6 +156,7 @@ def test_cache_key_separates_targets_settings_and_demos(tiny_lm):
   assert (a.calls, b.calls) == (1 + 2, 1)
 
 
+@pytest.mark.integration
 def test_few_shot_accuracy_over_demo_sets(tiny_lm):
   task, rows = _topics(12)
   target = LocalTarget(tiny_lm, chat=False, batch_size=4)
@@ -204,7 +199,7 @@ def test_math_outcomes():
   assert evaluation.accuracy(out) == pytest.approx(2 / 3)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_generate_batched_equals_one_by_one(tiny_lm):
   target = LocalTarget(tiny_lm, chat=True, batch_size=4)
   texts = ["What is 2 + 2?", "Count to three, please, slowly.", "Hi", "A longer question " * 5,
@@ -219,11 +214,11 @@ def test_generate_batched_equals_one_by_one(tiny_lm):
   prefix = target.prefix_ids(texts[0])
   out_ids = tiny_lm.tokenizer(g.text, add_special_tokens=False)["input_ids"]
   if out_ids and len(out_ids) == g.generated_tokens:
-    assert g.nll == pytest.approx(_naive_nll(tiny_lm, prefix, out_ids), abs=1e-3)
+    assert g.nll == pytest.approx(naive_option_nll(tiny_lm, prefix, out_ids), abs=1e-3)
 
 
-@pytest.mark.parametrize("axes", [pytest.param({"data": 8}, marks=pytest.mark.slow),
-                                  {"data": 4, "tensor": 2}])
+@pytest.mark.integration
+@pytest.mark.parametrize("axes", [{"data": 8}, {"data": 4, "tensor": 2}])
 def test_sharded_target_matches_one_device(tiny_lm, axes):
   task, rows = _topics(6)
   pairs = [(ex, "Topic?") for ex in rows]

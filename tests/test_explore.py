@@ -1,6 +1,5 @@
 """Exploring collection's pieces: rewrite extraction, which prompts are rewritten, candidates."""
 
-import os
 
 import numpy as np
 import pytest
@@ -8,9 +7,8 @@ import pytest
 from qpo_jax import explore
 from qpo_jax.models.registry import load_model
 from qpo_jax.store.records import Record
-from qpo_jax.utils import load_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import repo_config
 
 
 @pytest.mark.parametrize("reply,want", [
@@ -91,8 +89,9 @@ def test_candidates_drop_known_and_keep_rewrites_without_queries():
   assert got == {"x": [0, 1, 2], "y": [2], "z": []}
 
 
+@pytest.mark.integration
 def test_rewrites_are_cleaned_and_fit_the_prompt_length():
-  lm = load_model(load_config(os.path.join(ROOT, "configs", "tiny.py")).policy)
+  lm = load_model(repo_config("tiny.py").policy)
   got = explore.rewrites(lm, ["Answer the question.", "Label it."], "Classify the topic.", 3,
                          max_tokens=6, seed=0)
   again = explore.rewrites(lm, ["Answer the question.", "Label it."], "Classify the topic.", 3,
@@ -102,7 +101,7 @@ def test_rewrites_are_cleaned_and_fit_the_prompt_length():
   assert explore.rewrites(lm, [], "Classify the topic.", 3, max_tokens=6, seed=0) == []
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 def test_smollm2_rewrites_are_new_instructions(smollm2):
   """The embedded instruct model, asked as loop.explore asks it, writes new instructions."""
   src = ["Answer the question.", "Label the feeling."]

@@ -19,10 +19,9 @@ from qpo_jax.models.config import from_hf_config, preset
 from qpo_jax.models.transformer import Transformer
 from qpo_jax.policy import rounds, sampling
 from qpo_jax.policy.model import init_policy
-from qpo_jax.utils import load_config
 from tests.hf_reference import hf_logits
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import repo_config
 
 
 def _same(a, b):
@@ -42,11 +41,12 @@ def _batch(vocab):
   return ids, mask
 
 
-@pytest.mark.parametrize("cfg", [  # the default's architecture in the fast tier, variants slow
+@pytest.mark.integration
+@pytest.mark.parametrize("cfg", [
     pytest.param(preset("tiny-llama"), id="llama"),
-    pytest.param(preset("tiny-llama", tie_embeddings=True), id="llama-tied", marks=pytest.mark.slow),
-    pytest.param(preset("tiny-llama", qkv_bias=True), id="qwen2", marks=pytest.mark.slow),
-    pytest.param(preset("tiny-gpt2"), id="gpt2", marks=pytest.mark.slow)])
+    pytest.param(preset("tiny-llama", tie_embeddings=True), id="llama-tied"),
+    pytest.param(preset("tiny-llama", qkv_bias=True), id="qwen2"),
+    pytest.param(preset("tiny-gpt2"), id="gpt2")])
 def test_round_trip_is_exact_and_transformers_agrees(cfg, tmp_path):
   params = init_policy(cfg, jax.random.key(3))
   params = jax.tree_util.tree_map(  # non-trivial norms and biases, so layouts are really checked
@@ -73,11 +73,11 @@ def test_round_trip_is_exact_and_transformers_agrees(cfg, tmp_path):
   assert diff.max() < 1e-4, diff.max()
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_export_mode_on_a_trained_run(tiny_run, tmp_path):
   work = str(tmp_path / "work")
   shutil.copytree(tiny_run[0], work)
-  config = load_config(os.path.join(ROOT, "configs", "tiny.py"))
+  config = repo_config("tiny.py")
   out = modes.export_policy(config, work)
   assert out == os.path.join(work, "export", "round_2") and not os.path.exists(out + ".tmp")
   sampler = rounds.prompt_sampler(config, work, 0)

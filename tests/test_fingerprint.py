@@ -7,21 +7,21 @@ import pytest
 
 from qpo_jax import fingerprint, loop, modes
 from qpo_jax.policy import rounds
-from qpo_jax.utils import load_config
 
-pytestmark = pytest.mark.slow  # real models, whole runs or notebooks
+pytestmark = pytest.mark.integration  # whole runs of the tiny config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import repo_config
 
 
 def _tiny():
-  return load_config(os.path.join(ROOT, "configs", "tiny.py"))
+  return repo_config("tiny.py")
 
 
 def _listing(root):
   return sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs)
 
 
+@pytest.mark.integration
 def test_stage_fields_leave_out_what_cannot_change_a_result():
   c = _tiny()
   d0, r1, r2 = (fingerprint.stage_fields(c, "d0"), fingerprint.stage_fields(c, "round", 1),
@@ -39,6 +39,7 @@ def test_stage_fields_leave_out_what_cannot_change_a_result():
   assert "policy.remat" in r1 and "sample.batch_size" in r2
 
 
+@pytest.mark.integration
 def test_a_field_recorded_before_it_was_found_neutral_does_not_count(tmp_path):
   """Workdirs recorded target.backoff_s while it counted; they stay usable."""
   path, fields = str(tmp_path / "d0.config.json"), fingerprint.stage_fields(_tiny(), "d0")
@@ -56,6 +57,7 @@ def copied_run(tiny_run, tmp_path):
   return work
 
 
+@pytest.mark.integration
 def test_changed_task_stops_before_any_work(copied_run):
   config = _tiny()
   config.task.name = "arithmetic"
@@ -69,6 +71,7 @@ def test_changed_task_stops_before_any_work(copied_run):
   assert _listing(copied_run) == before  # nothing written, nothing evaluated
 
 
+@pytest.mark.integration
 def test_changed_training_stops_the_round_and_every_mode(copied_run):
   config = _tiny()
   config.train.epochs = 7
@@ -82,6 +85,7 @@ def test_changed_training_stops_the_round_and_every_mode(copied_run):
     modes.run("evaluate", config, copied_run)
 
 
+@pytest.mark.integration
 def test_neutral_changes_and_more_loops_reuse_the_run(copied_run, tiny_run):
   config = _tiny()
   config.train.log_every, config.progress, config.target.batch_size = 3, True, 4
@@ -90,6 +94,7 @@ def test_neutral_changes_and_more_loops_reuse_the_run(copied_run, tiny_run):
   assert got["methods"] == tiny_run[1]["methods"]
 
 
+@pytest.mark.integration
 def test_deleting_the_stage_as_told_redoes_it(copied_run):
   config = _tiny()
   config.data.threshold = 1.0  # a round-level field: D_0 stays, round 1 onwards is stale
@@ -103,6 +108,7 @@ def test_deleting_the_stage_as_told_redoes_it(copied_run):
   rounds.check_workdir(config, copied_run)  # nothing stale is left
 
 
+@pytest.mark.integration
 def test_dataset_without_manifest_names_the_directory_to_delete(copied_run):
   os.remove(os.path.join(copied_run, "data", "loop_1", "manifest.json"))
   with pytest.raises(FileExistsError, match=r"data/loop_1 has no manifest.json.*delete the "

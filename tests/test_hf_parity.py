@@ -44,6 +44,7 @@ def test_checkpoint_is_sharded(pair):
   assert len(list(pair[4].glob("*.safetensors"))) > 1
 
 
+@pytest.mark.integration
 def test_full_forward_matches(pair):
   _, model, cfg, params, _ = pair
   ids, mask = _batch()
@@ -53,7 +54,7 @@ def test_full_forward_matches(pair):
   assert diff.max() < 1e-4, diff.max()
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_kv_cached_decoding_matches(pair):
   """Prefill a padded batch, then feed tokens one at a time; compare with full HF passes."""
   _, model, cfg, params, _ = pair
@@ -79,6 +80,7 @@ def test_kv_cached_decoding_matches(pair):
   np.testing.assert_array_equal(np.asarray(cache["pos"]), full_mask.sum(1))
 
 
+@pytest.mark.integration
 def test_bfloat16_checkpoint_and_compute(tmp_path):
   model = tiny_hf_model("llama", seed=3)
   model.to(torch.bfloat16).save_pretrained(tmp_path)
@@ -94,6 +96,7 @@ def test_bfloat16_checkpoint_and_compute(tmp_path):
   assert agree > 0.9 and np.abs(np.asarray(ours) - ref)[mask].max() < 0.1
 
 
+@pytest.mark.integration
 def test_gradients_match(pair):
   """Every parameter's gradient of the next-token loss equals HF's (backward passes, incl.
   the hand-written weight VJPs of models/dots.py, checked against PyTorch autograd)."""

@@ -44,6 +44,7 @@ def _rows(n):
   return task, [task.to_example(r, f"all:{i}") for i, r in enumerate(task.builtin_rows(n, 2))]
 
 
+@pytest.mark.integration
 def test_completions_scoring_equals_local(lm, server, monkeypatch):
   task, rows = _rows(6)
   pairs = [(ex, "Which topic?") for ex in rows]
@@ -54,6 +55,7 @@ def test_completions_scoring_equals_local(lm, server, monkeypatch):
                              atol=1e-4)
 
 
+@pytest.mark.integration
 def test_completions_scoring_of_a_chat_model_equals_local_chat(lm, server, monkeypatch):
   """Given the tokenizer, the user turn is put in the chat template client-side and the option
   follows as the reply: the same NLLs as LocalTarget(chat=True)."""
@@ -67,6 +69,7 @@ def test_completions_scoring_of_a_chat_model_equals_local_chat(lm, server, monke
                              atol=1e-4)
 
 
+@pytest.mark.integration
 def test_a_scoring_request_is_one_forward_with_the_same_answer(lm):
   """echo + logprobs + max_tokens=1 at temperature 0 is one pass that runs the prompts'
   common beginning once: the same next token and log-probabilities as generating, then
@@ -85,6 +88,7 @@ def test_a_scoring_request_is_one_forward_with_the_same_answer(lm):
       np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.integration
 def test_usage_counts_what_the_server_answered(lm):
   srv = make_server(ModelServer(lm, "tiny"))
   serve_in_thread(srv)
@@ -108,7 +112,7 @@ def test_usage_counts_what_the_server_answered(lm):
     srv.server_close()
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_chat_generation_equals_local(lm, server, monkeypatch):
   texts = ["What is 3 + 4?", "Name a colour.", "Say hi"]
   local = LocalTarget(lm, chat=True, batch_size=4).generate(texts, max_new_tokens=8)
@@ -118,6 +122,7 @@ def test_chat_generation_equals_local(lm, server, monkeypatch):
   assert [g.prompt_tokens for g in remote] == [g.prompt_tokens for g in local]
 
 
+@pytest.mark.integration
 def test_chat_first_token_scoring(server, monkeypatch):
   client = _client(server, monkeypatch, scoring="chat_first_token")
   nll, tokens = client.score_options(["Topic of: the match was great"],
@@ -126,6 +131,7 @@ def test_chat_first_token_scoring(server, monkeypatch):
   assert client.identity != _client(server, monkeypatch).identity
 
 
+@pytest.mark.integration
 def test_retries_on_injected_429_and_500(server, monkeypatch):
   client = _client(server, monkeypatch, max_retries=3)
   expected = client.generate(["Say hi"], max_new_tokens=3)[0].text
@@ -140,6 +146,7 @@ def test_retries_on_injected_429_and_500(server, monkeypatch):
   assert client.generate(["Say hi"], max_new_tokens=3)[0].text == expected
 
 
+@pytest.mark.integration
 def test_timeout_is_a_clear_error(lm, monkeypatch):
   slow = make_server(ModelServer(lm, "tiny"), delay_s=1.5)
   serve_in_thread(slow)
@@ -164,6 +171,7 @@ def test_key_is_sent_but_never_shown(server, monkeypatch):
   assert KEY not in repr(good) and KEY not in good.identity
 
 
+@pytest.mark.integration
 def test_server_speaks_the_openai_format(server):
   host, port = server.server_address[:2]
   body = {"model": "tiny", "prompt": ["Hello there", "Hi"], "max_tokens": 2, "echo": True,
@@ -229,6 +237,7 @@ def _scripted_client(srv, retries):
                     backoff_s=0.01, timeout_s=5.0)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("fault,message", [
     ("not_json", r"the response is not JSON .*502 Bad Gateway"),
     ("no_choices", r"the response lacks what an OpenAI-compatible server sends \(KeyError: 'choices'\)"),
@@ -246,6 +255,7 @@ def test_malformed_responses_are_retried_then_named(scripted, fault, message):
     client.score_options(["News: x\nTopic:"], [["a", "b"]])
 
 
+@pytest.mark.integration
 def test_non_finite_answers_never_reach_the_cache(scripted, tmp_path):
   """A NaN log-probability from a server stops the stage with the URL and the pair; the
   chunk is not cached, so a rerun asks again."""
@@ -264,6 +274,7 @@ def test_non_finite_answers_never_reach_the_cache(scripted, tmp_path):
   assert [o.option_nll for o in outs] == [(0.5,) * 4] * 3
 
 
+@pytest.mark.integration
 def test_wrong_option_count_is_named():
   class Short:
     identity = "short-target"

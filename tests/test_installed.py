@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import one_device_env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT
 
 SCRIPT = r"""
 import importlib, os, pkgutil, sys
@@ -32,7 +32,7 @@ print("modules", len(names), "tweets", len(splits["test"]), "qpo",
 """
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_installed_package_imports_and_runs_the_tiny_loop(tmp_path):
   src = tmp_path / "src"  # a clean copy, so the build leaves nothing in the checkout
   shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info",

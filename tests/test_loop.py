@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,14 +11,12 @@ import time
 import numpy as np
 import pytest
 
-from qpo_jax import loop, modes
+from qpo_jax import cli, loop, modes
 from qpo_jax.store import dataset
 from qpo_jax.targets import build_target
-from qpo_jax.utils import load_config
 from tests.conftest import one_device_env
 from tests.killable import Killable
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT, parse_config, repo_config, run_main
 
 
 def _scalars(directory):
@@ -33,13 +32,9 @@ def _scalars(directory):
   return out
 
 
-def _config(name):
-  return load_config(os.path.join(ROOT, "configs", name))
-
-
-@pytest.mark.slow
+@pytest.mark.integration
 def test_loop_killed_in_collection_resumes_to_the_same_table(tmp_path, tiny_run):
-  config = _config("tiny.py")
+  config = repo_config("tiny.py")
   target = build_target(config.target)
   ref = tiny_run[1]  # uninterrupted
   work = str(tmp_path / "b")
@@ -90,10 +85,10 @@ def test_loop_killed_in_collection_resumes_to_the_same_table(tmp_path, tiny_run)
   assert again["methods"] == ref["methods"]
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_without_final_collection_then_extended(tmp_path, tiny_run):
   """`loop.final_collection=False` skips only the last collection; more loops collect it then."""
-  config = _config("tiny.py")
+  config = repo_config("tiny.py")
   target = build_target(config.target)
   work = str(tmp_path / "w")
   config.loop.update(num_loops=1, final_collection=False)
@@ -109,13 +104,6 @@ def test_without_final_collection_then_extended(tmp_path, tiny_run):
   assert not os.path.exists(os.path.join(work, "data", "loop_2"))
   assert two["qpo_prompts"] == ref["qpo_prompts"]
   assert two["methods"]["qpo_loop_2"] == ref["methods"]["qpo_loop_2"]
-
-
-def _main(*args, workdir, one_device=False):
-  env = one_device_env() if one_device else None
-  return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args,
-                         f"--workdir={workdir}"], capture_output=True, text=True, cwd=ROOT,
-                        timeout=1800, env=env)
 
 
 @pytest.mark.parametrize("override,message", [
@@ -135,10 +123,11 @@ def _main(*args, workdir, one_device=False):
     ("--config.train.prompt_len=12", "train.prompt_len=12 cannot hold the source prompt 'What is "
      "the main topic of the sentence: Sports, Food, Weather or Technology?' (17 tokens + EOS)"),
 ])
-@pytest.mark.slow
 def test_bad_values_fail_at_start(tmp_path, override, message):
-  r = _main("--config=configs/tiny.py", "--mode=loop", *override.split(), workdir=tmp_path / "w")
-  assert r.returncode != 0 and message in r.stderr, r.stderr[-2000:]
+  """In process; the command line prints the same error as one line (test_configs_and_main)."""
+  config = parse_config("--config=configs/tiny.py", *override.split())
+  with pytest.raises(cli.USER_ERRORS, match=re.escape(message)):
+    modes.run("loop", config, str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w")  # failed before writing a byte
 
 
@@ -151,19 +140,18 @@ def test_bad_values_fail_at_start(tmp_path, override, message):
      "positive whole number"),
     ("serve_target", "--config.serve.port=70000", "serve.port=70000 must be a port number"),
 ])
-@pytest.mark.slow
 def test_sizes_of_every_section_fail_before_a_model_loads(tmp_path, mode, override, message):
-  r = _main("--config=configs/tiny.py", f"--mode={mode}", override, workdir=tmp_path / "w")
-  assert r.returncode != 0 and message in r.stderr, r.stderr[-2000:]
+  config = parse_config("--config=configs/tiny.py", override)
+  with pytest.raises(cli.USER_ERRORS, match=re.escape(message)):
+    modes.run(mode, config, str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w")  # failed before writing a byte
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("mode", sorted(set(modes.MODES) - {"loop"}))
 def test_every_mode_checks_the_config_first(tmp_path, mode):
-  r = _main("--config=configs/tiny.py", f"--mode={mode}", "--config.train.batch_size=-8",
-            workdir=tmp_path / "w")
-  assert r.returncode != 0 and "train.batch_size=-8 must be a positive whole number" in r.stderr
+  config = parse_config("--config=configs/tiny.py", "--config.train.batch_size=-8")
+  with pytest.raises(ValueError, match="train.batch_size=-8 must be a positive whole number"):
+    modes.run(mode, config, str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w")
 
 
@@ -174,22 +162,25 @@ QUICK_SMALL = ["--config.data.num_queries=8", "--config.data.top_fraction=0.25",
                "--config.eval.num_queries=8"]
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.real_model
 def test_quickstart_small_variant(tmp_path):
   """The quickstart (SmolLM2 target and policy, packaged TweetEval) at a CI-sized scale."""
-  r = _main("--config=configs/quickstart.py", "--mode=loop", *QUICK_SMALL, workdir=tmp_path,
-            one_device=True)
+  r = run_main("--config=configs/quickstart.py", "--mode=loop", *QUICK_SMALL, workdir=tmp_path,
+               env=one_device_env(), timeout=1800)
   assert r.returncode == 0, r.stderr[-3000:]
   result = json.loads((tmp_path / "eval" / "results.json").read_text())
   assert result["num_test_queries"] == 8 and "qpo_loop_1" in result["methods"]
   assert "| QPO loop 1 |" in r.stdout
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("QPO_SLOW"), reason="~31 min: set QPO_SLOW=1")
+@pytest.mark.repro
+@pytest.mark.real_model
+@pytest.mark.multiprocess
 def test_quickstart_full(tmp_path):
   """The embedded default reproduces the table its docstring and the README give."""
-  r = _main("--config=configs/quickstart.py", "--mode=loop", workdir=tmp_path, one_device=True)
+  r = run_main("--config=configs/quickstart.py", "--mode=loop", workdir=tmp_path,
+               env=one_device_env(), timeout=1800)
   assert r.returncode == 0, r.stderr[-3000:]
   result = json.loads((tmp_path / "eval" / "results.json").read_text())
   got = {k: v["zero_shot"] for k, v in result["methods"].items()}
@@ -208,12 +199,12 @@ def test_quickstart_full(tmp_path):
   assert result["cost"]["total"]["peak_memory_gb"] <= 4.6
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_exploring_collection_scores_new_prompts_on_shared_queries(tmp_path, tiny_run):
   """loop.explore: every sampled prompt is scored on its query; new, fluent texts are
   screened on the first shared D_0 queries and the best by group gain scored on all of
   them; every outcome is kept; a rerun of the stage reuses its plan."""
-  config = _config("tiny.py")
+  config = repo_config("tiny.py")
   config.loop.update(explore=True, new_prompts=3, prompt_queries=6, screen_queries=4,
                      max_screen=5, edits=8, rewrites=1, parents=4)
   config.sample.num_samples = 2
@@ -260,7 +251,7 @@ def test_exploring_collection_scores_new_prompts_on_shared_queries(tmp_path, tin
   assert again["count"] == len(d1)
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_sigint_and_sigterm_stop_with_one_line_and_a_rerun_finishes(tmp_path):
   """Ctrl-C in training ended in a segmentation fault: now 130 (SIGTERM: 143), one line
   naming the stage, no traceback, and the same command then finishes the run."""
@@ -291,7 +282,7 @@ def test_sigint_and_sigterm_stop_with_one_line_and_a_rerun_finishes(tmp_path):
   assert (work / "eval" / "results.json").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_modes_check_only_what_they_use(tmp_path, tiny_run):
   """evaluate_prompts never runs the policy: a prompt length too short for the policy does
   not stop it; inspect_data reads a dataset: a training field changed since does not
@@ -299,12 +290,12 @@ def test_modes_check_only_what_they_use(tmp_path, tiny_run):
   import shutil
   work = str(tmp_path / "w")
   shutil.copytree(tiny_run[0], work)
-  short = _config("tiny.py")
+  short = repo_config("tiny.py")
   short.train.prompt_len = 4
   assert modes.run("evaluate_prompts", short, work)["num_queries"] == 8
   with pytest.raises(ValueError, match="train.prompt_len=4 cannot hold the source prompt"):
     modes.run("sample_prompts", short, work)
-  changed = _config("tiny.py")
+  changed = repo_config("tiny.py")
   changed.train.epochs = 7
   assert "records" in modes.run("inspect_data", changed, work)
   with pytest.raises(ValueError, match=r"train.epochs: 3 -> 7"):

@@ -9,18 +9,15 @@ from qpo_jax import loop
 from qpo_jax.policy import rounds, trainer
 from qpo_jax.store import dataset
 from qpo_jax.tasks import load_splits
-from qpo_jax.utils import load_config
 from qpo_jax.workdir import Workdir
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.path.join(ROOT, "..", "shared", "data")
-pytestmark = [pytest.mark.slow,
+from tests.helpers import SHARED_DATA as DATA, repo_config
+pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not os.path.isdir(DATA), reason="../shared/data not present")]
 
 
 def _config(task, tok_dir, **data):
-  config = load_config(os.path.join(ROOT, "configs", "paper.py") + f":{task},zero_shot,"
-                       "llama-2-7b-chat")
+  config = repo_config(f"paper.py:{task},zero_shot,llama-2-7b-chat")
   tiny = dict(name="random", preset="tiny-llama", tokenizer_path=tok_dir, dtype="float32",
               param_dtype="float32")
   config.target.update(tiny, batch_size=8, length_multiple=16)
@@ -34,6 +31,7 @@ def _config(task, tok_dir, **data):
   return config
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("task", ["gsm8k", "svamp"])
 def test_math_setting_builds_d0_and_trains_a_step(task, tmp_path, smollm2_tokenizer):
   tok_dir = str(tmp_path / "tok")
@@ -51,6 +49,7 @@ def test_math_setting_builds_d0_and_trains_a_step(task, tmp_path, smollm2_tokeni
   assert [m["step"] for m in history] == [1] and np.isfinite(history[0]["loss"])
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("task", ["gsm8k", "svamp"])
 def test_prompt_oirl_import_has_train_texts_only(task, tmp_path, smollm2_tokenizer):
   """The published logs become D_0 with real query texts; queries of our collect and test

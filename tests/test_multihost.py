@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import EIGHT_DEVICES
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT
 LIMIT_S = 900
 
 
@@ -124,7 +124,7 @@ def one_process_run(tmp_path_factory):
   return str(tmp / "w")
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_processes_run_the_loop_as_one_process_does(tmp_path, one_process_run):
   work = str(tmp_path / "w")
   _run(tmp_path, "two", _main(work), 2, 2)
@@ -135,7 +135,7 @@ def test_two_processes_run_the_loop_as_one_process_does(tmp_path, one_process_ru
     assert "[process 1/2]" in f.read()  # log lines name their process
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_a_process_killed_in_collection_then_both_rerun_resumes(tmp_path, one_process_run):
   work = str(tmp_path / "w")
   logs = tmp_path / "logs_dying"
@@ -157,7 +157,7 @@ def test_a_process_killed_in_collection_then_both_rerun_resumes(tmp_path, one_pr
   _same_run(one_process_run, work)
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_train_steps_over_two_processes_equal_one_process(tmp_path):
   out = {}
   for name, n, devices in (("one", 1, 4), ("two", 2, 2)):
@@ -178,7 +178,7 @@ def test_train_steps_over_two_processes_equal_one_process(tmp_path):
       assert two["params"][k] == pytest.approx([s, sq], rel=1e-5, abs=1e-5), (mesh, k)
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_each_process_reads_renders_and_tokenises_only_its_share(tmp_path):
   """Training rows and target calls over 2 processes x 2 devices: each process reads,
   renders and tokenises its share, and the batches and outcomes equal 1 process x 4."""
@@ -220,6 +220,7 @@ def test_each_process_reads_renders_and_tokenises_only_its_share(tmp_path):
     assert "data-00002-of-00003.tfrecord" in p["error"]
 
 
+@pytest.mark.multiprocess
 def test_a_process_that_cannot_reach_the_coordinator_fails_in_time(tmp_path):
   address = _free_address()  # nothing listens there
   start = time.time()
@@ -233,6 +234,7 @@ def test_a_process_that_cannot_reach_the_coordinator_fails_in_time(tmp_path):
   assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.multiprocess
 def test_start_up_flags_go_together(tmp_path):
   r = subprocess.run([sys.executable, "main.py", "--config=configs/tiny.py",
                       f"--workdir={tmp_path / 'w'}", "--num_processes=2"],

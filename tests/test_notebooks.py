@@ -15,9 +15,8 @@ import pytest
 
 from tests.conftest import one_device_env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT, SHARED_DATA
 NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "colab", "*.ipynb")))
-SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 NEEDS_SHARED_DATA = {"inspect_offline_data.ipynb"}
 EXPECTED = {  # notebook -> text its outputs must contain
     "quickstart": "| QPO loop 2 |",
@@ -50,7 +49,7 @@ def test_saved_outputs_show_the_result_and_the_plots(path):
       assert not any(o.output_type == "error" for o in cell.outputs), cell.source[:80]
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: os.path.basename(p)[:-6])
 def test_notebook_runs_top_to_bottom(path, tmp_path):
   if os.path.basename(path) in NEEDS_SHARED_DATA and not os.path.isdir(SHARED_DATA):

@@ -33,6 +33,7 @@ def proxy():
   srv.shutdown()
 
 
+@pytest.mark.integration
 def test_serve_target_chat_and_completions(target_server):
   client = _client(target_server)
   assert [m.id for m in client.models.list()] == ["tiny"]
@@ -49,6 +50,7 @@ def test_serve_target_chat_and_completions(target_server):
   assert done.id.startswith("cmpl-") and done.choices[0].finish_reason in ("length", "stop")
 
 
+@pytest.mark.integration
 def test_serve_target_streams_the_same_answer(target_server):
   client = _client(target_server)
   kw = dict(model="tiny", max_tokens=6, temperature=0,
@@ -70,6 +72,7 @@ def test_serve_target_streams_the_same_answer(target_server):
   assert "".join(c.choices[0].text for c in streamed) == whole.choices[0].text
 
 
+@pytest.mark.integration
 def test_proxy_answers_a_label_and_refuses_what_it_does_not_do(proxy):
   client = _client(proxy)
   chat = client.chat.completions.create(model="qpo-topics", messages=[

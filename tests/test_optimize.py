@@ -9,9 +9,8 @@ import pytest
 from qpo_jax import optimize
 from qpo_jax.policy import rounds
 from qpo_jax.tasks import get_task
-from qpo_jax.utils import load_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import repo_config
 QUERIES = ["The election results are in tonight", "Fresh pasta with basil tonight",
            "Heavy rain is expected all weekend", "The new phone has a faster chip",
            "Our team won the final match", "A sunny and warm afternoon"]
@@ -26,7 +25,7 @@ def work(tiny_run, tmp_path):
 
 
 def _config(tmp_path, **optimize_fields):
-  config = load_config(os.path.join(ROOT, "configs", "tiny.py"))
+  config = repo_config("tiny.py")
   config.optimize.update(output=str(tmp_path / "out.jsonl"), batch_size=2, **optimize_fields)
   return config
 
@@ -65,7 +64,7 @@ def test_reads_jsonl_csv_and_text_and_names_bad_rows(tmp_path):
     optimize.read_queries(get_task("boolq"), str(txt), "query")
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_greedy_prompts_and_answers_resume_after_a_cut(work, tmp_path):
   lines = [json.dumps({"query": q}) for q in QUERIES[:3]] + ["not json"] + \
       [json.dumps({"query": q}) for q in QUERIES[3:]]
@@ -86,7 +85,7 @@ def test_greedy_prompts_and_answers_resume_after_a_cut(work, tmp_path):
   assert again["written_now"] == 4 and _rows(config.optimize.output) == full
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_sampled_prompts_do_not_depend_on_where_a_run_was_cut(work, tmp_path):
   path = _jsonl(tmp_path / "q.jsonl", [json.dumps({"query": q}) for q in QUERIES])
   config = _config(tmp_path, input=path, num_samples=3, round=1)

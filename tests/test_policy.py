@@ -13,6 +13,7 @@ from qpo_jax.policy import sampling, train_step, trainer
 from qpo_jax.policy.model import PromptDT, init_policy
 from qpo_jax.store import training_rows
 from qpo_jax.store.records import Record
+from qpo_jax.testing import policy_batch
 from qpo_jax.utils import config_module
 
 CFG = preset("tiny-llama")
@@ -23,19 +24,10 @@ TC = dict(config_module(os.path.join(os.path.dirname(os.path.dirname(os.path.abs
           log_every=1, checkpoint_every=1000, pad_multiple=0)
 
 
-def _batch(seed=0, b=8, lq=6, lp=5):
-  rng = np.random.default_rng(seed)
-  return dict(returns=rng.uniform(0, 100, b).astype(np.float32),  # normalised returns
-              query=rng.integers(3, 500, (b, lq)).astype(np.int32),
-              query_mask=np.arange(lq)[None] < rng.integers(1, lq + 1, (b, 1)),
-              prompt=rng.integers(3, 500, (b, lp)).astype(np.int32),
-              prompt_mask=np.arange(lp)[None] < rng.integers(1, lp + 1, (b, 1)))
-
-
-@pytest.mark.slow
+@pytest.mark.integration
 def test_loss_by_hand_and_padding_independence():
   params = init_policy(CFG, jax.random.key(0))
-  batch = _batch()
+  batch = policy_batch(8, 6, 5)
   model = PromptDT(CFG)
   logits, r_hat = model.apply({"params": params}, *[batch[k] for k in train_step.BATCH_KEYS])
   # hand: per row, run only its real tokens (no padding anywhere) through the same modules
@@ -80,19 +72,20 @@ def _losses(mesh, steps=8):
   state, update = _state_and_update(mesh, params)
   out = []
   for i in range(steps):
-    batch = sharding.shard_batch(_batch(i % 3), mesh)
+    batch = sharding.shard_batch(policy_batch(8, 6, 5, seed=i % 3), mesh)
     state, m = update(state, batch, jax.random.key(0))
     out.append({k: float(v) for k, v in m.items()})
   return out, state
 
 
+@pytest.mark.integration
 def test_gradients_finite_and_return_head_learns():
   losses, _ = _losses(sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}), steps=40)
   assert all(np.isfinite(m["grad_norm"]) for m in losses)
   assert losses[-1]["mse"] < 0.2 * losses[0]["mse"] and losses[-1]["ce"] < losses[0]["ce"]
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_eight_device_mesh_matches_one_device():
   one, s1 = _losses(sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}))
   eight, s8 = _losses(sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))
@@ -118,6 +111,7 @@ def _return_embeddings(params, cfg, returns):
                                         method=PromptDT.embed_return))[:, 0]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("pretrained", [False, True])
 def test_return_is_visible_at_init(pretrained):
   """R = 50 and R = 100 must give clearly different inputs before any training (the spec's
@@ -137,7 +131,7 @@ def test_return_is_visible_at_init(pretrained):
     assert token_rms == pytest.approx(np.sqrt(np.mean(emb ** 2)), rel=0.1)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_overfit_is_query_dependent_and_reward_conditioned(tmp_path, smollm2_tokenizer):
   """The prompt depends on the query and on R: R* = 100 and R* = 50 give different prompts."""
   cfg = CFG.replace(vocab_size=len(smollm2_tokenizer))
@@ -159,7 +153,7 @@ def test_overfit_is_query_dependent_and_reward_conditioned(tmp_path, smollm2_tok
   assert any(p.name.startswith("events") for p in (tmp_path / "tb").iterdir())
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_kill_and_resume_equals_uninterrupted(tmp_path, smollm2_tokenizer):
   cfg = CFG.replace(vocab_size=len(smollm2_tokenizer))
   params = init_policy(cfg, jax.random.key(4))
@@ -193,7 +187,7 @@ def _largest_file(directory):
   return max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_damaged_checkpoints_are_never_resumed(tmp_path, smollm2_tokenizer, caplog):
   """A flipped byte in the latest step's arrays, or its truncated _METADATA: the step is
   moved aside with a warning naming it and the step resumed instead, and the round ends
@@ -257,6 +251,7 @@ def test_damaged_checkpoints_are_never_resumed(tmp_path, smollm2_tokenizer, capl
     trainer.train_round(str(tmp_path / "both"), cfg, copy(), rows, tc, mesh=mesh, seed=1)
 
 
+@pytest.mark.integration
 def test_a_non_finite_loss_stops_the_round_unfinished(tmp_path, smollm2_tokenizer):
   cfg = CFG.replace(vocab_size=len(smollm2_tokenizer))
   params = init_policy(cfg, jax.random.key(4))
@@ -270,11 +265,11 @@ def test_a_non_finite_loss_stops_the_round_unfinished(tmp_path, smollm2_tokenize
   assert not (tmp_path / "final").exists() and not (tmp_path / "params").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_cached_sampling_equals_recomputation_and_padding():
   params = init_policy(CFG, jax.random.key(5))
   model = PromptDT(CFG)
-  b = _batch(seed=2)
+  b = policy_batch(8, 6, 5, seed=2)
   keys = jax.random.split(jax.random.key(0), 8)
   out, lengths = sampling.sample(CFG, params, jnp.asarray(b["returns"]), b["query"],
                                  b["query_mask"], keys, jnp.asarray([2]), 0, max_len=6)
@@ -299,6 +294,7 @@ def test_cached_sampling_equals_recomputation_and_padding():
     np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(c[0]))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["gpt2-small", "llama-2-7b"])
 def test_real_size_train_step_eval_shape(name):
   cfg = preset(name, dtype="bfloat16")
@@ -316,27 +312,27 @@ def test_real_size_train_step_eval_shape(name):
   assert metrics["loss"].shape == ()
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_frozen_backbone_and_grad_accumulation():
   params = init_policy(CFG, jax.random.key(6))
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
   state, update = _state_and_update(mesh, params, {"freeze_backbone": True})
   before = jax.tree_util.tree_map(np.asarray, state.params)
   for i in range(3):
-    state, _ = update(state, _batch(i), jax.random.key(0))
+    state, _ = update(state, policy_batch(8, 6, 5, seed=i), jax.random.key(0))
   same = jax.tree_util.tree_map(lambda a, b: np.array_equal(a, np.asarray(b)),
                                 before["backbone"], state.params["backbone"])
   assert all(jax.tree_util.tree_leaves(same))
   assert not np.array_equal(before["prompt_proj"]["kernel"], state.params["prompt_proj"]["kernel"])
   state, update = _state_and_update(mesh, init_policy(CFG, jax.random.key(6)), {"grad_accum": 2})
   first = np.asarray(state.params["return_head"]["kernel"])
-  state, _ = update(state, _batch(0), jax.random.key(0))
+  state, _ = update(state, policy_batch(8, 6, 5, seed=0), jax.random.key(0))
   assert np.array_equal(first, np.asarray(state.params["return_head"]["kernel"]))  # accumulating
-  state, _ = update(state, _batch(1), jax.random.key(0))
+  state, _ = update(state, policy_batch(8, 6, 5, seed=1), jax.random.key(0))
   assert not np.array_equal(first, np.asarray(state.params["return_head"]["kernel"]))
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 def test_policy_from_the_embedded_smollm2(smollm2):
   from qpo_jax.policy.model import pretrained_policy
 
@@ -350,7 +346,7 @@ def test_policy_from_the_embedded_smollm2(smollm2):
   assert len(out) == 1 and isinstance(out[0][0], str)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_lora_starts_unchanged_and_trains_only_adapters(smollm2_tokenizer):
   from qpo_jax.models.registry import load_model
 
@@ -359,7 +355,7 @@ def test_lora_starts_unchanged_and_trains_only_adapters(smollm2_tokenizer):
   lcfg = CFG.replace(lora_rank=4)
   lora = init_policy(lcfg, jax.random.key(8), backbone_params=lm.params)
   assert lora["backbone"]["layers"]["attn"]["q_lora"]["a"].shape == (CFG.n_layers, 64, 4)
-  batch = _batch()
+  batch = policy_batch(8, 6, 5)
   m0, m1 = train_step.eval_loss(CFG, base, batch), train_step.eval_loss(lcfg, lora, batch)
   assert float(m0["ce"]) == pytest.approx(float(m1["ce"]), rel=1e-6)  # B = 0 at the start
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
@@ -367,7 +363,7 @@ def test_lora_starts_unchanged_and_trains_only_adapters(smollm2_tokenizer):
   state, update = step.init(lora), step.update
   before = jax.tree_util.tree_map(np.asarray, state.params)
   for i in range(3):
-    state, _ = update(state, _batch(i), jax.random.key(0))
+    state, _ = update(state, policy_batch(8, 6, 5, seed=i), jax.random.key(0))
   attn0, attn1 = before["backbone"]["layers"]["attn"], state.params["backbone"]["layers"]["attn"]
   np.testing.assert_array_equal(attn0["q"]["kernel"], np.asarray(attn1["q"]["kernel"]))
   assert not np.array_equal(attn0["q_lora"]["b"], np.asarray(attn1["q_lora"]["b"]))

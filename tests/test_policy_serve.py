@@ -1,7 +1,6 @@
 """--mode=serve_policy: the policy's prompt, then the target's answer, behind an OpenAI API."""
 
 import json
-import os
 import shutil
 import time
 import urllib.error
@@ -15,10 +14,9 @@ from qpo_jax.policy.serve import PolicyServer
 from qpo_jax.targets import HttpTarget, LocalTarget, build_target
 from qpo_jax.targets.server import Limits, ModelServer, make_server, serve_in_thread
 from qpo_jax.tasks import Example, get_task
-from qpo_jax.utils import load_config
 from tests.conftest import untrained_proxy
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import repo_config
 KEY = "sk-proxy-789"
 QUERY = "Our team won the final match"
 
@@ -31,6 +29,7 @@ def untrained():
   proxy.shutdown()
 
 
+@pytest.mark.integration
 def test_optimize_route_gives_the_samplers_greedy_prompt(untrained):
   sampler, _, task, proxy = untrained
   prompt = sampler([QUERY], collect=False, seed=0)[0][0]
@@ -44,7 +43,7 @@ def test_optimize_route_gives_the_samplers_greedy_prompt(untrained):
 def setup(tiny_run, tmp_path_factory):
   work = str(tmp_path_factory.mktemp("serve") / "work")
   shutil.copytree(tiny_run[0], work)
-  config = load_config(os.path.join(ROOT, "configs", "tiny.py"))
+  config = repo_config("tiny.py")
   sampler = rounds.prompt_sampler(config, work, 0)
   target = build_target(config.target)
   task = get_task("topics")
@@ -79,7 +78,7 @@ def _expected(setup, query, target=None):
   return prompt, rendered, task.verbalizers[int(np.argmin(nll))], nll
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_chat_and_completions_answer_with_the_label_the_evaluation_would(setup):
   """A choice task's reply is the option the target finds likeliest after the policy's
   prompt (as the evaluation scores), and the response says so."""
@@ -106,7 +105,7 @@ def test_chat_and_completions_answer_with_the_label_the_evaluation_would(setup):
   assert status == 200 and out["prompt"] == prompt and out["rendered"] == rendered
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_proxy_in_front_of_serve_target_over_http(setup, monkeypatch):
   """policy -> HTTP backend -> our serve_target: the same answer as the local target (raw
   text, as completions endpoints score it)."""
@@ -128,6 +127,7 @@ def test_proxy_in_front_of_serve_target_over_http(setup, monkeypatch):
     backend.shutdown()
 
 
+@pytest.mark.integration
 def test_a_generative_task_gets_the_targets_greedy_reply(untrained):
   sampler, target, _, _ = untrained
   task = get_task("arithmetic")
@@ -172,6 +172,7 @@ def test_bad_requests_get_4xx(untrained, path, body, code, words):
   assert status == code and words in out["error"]["message"], out
 
 
+@pytest.mark.integration
 def test_key_and_task_checks(untrained):
   sampler, target, _, proxy = untrained
   status, out = _post(proxy, "/v1/optimize", {"query": QUERY}, key="sk-wrong")

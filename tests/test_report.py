@@ -44,7 +44,7 @@ def test_labels_come_from_ids():
   assert report.label("best_train_prompt") == "best source prompt, chosen on train"
 
 
-@pytest.mark.slow  # the whole tiny run (session fixture)
+@pytest.mark.integration  # the whole tiny run (session fixture)
 def test_results_file_says_whether_qpo_is_query_dependent(tiny_run):
   work, result = tiny_run
   saved = json.load(open(os.path.join(work, "eval", "results.json")))
@@ -73,7 +73,7 @@ def test_results_file_says_whether_qpo_is_query_dependent(tiny_run):
   assert "| QPO - best source prompt, chosen on train |" in md and "| loop 2 |" in md
 
 
-@pytest.mark.slow  # the whole tiny run (session fixture)
+@pytest.mark.integration  # the whole tiny run (session fixture)
 def test_results_file_tells_routing_from_writing(tiny_run):
   """The selectors QPO is measured against, the purity table and the new-text share are in
   the results, consistent with the per-query prompts they summarise."""
@@ -114,7 +114,7 @@ def test_results_file_tells_routing_from_writing(tiny_run):
   assert "classifier, then the class's best D_0 prompt" in md and "purity" in md
 
 
-@pytest.mark.slow  # the whole tiny run (session fixture)
+@pytest.mark.integration  # the whole tiny run (session fixture)
 def test_results_say_whether_the_return_steers_the_policy(tiny_run):
   work, _ = tiny_run
   saved = json.load(open(os.path.join(work, "eval", "results.json")))

@@ -3,13 +3,13 @@
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from qpo_jax import scoring
 from qpo_jax.models.config import preset
-from qpo_jax.models.transformer import Transformer, init_params
+from qpo_jax.models.transformer import init_params
+from qpo_jax.testing import naive_option_nll
 
 
 @dataclasses.dataclass
@@ -22,16 +22,6 @@ LM = _LM(preset("tiny-llama"), init_params(preset("tiny-llama"), jax.random.key(
 RNG = np.random.default_rng(0)
 
 
-def _naive_nll(lm, prefix, option):
-  """Full forward over prefix + option, one sequence at a time."""
-  seq = np.array([list(prefix) + list(option)])
-  logits = Transformer(lm.cfg).apply({"params": lm.params}, jnp.asarray(seq),
-                                     jnp.ones(seq.shape, bool), method=Transformer.lm)
-  logp = np.asarray(jax.nn.log_softmax(logits[0]))
-  n = len(prefix)
-  return -np.mean([logp[n - 1 + j, tok] for j, tok in enumerate(option)])
-
-
 def _random_rows(n, k, vocab=512):
   prefixes = [RNG.integers(1, vocab, RNG.integers(3, 40)).tolist() for _ in range(n)]
   options = [[RNG.integers(1, vocab, RNG.integers(1, 6)).tolist() for _ in range(k)]
@@ -39,14 +29,16 @@ def _random_rows(n, k, vocab=512):
   return prefixes, options
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_batched_equals_one_by_one():
   prefixes, options = _random_rows(11, 3)  # per-row options (multiple choice), ragged
   got = scoring.score(LM, prefixes, options, batch_size=4)
-  want = np.array([[_naive_nll(LM, p, o) for o in opts] for p, opts in zip(prefixes, options)])
+  want = np.array([[naive_option_nll(LM, p, o) for o in opts]
+                   for p, opts in zip(prefixes, options)])
   np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.integration
 def test_nll_by_hand_when_blocks_are_identity():
   """With zeroed output projections each block adds nothing: next-token logits are
   rmsnorm(E[prev]) @ E.T, which numpy computes directly."""
@@ -71,6 +63,7 @@ def test_nll_by_hand_when_blocks_are_identity():
   assert int(np.argmin(got)) == int(np.argmin(by_hand))
 
 
+@pytest.mark.integration
 def test_compilations_stay_bounded():
   scoring.option_nll.clear_cache()
   for _ in range(12):  # prefixes of 3..39 tokens, options of 1..5 tokens
@@ -87,7 +80,7 @@ def test_bad_shapes_are_rejected():
     scoring.score(LM, [[1, 2], [3]], [[[1]]])
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_shared_prefix_equals_unshared(monkeypatch):
   """Rows with common beginnings (a chat header, one instruction over many queries) run their
   shared tokens once per instruction, however many batches it spans; the NLLs equal the
@@ -121,7 +114,8 @@ def test_shared_prefix_equals_unshared(monkeypatch):
   assert min(shared_lengths) >= 26 and max(shared_lengths) >= 38
   plain = scoring.score(LM, prefixes, options, batch_size=4, min_shared=0)
   np.testing.assert_allclose(shared, plain, atol=1e-5)
-  want = np.array([[_naive_nll(LM, p, o) for o in opts] for p, opts in zip(prefixes, options)])
+  want = np.array([[naive_option_nll(LM, p, o) for o in opts]
+                   for p, opts in zip(prefixes, options)])
   np.testing.assert_allclose(shared, want, atol=1e-5)
 
 
@@ -145,6 +139,7 @@ def test_batch_order_groups_common_beginnings_shortest_first():
   assert scoring.batch_order(rows[:1], batch_size=4) == [0]
 
 
+@pytest.mark.integration
 def test_scores_do_not_depend_on_the_callers_row_order():
   prefixes, options = _random_rows(9, 2)
   prefixes = [[5, 6, 7, 8, 9, 10, 11, 12] + p for p in prefixes]  # one shared beginning

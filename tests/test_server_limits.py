@@ -87,6 +87,7 @@ def _alive(srv):
 GOOD = {"prompt": "The capital of France is", "max_tokens": 6, "temperature": 0}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("body,code,words", [
     ({"prompt": "Hi", "max_tokens": 1_000_000_000}, 400, "'max_tokens'=1e+09 is outside [0, 32]"),
     ({"prompt": "Hi", "max_tokens": 1e12}, 400, "outside [0, 32]"),
@@ -158,6 +159,7 @@ def test_key_is_checked_before_the_body_is_read(server):
   _alive(server)
 
 
+@pytest.mark.integration
 def test_busy_model_is_503_after_the_time_limit(lm):
   srv, model = _start(lm, Limits(request_timeout_s=0.5))
   try:
@@ -174,6 +176,7 @@ def test_busy_model_is_503_after_the_time_limit(lm):
     srv.shutdown()
 
 
+@pytest.mark.integration
 def test_prompt_plus_max_tokens_must_fit_the_context(lm):
   srv, _ = _start(lm, Limits(max_tokens=1000))
   try:
@@ -197,6 +200,7 @@ def _counting_generate(monkeypatch, delay_s):
   return calls
 
 
+@pytest.mark.integration
 def test_generation_past_the_time_limit_is_504(lm, monkeypatch):
   srv, _ = _start(lm, Limits(max_tokens=200, request_timeout_s=1.0, chunk_tokens=4))
   calls = _counting_generate(monkeypatch, 0.3)
@@ -209,6 +213,7 @@ def test_generation_past_the_time_limit_is_504(lm, monkeypatch):
     srv.shutdown()
 
 
+@pytest.mark.integration
 def test_generation_stops_when_the_client_goes_away(lm, monkeypatch):
   srv, model = _start(lm, Limits(max_tokens=200, request_timeout_s=60.0, chunk_tokens=4))
   calls = _counting_generate(monkeypatch, 0.2)
@@ -227,6 +232,7 @@ def test_generation_stops_when_the_client_goes_away(lm, monkeypatch):
     srv.shutdown()
 
 
+@pytest.mark.integration
 def test_bounded_load_mixing_good_oversized_and_malformed(server):
   """20 clients x 5 requests, all connecting at once; each good one gets the serial answer
   (no connection refused or reset: the listen backlog holds them), each bad one a 4xx."""

@@ -17,10 +17,10 @@ def test_eight_simulated_devices():
 _AXES = [dict(data=2, tensor=4), dict(data=2, fsdp=2, tensor=2), dict(data=-1)]
 
 
-@pytest.mark.parametrize("name,axes", [  # each mesh once in the fast tier, each model on two
-    pytest.param(name, axes, marks=() if (i + j) % 2 == 0 else pytest.mark.slow,
-                 id=name + "-" + "-".join(f"{k}{v}" for k, v in axes.items()))
-    for i, name in enumerate(["tiny-llama", "tiny-gpt2"]) for j, axes in enumerate(_AXES)])
+@pytest.mark.integration
+@pytest.mark.parametrize("name,axes", [
+    pytest.param(name, axes, id=name + "-" + "-".join(f"{k}{v}" for k, v in axes.items()))
+    for name in ["tiny-llama", "tiny-gpt2"] for axes in _AXES])
 def test_sharded_forward_equals_single_device(name, axes):
   cfg = preset(name)
   params = init_params(cfg, jax.random.key(0))

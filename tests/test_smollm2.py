@@ -11,6 +11,7 @@ import transformers
 from qpo_jax import decoding
 from qpo_jax.models.registry import load_tokenizer, smollm2_gguf_path
 from qpo_jax.models.transformer import Transformer
+from tests.helpers import SHARED_DATA as SHARED
 
 SENTENCES = [
     "The capital of France is Paris, and the capital of Germany is",
@@ -29,7 +30,7 @@ def reference():
   return model.eval(), tok
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 def test_tokenizer_matches_transformers_gguf(smollm2, reference):
   # the model's load and a tokenizer-only load (the policy's) share one tokenizer object
   assert smollm2.tokenizer is load_tokenizer({"name": "smollm2-135m-instruct"})
@@ -39,7 +40,7 @@ def test_tokenizer_matches_transformers_gguf(smollm2, reference):
   assert smollm2.tokenizer.decode(ids) == SENTENCES[1]
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 def test_logits_match_transformers_gguf(smollm2, reference):
   m = Transformer(smollm2.cfg)
   for s in SENTENCES:
@@ -52,7 +53,7 @@ def test_logits_match_transformers_gguf(smollm2, reference):
     assert np.abs(ours - theirs).max() < 2e-3, (s, np.abs(ours - theirs).max())
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 def test_padded_batch_equals_single_rows(smollm2):
   """Scoring the real model in a left/right padded batch gives each row's solo logits."""
   m = Transformer(smollm2.cfg)
@@ -66,7 +67,7 @@ def test_padded_batch_equals_single_rows(smollm2):
       np.testing.assert_allclose(batch[i][mask[i]], solo, atol=2e-4)
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 def test_greedy_chat_answer_is_sensible(smollm2):
   answers = decoding.generate_text(
       smollm2, ["What is the capital of France?", "What is 2 + 3? Answer with a number."],
@@ -76,10 +77,9 @@ def test_greedy_chat_answer_is_sensible(smollm2):
   assert "5" in answers[1]
 
 
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 @pytest.mark.skipif(not os.path.isdir(SHARED), reason="../shared/data not present")
 def test_zero_shot_ag_news_above_chance(smollm2):
   """50 class-balanced real AG News test queries, manual prompt: chance is 25%."""

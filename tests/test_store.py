@@ -19,7 +19,7 @@ from qpo_jax.store.records import Record
 from qpo_jax.targets import LocalTarget
 from qpo_jax.tasks import get_task
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+from tests.helpers import SHARED_DATA as DATA
 needs_data = pytest.mark.skipif(not os.path.isdir(DATA), reason="../shared/data not present")
 QPO_FILE = os.path.join(DATA, "qpo_offline", "tweet_emotion",
                         "tweet_emotion_llama7b_ocml_round1_few_shot_expert.json")
@@ -221,7 +221,7 @@ def tiny_target():
   return LocalTarget(lm, chat=False, batch_size=8)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_build_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_target):
   task = get_task("topics")
   queries = [task.to_example(r, f"all:{i}") for i, r in enumerate(task.builtin_rows(6, 0))]
@@ -253,6 +253,7 @@ def test_build_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_target):
                                      cache=EvalCache(cache), **kw)["count"] == got["count"]
 
 
+@pytest.mark.integration
 def test_sparse_design_gives_each_query_k_prompts(tmp_path, tiny_target):
   assigned = build.query_assignment(10, 4, 3, seed=1)
   per_query = [sum(q in qs for qs in assigned) for q in range(10)]
@@ -276,6 +277,7 @@ def test_sparse_design_gives_each_query_k_prompts(tmp_path, tiny_target):
     assert all(r.avg_acc == pytest.approx(np.mean([x.correct for x in mine])) for r in mine)
 
 
+@pytest.mark.integration
 def test_build_records_carry_the_outcomes(tiny_target):
   task = get_task("topics")
   queries = [task.to_example(r, f"all:{i}") for i, r in enumerate(task.builtin_rows(3, 0))]
@@ -330,6 +332,7 @@ def test_pipeline_batches_resume_and_shard(smollm2_tokenizer):
   assert len(batch["query"].sharding.device_set) == 8
 
 
+@pytest.mark.integration
 def test_inspect_report_and_plot(tmp_path):
   recs = _records(9)
   text = summary.describe(recs, None)

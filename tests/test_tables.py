@@ -10,10 +10,11 @@ import pytest
 from experiments import paper_tables as tables
 from tests.conftest import one_device_env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT, SHARED_DATA
 SCRIPTS = {name: os.path.join(ROOT, "experiments", f"table_{name}.py") for name in tables.TABLES}
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("name", sorted(tables.TABLES))
 def test_script_dry_run_lists_paper_settings(name, tmp_path):
   doc = open(SCRIPTS[name]).read()
@@ -33,6 +34,7 @@ def test_script_dry_run_lists_paper_settings(name, tmp_path):
   tables.check_settings(table.settings(table.tasks))  # each one is a paper.py setting
 
 
+@pytest.mark.multiprocess
 def test_bad_flags_fail_clearly(tmp_path):
   r = subprocess.run([sys.executable, SCRIPTS["math"], f"--root={tmp_path}", "--dry_run",
                       "--tasks=gsm8k,mnist"], capture_output=True, text=True, cwd=ROOT)
@@ -58,7 +60,7 @@ def _place(root, setting, results_path, scale=1.0):
   return result
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_tables_assemble_from_run_results(tiny_result, tmp_path):
   root = str(tmp_path / "runs")
   a = _place(root, "ag_news,zero_shot,llama-2-7b-chat", tiny_result, 1.0)
@@ -96,8 +98,8 @@ def test_tables_assemble_from_run_results(tiny_result, tmp_path):
   assert rows["ag_news,few_shot,llama-2-7b-chat"]["loop collection calls"] == tables.MISSING
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir(os.path.join(ROOT, "..", "shared", "data")),
+@pytest.mark.multiprocess
+@pytest.mark.skipif(not os.path.isdir(SHARED_DATA),
                     reason="../shared/data (InstructEval prompts) not present")
 def test_table_script_runs_a_paper_setting_end_to_end(tmp_path, smollm2_tokenizer):
   """nlu_zero_shot on TweetEval with the real InstructEval prompts, tiny random models on CPU."""

@@ -9,7 +9,7 @@ import pytest
 from qpo_jax import tasks
 from qpo_jax.tasks import base, sources
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+from tests.helpers import SHARED_DATA as DATA
 needs_data = pytest.mark.skipif(not os.path.isdir(DATA), reason="../shared/data not present")
 
 

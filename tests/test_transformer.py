@@ -27,7 +27,7 @@ def test_attention_mask_is_causal_over_real_keys():
   np.testing.assert_array_equal(m, [[True, True, True, False, False]])
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_dropout_remat_and_bfloat16_switches():
   cfg = preset("tiny-gpt2")
   params = init_params(cfg, jax.random.key(0))
@@ -58,6 +58,7 @@ def test_dropout_remat_and_bfloat16_switches():
   np.testing.assert_allclose(np.asarray(bf, np.float32), base, atol=0.1)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("lhs_shape,rhs_shape,dims", [
     ((2, 5, 6), (6, 7), (((2,), (0,)), ((), ()))),  # Dense
     ((2, 5, 6), (6, 3, 4), (((2,), (0,)), ((), ()))),  # DenseGeneral to heads

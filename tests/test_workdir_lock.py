@@ -11,7 +11,7 @@ import pytest
 
 from qpo_jax import modes, workdir_lock
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT
 
 
 def test_a_second_holder_is_refused_with_the_first_ones_pid_and_host(tmp_path):
@@ -28,6 +28,7 @@ def test_a_second_holder_is_refused_with_the_first_ones_pid_and_host(tmp_path):
     assert json.loads(open(os.path.join(work, ".lock")).read())["mode"] == "evaluate"
 
 
+@pytest.mark.multiprocess
 def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
   work = tmp_path / "w"
   holder = subprocess.Popen([sys.executable, "-c", (
@@ -54,7 +55,7 @@ def test_reading_modes_run_beside_a_run():
   assert set(modes.SHARED_MODES) < set(modes.MODES)
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_the_same_command_twice_one_second_apart(tmp_path):
   """The second exits at once naming the first; the first's results and D_0 cost are those
   of a run alone."""

@@ -1,0 +1,40 @@
+"""What many test files need: the repository root, its configs, and main.py as a user runs it."""
+
+import os
+import subprocess
+import sys
+
+import ml_collections
+
+from qpo_jax.utils import load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
+
+
+def repo_config(name: str) -> ml_collections.ConfigDict:
+  """configs/<name> ('tiny.py', 'nlu.py:task=boolq'), as `--config` reads it."""
+  return load_config(os.path.join(ROOT, "configs", name))
+
+
+def run_main(*args: str, workdir, env: dict[str, str] | None = None,
+             timeout: float = 600) -> subprocess.CompletedProcess:
+  """`python main.py ARGS --workdir=WORKDIR` from the repository root, output captured."""
+  return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args,
+                         f"--workdir={workdir}"], capture_output=True, text=True, cwd=ROOT,
+                        timeout=timeout, env=env)
+
+
+def parse_config(*args: str) -> ml_collections.ConfigDict:
+  """The config `main.py --config=... --config.<field>=...` would run, parsed in process
+  by the same absl / ml_collections flags (a fresh flag set each call)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+  argv = ["main.py", *[a.replace("--config=configs/", f"--config={ROOT}/configs/", 1)
+                       for a in args]]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=argv,
+                                  lock_config=True)
+  values(argv)
+  return values.config
