@@ -14,6 +14,9 @@ from ml_collections.config_dict import placeholder
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0  # query sampling, demo sets, the policy's sampling keys
+  # the policy round a mode uses (0: the last finished; for train_policy, the round the
+  # finished datasets train: D_0 -> 1, D_1 -> 2, ...); the loop mode runs them all
+  c.round = 0
   c.progress = True  # tqdm bars with rate and ETA for every long stage (False for logs and CI)
   c.mesh = dict(data=-1, fsdp=1, tensor=1)  # device mesh axis sizes (-1: the rest)
   c.compile_cache = True  # keep compiled XLA programs in <workdir>/xla_cache: reruns load them (False: JAX's own setting)
@@ -99,7 +102,6 @@ def get_config() -> ml_collections.ConfigDict:
       lora_alpha=16.0)  # LoRA scale numerator
 
   c.train = dict(
-      round=1,  # train_policy/collect modes: which round
       learning_rate=1e-3,  # round 1 peak learning rate
       schedule="step",  # step (x decay_rate every decay_every_epochs) or cosine
       epochs=100,  # round 1 epochs
@@ -185,7 +187,6 @@ def get_config() -> ml_collections.ConfigDict:
       input="",  # queries: .jsonl, .csv (with a header row) or .txt (one per line)
       field="query",  # the JSONL/CSV field with the query (tasks with several fields: theirs)
       output="",  # JSONL to write ("" : <workdir>/optimized.jsonl); a rerun continues it
-      round=0,  # policy round for optimize, serve_policy, export_policy (0: the last finished)
       num_samples=0,  # 0: the greedy prompt; N: N prompts from the collection sampler
       answer=False,  # also the target's answer with each prompt (through the cache)
       batch_size=32)  # queries per written batch

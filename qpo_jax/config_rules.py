@@ -41,7 +41,7 @@ KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 RULES: dict[str, str] = {
-    "seed": "seed",
+    "seed": "seed", "round": "round",
     "mesh.data": "mesh_axis", "mesh.fsdp": "mesh_axis", "mesh.tensor": "mesh_axis",
     "target.seed": "seed", "target.batch_size": "positive_int",
     "target.length_multiple": "positive_int", "target.concurrency": "positive_int",
@@ -54,7 +54,7 @@ RULES: dict[str, str] = {
     "data.prompts_per_chunk": "positive_int", "data.records_per_shard": "positive_int",
     "data.max_new_tokens": "positive_int",
     "policy.seed": "seed", "policy.lora_rank": "count", "policy.lora_alpha": "positive",
-    "train.round": "positive_int", "train.learning_rate": "positive", "train.epochs": "positive",
+    "train.learning_rate": "positive", "train.epochs": "positive",
     "train.decay_every_epochs": "positive", "train.decay_rate": "fraction",
     "train.warmup_steps": "count", "train.batch_size": "positive_int",
     "train.grad_accum": "positive_int", "train.grad_clip": "positive",
@@ -80,7 +80,7 @@ RULES: dict[str, str] = {
     "serve.port": "port", "serve.max_tokens": "positive_int", "serve.max_body_bytes": "positive_int",
     "serve.request_timeout_s": "positive", "serve.max_prompt_tokens": "positive_int",
     "serve.chunk_tokens": "positive_int",
-    "optimize.round": "round", "optimize.num_samples": "count", "optimize.batch_size": "positive_int",
+    "optimize.num_samples": "count", "optimize.batch_size": "positive_int",
     "generate.max_new_tokens": "positive_int", "generate.batch_size": "positive_int",
 }
 

@@ -33,7 +33,8 @@ NEUTRAL = frozenset({
     "target.batch_size", "target.length_multiple", "target.concurrency", "target.max_retries",
     "target.timeout_s", "target.backoff_s", "target.api_key_env",
     "data.inspect", "data.records_per_shard", "data.prompts_per_chunk",
-    "progress", "train.log_every", "train.checkpoint_every", "train.round",
+    "progress", "train.log_every", "train.checkpoint_every",
+    "train.round",  # older configs' name of `round`, which selects a stage rather than shaping it
     "loop.num_loops", "loop.final_collection"})
 # Not neutral though they change no arithmetic: `policy.remat` and `sample.batch_size` change
 # the order of floating-point sums, and the trained policy's greedy prompts moved with them

@@ -118,9 +118,9 @@ def serve_target(config: ml_collections.ConfigDict, workdir: str) -> None:
 def serve_policy(config: ml_collections.ConfigDict, workdir: str) -> None:
   """The trained policy as a prompt-optimising proxy in front of `config.target` (policy/serve.py).
 
-  Uses round `optimize.round` (0: the last finished).
+  Uses round `round` (0: the last finished).
   """
-  sampler = rounds.prompt_sampler(config, workdir, config.optimize.round)
+  sampler = rounds.prompt_sampler(config, workdir, config.round)
   target = run_target(config)
   proxy = PolicyServer(sampler, task_of(config.task), target,
                        f"qpo-{config.task.name}-round{sampler.round}")
@@ -128,8 +128,8 @@ def serve_policy(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def export_policy(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Round `optimize.round`'s policy (0: the last) as an HF-style directory (export.py)."""
-  sampler = rounds.prompt_sampler(config, workdir, config.optimize.round)
+  """Round `round`'s policy (0: the last finished) as an HF-style directory (export.py)."""
+  sampler = rounds.prompt_sampler(config, workdir, config.round)
   t = sampler.round
   manifest = dataset.read_manifest(Workdir(workdir).data(t - 1))
   meta = {"format": "qpo_jax PromptDT", "round": t, "task": config.task.name,
@@ -149,8 +149,9 @@ def build_data(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def collect(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Collection and merge of loop `train.round`: its policy's prompts evaluated -> D_round."""
-  t = config.train.round
+  """Collection and merge of loop `round` (0: the last finished): its policy's prompts
+  evaluated -> D_round."""
+  t = config.round or rounds.last_finished(workdir)
   target = run_target(config)
   manifest = loop.collect_round(config, workdir, t, target, EvalCache.of_workdir(workdir))
   print(f"D_{t}: {manifest['count']} records -> {Workdir(workdir).data(t)}", flush=True)
@@ -187,24 +188,26 @@ def inspect_data(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 def train_policy(config: ml_collections.ConfigDict, workdir: str):
-  """Trains policy round `train.round` on D_{round-1} (resumes if killed; skips if finished)."""
-  params = rounds.train_policy_round(config, workdir, config.train.round)
-  print(f"policy round {config.train.round}: {Workdir(workdir).round(config.train.round)}",
-        flush=True)
+  """Trains policy round `round` on D_{round-1} (0: the round after the last dataset; resumes
+  if killed; skips if finished)."""
+  t = config.round or (max(Workdir(workdir).datasets(), default=0) + 1)
+  params = rounds.train_policy_round(config, workdir, t)
+  print(f"policy round {t}: {Workdir(workdir).round(t)}", flush=True)
   return params
 
 
 def sample_prompts(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-  """Greedy prompts of round `train.round` for `eval_prompts.num_queries` test queries."""
+  """Greedy prompts of round `round` (0: the last finished) for `eval_prompts.num_queries`
+  test queries."""
   task, splits = load_splits(config.task, ("test",))
   queries = task_base.sample_queries(splits["test"], config.eval_prompts.num_queries,
                                      seed=config.seed, max_words=config.task.max_words)
-  prompts = rounds.policy_prompts(config, workdir, config.train.round, [q.query for q in queries],
-                                  collect=False, seed=config.seed)
+  sampler = rounds.prompt_sampler(config, workdir, config.round)
+  prompts = sampler([q.query for q in queries], collect=False, seed=config.seed)
   rows = [{"query": q.query, "prompt": p[0]} for q, p in zip(queries, prompts)]
   for r in rows:
     print(f"{r['query'][:70]!r}\n    -> {r['prompt']!r}", flush=True)
-  atomic_write_text(Workdir(workdir).sampled_prompts(config.train.round),
+  atomic_write_text(Workdir(workdir).sampled_prompts(sampler.round),
                     json.dumps(rows, indent=2))
   return rows
 

@@ -229,7 +229,7 @@ def optimize(config: ml_collections.ConfigDict, workdir: str, target=None) -> di
                      f"{changed[0]} differs); set optimize.output to a new file")
   todo = [r for r in rows if r.line not in done]
   index = {r.line: i for i, r in enumerate(rows)}
-  sampler = rounds.prompt_sampler(config, workdir, oc.round)
+  sampler = rounds.prompt_sampler(config, workdir, config.round)
   cache = None
   if oc.answer:
     target = target or run_target(config)

@@ -391,9 +391,9 @@ def test_main_train_and_sample_policy(tmp_path):
   r = run_main("--config=configs/tiny.py", "--mode=sample_prompts", workdir=tmp_path)
   assert r.returncode == 0, r.stderr[-3000:]
   assert len(json.loads((round_dir / "prompts.json").read_text())) == 8
-  r = run_main("--config=configs/tiny.py", "--mode=train_policy", "--config.train.round=0",
-               workdir=tmp_path)
-  assert r.returncode != 0 and "train.round=0 must be a positive whole number" in r.stderr
+  r = run_main("--config=configs/tiny.py", "--mode=train_policy", "--config.round=2",
+               workdir=tmp_path)  # round 2 trains on D_1, which no collection made yet
+  assert r.returncode != 0 and "FATAL" in r.stderr and "data/loop_1" in r.stderr, r.stderr
 
 
 @pytest.mark.multiprocess

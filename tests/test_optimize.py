@@ -88,7 +88,8 @@ def test_greedy_prompts_and_answers_resume_after_a_cut(work, tmp_path):
 @pytest.mark.integration
 def test_sampled_prompts_do_not_depend_on_where_a_run_was_cut(work, tmp_path):
   path = _jsonl(tmp_path / "q.jsonl", [json.dumps({"query": q}) for q in QUERIES])
-  config = _config(tmp_path, input=path, num_samples=3, round=1)
+  config = _config(tmp_path, input=path, num_samples=3)
+  config.round = 1
   config.optimize.batch_size = 6
   optimize.optimize(config, work)
   whole = _rows(config.optimize.output)

@@ -130,15 +130,20 @@ class PromptSampler:
     return distributed.allgather(local)
 
 
+def last_finished(workdir: str) -> int:
+  """The last round whose training finished; an error naming the directory if none has."""
+  finished = Workdir(workdir).finished_rounds()
+  if not finished:
+    raise FileNotFoundError(f"no trained policy in {os.path.join(workdir, 'policy')}; run "
+                            "the loop or --mode=train_policy first")
+  return finished[-1]
+
+
 def prompt_sampler(config: ml_collections.ConfigDict, workdir: str, t: int) -> PromptSampler:
   """Round t's policy (0: the last finished), checked against the config's fingerprint."""
   wd = Workdir(workdir)
   finished = wd.finished_rounds()
-  if t == 0:
-    if not finished:
-      raise FileNotFoundError(f"no trained policy in {os.path.join(workdir, 'policy')}; run "
-                              "the loop or --mode=train_policy first")
-    t = finished[-1]
+  t = t or last_finished(workdir)
   if t not in finished:
     raise FileNotFoundError(f"policy round {t} has not finished training in {wd.round(t)}; "
                             f"finished rounds: {finished or 'none'}")
