@@ -19,7 +19,7 @@ import numpy as np
 from qpo_jax import decoding
 from bench_common import best_time, matmul_peak
 from qpo_jax.models import config as config_lib
-from qpo_jax.models.registry import load_model
+from qpo_jax.checkpoints.registry import load_model
 from qpo_jax.models.transformer import Transformer, init_params
 from qpo_jax.sharding import shard_params
 from qpo_jax.utils import write_table

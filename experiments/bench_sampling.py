@@ -31,9 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qpo_jax import decoding
+from qpo_jax import decoding, tokens
 from bench_common import best_times
-from qpo_jax.models.registry import load_model, smollm2_gguf_path
+from qpo_jax.checkpoints.registry import load_model, smollm2_gguf_path
 from qpo_jax.policy import sampling
 from qpo_jax.policy.model import init_policy
 from qpo_jax.sharding import shard_params
@@ -71,11 +71,11 @@ def main(argv):
   policy_params = shard_params(init_policy(lm.cfg, jax.random.key(0), backbone_params=lm.params),
                                None)
   lm = dataclasses.replace(lm, params=shard_params(lm.params, None))
-  pad = decoding.pad_id(tok)
+  pad = tokens.pad_id(tok)
   never = jnp.asarray([-1], jnp.int32)  # no token stops a row: fixed work
   rows = []
   for b in map(int, _BATCHES.value):
-    seqs = [decoding.chat_prompt(tok, f"Write an instruction for this tweet: {t}")
+    seqs = [tokens.chat_prompt(tok, f"Write an instruction for this tweet: {t}")
             for t in texts[:b]]
     ids, mask = decoding.pad_batch(seqs, pad, multiple=16)
     keys = decoding.row_keys(0, range(b))

@@ -32,7 +32,7 @@ import numpy as np
 
 from qpo_jax import scoring
 from bench_common import best_times
-from qpo_jax.models.registry import load_model, smollm2_gguf_path
+from qpo_jax.checkpoints.registry import load_model, smollm2_gguf_path
 from qpo_jax.sharding import shard_params
 from qpo_jax.utils import write_table
 

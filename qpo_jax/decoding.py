@@ -20,6 +20,7 @@ from qpo_jax import sharding
 from qpo_jax.distributed import to_host
 from qpo_jax.models.config import ModelConfig
 from qpo_jax.models.transformer import Transformer, init_cache
+from qpo_jax.tokens import chat_prompt, pad_id
 
 
 def nucleus(logits: jax.Array, top_p: float) -> jax.Array:
@@ -156,43 +157,6 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "left",
     sl = slice(length - len(s), length) if side == "left" else slice(0, len(s))
     ids[i, sl], mask[i, sl] = s, True
   return ids, mask
-
-
-def encode(tokenizer, text: str, with_offsets: bool = False):
-  """Token ids of `text` (and each token's start offset in `text` with `with_offsets`).
-
-  Special tokens are added unless the text already starts with BOS (a chat
-  template writes its own), so local scoring and the server agree.
-  """
-  bos = getattr(tokenizer, "bos_token", None)
-  add = not (bos and text.startswith(bos))
-  enc = tokenizer(text, add_special_tokens=add, return_offsets_mapping=with_offsets)
-  if with_offsets:
-    return enc["input_ids"], [start for start, _ in enc["offset_mapping"]]
-  return enc["input_ids"]
-
-
-def chat_text(tokenizer, user_text: str, chat: bool = True) -> str:
-  """The text the model continues: the chat template's user turn, or the raw text."""
-  if chat and getattr(tokenizer, "chat_template", None):
-    return tokenizer.apply_chat_template([{"role": "user", "content": user_text}],
-                                         tokenize=False, add_generation_prompt=True)
-  return user_text
-
-
-def chat_prompt(tokenizer, user_text: str) -> list[int]:
-  """Token ids of a single user turn in the model's chat template (plain text without one)."""
-  return encode(tokenizer, chat_text(tokenizer, user_text))
-
-
-def pad_id(tokenizer) -> int:
-  """The id used for padding: the tokenizer's pad token, else its EOS."""
-  return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
-def stop_ids(tokenizer) -> list[int]:
-  """Ids that end a generation: EOS and the pad token."""
-  return sorted({i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None})
 
 
 def generate_ids(lm, seqs: Sequence[Sequence[int]], *, max_new_tokens: int,

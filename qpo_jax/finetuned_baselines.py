@@ -36,7 +36,7 @@ from qpo_jax.models.config import ModelConfig
 from qpo_jax.models.transformer import Transformer
 from qpo_jax.policy import train_step
 from qpo_jax.policy.model import lora_leaves, with_pretrained
-from qpo_jax.store.pipeline import tokenize
+from qpo_jax.tokens import tokenize
 from qpo_jax.store.records import Record
 
 

@@ -32,13 +32,13 @@ from typing import Any
 from absl import logging
 import ml_collections
 
-from qpo_jax import config_rules, evaluation, explore, report, rewards
+from qpo_jax import config_rules, evaluation, explore, report, rewards, tokens
 from qpo_jax import prompts as prompts_lib
 from qpo_jax.eval_cache import EvalCache, total_usage
-from qpo_jax.models.registry import LOADERS, load_model, load_tokenizer
+from qpo_jax.checkpoints.registry import LOADERS, load_model, load_tokenizer
 from qpo_jax.policy import rounds
 from qpo_jax import initial_dataset
-from qpo_jax.store import dataset, importers, pipeline
+from qpo_jax.store import dataset, importers
 from qpo_jax.store.records import record_from_outcome
 from qpo_jax.targets import BACKENDS, Target, run_target
 from qpo_jax.tasks import TASKS, base as task_base, data_spec, load_source, load_splits, task_of
@@ -113,7 +113,7 @@ def validate(config: ml_collections.ConfigDict, policy: bool = True) -> None:
   if policy and config.data.source == "build":  # imported prompts: when D_0 is imported
     tokenizer = load_tokenizer(config.policy)
     if tokenizer is not None:
-      pipeline.check_prompt_lengths(tokenizer,
+      tokens.check_prompt_lengths(tokenizer,
                                     [p for _, p in prompts_lib.source_prompts(config, task)],
                                     config.train.prompt_len)
 
@@ -183,7 +183,7 @@ def initial_data(config: ml_collections.ConfigDict, workdir: str, target=None,
     print(summary, flush=True)
     tokenizer = load_tokenizer(config.policy)
     if tokenizer is not None:
-      pipeline.check_prompt_lengths(tokenizer, sorted({r.prompt for r in recs}),
+      tokens.check_prompt_lengths(tokenizer, sorted({r.prompt for r in recs}),
                                     config.train.prompt_len)
     manifest = dataset.write_dataset(out, recs, normalizer=rewards.Normalizer.fit(
         r.reward for r in recs), records_per_shard=d.records_per_shard,

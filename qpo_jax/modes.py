@@ -18,7 +18,7 @@ from qpo_jax import decoding, distributed, evaluation, loop, optimize, report, s
 from qpo_jax import workdir_lock
 from qpo_jax import prompts as prompts_lib
 from qpo_jax.eval_cache import EvalCache
-from qpo_jax.models.registry import load_model
+from qpo_jax.checkpoints.registry import load_model
 from qpo_jax.targets import run_target
 from qpo_jax.checkpoints import export
 from qpo_jax.policy import rounds

@@ -47,7 +47,7 @@ from qpo_jax import prompts as prompts_lib
 from qpo_jax.baselines import ClassifierLookup, RewardModel, TextEmbedder
 from qpo_jax.finetuned_baselines import FinetunedSelectors
 from qpo_jax.eval_cache import EvalCache, total_usage
-from qpo_jax.models.registry import load_model
+from qpo_jax.checkpoints.registry import load_model
 from qpo_jax.policy import rounds, train_step
 from qpo_jax.store import dataset
 from qpo_jax.tasks import CHOICE, base as task_base, load_splits

@@ -42,7 +42,7 @@ def _free_compiled_programs():
 @pytest.fixture(scope="session")
 def smollm2():
   """The real embedded SmolLM2-135M-Instruct, loaded once."""
-  from qpo_jax.models.registry import load_model
+  from qpo_jax.checkpoints.registry import load_model
 
   return load_model({"name": "smollm2-135m-instruct"})
 
@@ -63,7 +63,7 @@ def tiny_run(tmp_path_factory):
 def smollm2_tokenizer():
   """SmolLM2's tokenizer alone (read from the GGUF metadata; no weights)."""
   from qpo_jax.checkpoints.gguf_import import gguf_tokenizer
-  from qpo_jax.models.registry import smollm2_gguf_path
+  from qpo_jax.checkpoints.registry import smollm2_gguf_path
 
   return gguf_tokenizer(smollm2_gguf_path())
 

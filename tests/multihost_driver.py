@@ -85,9 +85,9 @@ def shares(out_dir, *start):
   distributed = _start(*start)
   import jax  # pylint: disable=g-import-not-at-top
   from qpo_jax import evaluation, rewards, sharding  # pylint: disable=g-import-not-at-top
-  from qpo_jax.models.registry import load_model  # pylint: disable=g-import-not-at-top
-  from qpo_jax.store import dataset, pipeline, tfrecord  # pylint: disable=g-import-not-at-top
-  from qpo_jax.store import training_rows  # pylint: disable=g-import-not-at-top
+  from qpo_jax.checkpoints.registry import load_model  # pylint: disable=g-import-not-at-top
+  from qpo_jax.policy import batches, training_rows  # pylint: disable=g-import-not-at-top
+  from qpo_jax.store import dataset, tfrecord  # pylint: disable=g-import-not-at-top
   from qpo_jax.store.records import Record  # pylint: disable=g-import-not-at-top
   from qpo_jax.targets import LocalTarget  # pylint: disable=g-import-not-at-top
   from qpo_jax.tasks import get_task  # pylint: disable=g-import-not-at-top
@@ -108,11 +108,11 @@ def shares(out_dir, *start):
                                        top_fraction=0.75)
   kept = [i for i, r in enumerate(recs) if any(r is k for k in rewards.expert_filter(
       recs, top_fraction=0.75))]
-  batches = pipeline.Batches(rows, batch_size=8, seed=2, mesh=mesh, pad_multiple=8, window=2)
+  loader = batches.Batches(rows, batch_size=8, seed=2, mesh=mesh, pad_multiple=8, window=2)
   shared_read, placed, batch_reads = [i for part in read for i in part], [], []
   for _ in range(3):
     read.clear()
-    batch = batches.next()
+    batch = loader.next()
     placed.append({k: distributed.to_host(v).tolist() for k, v in batch.items()})
     batch_reads.append([i for part in read for i in part])
 
@@ -145,7 +145,7 @@ def shares(out_dir, *start):
                "kept": kept,
                "first_read": shared_read, "batch_reads": batch_reads,
                "local_rows": sharding.local_rows(mesh, 8).tolist(),
-               "batch_rows": [r.tolist() for r in batches._batches(0)[:3]],  # noqa: SLF001
+               "batch_rows": [r.tolist() for r in loader._batches(0)[:3]],  # noqa: SLF001
                "placed": placed, "rendered": len(rendered), "tokenized": len(tokenized),
                "pairs": len(pairs),
                "outcomes": [[o.pred, list(o.option_nll)] for o in outcomes], "error": error}, f)

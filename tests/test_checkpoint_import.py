@@ -11,7 +11,7 @@ import torch
 from qpo_jax.checkpoints.gguf_import import load_gguf
 from qpo_jax.checkpoints.hf import CheckpointError, load_hf_dir
 from qpo_jax.models.config import UnsupportedArchitecture
-from qpo_jax.models.registry import load_model
+from qpo_jax.checkpoints.registry import load_model
 from qpo_jax.models.transformer import Transformer
 from tests.gguf_reference import write_llama_gguf
 from tests.hf_reference import hf_logits, tiny_hf_model
@@ -112,7 +112,7 @@ def test_registry_errors(tmp_path):
 @pytest.mark.real_model
 def test_a_gguf_tokenizer_is_built_once_per_process(tmp_path):
   """The target and the policy both name SmolLM2's tokenizer; it is built once (about 4 s)."""
-  from qpo_jax.models.registry import load_tokenizer, smollm2_gguf_path
+  from qpo_jax.checkpoints.registry import load_tokenizer, smollm2_gguf_path
 
   first = load_tokenizer({"name": "random", "tokenizer": "smollm2"})
   assert load_tokenizer({"name": "smollm2-135m-instruct"}) is first

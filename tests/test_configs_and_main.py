@@ -13,7 +13,7 @@ import pytest
 
 from qpo_jax import sharding
 from qpo_jax.models.config import PRESETS, preset
-from qpo_jax.models.registry import LOADERS
+from qpo_jax.checkpoints.registry import LOADERS
 from qpo_jax.models.transformer import Transformer, init_cache, param_shapes
 from qpo_jax.utils import compile_cache, config_module
 

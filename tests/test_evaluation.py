@@ -9,7 +9,7 @@ import pytest
 
 from qpo_jax import evaluation, sharding
 from qpo_jax.eval_cache import EvalCache
-from qpo_jax.models.registry import load_model
+from qpo_jax.checkpoints.registry import load_model
 from qpo_jax.targets import Generation, LocalTarget
 from qpo_jax.testing import naive_option_nll
 from qpo_jax.targets.server import ModelServer

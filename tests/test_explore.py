@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from qpo_jax import explore
-from qpo_jax.models.registry import load_model
+from qpo_jax.checkpoints.registry import load_model
 from qpo_jax.store.records import Record
 
 from tests.helpers import repo_config

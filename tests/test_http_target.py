@@ -11,7 +11,7 @@ import pytest
 
 from qpo_jax import evaluation
 from qpo_jax.eval_cache import EvalCache
-from qpo_jax.models.registry import load_model
+from qpo_jax.checkpoints.registry import load_model
 from qpo_jax.targets import HttpTarget, LocalTarget, TargetError
 from qpo_jax.targets.server import ModelServer, make_server, serve_in_thread
 from qpo_jax.tasks import get_task

@@ -3,7 +3,7 @@
 import openai
 import pytest
 
-from qpo_jax.models.registry import load_model
+from qpo_jax.checkpoints.registry import load_model
 from qpo_jax.targets.server import Limits, ModelServer, make_server, serve_in_thread
 from qpo_jax.tasks import get_task
 from tests.conftest import untrained_proxy

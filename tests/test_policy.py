@@ -9,9 +9,8 @@ import pytest
 
 from qpo_jax import sharding
 from qpo_jax.models.config import preset
-from qpo_jax.policy import sampling, train_step, trainer
+from qpo_jax.policy import sampling, train_step, trainer, training_rows
 from qpo_jax.policy.model import PromptDT, init_policy
-from qpo_jax.store import training_rows
 from qpo_jax.store.records import Record
 from qpo_jax.testing import policy_batch
 from qpo_jax.utils import config_module
@@ -348,7 +347,7 @@ def test_policy_from_the_embedded_smollm2(smollm2):
 
 @pytest.mark.integration
 def test_lora_starts_unchanged_and_trains_only_adapters(smollm2_tokenizer):
-  from qpo_jax.models.registry import load_model
+  from qpo_jax.checkpoints.registry import load_model
 
   lm = load_model({"name": "random", "preset": "tiny-llama", "seed": 7})
   base = init_policy(CFG, jax.random.key(8), backbone_params=lm.params)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from qpo_jax.models.registry import load_model
+from qpo_jax.checkpoints.registry import load_model
 from qpo_jax.targets import server as server_lib
 from qpo_jax.targets.server import Limits, ModelServer, make_server, serve_in_thread
 

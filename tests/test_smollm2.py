@@ -9,7 +9,7 @@ import torch
 import transformers
 
 from qpo_jax import decoding
-from qpo_jax.models.registry import load_tokenizer, smollm2_gguf_path
+from qpo_jax.checkpoints.registry import load_tokenizer, smollm2_gguf_path
 from qpo_jax.models.transformer import Transformer
 from tests.helpers import SHARED_DATA as SHARED
 

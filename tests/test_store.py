@@ -1,4 +1,5 @@
-"""Offline store: TFRecord round trip, independent readers, corruption, importers, resume, pipeline."""
+"""Offline store: TFRecord round trip, independent readers, corruption, importers, resume;
+the policy's training rows and batches read from it."""
 
 import dataclasses
 import json
@@ -11,10 +12,10 @@ import pytest
 
 from qpo_jax import evaluation, rewards, sharding
 from qpo_jax.eval_cache import EvalCache
-from qpo_jax.models.registry import load_model
+from qpo_jax.checkpoints.registry import load_model
 from qpo_jax import initial_dataset as build
-from qpo_jax.store import dataset, importers, pipeline, records, summary, tfrecord
-from qpo_jax.store import training_rows
+from qpo_jax.policy import batches, training_rows
+from qpo_jax.store import dataset, importers, records, summary, tfrecord
 from qpo_jax.store.records import Record
 from qpo_jax.targets import LocalTarget
 from qpo_jax.tasks import get_task
@@ -293,10 +294,10 @@ def test_build_records_carry_the_outcomes(tiny_target):
 def _batches(recs, tokenizer, *, query_len, prompt_len, normalizer=None, **kw):
   rows = training_rows.from_records(recs, tokenizer, query_len=query_len, prompt_len=prompt_len,
                                     normalizer=normalizer)
-  return pipeline.Batches(rows, **kw)
+  return batches.Batches(rows, **kw)
 
 
-def test_pipeline_batches_resume_and_shard(smollm2_tokenizer):
+def test_batches_resume_and_shard(smollm2_tokenizer):
   recs = _records(10)
   b = _batches(recs, smollm2_tokenizer, query_len=12, prompt_len=6, batch_size=4, seed=3)
   first = b.next()

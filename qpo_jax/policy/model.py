@@ -190,7 +190,7 @@ def with_pretrained(shapes: Any, adapters: Any, pretrained: Any) -> Any:
 
 def pretrained_policy(spec, rng: jax.Array, **overrides):
   """(cfg, policy params, tokenizer) with the backbone from a model spec (HF, GGUF, SmolLM2)."""
-  from qpo_jax.models.registry import load_model  # pylint: disable=g-import-not-at-top
+  from qpo_jax.checkpoints.registry import load_model  # pylint: disable=g-import-not-at-top
 
   lm = load_model(spec)
   cfg = lm.cfg.replace(**overrides) if overrides else lm.cfg

@@ -24,7 +24,8 @@ import ml_collections
 from qpo_jax import distributed, fingerprint, sharding
 from qpo_jax.policy import sampling, trainer
 from qpo_jax.policy.model import pretrained_policy
-from qpo_jax.store import dataset, training_rows
+from qpo_jax.policy import training_rows
+from qpo_jax.store import dataset
 from qpo_jax.workdir import Workdir
 
 

@@ -20,7 +20,7 @@ from qpo_jax import decoding
 from qpo_jax.models.config import ModelConfig
 from qpo_jax.models.transformer import init_cache
 from qpo_jax.policy.model import PromptDT
-from qpo_jax.store.pipeline import tokenize
+from qpo_jax.tokens import pad_id, tokenize
 from qpo_jax.utils import progress_bar
 
 
@@ -60,7 +60,7 @@ def sample_prompts(cfg: ModelConfig, params, tokenizer, queries: Sequence[str], 
     return []
   rows = [(i, s) for i in range(len(queries)) for s in range(num_samples)]
   ids, mask = tokenize(tokenizer, list(queries), query_len, append_eos=False)
-  pad = decoding.pad_id(tokenizer)
+  pad = pad_id(tokenizer)
   eos = jnp.asarray([tokenizer.eos_token_id], jnp.int32)
   out: list[list[str]] = [[] for _ in queries]
   bar = progress_bar(total=len(rows), desc="policy prompts", unit="prompt", leave=False)

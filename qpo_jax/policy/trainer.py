@@ -26,8 +26,8 @@ import orbax.checkpoint as ocp
 from qpo_jax import checksums, distributed
 from qpo_jax.models.config import ModelConfig
 from qpo_jax.policy import train_step
-from qpo_jax.store.pipeline import Batches
-from qpo_jax.store.training_rows import TrainingRows
+from qpo_jax.policy.batches import Batches
+from qpo_jax.policy.training_rows import TrainingRows
 from qpo_jax.utils import atomic_write_text, peak_memory_gb, progress_bar
 
 

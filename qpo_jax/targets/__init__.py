@@ -33,7 +33,7 @@ class Target(Protocol):
 
 
 def _local(cfg: Mapping[str, Any], mesh):
-  from qpo_jax.models.registry import load_model  # pylint: disable=g-import-not-at-top
+  from qpo_jax.checkpoints.registry import load_model  # pylint: disable=g-import-not-at-top
 
   return LocalTarget(load_model(cfg), chat=bool(cfg["chat"]),
                      batch_size=int(cfg["batch_size"]),

@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence, TypeVar
 from absl import logging
 import numpy as np
 
-from qpo_jax.decoding import chat_text
+from qpo_jax.tokens import chat_text
 from qpo_jax.targets.local import Generation, option_text
 
 RETRY_STATUS = (429, 500, 502, 503, 504)

@@ -16,9 +16,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from qpo_jax import decoding, distributed, scoring, sharding
-from qpo_jax.decoding import chat_text, encode
-from qpo_jax.models.registry import LanguageModel
+from qpo_jax import decoding, distributed, scoring, sharding, tokens
+from qpo_jax.tokens import chat_text, encode
+from qpo_jax.checkpoints.registry import LanguageModel
 
 
 @dataclasses.dataclass
@@ -57,7 +57,7 @@ class LocalTarget:
     self._reload = reload
     self._lm = self._placed(lm)
     self.identity = identity or f"local:{lm.name}:chat={int(self._templated)}"
-    self.eos_ids = decoding.stop_ids(lm.tokenizer)
+    self.eos_ids = tokens.stop_ids(lm.tokenizer)
 
   def _placed(self, lm: LanguageModel) -> LanguageModel:
     return dataclasses.replace(lm, params=sharding.shard_params(lm.params, self.mesh))

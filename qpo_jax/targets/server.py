@@ -44,10 +44,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qpo_jax import decoding, scoring, sharding
-from qpo_jax.decoding import encode
+from qpo_jax import decoding, scoring, sharding, tokens
+from qpo_jax.tokens import encode
 from qpo_jax.models.config import ModelConfig
-from qpo_jax.models.registry import LanguageModel
+from qpo_jax.checkpoints.registry import LanguageModel
 from qpo_jax.models.transformer import Transformer
 
 
@@ -87,7 +87,7 @@ class ModelServer:
     self.lm = dataclasses.replace(lm, params=sharding.shard_params(lm.params, None))
     self.model_name, self.batch_size = model_name, batch_size
     tok = lm.tokenizer
-    self.eos_ids = decoding.stop_ids(tok)
+    self.eos_ids = tokens.stop_ids(tok)
     self.lock = threading.Lock()
 
   def encode(self, text: str) -> tuple[list[int], list[int]]:
@@ -134,7 +134,7 @@ class ModelServer:
 
   def top(self, seq: list[int], start: int, k: int) -> list[list[tuple[int, float]]]:
     """Top-k next-token log-probabilities at positions start-1 .. len-2 (the generated tokens)."""
-    ids, mask = decoding.pad_batch([seq], decoding.pad_id(self.lm.tokenizer), side="right",
+    ids, mask = decoding.pad_batch([seq], tokens.pad_id(self.lm.tokenizer), side="right",
                                    multiple=32)
     values, indices = _top_logprobs(self.lm.cfg, self.lm.params, jnp.asarray(ids),
                                     jnp.asarray(mask), k)

@@ -1,6 +1,6 @@
 """What a policy round trains on, read so that each process holds only what it places.
 
-Batching (pipeline.Batches) needs three facts of every training record: its
+Batching (batches.Batches) needs three facts of every training record: its
 return and how many query and prompt tokens it keeps. The epoch's permutation,
 the length-sorted batches and each batch's padded width follow from them, the
 same on every process. Token ids are needed only for the rows a process places
@@ -26,7 +26,7 @@ import numpy as np
 
 from qpo_jax import distributed, rewards
 from qpo_jax.store.dataset import RecordIndex
-from qpo_jax.store.pipeline import tokenize
+from qpo_jax.tokens import tokenize
 from qpo_jax.store.records import Record
 
 TOKEN_FIELDS = ("query", "query_mask", "prompt", "prompt_mask")

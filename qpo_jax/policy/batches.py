@@ -20,41 +20,14 @@ masks carry the padding, so the loss is the same for any padding.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from qpo_jax import decoding, sharding
+from qpo_jax import sharding
 
 if TYPE_CHECKING:
-  from qpo_jax.store.training_rows import TrainingRows
-
-
-def tokenize(tokenizer, texts: Sequence[str], length: int, append_eos: bool
-             ) -> tuple[np.ndarray, np.ndarray]:
-  """[N, length] ids and masks, right-padded; with `append_eos` the text ends in EOS."""
-  pad = decoding.pad_id(tokenizer)
-  ids = np.full((len(texts), length), pad, np.int32)
-  mask = np.zeros((len(texts), length), bool)
-  encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-  for i, toks in enumerate(encoded):
-    toks = list(toks)[:length - 1 if append_eos else length]
-    if append_eos:
-      toks.append(tokenizer.eos_token_id)
-    ids[i, :len(toks)], mask[i, :len(toks)] = toks, True
-  return ids, mask
-
-
-def check_prompt_lengths(tokenizer, prompts: Sequence[str], prompt_len: int) -> None:
-  """Fails, naming the prompt, if `train.prompt_len` cannot hold a prompt and its EOS."""
-  if not prompts:
-    return
-  lengths = [len(x) for x in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
-  i = int(np.argmax(lengths))
-  if lengths[i] + 1 > prompt_len:
-    raise ValueError(f"train.prompt_len={prompt_len} cannot hold the source prompt "
-                     f"{prompts[i]!r} ({lengths[i]} tokens + EOS); set train.prompt_len to at "
-                     f"least {lengths[i] + 1}")
+  from qpo_jax.policy.training_rows import TrainingRows
 
 
 class Batches:
