@@ -65,6 +65,48 @@ def test_no_module_imports_a_layer_above_it():
   assert not upward, "\n".join(upward)
 
 
+def _package(module: str) -> str:
+  return ".".join(module.split(".")[:2])  # qpo_jax.policy.trainer -> qpo_jax.policy
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+  """One import cycle of `graph` (node -> the nodes it imports), or None."""
+  state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+  def visit(node, path):
+    state[node] = 1
+    for nxt in sorted(graph.get(node, ())):
+      if state.get(nxt) == 1:
+        return path[path.index(nxt):] + [nxt]
+      if nxt not in state and (found := visit(nxt, path + [nxt])):
+        return found
+    state[node] = 2
+    return None
+
+  for node in sorted(graph):
+    if node not in state and (found := visit(node, [node])):
+      return found
+  return None
+
+
+def test_no_import_cycle_between_modules_or_packages():
+  """Within a layer too: store/pipeline.py and training_rows.py, models/ and checkpoints/
+  once imported each other."""
+  modules = dict(_modules())
+  by_module: dict[str, set[str]] = {}
+  by_package: dict[str, set[str]] = {}
+  for name, path in modules.items():
+    for target in _imports(path):
+      target = target if target in modules else target.rsplit(".", 1)[0]
+      if target.startswith("qpo_jax.") and target != name:
+        by_module.setdefault(name, set()).add(target)
+        if _package(target) != _package(name):
+          by_package.setdefault(_package(name), set()).add(_package(target))
+  for graph in (by_module, by_package):
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+  assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
 def test_a_violation_would_be_caught():
   layers = _layers()
   assert _layer("qpo_jax.store.dataset", layers) == 2 < _layer("qpo_jax.loop", layers) == 5
