@@ -1,21 +1,33 @@
 """What notebooks and scripts call: the same work as `main.py --mode=...`, as functions.
 
-Each entry goes through `modes.run`, so it checks the config before any model loads,
-holds the workdir's lock, shows progress bars as `config.progress` says and keeps
-compiled programs in the workdir, exactly as the command line does.
+`run` and `train_and_evaluate` go through `modes.run`, so they check the config before any
+model loads, hold the workdir's lock, show progress bars as `config.progress` says and keep
+compiled programs in the workdir, exactly as the command line does. The readers below
+(queries, a run's target and cache, its datasets, training metrics and policy, the proxy)
+check the config too and build what they return as those stages build it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import ml_collections
 
-from qpo_jax import modes
-from qpo_jax.policy import rounds
+from qpo_jax import evaluation, loop, modes
+from qpo_jax import optimize as optimize_lib
+from qpo_jax.eval_cache import EvalCache
+from qpo_jax.evaluation import Outcome
+from qpo_jax.policy import rounds, trainer
+from qpo_jax.store import dataset
+from qpo_jax.store.records import Record
+from qpo_jax.targets import run_target, server as server_lib
+from qpo_jax.tasks import Example, Task, load_splits, task_of
+from qpo_jax.tasks import base as task_base
 from qpo_jax.utils import configs_dir, load_config as _load_config_file
+from qpo_jax.workdir import Workdir
 
 def packaged_configs() -> list[str]:
   """Names of the configs shipped with qpo_jax ('quickstart', 'tiny', 'nlu', ...)."""
@@ -88,3 +100,90 @@ class Policy:
 def load_policy(config: ml_collections.ConfigDict, workdir: str, round: int = 0) -> Policy:  # pylint: disable=redefined-builtin
   """Round `round` of a run's policy (0: the last finished), checked against the config."""
   return Policy(rounds.prompt_sampler(config, workdir, round))
+
+
+def queries(config: ml_collections.ConfigDict, n: int, split: str = "test") -> list[Example]:
+  """`n` class-balanced queries of `split`, seeded by `config.seed` as evaluate_prompts and
+  sample_prompts draw them (texts cut to task.max_words)."""
+  loop.validate(config, policy=False)
+  _, splits = load_splits(config.task, (split,))
+  return task_base.sample_queries(splits[split], n, seed=config.seed,
+                                  max_words=config.task.max_words)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+  """A run's target behind its result cache: each (query, prompt) is asked once, whichever
+  stage or notebook asks, and counted in `usage()`. Queries are `Example`s or, for tasks
+  with one text field, plain strings (no gold answer: `answers` only)."""
+
+  task: Task
+  backend: Any
+  cache: EvalCache
+  max_new_tokens: int
+
+  def _examples(self, items: Sequence[Example | str]) -> list[Example]:
+    field = self.task.field_names[0][0]
+    if any(isinstance(x, str) for x in items) and len(self.task.field_names) != 1:
+      raise ValueError(f"task {self.task.name!r} has fields {[f for f, _ in self.task.field_names]}"
+                       ": pass Examples, not strings")
+    return [x if isinstance(x, Example) else Example(uid=f"text:{i}", fields={field: x})
+            for i, x in enumerate(items)]
+
+  def outcomes(self, items: Sequence[Example], prompt: str) -> list[Outcome]:
+    """Each query's zero-shot `Outcome` with `prompt` (prediction, NLLs, correctness)."""
+    return evaluation.evaluate_pairs(self.task, self.backend,
+                                     [(q, prompt) for q in self._examples(items)],
+                                     cache=self.cache, max_new_tokens=self.max_new_tokens)
+
+  def accuracy(self, items: Sequence[Example], prompt: str) -> float:
+    return evaluation.accuracy(self.outcomes(items, prompt))
+
+  def answers(self, items: Sequence[Example | str], prompt: str) -> list[str]:
+    """The target's answer with `prompt`: its likeliest option, or its reply."""
+    return optimize_lib.answers(self.task, self.backend,
+                                [(q, prompt) for q in self._examples(items)], self.cache,
+                                self.max_new_tokens)
+
+  def usage(self) -> dict[str, dict[str, int]]:
+    """Calls and tokens per target identity, over the cache's whole life."""
+    return self.cache.usage()
+
+
+def load_target(config: ml_collections.ConfigDict, workdir: str) -> Target:
+  """The run's target (config.target on config.mesh) with `<workdir>/eval_cache.sqlite`."""
+  loop.validate(config, policy=False)
+  os.makedirs(workdir, exist_ok=True)
+  return Target(task_of(config.task), run_target(config), EvalCache.of_workdir(workdir),
+                int(config.eval.max_new_tokens))
+
+
+def read_dataset(workdir: str, t: int = 0) -> tuple[list[Record], dict[str, Any]]:
+  """D_t's records and manifest (0: D_0), checked against the manifest's sha256s."""
+  return dataset.read_dataset(Workdir(workdir).data(t))
+
+
+def finished_rounds(workdir: str) -> list[int]:
+  """The policy rounds whose training finished, ascending."""
+  return Workdir(workdir).finished_rounds()
+
+
+def training_metrics(workdir: str, round: int) -> list[dict[str, float]]:  # pylint: disable=redefined-builtin
+  """Round `round`'s logged training metrics (step, loss, ce, mse, ...), in order."""
+  return trainer.metrics_history(Workdir(workdir).round(round))
+
+
+@contextlib.contextmanager
+def serving_policy(config: ml_collections.ConfigDict, workdir: str) -> Iterator[str]:
+  """The prompt-optimising proxy of `--mode=serve_policy` (round `config.round`, the run's
+  target, config.serve's host, port, bounds and key) in a thread; yields its base URL
+  (`http://host:port/v1`) and stops it on exit."""
+  loop.validate(config)
+  server = modes.http_server(config, modes.proxy(config, workdir))
+  server_lib.serve_in_thread(server)
+  try:
+    host, port = server.server_address[:2]
+    yield f"http://{host}:{port}/v1"
+  finally:
+    server.shutdown()
+    server.server_close()

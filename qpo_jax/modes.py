@@ -91,18 +91,35 @@ def evaluate_prompts(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return result
 
 
-def _serve(config: ml_collections.ConfigDict, model, what: str) -> None:
-  """Serves `model`'s routes on config.serve (with its bounds) until interrupted."""
+def http_server(config: ml_collections.ConfigDict, model):
+  """A server of `model`'s routes bound to config.serve's host and port, with its bounds and
+  API key (not serving yet)."""
   serve = config.serve
-  key = os.environ.get(serve.api_key_env, "") if serve.api_key_env else ""
   limits = Limits(max_tokens=serve.max_tokens, max_body_bytes=serve.max_body_bytes,
                   request_timeout_s=serve.request_timeout_s,
                   max_prompt_tokens=serve.max_prompt_tokens, chunk_tokens=serve.chunk_tokens)
+  return make_server(model, serve.host, serve.port, api_key=_api_key(config), limits=limits)
+
+
+def _api_key(config: ml_collections.ConfigDict) -> str:
+  env = config.serve.api_key_env
+  return os.environ.get(env, "") if env else ""
+
+
+def proxy(config: ml_collections.ConfigDict, workdir: str) -> PolicyServer:
+  """Round `round`'s policy (0: the last finished) in front of the run's target."""
+  sampler = rounds.prompt_sampler(config, workdir, config.round)
+  return PolicyServer(sampler, task_of(config.task), run_target(config),
+                      f"qpo-{config.task.name}-round{sampler.round}")
+
+
+def _serve(config: ml_collections.ConfigDict, model, what: str) -> None:
+  """Serves `model`'s routes on config.serve (with its bounds) until interrupted."""
   show_progress(False)  # one access-log line per request, not a progress bar per stage
-  server = make_server(model, serve.host, serve.port, api_key=key, limits=limits)
+  server = http_server(config, model)
   host, port = server.server_address[:2]
   print(f"serving {what} at http://{host}:{port}/v1"
-        f"{' (API key required)' if key else ''}; Ctrl-C stops", flush=True)
+        f"{' (API key required)' if _api_key(config) else ''}; Ctrl-C stops", flush=True)
   try:
     server.serve_forever()
   finally:
@@ -120,11 +137,8 @@ def serve_policy(config: ml_collections.ConfigDict, workdir: str) -> None:
 
   Uses round `round` (0: the last finished).
   """
-  sampler = rounds.prompt_sampler(config, workdir, config.round)
-  target = run_target(config)
-  proxy = PolicyServer(sampler, task_of(config.task), target,
-                       f"qpo-{config.task.name}-round{sampler.round}")
-  _serve(config, proxy, f"QPO policy round {sampler.round} in front of {config.target.name}")
+  model = proxy(config, workdir)
+  _serve(config, model, f"QPO policy round {model.round} in front of {config.target.name}")
 
 
 def export_policy(config: ml_collections.ConfigDict, workdir: str) -> str:
