@@ -18,7 +18,7 @@ import os
 
 import ml_collections
 
-from qpo_jax.utils import config_module
+from qpo_jax.configs import quickstart
 
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
                       "shared", "data")
@@ -40,8 +40,7 @@ def get_config(arg: str = "task=ag_news") -> ml_collections.ConfigDict:
   if task not in TASKS or set(named) - {"task"}:
     raise ValueError(f"configs/nlu.py:{arg}: takes task=<one of {sorted(TASKS)}>")
   data, query_len, num_queries = TASKS[task]
-  c = config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                 "quickstart.py")).get_config()
+  c = quickstart.get_config()
   c.task.name = task
   c.task.data.update(kind="files", **data)
   c.data.update(prompts_dir=f"{SHARED}/prompts/instructeval/instructions", lp_model="llama7b",

@@ -32,11 +32,9 @@ Expected: QPO above every source-prompt baseline and above the reward-model best
 approaching the per-query oracle (the paper's claim; reproduce it with experiments/).
 """
 
-import os
-
 import ml_collections
 
-from qpo_jax.utils import config_module
+from qpo_jax.configs import base
 
 NLU = ("ag_news", "imdb", "tweet_emotion", "boolq", "cosmos_qa", "hellaswag")
 MATH = ("gsm8k", "svamp")
@@ -86,7 +84,7 @@ def get_config(arg: str = "task=tweet_emotion,setting=few_shot,target=llama-2-7b
                ) -> ml_collections.ConfigDict:
   task, setting, target = parse_arg(arg).split(",")
   math = task in MATH
-  c = config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "base.py")).get_config()
+  c = base.get_config()
   c.task.name = task
   c.task.data.update(kind="files" if task in FILES else "tfds", **FILES.get(task, {}))
   if target in LOCAL_TARGETS:

@@ -62,13 +62,11 @@ collect, evaluate (the stages one at a time), inspect_data, sample_prompts, opti
 serve_target, serve_policy, export_policy.
 """
 
-import os
-
-from qpo_jax.utils import config_module
+from qpo_jax.configs import base
 
 
 def get_config():
-  c = config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "base.py")).get_config()
+  c = base.get_config()
   # task: tweet_emotion from the packaged files; target and policy: the embedded SmolLM2.
   c.eval_prompts.update(num_queries=200, num_demo_sets=3, num_demos=4, max_new_tokens=128)
   c.data.update(num_queries=400, threshold=5.0, top_fraction=0.05, rank_by="advantage",

@@ -5,13 +5,11 @@ Runtime: a few seconds. Expected: the pipeline runs end to end; the answers
 are random text (the weights are random).
 """
 
-import os
-
-from qpo_jax.utils import config_module
+from qpo_jax.configs import base
 
 
 def get_config():
-  c = config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "base.py")).get_config()
+  c = base.get_config()
   c.target.update(name="random", preset="tiny-llama", tokenizer="smollm2", batch_size=8,
                   length_multiple=32)
   c.task.update(name="topics")

@@ -13,14 +13,11 @@ on 2 cores by the quickstart's stage times: its D_0 and rounds, plus 34,100 test
 last measurement, of the earlier one-loop recipe, is experiments/results/tweet_emotion_full.md.
 """
 
-import os
-
-from qpo_jax.utils import config_module
+from qpo_jax.configs import quickstart
 
 
 def get_config():
-  c = config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                 "quickstart.py")).get_config()
+  c = quickstart.get_config()
   c.data.num_queries = 400
   c.eval.num_queries = 1421  # all of TweetEval emotion's test split (after deduplication)
   return c

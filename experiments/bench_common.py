@@ -3,21 +3,19 @@ batches: qpo_jax.testing.policy_batch, the ones the tests check)."""
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
-from qpo_jax.utils import load_config
+from qpo_jax.configs import base
 
 
 # The paper's policy optimizer (spec: AdamW 1e-3, wd 1e-4, clip 0.25, step decay).
 # Every other train field (accumulation, freezing, ...) as configs/base.py sets it.
 PAPER_TRAIN = dict(
-    load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "configs", "base.py")).train,
+    base.get_config().train,
     learning_rate=1e-3, schedule="step", decay_every_epochs=20, decay_rate=0.65, grad_clip=0.25,
     weight_decay=1e-4, epochs=100)
 
