@@ -11,7 +11,7 @@ the mesh, HTTP retry settings, `loop.num_loops` (more loops extend a run;
 they do not change its earlier stages) and `loop.final_collection` (whether the
 last round's collection runs, not how).
 
-What each stage depends on:
+What each stage depends on (`Stage.sections`, stages.py):
   d0         seed, task, target, data (without the training-time expert filter)
   round t    d0's fields + policy, train, the expert filter; for t > 1 also
              sample and loop (round t trains on what loops 1..t-1 collected)
@@ -26,6 +26,7 @@ from typing import Any, Mapping
 
 import ml_collections
 
+from qpo_jax.stages import Stage
 from qpo_jax.tasks import MAPS
 from qpo_jax.utils import atomic_write_text, read_json
 
@@ -73,17 +74,10 @@ def _fields(config: ml_collections.ConfigDict, sections: tuple[str, ...]) -> dic
   return json.loads(json.dumps(flat, sort_keys=True, default=str))  # tuples -> lists
 
 
-def stage_fields(config: ml_collections.ConfigDict, stage: str, t: int = 0) -> dict[str, Any]:
-  """The fields stage `d0`, `round` (t) or `collect` (t) depends on, flattened to 'a.b'."""
-  if stage == "d0":
-    return {k: v for k, v in _fields(config, ("seed", "task", "target", "data")).items()
-            if k not in FILTER}
-  if stage == "round":
-    extra = ("policy", "train") + (("sample", "loop") if t > 1 else ())
-    return {**stage_fields(config, "d0"), **_fields(config, ("data",) + extra)}
-  if stage == "collect":
-    return {**stage_fields(config, "round", t), **_fields(config, ("sample", "loop"))}
-  raise ValueError(f"unknown stage {stage!r}")
+def stage_fields(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
+  """The fields `stage` depends on (its sections, stages.py), flattened to 'a.b'."""
+  fields = _fields(config, stage.sections)
+  return {k: v for k, v in fields.items() if k not in FILTER} if stage.kind == "d0" else fields
 
 
 def check(path: str, fields: Mapping[str, Any], stage: str, artifact: str) -> bool:

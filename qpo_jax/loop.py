@@ -32,7 +32,8 @@ from typing import Any
 from absl import logging
 import ml_collections
 
-from qpo_jax import config_rules, evaluation, explore, report, rewards, tokens
+from qpo_jax import config_rules, evaluation, explore, report, rewards, stages, tokens
+from qpo_jax.stages import Stage
 from qpo_jax import prompts as prompts_lib
 from qpo_jax.eval_cache import EvalCache, total_usage
 from qpo_jax.checkpoints.registry import LOADERS, load_model, load_tokenizer
@@ -173,7 +174,7 @@ def initial_data(config: ml_collections.ConfigDict, workdir: str, target=None,
   """D_0 in <workdir>/data/loop_0: built on the target from source prompts, or imported."""
   d = config.data
   out = Workdir(workdir).data(0)
-  rounds.claim_stage(config, workdir, "d0")
+  rounds.claim_stage(config, workdir, Stage("d0"))
   if os.path.exists(os.path.join(out, dataset.MANIFEST)):
     return dataset.read_manifest(out)
   started = time.time()
@@ -219,7 +220,7 @@ def collect_round(config: ml_collections.ConfigDict, workdir: str, t: int, targe
   on its own query (the spec).
   """
   out = Workdir(workdir).data(t)
-  rounds.claim_stage(config, workdir, "collect", t)
+  rounds.claim_stage(config, workdir, Stage("collect", t))
   if os.path.exists(os.path.join(out, dataset.MANIFEST)):
     return dataset.read_manifest(out)
   started = time.time()
@@ -308,16 +309,18 @@ def run_loop(config: ml_collections.ConfigDict, workdir: str, target=None) -> di
   os.makedirs(workdir, exist_ok=True)
   target = target or run_target(config)
   cache = EvalCache.of_workdir(workdir)
-  with stage(f"D_0 ({Workdir(workdir).data(0)})"):
-    initial_data(config, workdir, target, cache)
-  num_loops = int(config.loop.num_loops)
-  for t in range(1, num_loops + 1):
-    if t not in Workdir(workdir).finished_rounds() and hasattr(target, "release"):
+  wd, num_loops = Workdir(workdir), int(config.loop.num_loops)
+  for s in stages.of_run(num_loops):
+    if s.kind == "collect" and s.t == num_loops and not config.loop.final_collection:
+      continue  # its records would train nothing
+    if s.kind == "round" and s.t not in wd.finished_rounds() and hasattr(target, "release"):
       target.release()  # a local target's parameters, reloaded by the collection (~5 s)
-    with stage(f"policy round {t}'s training ({Workdir(workdir).round(t)})"):
-      rounds.train_policy_round(config, workdir, t)
-    if t < num_loops or config.loop.final_collection:
-      with stage(f"loop {t}'s collection ({Workdir(workdir).data(t)})"):
-        collect_round(config, workdir, t, target, cache)
-  with stage(f"the evaluation ({Workdir(workdir).eval('')})"):
+    with stage(f"{s.work} ({s.artifact(wd)})"):
+      if s.kind == "d0":
+        initial_data(config, workdir, target, cache)
+      elif s.kind == "round":
+        rounds.train_policy_round(config, workdir, s.t)
+      else:
+        collect_round(config, workdir, s.t, target, cache)
+  with stage(f"the evaluation ({wd.eval('')})"):
     return report.evaluate_and_report(config, workdir, target, cache)

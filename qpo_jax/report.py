@@ -35,14 +35,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import os
 import time
 from typing import Any, Sequence
 
 import ml_collections
 import numpy as np
 
-from qpo_jax import diagnostics, evaluation, report_plot, rewards, sharding
+from qpo_jax import diagnostics, evaluation, report_plot, rewards, sharding, stages
 from qpo_jax import prompts as prompts_lib
 from qpo_jax.baselines import ClassifierLookup, RewardModel, TextEmbedder
 from qpo_jax.finetuned_baselines import FinetunedSelectors
@@ -52,7 +51,7 @@ from qpo_jax.policy import rounds, train_step
 from qpo_jax.store import dataset
 from qpo_jax.tasks import CHOICE, base as task_base, load_splits
 from qpo_jax.tasks.base import format_number
-from qpo_jax.utils import atomic_write_text, peak_memory_gb, read_json
+from qpo_jax.utils import atomic_write_text, peak_memory_gb
 from qpo_jax.targets import Target
 from qpo_jax.workdir import Workdir
 
@@ -125,15 +124,10 @@ def prompt_stats(prompts: Sequence[str], sources: set[str], best_train: str) -> 
 
 
 def stage_costs(workdir: str, num_loops: int) -> dict[str, dict[str, Any]]:
-  """The `cost` each finished stage wrote with its artifact (a dataset manifest's `meta`, a
-  round's `final` marker)."""
-  found = {"d0": read_json(os.path.join(Workdir(workdir).data(0), dataset.MANIFEST), {})}
-  for t in range(1, num_loops + 1):
-    found[f"train_{t}"] = read_json(Workdir(workdir).final(t), {})
-    found[f"collect_{t}"] = read_json(os.path.join(Workdir(workdir).data(t), dataset.MANIFEST),
-                                      {})
-  found.update({k: m.get("meta", {}) for k, m in found.items() if not k.startswith("train_")})
-  return {name: meta["cost"] for name, meta in found.items() if "cost" in meta}
+  """The `cost` each finished stage wrote with its artifact, by stage name (stages.py)."""
+  wd = Workdir(workdir)
+  found = {s.name: s.cost(wd) for s in stages.of_run(num_loops)}
+  return {name: cost for name, cost in found.items() if cost}
 
 
 def _cost(workdir: str, cache: EvalCache, num_loops: int, started: float) -> dict[str, Any]:

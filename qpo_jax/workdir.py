@@ -10,6 +10,8 @@ import dataclasses
 import os
 import re
 
+MANIFEST = "manifest.json"  # a dataset directory's index, written last (store/dataset.py)
+
 
 @dataclasses.dataclass(frozen=True)
 class Workdir:
@@ -20,6 +22,10 @@ class Workdir:
   def data(self, t: int) -> str:
     """D_t: TFRecord shards and manifest.json (t = 0: D_0)."""
     return os.path.join(self.root, "data", f"loop_{t}")
+
+  def manifest(self, t: int) -> str:
+    """D_t's manifest (counts, normaliser, sha256 per shard, the stage's cost in `meta`)."""
+    return os.path.join(self.data(t), MANIFEST)
 
   def collect_plan(self, t: int) -> str:
     """Loop t's collect queries and the prompts sampled for them."""
@@ -44,13 +50,6 @@ class Workdir:
   def datasets(self) -> list[int]:
     """Loops t that have a data/loop_<t> directory (finished or not), ascending."""
     return self._indices("data", r"loop_(\d+)")
-
-  def stage_config(self, stage: str, t: int = 0) -> str:
-    """The config fields a stage was made with (fingerprint.py): "d0", "round" t, "collect" t."""
-    if stage not in ("d0", "round", "collect"):
-      raise ValueError(f"stage {stage!r} is not d0, round or collect")
-    return (self.round(t) if stage == "round" else self.data(0 if stage == "d0" else t)) + \
-        ".config.json"
 
   def last_recorded_loop(self) -> int:
     """The highest loop any stage's config record names (0: none past D_0)."""

@@ -1,11 +1,14 @@
 """docs/architecture.md holds: no qpo_jax module imports a layer above it; one Workdir layout."""
 
 import ast
+import json
 import os
 import re
 
 import pytest
 
+from qpo_jax import stages
+from qpo_jax.stages import Stage
 from qpo_jax.workdir import Workdir
 
 from tests.helpers import ROOT
@@ -123,15 +126,35 @@ def test_workdir_finds_its_artifacts_by_name(tmp_path):
   os.makedirs(wd.data(0) + ".partial")
   for t in (1, 2):
     os.makedirs(wd.round(t))
-    open(wd.stage_config("round", t), "w").close()
+    open(Stage("round", t).record(wd), "w").close()
   open(wd.final(1), "w").close()
   for name in ("d0", "collect"):
-    open(wd.stage_config(name, 3 if name == "collect" else 0), "w").close()
+    open(Stage(name, 3 if name == "collect" else 0).record(wd), "w").close()
   open(wd.collect_plan(4), "w").close()
   assert wd.datasets() == [0, 2, 10]
   assert wd.finished_rounds() == [1]
   assert wd.last_recorded_loop() == 3
-  assert wd.stage_config("d0") == wd.data(0) + ".config.json"
-  assert wd.stage_config("round", 2) == os.path.join(str(tmp_path), "policy", "round_2.config.json")
-  with pytest.raises(ValueError, match="stage"):
-    wd.stage_config("report")
+  assert Stage("d0").record(wd) == wd.data(0) + ".config.json"
+  assert Stage("round", 2).record(wd) == os.path.join(str(tmp_path), "policy",
+                                                      "round_2.config.json")
+  with pytest.raises(ValueError, match="stage 'report' is not one of"):
+    Stage("report", 1)
+  with pytest.raises(ValueError, match="stage 'round' cannot be loop 0"):
+    Stage("round")
+
+
+def test_the_stage_table_lists_a_run_in_order_with_its_records_and_costs(tmp_path):
+  wd = Workdir(str(tmp_path))
+  run = stages.of_run(2)
+  assert [s.name for s in run] == ["d0", "round_1", "collect_1", "round_2", "collect_2"]
+  assert [s.sections[-1] for s in run] == ["data", "train", "loop", "loop", "loop"]
+  assert [s.record(wd) for s in run] == [wd.data(0) + ".config.json",
+                                         wd.round(1) + ".config.json", wd.data(1) + ".config.json",
+                                         wd.round(2) + ".config.json", wd.data(2) + ".config.json"]
+  os.makedirs(wd.data(1))
+  os.makedirs(wd.round(1))
+  with open(wd.manifest(1), "w") as f:
+    json.dump({"meta": {"cost": {"seconds": 2.0}}}, f)
+  with open(wd.final(1), "w") as f:
+    json.dump({"cost": {"seconds": 3.0}}, f)
+  assert [s.cost(wd) for s in run] == [None, {"seconds": 3.0}, {"seconds": 2.0}, None, None]

@@ -123,9 +123,10 @@ def test_fingerprints_record_task_data_maps_as_before_they_had_entries():
   """Stages record the entries a config sets, as when files/splits were plain dicts (None
   when none is set), so workdirs made then still resume."""
   from qpo_jax import fingerprint
+  from qpo_jax.stages import Stage
 
   config = repo_config("nlu.py:task=boolq")
-  fields = fingerprint.stage_fields(config, "d0")
+  fields = fingerprint.stage_fields(config, Stage("d0"))
   assert fields["task.data.splits"] is None and "task.data.splits.train" not in fields
   assert {k: v for k, v in fields.items() if k.startswith("task.data.files")} == {
       "task.data.files.train": "dev.jsonl[:50%]", "task.data.files.validation": "dev.jsonl[50%:]"}

@@ -7,6 +7,7 @@ import pytest
 
 from qpo_jax import fingerprint, loop, modes
 from qpo_jax.policy import rounds
+from qpo_jax.stages import Stage
 
 pytestmark = pytest.mark.integration  # whole runs of the tiny config
 
@@ -24,15 +25,15 @@ def _listing(root):
 @pytest.mark.integration
 def test_stage_fields_leave_out_what_cannot_change_a_result():
   c = _tiny()
-  d0, r1, r2 = (fingerprint.stage_fields(c, "d0"), fingerprint.stage_fields(c, "round", 1),
-                fingerprint.stage_fields(c, "round", 2))
+  d0, r1, r2, c2 = (fingerprint.stage_fields(c, stage) for stage in (
+      Stage("d0"), Stage("round", 1), Stage("round", 2), Stage("collect", 2)))
   assert "task.name" in d0 and "target.name" in d0 and "data.num_queries" in d0
   assert "data.threshold" not in d0 and "data.threshold" in r1  # filtering is at training
   assert "train.epochs" in r1 and "sample.target_return" not in r1
   assert "sample.target_return" in r2 and "loop.collect_queries" in r2
-  for fields in (d0, r1, r2, fingerprint.stage_fields(c, "collect", 2)):
+  for fields in (d0, r1, r2, c2):
     assert not set(fields) & fingerprint.NEUTRAL
-  assert "loop.num_loops" not in fingerprint.stage_fields(c, "collect", 2)  # more loops extend
+  assert "loop.num_loops" not in c2  # more loops extend a run
   for retry in ("concurrency", "max_retries", "timeout_s", "backoff_s"):  # HTTP retries, all
     assert f"target.{retry}" not in d0 and f"target.{retry}" in fingerprint.NEUTRAL
   # they move the order of floating-point sums, and the trained policy's prompts with it
@@ -42,7 +43,7 @@ def test_stage_fields_leave_out_what_cannot_change_a_result():
 @pytest.mark.integration
 def test_a_field_recorded_before_it_was_found_neutral_does_not_count(tmp_path):
   """Workdirs recorded target.backoff_s while it counted; they stay usable."""
-  path, fields = str(tmp_path / "d0.config.json"), fingerprint.stage_fields(_tiny(), "d0")
+  path, fields = str(tmp_path / "d0.config.json"), fingerprint.stage_fields(_tiny(), Stage("d0"))
   fingerprint.claim(path, {**fields, "target.backoff_s": 1.0}, "D_0", "data/loop_0")
   assert fingerprint.check(path, fields, "D_0", "data/loop_0")
   with pytest.raises(ValueError, match=r"task.seed: 0 -> 5"):

@@ -56,13 +56,13 @@ def test_loop_killed_in_collection_resumes_to_the_same_table(tmp_path, tiny_run)
       "usage"]["calls"] == 88
   assert "cost" in json.load(open(os.path.join(work, "policy", "round_1", "final")))
   assert not os.path.exists(os.path.join(work, "cost.json"))
-  for stage in ("d0", "train_1", "collect_1", "train_2", "collect_2", "evaluation"):
+  for stage in ("d0", "round_1", "collect_1", "round_2", "collect_2", "evaluation"):
     assert got["cost"][stage]["seconds"] >= 0 and got["cost"][stage]["peak_memory_gb"] > 0
   assert set(got["methods"]) >= {"none", "manual", "qpo_loop_1", "qpo_loop_2",
                                  "best_train_prompt", "reward_model", "best_test_prompt",
                                  "oracle"}
   md = open(os.path.join(work, "eval", "results.md")).read()
-  assert "| QPO loop 2 |" in md and "| collect_1 |" in md and "| train_2 |" in md
+  assert "| QPO loop 2 |" in md and "| collect_1 |" in md and "| round_2 |" in md
   assert os.path.getsize(os.path.join(work, "eval", "results.png")) > 1000
   for m, accs in got["methods"].items():  # every method's own interval, around its accuracy
     ci = got["intervals"][m]["zero_shot"]
@@ -94,7 +94,7 @@ def test_without_final_collection_then_extended(tmp_path, tiny_run):
   config.loop.update(num_loops=1, final_collection=False)
   one = loop.run_loop(config, work, target=target)
   assert not os.path.exists(os.path.join(work, "data", "loop_1"))
-  assert "collect_1" not in one["cost"] and "train_1" in one["cost"]
+  assert "collect_1" not in one["cost"] and "round_1" in one["cost"]
   assert os.path.getsize(os.path.join(work, "eval", "results.png")) > 1000  # D_0's rewards
   ref = tiny_run[1]  # two loops, both collections
   assert one["qpo_prompts"]["1"] == ref["qpo_prompts"]["1"]

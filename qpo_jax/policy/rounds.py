@@ -21,27 +21,22 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 
-from qpo_jax import distributed, fingerprint, sharding
+from qpo_jax import distributed, fingerprint, sharding, stages
 from qpo_jax.policy import sampling, trainer
 from qpo_jax.policy.model import pretrained_policy
 from qpo_jax.policy import training_rows
 from qpo_jax.store import dataset
+from qpo_jax.stages import Stage
 from qpo_jax.workdir import Workdir
 
 
-def claim_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, t: int = 0,
+def claim_stage(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
                 record: bool = True) -> None:
   """Checks a stage's recorded config fields against `config` (fingerprint.py) and, for a
   stage about to start (`record`), records them if none are."""
   wd = Workdir(workdir)
-  artifact, name = {
-      "d0": (wd.data(0), "D_0"),
-      "round": (wd.round(t), f"policy round {t}"),
-      "collect": (f"{wd.data(t)} (and {wd.collect_plan(t)})", f"loop {t}'s collection (D_{t})"),
-  }[stage]
-  fields = fingerprint.stage_fields(config, stage, t)
-  (fingerprint.claim if record else fingerprint.check)(wd.stage_config(stage, t), fields, name,
-                                                      artifact)
+  (fingerprint.claim if record else fingerprint.check)(
+      stage.record(wd), fingerprint.stage_fields(config, stage), stage.title, stage.artifacts(wd))
 
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -49,10 +44,8 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   wd = Workdir(workdir)
   for t in wd.datasets():
     dataset.check_complete(wd.data(t))
-  claim_stage(config, workdir, "d0", record=False)
-  for t in range(1, wd.last_recorded_loop() + 1):
-    claim_stage(config, workdir, "round", t, record=False)
-    claim_stage(config, workdir, "collect", t, record=False)
+  for stage in stages.of_run(wd.last_recorded_loop()):
+    claim_stage(config, workdir, stage, record=False)
 
 
 def policy_init(config: ml_collections.ConfigDict):
@@ -74,7 +67,7 @@ def train_policy_round(config: ml_collections.ConfigDict, workdir: str, t: int,
     raise ValueError(f"policy rounds start at 1, got {t}")
   data = Workdir(workdir).data(t - 1)
   dataset.read_manifest(data)  # fails first if D_{t-1} is not there
-  claim_stage(config, workdir, "round", t)
+  claim_stage(config, workdir, Stage("round", t))
   cfg, params, tok = policy_init(config)
   tc = dict(config.train)
   rows, _ = training_rows.from_dataset(
@@ -148,7 +141,7 @@ def prompt_sampler(config: ml_collections.ConfigDict, workdir: str, t: int) -> P
   if t not in finished:
     raise FileNotFoundError(f"policy round {t} has not finished training in {wd.round(t)}; "
                             f"finished rounds: {finished or 'none'}")
-  claim_stage(config, workdir, "round", t, record=False)
+  claim_stage(config, workdir, Stage("round", t), record=False)
   cfg, params, tok = policy_init(config)
   like = trainer.abstract(params)  # the init's arrays go before the trained ones come
   del params

@@ -31,8 +31,8 @@ from qpo_jax.store.records import Record
 from qpo_jax.store.tfrecord import (CorruptRecordError, file_sha256, read_record_at, read_records,
                                     record_offsets, write_records)
 from qpo_jax.utils import atomic_write_text
+from qpo_jax.workdir import MANIFEST
 
-MANIFEST = "manifest.json"
 
 
 class IncompleteDatasetError(FileNotFoundError):
