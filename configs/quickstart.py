@@ -22,39 +22,30 @@ Expected, 200 class-balanced test tweets, zero-shot (<workdir>/eval/results.md):
   [-0.060, +0.110], fine-tuned classifier +0.070 [-0.015, +0.155] (paired bootstrap 95%).
   On 100 validation tweets: loop 1 0.500, loop 2 0.600.
 
-How each value was chosen, on train, collect and validation tweets only (the test split
-was read by the final run above and by the earlier recipes' runs listed in
+How each value was chosen (on train, collect and validation tweets only; the test split
+was read by the final run above and by the earlier recipes' runs in
 experiments/results/quickstart_history.md; nothing was chosen on them):
-- nll_term="choice": the token NLL of the gold label ranks prompts by reply format under
-  SmolLM2 (one-word prompts ~1.5, others 3-5); one round on held-out train tweets: token
-  +5.0 points over the best train prompt (se 4.1), choice +7.0 (se 2.9).
-- threshold=5.0, top_fraction=0.05, rank_by="advantage": each query's one right prompt
-  with the highest reward minus that prompt's mean reward on the other queries; ranked by
-  reward instead, round 1 scored 0.485 on held-out train tweets, by advantage 0.590 (best
-  train prompt 0.400). Every query's top 15% by reward lost (0.362 vs 0.456).
-- num_queries=400, the full grid: 200 queries gave 0.415 (400: 0.590); 400 queries x 6
+- nll_term="choice": round 1 on held-out train tweets +7.0 points over the best train prompt
+  (se 2.9) against +5.0 (se 4.1) for the token NLL, which ranks prompts by reply format.
+- threshold=5.0, top_fraction=0.05, rank_by="advantage": round 1 0.590 on held-out train
+  tweets, 0.485 ranked by reward (best train prompt 0.400); each query's top 15% lost too.
+- num_queries=400 (the full grid): 200 queries gave 0.415 (400: 0.590); 400 queries x 6
   random prompts lost (0.406 vs 0.456).
-- epochs=3 (2 gave 0.505, 3 gave 0.590), learning_rate=2e-4 decayed x0.65 per epoch,
-  batch 8: fit the time budget; the spec's lr 1e-3 x 100 epochs is for GPT-2 on a GPU.
-- num_loops=2 with loop.explore (exploring collection, explore.py) and
-  prompt_queries=0, new_prompts=8: on validation tweets loop 2 scored 0.580 against loop
-  1's 0.515; scoring 24 kept new prompts on 64 D_0 tweets instead gave 0.555, and the
-  policy wrote no new text (1%) because too few D_0 tweets showed where a new prompt wins
+- epochs=3, learning_rate=2e-4 x0.65 per epoch, batch 8: 2 epochs gave 0.505, 3 gave 0.590
+  (the spec's lr 1e-3 x 100 epochs is for GPT-2 on a GPU; this fits the time budget).
+- num_loops=2, loop.explore, prompt_queries=0, new_prompts=8: loop 2 0.580 against loop 1's
+  0.515 on validation tweets; 24 prompts on 64 D_0 tweets gave 0.555 and no new text
   (experiments/results/recipe_tweet_emotion_validation.md).
-- loop.edits=64, parents=8: SmolLM2 answers one label after some source prompts, and
-  the pool has such a prompt for every emotion but joy; phrase edits of the 8 prompts the
-  expert filter keeps most wrote joy-forcing ones (95-100% Joy on D_0 tweets).
-- ranking new prompts by their gain over the pool for some class, screened on
-  screen_queries=32 D_0 tweets: the frozen reward-model critic's score of 96 edits had
-  Spearman -0.25 with that gain, so the critic only caps what is screened (max_screen=64).
-- rewrites=4: the LM's rewrites rarely gained (1 of 34 screened in the first run) and cost
-  ~40 s per 48; sample.num_samples=4 at top-k 50 / top-p 0.95 on 2 x 100 collect tweets:
-  not tuned (the collect tweets add labelled rows to round 2).
-- query_len=48 (99% of train tweets fit), prompt_len=32 (the longest source prompt is
-  28 tokens + EOS; a run fails at start if one does not fit); target_return=100 (the
-  spec's R*: the best normalised return in D_0).
+- loop.edits=64, parents=8: edits of the 8 prompts the filter keeps most wrote the joy-forcing
+  prompt the pool lacks (95-100% Joy on D_0 tweets).
+- screen_queries=32, max_screen=64: the frozen critic's score had Spearman -0.25 with a new
+  prompt's gain, so it only caps what is screened.
+- rewrites=4: 1 of 34 screened LM rewrites gained, at ~40 s per 48 (kept small).
+- sample.num_samples=4, top-k 50 / top-p 0.95 on 2 x 100 collect tweets: not tuned.
+- query_len=48 (99% of train tweets fit), prompt_len=32 (longest source prompt 28 + EOS).
+- target_return=100: the spec's R* (the best normalised return in D_0).
 - final_collection=False: the last loop's collection would train nothing.
-  sample.batch_size=32 and policy.remat (-0.8 GB) are speed and memory settings.
+- sample.batch_size=32, policy.remat (-0.8 GB): speed and memory.
 
 Other modes on the same config (add --mode=...): generate (three questions to the
 target), evaluate_prompts (the source prompts on test tweets), build_data, train_policy,
