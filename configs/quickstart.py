@@ -48,7 +48,7 @@ experiments/results/quickstart_history.md; nothing was chosen on them):
 - sample.batch_size=32, policy.remat (-0.8 GB): speed and memory.
 
 Other modes on the same config (add --mode=...): generate (three questions to the
-target), evaluate_prompts (the source prompts on test tweets), build_data, train_policy,
+target), evaluate_prompts (the source prompts on test tweets), build_d0, train_policy,
 collect, evaluate (the stages one at a time), inspect_data, sample_prompts, optimize,
 serve_target, serve_policy, export_policy.
 """

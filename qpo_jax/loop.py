@@ -38,7 +38,7 @@ from qpo_jax import prompts as prompts_lib
 from qpo_jax.eval_cache import EvalCache, total_usage
 from qpo_jax.checkpoints.registry import LOADERS, load_model, load_tokenizer
 from qpo_jax.policy import rounds
-from qpo_jax import initial_dataset
+from qpo_jax import d0
 from qpo_jax.store import dataset, importers
 from qpo_jax.store.records import record_from_outcome
 from qpo_jax.targets import BACKENDS, Target, run_target
@@ -169,7 +169,7 @@ def d0_queries(config: ml_collections.ConfigDict, train: list[task_base.Example]
                                   seed=config.seed, max_words=config.task.max_words)
 
 
-def initial_data(config: ml_collections.ConfigDict, workdir: str, target=None,
+def build_d0(config: ml_collections.ConfigDict, workdir: str, target=None,
                  cache: EvalCache | None = None) -> dict[str, Any]:
   """D_0 in <workdir>/data/loop_0: built on the target from source prompts, or imported."""
   d = config.data
@@ -197,7 +197,7 @@ def initial_data(config: ml_collections.ConfigDict, workdir: str, target=None,
         if evaluation.FEW_SHOT in d.settings else ()
     target = target or run_target(config)
     cache = cache or EvalCache.of_workdir(workdir)
-    manifest = initial_dataset.build_initial_dataset(
+    manifest = d0.build(
         out, task, target, queries, prompts_lib.source_prompts(config, task),
         settings=list(d.settings),
         demo_sets=demos, cache=cache, prompts_per_chunk=d.prompts_per_chunk,
@@ -317,7 +317,7 @@ def run_loop(config: ml_collections.ConfigDict, workdir: str, target=None) -> di
       target.release()  # a local target's parameters, reloaded by the collection (~5 s)
     with stage(f"{s.work} ({s.artifact(wd)})"):
       if s.kind == "d0":
-        initial_data(config, workdir, target, cache)
+        build_d0(config, workdir, target, cache)
       elif s.kind == "round":
         rounds.train_policy_round(config, workdir, s.t)
       else:

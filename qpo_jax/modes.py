@@ -157,9 +157,9 @@ def export_policy(config: ml_collections.ConfigDict, workdir: str) -> str:
   return out
 
 
-def build_data(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def build_d0(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """D_0 in <workdir>/data/loop_0: built on the target from source prompts, or imported logs."""
-  return loop.initial_data(config, workdir)
+  return loop.build_d0(config, workdir)
 
 
 def collect(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -190,7 +190,7 @@ def inspect_data(config: ml_collections.ConfigDict, workdir: str) -> str:
   if not directory:
     loops = Workdir(workdir).datasets()
     if not loops:
-      raise FileNotFoundError(f"no datasets under {workdir}/data; run --mode=build_data first "
+      raise FileNotFoundError(f"no datasets under {workdir}/data; run --mode=build_d0 first "
                               "or set --config.data.inspect")
     directory = Workdir(workdir).data(loops[-1])
   recs, manifest = dataset.read_dataset(directory)
@@ -231,7 +231,7 @@ MODES: dict[str, Callable[[ml_collections.ConfigDict, str], object]] = {
     "evaluate_prompts": evaluate_prompts,
     "serve_target": serve_target,
     "serve_policy": serve_policy,
-    "build_data": build_data,
+    "build_d0": build_d0,
     "inspect_data": inspect_data,
     "train_policy": train_policy,
     "collect": collect,
@@ -249,7 +249,7 @@ SHARED_MODES = ("inspect_data", "serve_target")
 # not checked against their fingerprints or the policy's prompt length.
 STAGELESS_MODES = ("generate", "evaluate_prompts", "serve_target", "inspect_data")
 # What runs over several processes (the stages of a run); the rest serve or inspect from one.
-MULTI_PROCESS_MODES = ("build_data", "train_policy", "collect", "sample_prompts", "evaluate",
+MULTI_PROCESS_MODES = ("build_d0", "train_policy", "collect", "sample_prompts", "evaluate",
                        "evaluate_prompts", "loop")
 
 

@@ -19,7 +19,7 @@ def _layers() -> dict[str, int]:
   text = open(os.path.join(ROOT, "docs", "architecture.md")).read()
   out = {}
   for number, cells in re.findall(r"^\| (\d) [^|]+\| ([^|]+) \|", text, flags=re.M):
-    for name in re.findall(r"`([a-z_.]+)`", cells):
+    for name in re.findall(r"`([a-z_.0-9]+)`", cells):
       out["qpo_jax." + name] = int(number)
   return out
 

@@ -324,7 +324,7 @@ def test_main_rejects_bad_task_and_data(tmp_path):
 
 @pytest.mark.multiprocess
 def test_main_build_and_inspect_data(tmp_path):
-  r = run_main("--config=configs/tiny.py", "--mode=build_data", workdir=tmp_path)
+  r = run_main("--config=configs/tiny.py", "--mode=build_d0", workdir=tmp_path)
   assert r.returncode == 0, r.stderr[-3000:]
   manifest = json.loads((tmp_path / "data" / "loop_0" / "manifest.json").read_text())
   assert manifest["count"] == 8 * 11 and manifest["normalizer"]["max"] > manifest["normalizer"]["min"]
@@ -340,7 +340,7 @@ def test_main_build_and_inspect_data(tmp_path):
 def test_main_imports_published_qpo_logs(tmp_path):
   path = os.path.join(SHARED, "qpo_offline", "tweet_emotion",
                       "tweet_emotion_llama7b_ocml_round1_few_shot_expert.json")
-  r = run_main("--config=configs/tiny.py", "--mode=build_data", "--config.data.source=qpo_json",
+  r = run_main("--config=configs/tiny.py", "--mode=build_d0", "--config.data.source=qpo_json",
             f"--config.data.path={path}", "--config.task.name=tweet_emotion",
             "--config.task.data.kind=files", "--config.train.prompt_len=64",
             f"--config.task.data.dir={os.path.join(SHARED, 'tweet_emotion')}", workdir=tmp_path)
@@ -381,7 +381,7 @@ def test_config_train_step_eval_shape(path):
 
 @pytest.mark.multiprocess
 def test_main_train_and_sample_policy(tmp_path):
-  assert run_main("--config=configs/tiny.py", "--mode=build_data", workdir=tmp_path).returncode == 0
+  assert run_main("--config=configs/tiny.py", "--mode=build_d0", workdir=tmp_path).returncode == 0
   r = run_main("--config=configs/tiny.py", "--mode=train_policy", workdir=tmp_path)
   assert r.returncode == 0, r.stderr[-3000:]
   round_dir = tmp_path / "policy" / "round_1"

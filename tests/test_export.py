@@ -86,7 +86,7 @@ def test_export_mode_on_a_trained_run(tiny_run, tmp_path):
   _same(sampler.params, params)
   assert tok("Weather today")["input_ids"] == sampler.tokenizer("Weather today")["input_ids"]
   queries = ["Heavy rain is expected all weekend", "Our team won the final match"]
-  again = sampling.sample_prompts(cfg, params, tok, queries, target_return=100.0,
+  again = sampling.decode_prompts(cfg, params, tok, queries, target_return=100.0,
                                   query_len=config.train.query_len,
                                   prompt_len=config.train.prompt_len, seed=0)
   assert again == sampler(queries, collect=False, seed=0)

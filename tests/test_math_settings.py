@@ -38,7 +38,7 @@ def test_math_setting_builds_d0_and_trains_a_step(task, tmp_path, smollm2_tokeni
   smollm2_tokenizer.save_pretrained(tok_dir)
   config = _config(task, tok_dir)
   work = str(tmp_path / "run")
-  manifest = loop.initial_data(config, work)
+  manifest = loop.build_d0(config, work)
   recs, _ = dataset.read_dataset(Workdir(work).data(0))
   _, splits = load_splits(config.task)
   train = {ex.query for ex in splits["train"]}
@@ -61,7 +61,7 @@ def test_prompt_oirl_import_has_train_texts_only(task, tmp_path, smollm2_tokeniz
   config = _config(task, tok_dir, source="prompt_oirl",
                    path=os.path.join(oirl, "llama2_chat_logs", task))
   work = str(tmp_path / "run")
-  loop.initial_data(config, work)
+  loop.build_d0(config, work)
   recs, manifest = dataset.read_dataset(Workdir(work).data(0))
   _, splits = load_splits(config.task)
   held_out = {loop._plain_text(ex.query) for s in ("collect", "test") for ex in splits[s]}

@@ -141,9 +141,9 @@ def test_overfit_is_query_dependent_and_reward_conditioned(tmp_path, smollm2_tok
                                     prompt_len=tc["prompt_len"])
   params = trainer.train_round(str(tmp_path), cfg, params, rows, tc, mesh=mesh, seed=0)
   queries = [r.query for r in _store()[::2]]
-  high = sampling.sample_prompts(cfg, params, smollm2_tokenizer, queries, target_return=100.0,
+  high = sampling.decode_prompts(cfg, params, smollm2_tokenizer, queries, target_return=100.0,
                                  query_len=10, prompt_len=8, seed=0)
-  low = sampling.sample_prompts(cfg, params, smollm2_tokenizer, queries, target_return=50.0,
+  low = sampling.decode_prompts(cfg, params, smollm2_tokenizer, queries, target_return=50.0,
                                 query_len=10, prompt_len=8, seed=0)
   assert [h[0] for h in high] == [r.prompt for r in _store()[::2]]
   assert [x[0] for x in low] == [r.prompt for r in _store()[1::2]]
@@ -340,7 +340,7 @@ def test_policy_from_the_embedded_smollm2(smollm2):
   for a, b in zip(jax.tree_util.tree_leaves(params["backbone"]),
                   jax.tree_util.tree_leaves(smollm2.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  out = sampling.sample_prompts(cfg, params, tok, ["I love this sunny day!"], target_return=100.0,
+  out = sampling.decode_prompts(cfg, params, tok, ["I love this sunny day!"], target_return=100.0,
                                 query_len=40, prompt_len=8, seed=0)
   assert len(out) == 1 and isinstance(out[0][0], str)
 

@@ -13,7 +13,7 @@ import pytest
 from qpo_jax import evaluation, rewards, sharding
 from qpo_jax.eval_cache import EvalCache
 from qpo_jax.checkpoints.registry import load_model
-from qpo_jax import initial_dataset as build
+from qpo_jax import d0
 from qpo_jax.policy import batches, training_rows
 from qpo_jax.store import dataset, importers, records, summary, tfrecord
 from qpo_jax.store.records import Record
@@ -229,19 +229,19 @@ def test_build_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_target):
   prompts = [(src, p) for src, ps in task.source_prompts.items() for p in ps]  # 11 prompts
   kw = dict(settings=["zero_shot"], prompts_per_chunk=3)
   full = _Dies(tiny_target, 10**9)
-  ref = build.build_initial_dataset(str(tmp_path / "a" / "loop_0"), task, full, queries, prompts,
-                                    cache=EvalCache(str(tmp_path / "a" / "c.sqlite")), **kw)
+  ref = d0.build(str(tmp_path / "a" / "loop_0"), task, full, queries, prompts,
+                 cache=EvalCache(str(tmp_path / "a" / "c.sqlite")), **kw)
   out, cache = str(tmp_path / "b" / "loop_0"), str(tmp_path / "b" / "c.sqlite")
   dying = _Dies(tiny_target, 40)  # dies inside the third chunk
   with pytest.raises(KeyboardInterrupt):
-    build.build_initial_dataset(out, task, dying, queries, prompts, cache=EvalCache(cache), **kw)
+    d0.build(out, task, dying, queries, prompts, cache=EvalCache(cache), **kw)
   assert not os.path.exists(out) and len(os.listdir(out + ".partial")) == 4  # 2 chunks + stamps
-  first = build._chunk_path(out + ".partial", "zero_shot", 0)
+  first = d0._chunk_path(out + ".partial", "zero_shot", 0)
   whole = list(tfrecord.read_records(first))
   tfrecord.write_records(first, whole[:-6])  # cut at a record boundary: the CRCs still hold
   resumed = _Dies(tiny_target, 10**9)
-  got = build.build_initial_dataset(out, task, resumed, queries, prompts, cache=EvalCache(cache),
-                                    **kw)
+  got = d0.build(out, task, resumed, queries, prompts, cache=EvalCache(cache),
+                 **kw)
   assert dying.calls + resumed.calls == full.calls == 66  # nothing evaluated twice
   assert not os.path.exists(out + ".partial")
   a, _ = dataset.read_dataset(str(tmp_path / "a" / "loop_0"))
@@ -250,23 +250,23 @@ def test_build_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_target):
   assert all(records.same(x, y) for x, y in zip(a, b))
   assert got["normalizer"] == ref["normalizer"] and got["meta"]["evaluated"] == 66
   again = _Dies(tiny_target, 0)  # complete: returns the manifest, no target calls
-  assert build.build_initial_dataset(out, task, again, queries, prompts,
-                                     cache=EvalCache(cache), **kw)["count"] == got["count"]
+  assert d0.build(out, task, again, queries, prompts,
+                  cache=EvalCache(cache), **kw)["count"] == got["count"]
 
 
 @pytest.mark.integration
 def test_sparse_design_gives_each_query_k_prompts(tmp_path, tiny_target):
-  assigned = build.query_assignment(10, 4, 3, seed=1)
+  assigned = d0.query_assignment(10, 4, 3, seed=1)
   per_query = [sum(q in qs for qs in assigned) for q in range(10)]
   assert per_query == [3] * 10 and sorted(len(qs) for qs in assigned) == [7, 7, 8, 8]
-  assert build.query_assignment(5, 4, 0, seed=1) == [list(range(5))] * 4
+  assert d0.query_assignment(5, 4, 0, seed=1) == [list(range(5))] * 4
   task = get_task("topics")
   queries = [task.to_example(r, f"all:{i}") for i, r in enumerate(task.builtin_rows(6, 0))]
   prompts = [(src, p) for src, ps in task.source_prompts.items() for p in ps]  # 11 prompts
   counter = _Dies(tiny_target, 10**9)
-  m = build.build_initial_dataset(str(tmp_path / "loop_0"), task, counter, queries, prompts,
-                                  settings=["zero_shot"], cache=EvalCache(None),
-                                  prompts_per_query=3, seed=0)
+  m = d0.build(str(tmp_path / "loop_0"), task, counter, queries, prompts,
+               settings=["zero_shot"], cache=EvalCache(None),
+               prompts_per_query=3, seed=0)
   recs, _ = dataset.read_dataset(str(tmp_path / "loop_0"))
   assert m["count"] == len(recs) == counter.calls == 18 and m["meta"]["prompts_per_query"] == 3
   by_query = {}
@@ -282,8 +282,8 @@ def test_sparse_design_gives_each_query_k_prompts(tmp_path, tiny_target):
 def test_build_records_carry_the_outcomes(tiny_target):
   task = get_task("topics")
   queries = [task.to_example(r, f"all:{i}") for i, r in enumerate(task.builtin_rows(3, 0))]
-  recs = build.evaluate_records(task, tiny_target, [(("m", "Topic?"), queries)],
-                                setting="zero_shot", cache=EvalCache(None), split="train", loop=0)
+  recs = d0.evaluate_records(task, tiny_target, [(("m", "Topic?"), queries)],
+                             setting="zero_shot", cache=EvalCache(None), split="train", loop=0)
   outs = evaluation.evaluate_pairs(task, tiny_target, [(q, "Topic?") for q in queries])
   avg = np.mean([o.correct for o in outs])
   for r, o, q in zip(recs, outs, queries):

@@ -115,7 +115,7 @@ class PromptSampler:
     knobs = dict(sc.collect) if collect else dict(sc.test)
     n = (num_samples or sc.num_samples) if collect else 1
     mine = distributed.share(len(queries))
-    local = sampling.sample_prompts(
+    local = sampling.decode_prompts(
         self.cfg, self.params, self.tokenizer, list(queries)[mine.start:mine.stop],
         target_return=sc.target_return if target_return is None else target_return,
         query_len=self.query_len, prompt_len=self.prompt_len,

@@ -45,7 +45,7 @@ def sample(cfg: ModelConfig, params, returns: jax.Array, query: jax.Array, query
                                temperature=temperature, top_k=top_k, top_p=top_p)
 
 
-def sample_prompts(cfg: ModelConfig, params, tokenizer, queries: Sequence[str], *,
+def decode_prompts(cfg: ModelConfig, params, tokenizer, queries: Sequence[str], *,
                    target_return: float, query_len: int, prompt_len: int, seed: int,
                    num_samples: int = 1, batch_size: int = 16, temperature: float = 0.0,
                    top_k: int = 0, top_p: float = 1.0, first_index: int = 0) -> list[list[str]]:

@@ -100,13 +100,13 @@ def _finished_chunk(path: str, expected: int) -> list[Record] | None:
     return None
 
 
-def build_initial_dataset(directory: str, task: Task, target: Target, queries: Sequence[Example],
-                          prompts: Sequence[tuple[str, str]], *, settings: Sequence[str],
-                          demo_sets=(), cache: EvalCache, prompts_per_chunk: int = 4,
-                          prompts_per_query: int = 0, seed: int = 0, max_new_tokens: int = 256,
-                          nll_term: str = "token", meta: dict[str, Any] | None = None,
-                          final_meta: Callable[[], dict[str, Any]] | None = None
-                          ) -> dict[str, Any]:
+def build(directory: str, task: Task, target: Target, queries: Sequence[Example],
+          prompts: Sequence[tuple[str, str]], *, settings: Sequence[str],
+          demo_sets=(), cache: EvalCache, prompts_per_chunk: int = 4,
+          prompts_per_query: int = 0, seed: int = 0, max_new_tokens: int = 256,
+          nll_term: str = "token", meta: dict[str, Any] | None = None,
+          final_meta: Callable[[], dict[str, Any]] | None = None
+          ) -> dict[str, Any]:
   """Builds (or finishes, or just returns) the D_0 dataset at `directory`; returns its manifest.
 
   `final_meta()` is called after the last evaluation and its fields go into the
