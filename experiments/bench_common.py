@@ -3,6 +3,7 @@ batches: qpo_jax.testing.policy_batch, the ones the tests check)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Callable
 
@@ -10,12 +11,13 @@ import jax
 import jax.numpy as jnp
 
 from qpo_jax.configs import base
+from qpo_jax.policy.settings import TrainSettings
 
 
 # The paper's policy optimizer (spec: AdamW 1e-3, wd 1e-4, clip 0.25, step decay).
 # Every other train field (accumulation, freezing, ...) as configs/base.py sets it.
-PAPER_TRAIN = dict(
-    base.get_config().train,
+PAPER_TRAIN = dataclasses.replace(
+    TrainSettings.of(base.get_config().train),
     learning_rate=1e-3, schedule="step", decay_every_epochs=20, decay_rate=0.65, grad_clip=0.25,
     weight_decay=1e-4, epochs=100)
 

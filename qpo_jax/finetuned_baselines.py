@@ -21,7 +21,7 @@ class's best D_0 prompt).
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import flax
 import flax.linen as nn
@@ -36,8 +36,9 @@ from qpo_jax.models.config import ModelConfig
 from qpo_jax.models.transformer import Transformer
 from qpo_jax.policy import train_step
 from qpo_jax.policy.model import lora_leaves, with_pretrained
-from qpo_jax.tokens import tokenize
+from qpo_jax.policy.settings import TrainSettings
 from qpo_jax.store.records import Record
+from qpo_jax.tokens import tokenize
 
 
 class _Selector(nn.Module):
@@ -83,13 +84,13 @@ def _apply(model, params, tokens, mask, prompts):
 class FinetunedSelectors:
   """Fits both heads and the encoder on D_0; see the module docstring."""
 
-  def __init__(self, lm, tc: Mapping[str, Any], *, seed: int, mesh=None, hidden: int = 64):
-    self.lm, self.tc, self.seed, self.mesh, self.hidden = lm, dict(tc), seed, mesh, hidden
+  def __init__(self, lm, tc: TrainSettings, *, seed: int, mesh=None, hidden: int = 64):
+    self.lm, self.tc, self.seed, self.mesh, self.hidden = lm, tc, seed, mesh, hidden
     self.tokenizer, self.cfg = lm.tokenizer, lm.cfg
     self.params = None
 
   def _tokens(self, queries: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    return tokenize(self.tokenizer, list(queries), int(self.tc["query_len"]), False)
+    return tokenize(self.tokenizer, list(queries), self.tc.query_len, False)
 
   def fit(self, recs: Sequence[Record], prompts: Sequence[str], prompt_embeddings: np.ndarray
           ) -> dict[str, Any]:
@@ -120,7 +121,7 @@ class FinetunedSelectors:
     self.prompt_features = jnp.asarray(Standardized().fit(np.asarray(prompt_embeddings)))
     self.model = _Selector(self.cfg, len(self.label_values), self.hidden)
     tokens, mask = self._tokens(queries)
-    batch_size = min(int(self.tc["batch_size"]), len(queries))
+    batch_size = min(self.tc.batch_size, len(queries))
     steps_per_epoch = max(1, len(queries) // batch_size)
     params = self._init(tokens[:1], mask[:1])
     tx = train_step.make_optimizer(self.tc, steps_per_epoch, params)
@@ -135,7 +136,7 @@ class FinetunedSelectors:
 
     rng = np.random.default_rng(self.seed)
     history = []
-    for epoch in range(int(self.tc["epochs"])):
+    for epoch in range(int(self.tc.epochs)):
       order = rng.permutation(len(queries))[:steps_per_epoch * batch_size]
       for rows_ in np.split(order, steps_per_epoch):
         batch = {"tokens": tokens[rows_], "mask": mask[rows_], "outcome": outcome[rows_],
@@ -147,7 +148,7 @@ class FinetunedSelectors:
       history.append({k: float(v) for k, v in parts.items()})
     del opt
     self.params = params
-    return {"queries": len(queries), "steps": steps_per_epoch * int(self.tc["epochs"]),
+    return {"queries": len(queries), "steps": steps_per_epoch * int(self.tc.epochs),
             "last": history[-1] if history else {},
             "class_prompts": {str(k): v for k, v in self.class_prompts.items()}}
 
@@ -170,7 +171,7 @@ class FinetunedSelectors:
     return sharding.shard_params(params, self.mesh)
 
   def capacity(self) -> dict[str, Any]:
-    trained = train_step.trained_parameters(self.params, bool(self.tc["freeze_backbone"]))
+    trained = train_step.trained_parameters(self.params, self.tc.freeze_backbone)
     return {"trained_parameters": trained, "frozen_encoder_parameters": 0,
             "what": "the policy's LM fine-tuned as the query encoder (as QPO's round 1 trains), "
                     "the reward model's MLP and a label head on it; source prompts' frozen "
@@ -180,7 +181,7 @@ class FinetunedSelectors:
     if self.params is None:
       raise ValueError("FinetunedSelectors.fit must run before choosing")
     out_r, out_l = [], []
-    size = int(self.tc["batch_size"])
+    size = self.tc.batch_size
     for start in range(0, len(queries), size):
       chunk = list(queries[start:start + size])
       tokens, mask = self._tokens(chunk + [""] * (size - len(chunk)))

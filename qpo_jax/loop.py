@@ -38,6 +38,7 @@ from qpo_jax import prompts as prompts_lib
 from qpo_jax.eval_cache import EvalCache, total_usage
 from qpo_jax.checkpoints.registry import LOADERS, load_model, load_tokenizer
 from qpo_jax.policy import rounds
+from qpo_jax.policy.settings import TrainSettings
 from qpo_jax import d0
 from qpo_jax.store import dataset, importers
 from qpo_jax.store.records import record_from_outcome
@@ -97,6 +98,7 @@ def validate(config: ml_collections.ConfigDict, policy: bool = True) -> None:
     raise ValueError(f"policy.name={config.policy.name!r} is not one of {sorted(LOADERS)}")
   for role in ("target", "policy") if backend == "local" else ("policy",):
     _check_model_path(config, role)
+  TrainSettings.of(config.train)  # the settings a round trains with, checked now
   if config.data.nll_term not in rewards.NLL_TERMS:
     raise ValueError(f"data.nll_term={config.data.nll_term!r} is not one of {rewards.NLL_TERMS}")
   task = task_of(config.task)
@@ -115,8 +117,8 @@ def validate(config: ml_collections.ConfigDict, policy: bool = True) -> None:
     tokenizer = load_tokenizer(config.policy)
     if tokenizer is not None:
       tokens.check_prompt_lengths(tokenizer,
-                                    [p for _, p in prompts_lib.source_prompts(config, task)],
-                                    config.train.prompt_len)
+                                  [p for _, p in prompts_lib.source_prompts(config, task)],
+                                  config.train.prompt_len)
 
 
 def stage_cost(cache: EvalCache, started: float) -> dict[str, Any]:

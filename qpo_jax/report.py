@@ -48,6 +48,7 @@ from qpo_jax.finetuned_baselines import FinetunedSelectors
 from qpo_jax.eval_cache import EvalCache, total_usage
 from qpo_jax.checkpoints.registry import load_model
 from qpo_jax.policy import rounds, train_step
+from qpo_jax.policy.settings import TrainSettings
 from qpo_jax.store import dataset
 from qpo_jax.tasks import CHOICE, base as task_base, load_splits
 from qpo_jax.tasks.base import format_number
@@ -249,7 +250,7 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str, target:
     tuned = FinetunedSelectors(
         dataclasses.replace(lm, cfg=lm.cfg.replace(lora_rank=config.policy.lora_rank,
                                                    remat=config.policy.remat)),
-        config.train, seed=config.seed, mesh=sharding.make_mesh(config.mesh))
+        TrainSettings.of(config.train), seed=config.seed, mesh=sharding.make_mesh(config.mesh))
     del lm
     fit = tuned.fit(d0, candidate_texts, prompt_embeddings)
     fit["capacity"] = tuned.capacity()

@@ -15,6 +15,7 @@ the batches and outcomes every process saw, to OUT_DIR/process_<i>.json.
 ADDRESS '-' runs a single process.
 """
 
+import dataclasses
 import json
 import os
 import sys
@@ -36,13 +37,14 @@ def train_steps(out, *start):
   from qpo_jax.models.config import preset  # pylint: disable=g-import-not-at-top
   from qpo_jax.policy import train_step  # pylint: disable=g-import-not-at-top
   from qpo_jax.policy.model import init_policy  # pylint: disable=g-import-not-at-top
+  from qpo_jax.policy.settings import TrainSettings  # pylint: disable=g-import-not-at-top
   from qpo_jax.testing import policy_batch  # pylint: disable=g-import-not-at-top
   from qpo_jax.utils import load_config  # pylint: disable=g-import-not-at-top
 
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   cfg = preset("tiny-llama")
-  tc = dict(load_config(os.path.join(root, "configs", "base.py")).train, learning_rate=3e-3,
-            batch_size=8)
+  tc = dataclasses.replace(TrainSettings.of(load_config(os.path.join(root, "configs", "base.py"))
+                                            .train), learning_rate=3e-3, batch_size=8)
   result = {}
   for name, axes in (("data", {"data": 4}), ("fsdp_tensor", {"fsdp": 2, "tensor": 2})):
     mesh = sharding.make_mesh(axes)

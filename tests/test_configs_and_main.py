@@ -362,14 +362,15 @@ def _policy_preset(spec):
 def test_config_train_step_eval_shape(path):
   from qpo_jax.policy import train_step
   from qpo_jax.policy.model import init_policy
+  from qpo_jax.policy.settings import TrainSettings
 
   config = config_module(path).get_config()
   cfg = _policy_preset(config.policy)
   mesh = sharding.make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
   params = jax.eval_shape(lambda: init_policy(cfg, jax.random.key(0)))
-  tc = dict(config.train)
+  tc = TrainSettings.of(config.train)
   step = train_step.make_train_step(cfg, tc, 10, params, mesh)
-  b, lq, lp = tc["batch_size"], tc["query_len"], tc["prompt_len"]
+  b, lq, lp = tc.batch_size, tc.query_len, tc.prompt_len
   batch = {"returns": jax.ShapeDtypeStruct((b,), jnp.float32),
            "query": jax.ShapeDtypeStruct((b, lq), jnp.int32),
            "query_mask": jax.ShapeDtypeStruct((b, lq), bool),

@@ -115,6 +115,7 @@ def test_without_final_collection_then_extended(tmp_path, tiny_run):
     ("--config.data.prompts_per_chunk=0", "data.prompts_per_chunk=0 must be a positive whole number"),
     ("--config.data.top_fraction=1.5", "data.top_fraction=1.5 must be a number in (0, 1]"),
     ("--config.data.rank_by=nll", "data.rank_by='nll' must be one of"),
+    ("--config.train.schedule=linear", "train.schedule='linear' is not 'step' or 'cosine'"),
     ("--config.eval.split=train", "eval.split='train' must be 'test' or 'validation'"),
     ("--config.loop.junk_quantile=0", "loop.junk_quantile=0.0 must be a number in (0, 1]"),
     ("--config.loop.rewrites=-1", "loop.rewrites=-1 must be"),

@@ -1,6 +1,6 @@
 """The prompt decision transformer: loss by hand, learning, sharded equality, resume, sampling."""
 
-import os
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -9,18 +9,18 @@ import pytest
 
 from qpo_jax import sharding
 from qpo_jax.models.config import preset
+from qpo_jax.configs import base
 from qpo_jax.policy import sampling, train_step, trainer, training_rows
+from qpo_jax.policy.settings import TrainSettings
 from qpo_jax.policy.model import PromptDT, init_policy
 from qpo_jax.store.records import Record
 from qpo_jax.testing import policy_batch
-from qpo_jax.utils import config_module
 
 CFG = preset("tiny-llama")
-TC = dict(config_module(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                     "configs", "base.py")).get_config().train,
-          learning_rate=3e-3, schedule="step", decay_every_epochs=1000, decay_rate=0.65,
-          grad_clip=1.0, weight_decay=1e-4, epochs=2, batch_size=8, query_len=10, prompt_len=8,
-          log_every=1, checkpoint_every=1000, pad_multiple=0)
+TC = dataclasses.replace(
+    TrainSettings.of(base.get_config().train), learning_rate=3e-3, schedule="step",
+    decay_every_epochs=1000, decay_rate=0.65, grad_clip=1.0, weight_decay=1e-4, epochs=2,
+    batch_size=8, query_len=10, prompt_len=8, log_every=1, checkpoint_every=1000, pad_multiple=0)
 
 
 @pytest.mark.integration
@@ -61,7 +61,7 @@ def test_loss_by_hand_and_padding_independence():
 
 
 def _state_and_update(mesh, params, tc=None):
-  tc = dict(TC, **(tc or {}))
+  tc = dataclasses.replace(TC, **(tc or {}))
   step = train_step.make_train_step(CFG, tc, 10, params, mesh)
   return step.init(params), step.update
 
@@ -136,9 +136,9 @@ def test_overfit_is_query_dependent_and_reward_conditioned(tmp_path, smollm2_tok
   cfg = CFG.replace(vocab_size=len(smollm2_tokenizer))
   params = init_policy(cfg, jax.random.key(3))
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
-  tc = dict(TC, epochs=150, learning_rate=3e-3)
-  rows = training_rows.from_records(_store(), smollm2_tokenizer, query_len=tc["query_len"],
-                                    prompt_len=tc["prompt_len"])
+  tc = dataclasses.replace(TC, epochs=150, learning_rate=3e-3)
+  rows = training_rows.from_records(_store(), smollm2_tokenizer, query_len=tc.query_len,
+                                    prompt_len=tc.prompt_len)
   params = trainer.train_round(str(tmp_path), cfg, params, rows, tc, mesh=mesh, seed=0)
   queries = [r.query for r in _store()[::2]]
   high = sampling.decode_prompts(cfg, params, smollm2_tokenizer, queries, target_return=100.0,
@@ -157,9 +157,9 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, smollm2_tokenizer):
   cfg = CFG.replace(vocab_size=len(smollm2_tokenizer))
   params = init_policy(cfg, jax.random.key(4))
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
-  tc = dict(TC, epochs=5, batch_size=2)  # 4 steps per epoch, 20 steps
-  rows = training_rows.from_records(_store(), smollm2_tokenizer, query_len=tc["query_len"],
-                                    prompt_len=tc["prompt_len"])
+  tc = dataclasses.replace(TC, epochs=5, batch_size=2)  # 4 steps per epoch, 20 steps
+  rows = training_rows.from_records(_store(), smollm2_tokenizer, query_len=tc.query_len,
+                                    prompt_len=tc.prompt_len)
   copy = lambda: jax.tree.map(jnp.copy, params)  # noqa: E731  (training consumes its input)
   ref = trainer.train_round(str(tmp_path / "a"), cfg, copy(), rows, tc,
                             mesh=mesh, seed=1)
@@ -195,9 +195,9 @@ def test_damaged_checkpoints_are_never_resumed(tmp_path, smollm2_tokenizer, capl
   cfg = CFG.replace(vocab_size=len(smollm2_tokenizer))
   params = init_policy(cfg, jax.random.key(4))
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
-  tc = dict(TC, epochs=5, batch_size=2, checkpoint_every=4)  # 20 steps
-  rows = training_rows.from_records(_store(), smollm2_tokenizer, query_len=tc["query_len"],
-                                    prompt_len=tc["prompt_len"])
+  tc = dataclasses.replace(TC, epochs=5, batch_size=2, checkpoint_every=4)  # 20 steps
+  rows = training_rows.from_records(_store(), smollm2_tokenizer, query_len=tc.query_len,
+                                    prompt_len=tc.prompt_len)
   copy = lambda: jax.tree.map(jnp.copy, params)  # noqa: E731  (training consumes its input)
   ref = trainer.train_round(str(tmp_path / "ref"), cfg, copy(), rows, tc, mesh=mesh, seed=1)
 
@@ -256,8 +256,8 @@ def test_a_non_finite_loss_stops_the_round_unfinished(tmp_path, smollm2_tokenize
   params = init_policy(cfg, jax.random.key(4))
   params["return_head"] = jax.tree.map(lambda x: x * jnp.nan, params["return_head"])
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
-  rows = training_rows.from_records(_store(), smollm2_tokenizer, query_len=TC["query_len"],
-                                    prompt_len=TC["prompt_len"])
+  rows = training_rows.from_records(_store(), smollm2_tokenizer, query_len=TC.query_len,
+                                    prompt_len=TC.prompt_len)
   with pytest.raises(FloatingPointError, match=r"the loss is nan at step 1 of 2; the round "
                      r"stops unfinished \(last checkpoint: step none\)"):
     trainer.train_round(str(tmp_path), cfg, params, rows, TC, mesh=mesh, seed=1)
@@ -299,7 +299,7 @@ def test_real_size_train_step_eval_shape(name):
   cfg = preset(name, dtype="bfloat16")
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   params = jax.eval_shape(lambda: init_policy(cfg, jax.random.key(0)))
-  tc = dict(TC, batch_size=8, query_len=40, prompt_len=40)
+  tc = dataclasses.replace(TC, batch_size=8, query_len=40, prompt_len=40)
   step = train_step.make_train_step(cfg, tc, 100, params, mesh)
   batch = {"returns": jax.ShapeDtypeStruct((8,), jnp.float32),
            "query": jax.ShapeDtypeStruct((8, 40), jnp.int32),

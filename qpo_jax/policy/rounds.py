@@ -24,6 +24,7 @@ import ml_collections
 from qpo_jax import distributed, fingerprint, sharding, stages
 from qpo_jax.policy import sampling, trainer
 from qpo_jax.policy.model import pretrained_policy
+from qpo_jax.policy.settings import TrainSettings
 from qpo_jax.policy import training_rows
 from qpo_jax.store import dataset
 from qpo_jax.stages import Stage
@@ -69,10 +70,10 @@ def train_policy_round(config: ml_collections.ConfigDict, workdir: str, t: int,
   dataset.read_manifest(data)  # fails first if D_{t-1} is not there
   claim_stage(config, workdir, Stage("round", t))
   cfg, params, tok = policy_init(config)
-  tc = dict(config.train)
+  tc = TrainSettings.of(config.train).for_round(t)
   rows, _ = training_rows.from_dataset(
-      data, tok, query_len=tc["query_len"], prompt_len=tc["prompt_len"],
-      normalize=tc["normalize"], threshold=config.data.threshold,
+      data, tok, query_len=tc.query_len, prompt_len=tc.prompt_len,
+      normalize=tc.normalize, threshold=config.data.threshold,
       top_fraction=config.data.top_fraction, rank_by=config.data.rank_by)
   if not len(rows):
     raise ValueError(f"no record of {data} passes the expert filter "
@@ -82,7 +83,6 @@ def train_policy_round(config: ml_collections.ConfigDict, workdir: str, t: int,
     like = trainer.abstract(params)
     del params
     params = trainer.load_final_params(Workdir(workdir).round(t - 1), like)
-    tc.update(learning_rate=tc["finetune_lr"], epochs=tc["finetune_epochs"])
   mesh = sharding.make_mesh(config.mesh)
   params = sharding.shard_params(params, mesh)
   return trainer.train_round(Workdir(workdir).round(t), cfg, params, rows, tc, mesh=mesh,

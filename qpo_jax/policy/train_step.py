@@ -26,6 +26,7 @@ import optax
 from qpo_jax import sharding
 from qpo_jax.models.config import ModelConfig
 from qpo_jax.policy.model import RETURN_SCALE, PromptDT
+from qpo_jax.policy.settings import TrainSettings
 
 BATCH_KEYS = ("returns", "query", "query_mask", "prompt", "prompt_mask")
 
@@ -37,32 +38,30 @@ class TrainState:
   opt_state: Any
 
 
-def lr_schedule(tc: Mapping[str, Any], steps_per_epoch: int) -> optax.Schedule:
+def lr_schedule(tc: TrainSettings, steps_per_epoch: int) -> optax.Schedule:
   """The spec's step decay (x`decay_rate` every `decay_every_epochs`) or cosine, by config."""
-  lr = float(tc["learning_rate"])
-  if tc["schedule"] == "step":
-    return optax.exponential_decay(lr, max(1, int(tc["decay_every_epochs"] * steps_per_epoch)),
-                                   float(tc["decay_rate"]), staircase=True)
-  if tc["schedule"] == "cosine":
-    total = max(1, int(tc["epochs"] * steps_per_epoch))
-    warmup = min(int(tc["warmup_steps"]), total - 1)
-    return optax.warmup_cosine_decay_schedule(0.0 if warmup else lr, lr, warmup, total)
-  raise ValueError(f"train.schedule={tc['schedule']!r} is not 'step' or 'cosine'")
+  lr = tc.learning_rate
+  if tc.schedule == "step":
+    return optax.exponential_decay(lr, max(1, int(tc.decay_every_epochs * steps_per_epoch)),
+                                   tc.decay_rate, staircase=True)
+  total = max(1, int(tc.epochs * steps_per_epoch))  # cosine
+  warmup = min(tc.warmup_steps, total - 1)
+  return optax.warmup_cosine_decay_schedule(0.0 if warmup else lr, lr, warmup, total)
 
 
-def make_optimizer(tc: Mapping[str, Any], steps_per_epoch: int, params: Any
+def make_optimizer(tc: TrainSettings, steps_per_epoch: int, params: Any
                    ) -> optax.GradientTransformation:
   """AdamW with weight decay after global-norm clipping; frozen backbone (or LoRA), accumulation."""
   schedule = lr_schedule(tc, steps_per_epoch)
-  tx = optax.chain(optax.clip_by_global_norm(float(tc["grad_clip"])),
-                   optax.adamw(schedule, weight_decay=float(tc["weight_decay"])))
-  if tc["freeze_backbone"] or _has_lora(params):
+  tx = optax.chain(optax.clip_by_global_norm(tc.grad_clip),
+                   optax.adamw(schedule, weight_decay=tc.weight_decay))
+  if tc.freeze_backbone or _has_lora(params):
     # the backbone's pretrained weights stay fixed; heads and LoRA adapters train
     labels = jax.tree_util.tree_map(lambda t: "train" if t else "frozen",
-                                    _trainable(params, bool(tc["freeze_backbone"])))
+                                    _trainable(params, tc.freeze_backbone))
     tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
-  if int(tc["grad_accum"]) > 1:
-    tx = optax.MultiSteps(tx, int(tc["grad_accum"]))
+  if tc.grad_accum > 1:
+    tx = optax.MultiSteps(tx, tc.grad_accum)
   return tx
 
 
@@ -159,7 +158,7 @@ class TrainStep:
   shardings: TrainState
 
 
-def make_train_step(cfg: ModelConfig, tc: Mapping[str, Any], steps_per_epoch: int, params: Any,
+def make_train_step(cfg: ModelConfig, tc: TrainSettings, steps_per_epoch: int, params: Any,
                     mesh) -> TrainStep:
   """Optimizer, state shapes and shardings, and the jitted update, built once.
 

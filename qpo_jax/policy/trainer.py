@@ -16,7 +16,7 @@ import math
 import os
 import shutil
 import time
-from typing import Any, Mapping
+from typing import Any
 
 from absl import logging
 import jax
@@ -27,6 +27,7 @@ from qpo_jax import checksums, distributed
 from qpo_jax.models.config import ModelConfig
 from qpo_jax.policy import train_step
 from qpo_jax.policy.batches import Batches
+from qpo_jax.policy.settings import TrainSettings
 from qpo_jax.policy.training_rows import TrainingRows
 from qpo_jax.utils import atomic_write_text, peak_memory_gb, progress_bar
 
@@ -40,7 +41,7 @@ def _trim_metrics(path: str, last_step: int) -> None:
 
 
 def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, rows: TrainingRows,
-                tc: Mapping[str, Any], *, mesh, seed: int, stop_after: int | None = None,
+                tc: TrainSettings, *, mesh, seed: int, stop_after: int | None = None,
                 started: float | None = None) -> Any:
   """Trains from `init_params` on `rows` for `tc.epochs`; returns the final parameters.
 
@@ -54,9 +55,9 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, rows: Traini
   final = os.path.join(round_dir, "final")
   if os.path.exists(final):
     return load_final_params(round_dir, init_params)
-  batches = Batches(rows, batch_size=tc["batch_size"], seed=seed, mesh=mesh,
-                    pad_multiple=int(tc["pad_multiple"]))
-  total = int(tc["epochs"] * batches.steps_per_epoch)
+  batches = Batches(rows, batch_size=tc.batch_size, seed=seed, mesh=mesh,
+                    pad_multiple=tc.pad_multiple)
+  total = int(tc.epochs * batches.steps_per_epoch)
   step_fns = train_step.make_train_step(cfg, tc, batches.steps_per_epoch, init_params, mesh)
   manager, state, latest = _restore_latest_good(round_dir, step_fns, batches, total)
   if state is None:
@@ -67,8 +68,7 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, rows: Traini
   writes = distributed.is_writer()  # the other processes of a multi-process run log nothing
   writer = SummaryWriter(os.path.join(round_dir, "tb")) if writes else None
   rng = jax.random.key(seed)
-  log_every = int(tc["log_every"])
-  ckpt_every = int(tc["checkpoint_every"])
+  log_every, ckpt_every = tc.log_every, tc.checkpoint_every
   start_step = int(state.step)
   bar = progress_bar(total=total, initial=start_step, desc=os.path.basename(round_dir),
                      unit="step")

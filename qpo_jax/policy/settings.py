@@ -1,0 +1,57 @@
+"""The policy's training settings as one typed value, read from a config's `train` section
+once; the trainer, the train step and the fine-tuned baselines take this, not the config.
+
+Numeric ranges are checked with the rest of the config (config_rules.py) before any mode
+starts; what only this layer knows (the schedule's names) is checked here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+SCHEDULES = ("step", "cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+  learning_rate: float  # round 1 peak learning rate
+  schedule: str  # step (x decay_rate every decay_every_epochs) or cosine
+  decay_every_epochs: float
+  decay_rate: float
+  warmup_steps: int  # cosine only
+  epochs: float  # round 1 epochs
+  batch_size: int
+  grad_clip: float  # global-norm clipping
+  weight_decay: float  # AdamW
+  grad_accum: int  # micro-batches per update
+  freeze_backbone: bool  # train the heads (and LoRA adapters) only
+  pad_multiple: int  # length-bucketed batches (0: fixed shapes)
+  log_every: int
+  checkpoint_every: int
+  query_len: int  # Lq, policy tokens of a query
+  prompt_len: int  # Lp, policy tokens of a prompt (+ EOS)
+  normalize: bool  # min-max normalised returns
+  finetune_lr: float  # rounds >= 2
+  finetune_epochs: float  # rounds >= 2
+
+  def __post_init__(self):
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f"train.schedule={self.schedule!r} is not 'step' or 'cosine'")
+
+  @classmethod
+  def of(cls, train: Mapping[str, Any]) -> TrainSettings:
+    """From a config's `train` section (every field; `round` and the like are not training)."""
+    values = {}
+    for field in dataclasses.fields(cls):
+      if field.name not in train:
+        raise ValueError(f"train.{field.name} is missing (configs/base.py lists every field)")
+      kind = {"float": float, "int": int, "bool": bool, "str": str}[field.type]
+      values[field.name] = kind(train[field.name])
+    return cls(**values)
+
+  def for_round(self, t: int) -> TrainSettings:
+    """Round t's settings: rounds after the first fine-tune (finetune_lr, finetune_epochs)."""
+    if t <= 1:
+      return self
+    return dataclasses.replace(self, learning_rate=self.finetune_lr, epochs=self.finetune_epochs)
