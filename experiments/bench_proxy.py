@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from qpo_jax import decoding  # noqa: E402
 from qpo_jax.policy import rounds  # noqa: E402
 from qpo_jax.policy.serve import PolicyServer  # noqa: E402
+from qpo_jax.policy.settings import SampleSettings  # noqa: E402
 from qpo_jax.targets import run_target  # noqa: E402
 from qpo_jax.targets.server import make_server, serve_in_thread  # noqa: E402
 from qpo_jax.tasks import get_task, load_splits  # noqa: E402
@@ -76,8 +77,8 @@ def main(argv):
     sampler = rounds.prompt_sampler(config, _WORKDIR.value, 0)
   else:
     cfg, params, tok = rounds.policy_init(config)
-    sampler = rounds.PromptSampler(cfg, params, tok, config.sample, config.train.query_len,
-                                   config.train.prompt_len, round=0)
+    sampler = rounds.PromptSampler(cfg, params, tok, SampleSettings.of(config.sample),
+                                   config.train.query_len, config.train.prompt_len, round=0)
   task = get_task(config.task.name)
   _, splits = load_splits(config.task, ("test",))
   tweets = [ex.query for ex in splits["test"]]

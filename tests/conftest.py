@@ -82,6 +82,7 @@ def untrained_proxy(api_key: str, max_tokens: int):
   """(sampler, target, task, server) of a proxy over the tiny config's untrained policy,
   serving on loopback (request handling needs no trained run); shut the server down."""
   from qpo_jax.policy import rounds
+  from qpo_jax.policy.settings import SampleSettings
   from qpo_jax.policy.serve import PolicyServer
   from qpo_jax.targets import build_target
   from qpo_jax.targets.server import Limits, make_server, serve_in_thread
@@ -91,8 +92,8 @@ def untrained_proxy(api_key: str, max_tokens: int):
   config = load_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs",
                                     "tiny.py"))
   cfg, params, tok = rounds.policy_init(config)
-  sampler = rounds.PromptSampler(cfg, params, tok, config.sample, config.train.query_len,
-                                 config.train.prompt_len, round=0)
+  sampler = rounds.PromptSampler(cfg, params, tok, SampleSettings.of(config.sample),
+                                 config.train.query_len, config.train.prompt_len, round=0)
   target, task = build_target(config.target), get_task("topics")
   server = make_server(PolicyServer(sampler, task, target, "qpo-topics"), api_key=api_key,
                        limits=Limits(max_tokens=max_tokens))

@@ -22,10 +22,9 @@ import jax
 import ml_collections
 
 from qpo_jax import distributed, fingerprint, sharding, stages
-from qpo_jax.policy import sampling, trainer
+from qpo_jax.policy import sampling, trainer, training_rows
 from qpo_jax.policy.model import pretrained_policy
-from qpo_jax.policy.settings import TrainSettings
-from qpo_jax.policy import training_rows
+from qpo_jax.policy.settings import SampleSettings, TrainSettings
 from qpo_jax.store import dataset
 from qpo_jax.stages import Stage
 from qpo_jax.workdir import Workdir
@@ -96,7 +95,7 @@ class PromptSampler:
   cfg: Any
   params: Any
   tokenizer: Any
-  sample: ml_collections.ConfigDict
+  sample: SampleSettings
   query_len: int
   prompt_len: int
   round: int
@@ -112,7 +111,7 @@ class PromptSampler:
     index, so they are those of one process).
     """
     sc = self.sample
-    knobs = dict(sc.collect) if collect else dict(sc.test)
+    knobs = dataclasses.asdict(sc.collect if collect else sc.test)
     n = (num_samples or sc.num_samples) if collect else 1
     mine = distributed.share(len(queries))
     local = sampling.decode_prompts(
@@ -146,8 +145,8 @@ def prompt_sampler(config: ml_collections.ConfigDict, workdir: str, t: int) -> P
   like = trainer.abstract(params)  # the init's arrays go before the trained ones come
   del params
   params = trainer.load_final_params(wd.round(t), like)
-  return PromptSampler(cfg, params, tok, config.sample, config.train.query_len,
-                       config.train.prompt_len, t)
+  return PromptSampler(cfg, params, tok, SampleSettings.of(config.sample),
+                       config.train.query_len, config.train.prompt_len, t)
 
 
 def policy_prompts(config: ml_collections.ConfigDict, workdir: str, t: int, queries: Sequence[str],

@@ -1,5 +1,6 @@
-"""The policy's training settings as one typed value, read from a config's `train` section
-once; the trainer, the train step and the fine-tuned baselines take this, not the config.
+"""The policy's training and sampling settings as typed values, read from a config's `train`
+and `sample` sections once; the trainer, the train step, the sampler and the fine-tuned
+baselines take these, not the config.
 
 Numeric ranges are checked with the rest of the config (config_rules.py) before any mode
 starts; what only this layer knows (the schedule's names) is checked here.
@@ -55,3 +56,28 @@ class TrainSettings:
     if t <= 1:
       return self
     return dataclasses.replace(self, learning_rate=self.finetune_lr, epochs=self.finetune_epochs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoding:
+  temperature: float  # 0: greedy
+  top_k: int  # 0: all tokens
+  top_p: float  # 1: all tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleSettings:
+  """How a policy writes prompts: greedy-by-default for test prompts, sampled for collection."""
+  target_return: float  # R*, the return the policy is conditioned on
+  num_samples: int  # collection: prompts per query
+  batch_size: int  # queries per sampling batch
+  test: Decoding
+  collect: Decoding
+
+  @classmethod
+  def of(cls, sample: Mapping[str, Any]) -> SampleSettings:
+    """From a config's `sample` section."""
+    def decoding(d: Mapping[str, Any]) -> Decoding:
+      return Decoding(float(d["temperature"]), int(d["top_k"]), float(d["top_p"]))
+    return cls(float(sample["target_return"]), int(sample["num_samples"]),
+               int(sample["batch_size"]), decoding(sample["test"]), decoding(sample["collect"]))
