@@ -305,9 +305,16 @@ def collect_round(config: ml_collections.ConfigDict, workdir: str, t: int, targe
 
 
 def run_loop(config: ml_collections.ConfigDict, workdir: str, target=None) -> dict[str, Any]:
-  """The whole of Algorithm 1 plus the evaluation; returns the results table (see report.py)."""
+  """The whole of Algorithm 1 plus the evaluation; returns the results table (see report.py).
+  Checks the config and the workdir's stages first (`modes.run` does so, then calls
+  `run_stages`)."""
   validate(config)
   rounds.check_workdir(config, workdir)
+  return run_stages(config, workdir, target)
+
+
+def run_stages(config: ml_collections.ConfigDict, workdir: str, target=None) -> dict[str, Any]:
+  """`run_loop` for a caller that has checked the config and the workdir."""
   os.makedirs(workdir, exist_ok=True)
   target = target or run_target(config)
   cache = EvalCache.of_workdir(workdir)

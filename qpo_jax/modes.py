@@ -181,7 +181,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def run_loop(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Everything: D_0, T loops of train / collect / merge, evaluation, table and plot."""
-  return loop.run_loop(config, workdir)
+  return loop.run_stages(config, workdir)  # run() checked the config and the workdir
 
 
 def inspect_data(config: ml_collections.ConfigDict, workdir: str) -> str:

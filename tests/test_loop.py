@@ -301,3 +301,19 @@ def test_modes_check_only_what_they_use(tmp_path, tiny_run):
   assert "records" in modes.run("inspect_data", changed, work)
   with pytest.raises(ValueError, match=r"train.epochs: 3 -> 7"):
     modes.run("sample_prompts", changed, work)
+
+
+@pytest.mark.integration
+def test_the_main_path_checks_the_config_and_the_workdir_once(tiny_run, monkeypatch):
+  """modes.run checks, then runs the stages; run_loop checks only when called directly."""
+  import collections
+  from qpo_jax.policy import rounds
+
+  calls = collections.Counter()
+  for module, name in ((loop, "validate"), (rounds, "check_workdir")):
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **k:
+                        calls.update([_name]) or _real(*a, **k))
+  result = modes.run("loop", repo_config("tiny.py"), tiny_run[0])  # finished: every stage skips
+  assert calls == {"validate": 1, "check_workdir": 1}
+  assert result["methods"] == tiny_run[1]["methods"]
