@@ -132,6 +132,9 @@ class Target:
 
   def outcomes(self, items: Sequence[Example], prompt: str) -> list[Outcome]:
     """Each query's zero-shot `Outcome` with `prompt` (prediction, NLLs, correctness)."""
+    if any(isinstance(x, str) for x in items):
+      raise ValueError("a plain string has no gold answer to score: pass Examples "
+                       "(qpo_jax.queries) or ask for answers()")
     return evaluation.evaluate_pairs(self.task, self.backend,
                                      [(q, prompt) for q in self._examples(items)],
                                      cache=self.cache, max_new_tokens=self.max_new_tokens)

@@ -74,6 +74,9 @@ def test_a_target_takes_strings_only_for_one_field_tasks():
   with pytest.raises(ValueError, match=r"task 'boolq' has fields \['passage', 'question'\]: "
                      "pass Examples, not strings"):
     target.answers(["Is the sky blue?"], "Answer yes or no.")
+  target = qpo_jax.Target(get_task("topics"), backend=None, cache=None, max_new_tokens=1)
+  with pytest.raises(ValueError, match="a plain string has no gold answer to score"):
+    target.accuracy(["The striker scored twice"], "Topic?")
 
 
 @pytest.mark.integration
