@@ -24,8 +24,7 @@ from qpo_jax.policy import rounds, trainer
 from qpo_jax.store import dataset
 from qpo_jax.store.records import Record
 from qpo_jax.targets import run_target, server as server_lib
-from qpo_jax.tasks import Example, Task, load_splits, task_of
-from qpo_jax.tasks import base as task_base
+from qpo_jax.tasks import Example, Task, task_of
 from qpo_jax.utils import configs_dir, load_config as _load_config_file
 from qpo_jax.workdir import Workdir
 
@@ -106,9 +105,7 @@ def queries(config: ml_collections.ConfigDict, n: int, split: str = "test") -> l
   """`n` class-balanced queries of `split`, seeded by `config.seed` as evaluate_prompts and
   sample_prompts draw them (texts cut to task.max_words)."""
   loop.validate(config, policy=False)
-  _, splits = load_splits(config.task, (split,))
-  return task_base.sample_queries(splits[split], n, seed=config.seed,
-                                  max_words=config.task.max_words)
+  return modes.sampled_queries(config, split, n)[1]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -53,6 +53,15 @@ def generate_answers(config: ml_collections.ConfigDict, workdir: str) -> list[di
   return records
 
 
+def sampled_queries(config: ml_collections.ConfigDict, split: str, n: int
+                    ) -> tuple[task_base.Task, list[task_base.Example]]:
+  """The task and `n` class-balanced queries of `split`, seeded by `config.seed` and cut to
+  task.max_words: what evaluate_prompts and sample_prompts score (and `qpo_jax.queries`)."""
+  task, splits = load_splits(config.task, (split,))
+  return task, task_base.sample_queries(splits[split], n, seed=config.seed,
+                                        max_words=config.task.max_words)
+
+
 def evaluate_prompts(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Accuracy of each prompt on sampled queries of a split, the best one, and the per-query oracle.
 
@@ -61,9 +70,7 @@ def evaluate_prompts(config: ml_collections.ConfigDict, workdir: str) -> dict:
   in the workdir, so a rerun or a larger prompt list only pays for new pairs.
   """
   ev = config.eval_prompts
-  task, splits = load_splits(config.task, (ev.split,))
-  queries = task_base.sample_queries(splits[ev.split], ev.num_queries, seed=config.seed,
-                                     max_words=config.task.max_words)
+  task, queries = sampled_queries(config, ev.split, ev.num_queries)
   demos = ()
   if ev.setting == evaluation.FEW_SHOT:
     _, train = load_splits(config.task, ("train",))
@@ -213,9 +220,7 @@ def train_policy(config: ml_collections.ConfigDict, workdir: str):
 def sample_prompts(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """Greedy prompts of round `round` (0: the last finished) for `eval_prompts.num_queries`
   test queries."""
-  task, splits = load_splits(config.task, ("test",))
-  queries = task_base.sample_queries(splits["test"], config.eval_prompts.num_queries,
-                                     seed=config.seed, max_words=config.task.max_words)
+  _, queries = sampled_queries(config, "test", config.eval_prompts.num_queries)
   sampler = rounds.prompt_sampler(config, workdir, config.round)
   prompts = sampler([q.query for q in queries], collect=False, seed=config.seed)
   rows = [{"query": q.query, "prompt": p[0]} for q, p in zip(queries, prompts)]
