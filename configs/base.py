@@ -4,7 +4,9 @@ Not an experiment to run (its sizes are the spec's, for a GPU, with the embedded
 SmolLM2 and the packaged TweetEval as placeholders); the experiment configs (`tiny.py`, `quickstart.py`, `tweet_emotion.py`, `paper.py`)
 start from `get_config()` here and change only what differs, so every config has
 the same fields and `--config.<field>=...` works, or names the typo, on any of them.
-The config is locked: setting a field that is not here is an error.
+The config is locked: setting a field that is not here is an error. Below the sections,
+`RULES` gives each number's range (checked before any mode starts) and `NEUTRAL` the
+fields that cannot change a result: a new field is added in this file only.
 """
 
 import ml_collections
@@ -22,6 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.compile_cache = True  # keep compiled XLA programs in <workdir>/xla_cache: reruns load them (False: JAX's own setting)
 
   c.target = dict(
+      backend="local",  # local: our JAX model (target.local applies); http: a server (target.http)
+      # the model: what `local` loads (and `generate`, `serve_target`); `http` sends `name`
       name="smollm2-135m-instruct",  # registry name: smollm2-135m-instruct, hf, gguf, random, or the API model
       path="",  # checkpoint directory or file ("" : the embedded default where the name has one)
       tokenizer_path="",  # tokenizer directory when it is not beside the checkpoint
@@ -30,18 +34,19 @@ def get_config() -> ml_collections.ConfigDict:
       seed=0,  # init seed of a `random` model
       dtype="float32",  # compute dtype
       param_dtype="float32",  # parameter dtype
-      backend="local",  # local (our JAX model) or http (an OpenAI-compatible server)
-      chat=True,  # render prompts with the model's chat template
-      batch_size=16,  # scoring / generation batch
-      length_multiple=8,  # pad sequence lengths to a multiple of this (fewer compilations)
-      base_url="",  # http: server URL ("" : $OPENAI_BASE_URL)
-      model="",  # http: model name sent to the server ("" : target.name)
-      api_key_env="OPENAI_API_KEY",  # http: environment variable holding the key
-      scoring="completions",  # http: completions (echo logprobs) or chat_first_token
-      concurrency=4,  # http: requests in flight
-      max_retries=5,  # http: retries on 429/5xx/timeouts
-      timeout_s=60.0,  # http: per-request timeout
-      backoff_s=1.0)  # http: first retry delay (doubles each retry)
+      local=dict(  # backend=local: how our JAX model is asked
+          chat=True,  # render prompts with the model's chat template
+          batch_size=16,  # scoring / generation batch
+          length_multiple=8),  # pad sequence lengths to a multiple of this (fewer compilations)
+      http=dict(  # backend=http: how an OpenAI-compatible server is asked
+          base_url="",  # server URL ("" : $OPENAI_BASE_URL)
+          model="",  # model name sent to the server ("" : target.name)
+          api_key_env="OPENAI_API_KEY",  # environment variable holding the key
+          scoring="completions",  # completions (echo logprobs) or chat_first_token
+          concurrency=4,  # requests in flight
+          max_retries=5,  # retries on 429/5xx/timeouts
+          timeout_s=60.0,  # per-request timeout
+          backoff_s=1.0))  # first retry delay (doubles each retry)
 
   c.task = dict(
       name="tweet_emotion",  # registry name (qpo_jax/tasks)
@@ -201,3 +206,64 @@ def get_config() -> ml_collections.ConfigDict:
       batch_size=4)  # questions per batch
   c.lock()
   return c
+
+
+# What each number above may be (a kind of qpo_jax/config_rules.py), checked before any
+# mode starts; a test fails on a numeric field without one.
+RULES = {
+    "seed": "seed", "round": "round",
+    "mesh.data": "mesh_axis", "mesh.fsdp": "mesh_axis", "mesh.tensor": "mesh_axis",
+    "target.seed": "seed", "target.local.batch_size": "positive_int",
+    "target.local.length_multiple": "positive_int", "target.http.concurrency": "positive_int",
+    "target.http.max_retries": "count", "target.http.timeout_s": "positive",
+    "target.http.backoff_s": "non_negative",
+    "task.seed": "seed", "task.max_words": "positive_int", "task.data.size": "positive_int",
+    "task.data.seed": "seed", "task.data.label_base": "count",
+    "data.num_queries": "count", "data.num_demo_sets": "positive_int",
+    "data.num_demos": "positive_int", "data.threshold": "any", "data.top_fraction": "fraction",
+    "data.prompts_per_query": "count", "data.max_bad_fraction": "unit",
+    "data.prompts_per_chunk": "positive_int", "data.records_per_shard": "positive_int",
+    "data.max_new_tokens": "positive_int",
+    "policy.seed": "seed", "policy.lora_rank": "count", "policy.lora_alpha": "positive",
+    "train.learning_rate": "positive", "train.epochs": "positive",
+    "train.decay_every_epochs": "positive", "train.decay_rate": "fraction",
+    "train.warmup_steps": "count", "train.batch_size": "positive_int",
+    "train.grad_accum": "positive_int", "train.grad_clip": "positive",
+    "train.pad_multiple": "positive_int", "train.weight_decay": "non_negative",
+    "train.query_len": "positive_int", "train.prompt_len": "positive_int",
+    "train.finetune_lr": "non_negative", "train.finetune_epochs": "non_negative",
+    "train.log_every": "positive_int", "train.checkpoint_every": "positive_int",
+    "sample.target_return": "any", "sample.num_samples": "positive_int",
+    "sample.batch_size": "positive_int", "sample.test.temperature": "non_negative",
+    "sample.test.top_k": "count", "sample.test.top_p": "fraction",
+    "sample.collect.temperature": "non_negative", "sample.collect.top_k": "count",
+    "sample.collect.top_p": "fraction",
+    "loop.num_loops": "positive_int", "loop.collect_batches": "positive_int",
+    "loop.collect_queries": "positive_int", "loop.parents": "count", "loop.rewrites": "count",
+    "loop.edits": "count", "loop.junk_quantile": "fraction", "loop.max_screen": "positive_int",
+    "loop.screen_queries": "positive_int", "loop.new_prompts": "positive_int",
+    "loop.prompt_queries": "count",
+    "eval.num_queries": "positive_int", "eval.num_demo_sets": "positive_int",
+    "eval.num_demos": "positive_int", "eval.max_new_tokens": "positive_int",
+    "eval.validation_queries": "count", "eval.purity_queries": "count", "eval.best_of_n": "count",
+    "eval_prompts.num_queries": "positive_int", "eval_prompts.num_demo_sets": "positive_int",
+    "eval_prompts.num_demos": "positive_int", "eval_prompts.max_new_tokens": "positive_int",
+    "serve.port": "port", "serve.max_tokens": "positive_int", "serve.max_body_bytes": "positive_int",
+    "serve.request_timeout_s": "positive", "serve.max_prompt_tokens": "positive_int",
+    "serve.chunk_tokens": "positive_int",
+    "optimize.num_samples": "count", "optimize.batch_size": "positive_int",
+    "generate.max_new_tokens": "positive_int", "generate.batch_size": "positive_int",
+}
+
+# Fields that cannot change a result: left out of stage fingerprints (qpo_jax/fingerprint.py),
+# so changing one never stops a workdir from resuming.
+NEUTRAL = frozenset({
+    "target.local.batch_size", "target.local.length_multiple", "target.http.concurrency",
+    "target.http.max_retries", "target.http.timeout_s", "target.http.backoff_s",
+    "target.http.api_key_env",
+    "data.inspect", "data.records_per_shard", "data.prompts_per_chunk",
+    "progress", "train.log_every", "train.checkpoint_every",
+    "loop.num_loops", "loop.final_collection"})
+# Not neutral though they change no arithmetic: `policy.remat` and `sample.batch_size` change
+# the order of floating-point sums, and the trained policy's greedy prompts moved with them
+# (QPO 0.540-0.590 over four such runs of the quickstart), so they are part of a stage.

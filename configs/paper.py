@@ -10,9 +10,10 @@ setting id 'task,setting,target' that the tables and results.json use):
 
 Settings: TASKS x {zero_shot, few_shot} with a Llama-2-chat target (7b, 13b, 70b: the
 scale study) for the six NLU tasks, and zero-shot math (gsm8k, svamp) with an
-OpenAI-compatible target (gpt-3.5-turbo, gpt-4o) or a local Llama. Data: the
-files under `task.data.dir` (defaults point at ../shared/data where it has the task) or
-tensorflow-datasets (`--config.task.data.kind=tfds --config.task.data.data_dir=...`).
+OpenAI-compatible target (gpt-3.5-turbo, gpt-4o) or a local Llama. Data: task files
+and the InstructEval / Prompt-OIRL prompt collections under $QPO_DATA (its layout:
+docs/tasks_and_data.md; TweetEval's files ship in the package), or tensorflow-datasets
+for the tasks it has (`--config.task.data.kind=tfds --config.task.data.data_dir=...`).
 
 Hyperparameters (spec): GPT-2-small policy, Lq = 40, Lp = 64 (the spec's 40 would cut
 the longest source prompts: InstructEval's ag_news and tweet_emotion prompts run to 49 and 42
@@ -35,26 +36,21 @@ approaching the per-query oracle (the paper's claim; reproduce it with experimen
 import ml_collections
 
 from qpo_jax.configs import base
+from qpo_jax.utils import data_dir
 
 NLU = ("ag_news", "imdb", "tweet_emotion", "boolq", "cosmos_qa", "hellaswag")
 MATH = ("gsm8k", "svamp")
 LOCAL_TARGETS = {"llama-2-7b-chat": "llama-2-7b", "llama-2-13b-chat": "llama-2-13b",
                  "llama-2-70b-chat": "llama-2-70b"}
 API_TARGETS = ("gpt-3.5-turbo", "gpt-4o")
-SHARED = "../shared/data"
 # Expert filter (raw reward): zero-shot R = 10*correct + 10*avg_acc - NLL, so 5 keeps the
 # correct answers; few-shot R = 10*(acc_q + avg_acc), so 10 keeps prompts right on about
 # half the demo sets or more. Then each query's top 5% (1-2 of ~30 source prompts).
 THRESHOLD = {"zero_shot": 5.0, "few_shot": 10.0}
-# Tasks whose files are in ../shared/data, with the file names there.
-FILES = {
-    "tweet_emotion": dict(),  # its files ship in the package
-    "ag_news": dict(dir=f"{SHARED}/ag_news"),
-    "gsm8k": dict(dir=f"{SHARED}/gsm8k"),
-    "svamp": dict(dir=f"{SHARED}/svamp"),
-    "boolq": dict(dir=f"{SHARED}/boolq"),
-    "cosmos_qa": dict(dir=f"{SHARED}/cosmos_qa"),
-}
+# Tasks read from files: their folder under $QPO_DATA (TweetEval's ship in the package);
+# the others come from tensorflow-datasets.
+FILES = {"tweet_emotion": None, "ag_news": "ag_news", "gsm8k": "gsm8k", "svamp": "svamp",
+         "boolq": "boolq", "cosmos_qa": "cosmos_qa"}
 
 
 def settings() -> list[str]:
@@ -86,22 +82,25 @@ def get_config(arg: str = "task=tweet_emotion,setting=few_shot,target=llama-2-7b
   math = task in MATH
   c = base.get_config()
   c.task.name = task
-  c.task.data.update(kind="files" if task in FILES else "tfds", **FILES.get(task, {}))
+  c.task.data.update(kind="files" if task in FILES else "tfds")
+  if FILES.get(task):
+    c.task.data.dir = data_dir(FILES[task])
   if target in LOCAL_TARGETS:
     c.target.update(name="hf", preset=LOCAL_TARGETS[target], dtype="bfloat16",
-                    param_dtype="bfloat16", batch_size=32, length_multiple=64, concurrency=8)
+                    param_dtype="bfloat16")
+    c.target.local.update(batch_size=32, length_multiple=64)
   else:
-    c.target.update(name=target, backend="http", dtype="", param_dtype="", length_multiple=64,
-                    base_url="https://api.openai.com/v1", model=target,
-                    scoring="chat_first_token", concurrency=8, timeout_s=120.0)
+    c.target.update(name=target, backend="http", dtype="", param_dtype="")
+    c.target.http.update(base_url="https://api.openai.com/v1", model=target,
+                         scoring="chat_first_token", concurrency=8, timeout_s=120.0)
   c.policy.update(name="hf", preset="gpt2-small")
-  c.data.update(prompts_dir=f"{SHARED}/prompts/instructeval/instructions", lp_model="llama7b",
+  c.data.update(prompts_dir=data_dir("prompts", "instructeval", "instructions"), lp_model="llama7b",
                 settings=(setting,), num_demo_sets=5, num_demos=6,
                 threshold=THRESHOLD[setting], top_fraction=0.05, prompts_per_chunk=8,
                 max_new_tokens=512)
   if math:  # source prompts: Prompt-OIRL's 6 training prompts
-    c.data.update(prompts_dir="", prompts_file=f"{SHARED}/prompt_oirl/prompts_16.json",
-                  aliases_file=f"{SHARED}/prompt_oirl/prompt_aliases_16.json",
+    c.data.update(prompts_dir="", prompts_file=data_dir("prompt_oirl", "prompts_16.json"),
+                  aliases_file=data_dir("prompt_oirl", "prompt_aliases_16.json"),
                   prompt_sources=("nan", "CoT", "APE", "Dis", "ToT", "Decomp"))
   c.train.update(prompt_len=64)
   c.eval.update(settings=(setting,), num_queries=200 if math else 100)

@@ -10,8 +10,8 @@ from qpo_jax.configs import base
 
 def get_config():
   c = base.get_config()
-  c.target.update(name="random", preset="tiny-llama", tokenizer="smollm2", batch_size=8,
-                  length_multiple=32)
+  c.target.update(name="random", preset="tiny-llama", tokenizer="smollm2")
+  c.target.local.update(batch_size=8, length_multiple=32)
   c.task.update(name="topics")
   c.task.data.update(kind="builtin", size=80)
   c.eval_prompts.update(num_queries=8, num_demo_sets=3, num_demos=4, max_new_tokens=128)

@@ -29,12 +29,12 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from qpo_jax import decoding  # noqa: E402
-from qpo_jax.policy import rounds  # noqa: E402
+from qpo_jax import rounds  # noqa: E402
+from qpo_jax.policy.sampling import PromptSampler  # noqa: E402
 from qpo_jax.policy.serve import PolicyServer  # noqa: E402
 from qpo_jax.policy.settings import SampleSettings  # noqa: E402
-from qpo_jax.targets import run_target  # noqa: E402
+from qpo_jax.run import Run  # noqa: E402
 from qpo_jax.targets.server import make_server, serve_in_thread  # noqa: E402
-from qpo_jax.tasks import get_task, load_splits  # noqa: E402
 from qpo_jax.utils import load_config, show_progress, write_table  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,16 +73,15 @@ def main(argv):
   del argv
   show_progress(False)
   config = load_config(_CONFIG.value)
+  run = Run(config, _WORKDIR.value)
   if _WORKDIR.value:
-    sampler = rounds.prompt_sampler(config, _WORKDIR.value, 0)
+    sampler = rounds.prompt_sampler(run, 0)
   else:
-    cfg, params, tok = rounds.policy_init(config)
-    sampler = rounds.PromptSampler(cfg, params, tok, SampleSettings.of(config.sample),
+    cfg, params, tok = run.pretrained_policy()
+    sampler = PromptSampler(cfg, params, tok, SampleSettings.of(config.sample),
                                    config.train.query_len, config.train.prompt_len, round=0)
-  task = get_task(config.task.name)
-  _, splits = load_splits(config.task, ("test",))
-  tweets = [ex.query for ex in splits["test"]]
-  server = make_server(PolicyServer(sampler, task, run_target(config), "qpo"))
+  tweets = [ex.query for ex in run.splits["test"]]
+  server = make_server(PolicyServer(sampler, run.task, run.target, "qpo"))
   serve_in_thread(server)
   port = server.server_address[1]
   rows = []

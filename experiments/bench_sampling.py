@@ -37,9 +37,11 @@ from qpo_jax.checkpoints.registry import load_model, smollm2_gguf_path
 from qpo_jax.policy import sampling
 from qpo_jax.policy.model import init_policy
 from qpo_jax.sharding import shard_params
+from qpo_jax.tasks.paper import package_data
 from qpo_jax.utils import write_table
 
-_DATA = flags.DEFINE_string("data_dir", "../shared/data/tweet_emotion", "TweetEval emotion files")
+_DATA = flags.DEFINE_string("data_dir", package_data("tweet_emotion"),
+                             "TweetEval emotion files (default: the packaged copy)")
 _BATCHES = flags.DEFINE_list("batches", ["1", "8"], "batch sizes")
 _NEW = flags.DEFINE_integer("new_tokens", 40, "tokens generated per row (the paper's Lp is 40)")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed rounds (round-robin; best is reported)")

@@ -1,6 +1,6 @@
 """Option-scoring throughput on TweetEval: our batched JAX scorer vs HF PyTorch, in one run.
 
-  .venv/bin/python experiments/bench_scoring.py --data_dir=../shared/data/tweet_emotion
+  .venv/bin/python experiments/bench_scoring.py
 
 Three scorers rate the same (query, prompt) pairs over the four emotion options
 with SmolLM2-135M-Instruct (the same dequantized weights, float32):
@@ -34,9 +34,11 @@ from qpo_jax import scoring
 from bench_common import best_times
 from qpo_jax.checkpoints.registry import load_model, smollm2_gguf_path
 from qpo_jax.sharding import shard_params
+from qpo_jax.tasks.paper import package_data
 from qpo_jax.utils import write_table
 
-_DATA = flags.DEFINE_string("data_dir", "../shared/data/tweet_emotion", "TweetEval emotion files")
+_DATA = flags.DEFINE_string("data_dir", package_data("tweet_emotion"),
+                             "TweetEval emotion files (default: the packaged copy)")
 _N = flags.DEFINE_integer("n", 48, "queries to score")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "rows per jitted scoring call (ours)")
 _MULTIPLE = flags.DEFINE_integer("length_multiple", 8, "prefix lengths are padded to a multiple")

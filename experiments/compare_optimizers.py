@@ -62,7 +62,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from qpo_jax import evaluation, loop, report  # noqa: E402
 from qpo_jax.eval_cache import EvalCache  # noqa: E402
-from qpo_jax.targets import HttpTarget, LocalTarget, run_target  # noqa: E402
+from qpo_jax.run import Run  # noqa: E402
+from qpo_jax.targets import HttpTarget, LocalTarget  # noqa: E402
 from qpo_jax.tasks import CHOICE, load_splits  # noqa: E402
 from qpo_jax.utils import atomic_write_text, load_config, read_json, show_progress  # noqa: E402
 
@@ -345,7 +346,7 @@ def main(argv):
   cut = len(train_rows) - max(1, int(len(train_rows) * 0.8))
   examples = {ex.query: ex for ex in train_rows + queries}
 
-  target = run_target(config)
+  target = Run(config).target
   cache = EvalCache(os.path.join(workdir, "eval_cache.sqlite"))
   tokenizer = target.lm.tokenizer if isinstance(target, LocalTarget) and target.chat else None
 

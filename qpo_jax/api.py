@@ -16,15 +16,17 @@ from typing import Any, Iterator, Sequence
 
 import ml_collections
 
-from qpo_jax import evaluation, loop, modes
+from qpo_jax import evaluation, loop, modes, rounds
 from qpo_jax import optimize as optimize_lib
 from qpo_jax.eval_cache import EvalCache
 from qpo_jax.evaluation import Outcome
-from qpo_jax.policy import rounds, trainer
+from qpo_jax.policy import trainer
+from qpo_jax.policy.sampling import PromptSampler
+from qpo_jax.run import Run
 from qpo_jax.store import dataset
 from qpo_jax.store.records import Record
-from qpo_jax.targets import run_target, server as server_lib
-from qpo_jax.tasks import Example, Task, task_of
+from qpo_jax.targets import server as server_lib
+from qpo_jax.tasks import Example, Task
 from qpo_jax.utils import configs_dir, load_config as _load_config_file
 from qpo_jax.workdir import Workdir
 
@@ -82,7 +84,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 class Policy:
   """A trained round's policy, loaded once; `prompts` writes prompts for queries."""
 
-  sampler: rounds.PromptSampler
+  sampler: PromptSampler
 
   @property
   def round(self) -> int:
@@ -98,14 +100,14 @@ class Policy:
 
 def load_policy(config: ml_collections.ConfigDict, workdir: str, round: int = 0) -> Policy:  # pylint: disable=redefined-builtin
   """Round `round` of a run's policy (0: the last finished), checked against the config."""
-  return Policy(rounds.prompt_sampler(config, workdir, round))
+  return Policy(rounds.prompt_sampler(Run(config, workdir), round))
 
 
 def queries(config: ml_collections.ConfigDict, n: int, split: str = "test") -> list[Example]:
   """`n` class-balanced queries of `split`, seeded by `config.seed` as evaluate_prompts and
   sample_prompts draw them (texts cut to task.max_words)."""
   loop.validate(config, policy=False)
-  return modes.sampled_queries(config, split, n)[1]
+  return modes.sampled_queries(Run(config), split, n)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,9 +155,8 @@ class Target:
 def load_target(config: ml_collections.ConfigDict, workdir: str) -> Target:
   """The run's target (config.target on config.mesh) with `<workdir>/eval_cache.sqlite`."""
   loop.validate(config, policy=False)
-  os.makedirs(workdir, exist_ok=True)
-  return Target(task_of(config.task), run_target(config), EvalCache.of_workdir(workdir),
-                int(config.eval.max_new_tokens))
+  run = Run(config, workdir)
+  return Target(run.task, run.target, run.cache, int(config.eval.max_new_tokens))
 
 
 def read_dataset(workdir: str, t: int = 0) -> tuple[list[Record], dict[str, Any]]:
@@ -179,7 +180,7 @@ def serving_policy(config: ml_collections.ConfigDict, workdir: str) -> Iterator[
   target, config.serve's host, port, bounds and key) in a thread; yields its base URL
   (`http://host:port/v1`) and stops it on exit."""
   loop.validate(config)
-  server = modes.http_server(config, modes.proxy(config, workdir))
+  server = modes.http_server(config, modes.proxy(Run(config, workdir)))
   server_lib.serve_in_thread(server)
   try:
     host, port = server.server_address[:2]

@@ -1,13 +1,14 @@
 """The range of every number in a config, checked before any mode loads a model or writes.
 
-`RULES` names a rule for each numeric field of configs/base.py (a test walks the
-schema and fails on a numeric field without one, so a new field cannot be left
-unchecked); `check` applies them and raises naming the field, its value and what it
+configs/base.py's `RULES` names a rule (a kind below) for each of its numeric fields
+(a test walks the schema and fails on a numeric field without one, so a new field
+cannot be left unchecked); `check` applies them and raises naming the field, its value and what it
 must be. Fields that may be unset (None) are checked only when set.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from typing import Any, Callable, Mapping
@@ -40,49 +41,9 @@ KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "any": (_number, "a number"),
 }
 
-RULES: dict[str, str] = {
-    "seed": "seed", "round": "round",
-    "mesh.data": "mesh_axis", "mesh.fsdp": "mesh_axis", "mesh.tensor": "mesh_axis",
-    "target.seed": "seed", "target.batch_size": "positive_int",
-    "target.length_multiple": "positive_int", "target.concurrency": "positive_int",
-    "target.max_retries": "count", "target.timeout_s": "positive", "target.backoff_s": "non_negative",
-    "task.seed": "seed", "task.max_words": "positive_int", "task.data.size": "positive_int",
-    "task.data.seed": "seed", "task.data.label_base": "count",
-    "data.num_queries": "count", "data.num_demo_sets": "positive_int",
-    "data.num_demos": "positive_int", "data.threshold": "any", "data.top_fraction": "fraction",
-    "data.prompts_per_query": "count", "data.max_bad_fraction": "unit",
-    "data.prompts_per_chunk": "positive_int", "data.records_per_shard": "positive_int",
-    "data.max_new_tokens": "positive_int",
-    "policy.seed": "seed", "policy.lora_rank": "count", "policy.lora_alpha": "positive",
-    "train.learning_rate": "positive", "train.epochs": "positive",
-    "train.decay_every_epochs": "positive", "train.decay_rate": "fraction",
-    "train.warmup_steps": "count", "train.batch_size": "positive_int",
-    "train.grad_accum": "positive_int", "train.grad_clip": "positive",
-    "train.pad_multiple": "positive_int", "train.weight_decay": "non_negative",
-    "train.query_len": "positive_int", "train.prompt_len": "positive_int",
-    "train.finetune_lr": "non_negative", "train.finetune_epochs": "non_negative",
-    "train.log_every": "positive_int", "train.checkpoint_every": "positive_int",
-    "sample.target_return": "any", "sample.num_samples": "positive_int",
-    "sample.batch_size": "positive_int", "sample.test.temperature": "non_negative",
-    "sample.test.top_k": "count", "sample.test.top_p": "fraction",
-    "sample.collect.temperature": "non_negative", "sample.collect.top_k": "count",
-    "sample.collect.top_p": "fraction",
-    "loop.num_loops": "positive_int", "loop.collect_batches": "positive_int",
-    "loop.collect_queries": "positive_int", "loop.parents": "count", "loop.rewrites": "count",
-    "loop.edits": "count", "loop.junk_quantile": "fraction", "loop.max_screen": "positive_int",
-    "loop.screen_queries": "positive_int", "loop.new_prompts": "positive_int",
-    "loop.prompt_queries": "count",
-    "eval.num_queries": "positive_int", "eval.num_demo_sets": "positive_int",
-    "eval.num_demos": "positive_int", "eval.max_new_tokens": "positive_int",
-    "eval.validation_queries": "count", "eval.purity_queries": "count", "eval.best_of_n": "count",
-    "eval_prompts.num_queries": "positive_int", "eval_prompts.num_demo_sets": "positive_int",
-    "eval_prompts.num_demos": "positive_int", "eval_prompts.max_new_tokens": "positive_int",
-    "serve.port": "port", "serve.max_tokens": "positive_int", "serve.max_body_bytes": "positive_int",
-    "serve.request_timeout_s": "positive", "serve.max_prompt_tokens": "positive_int",
-    "serve.chunk_tokens": "positive_int",
-    "optimize.num_samples": "count", "optimize.batch_size": "positive_int",
-    "generate.max_new_tokens": "positive_int", "generate.batch_size": "positive_int",
-}
+_BASE = config_module(os.path.join(configs_dir(), "base.py"))
+RULES: dict[str, str] = _BASE.RULES  # beside the fields they check, in configs/base.py
+NEUTRAL: frozenset[str] = _BASE.NEUTRAL  # fields that cannot change a result (fingerprint.py)
 
 
 def leaves(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -108,8 +69,7 @@ def fields(config: Mapping[str, Any]) -> set[str]:
 
 @functools.cache
 def _base_fields() -> frozenset[str]:
-  return frozenset(fields(config_module(os.path.join(configs_dir(), "base.py")).get_config()
-                          .to_dict()))
+  return frozenset(fields(_BASE.get_config().to_dict()))
 
 
 def schema_problem(config: Mapping[str, Any]) -> str | None:
@@ -128,6 +88,17 @@ def schema_problem(config: Mapping[str, Any]) -> str | None:
           + (f"; unknown: {', '.join(extra)}" if extra else "")
           + (f". Was a section replaced whole (c.{sections[0]} = dict(...))? Set its fields "
              f"with c.{sections[0]}.update(...) instead" if sections else ""))
+
+
+def typed(cls, section: Mapping[str, Any], name: str):
+  """The dataclass `cls` (fields typed float, int, bool or str) from config section `name`."""
+  values = {}
+  for field in dataclasses.fields(cls):
+    if field.name not in section:
+      raise ValueError(f"{name}.{field.name} is missing (configs/base.py lists every field)")
+    kind = {"float": float, "int": int, "bool": bool, "str": str}[field.type]
+    values[field.name] = kind(section[field.name])
+  return cls(**values)
 
 
 def check(config: ml_collections.ConfigDict) -> None:

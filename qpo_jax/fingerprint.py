@@ -26,20 +26,22 @@ from typing import Any, Mapping
 
 import ml_collections
 
+from qpo_jax import config_rules
 from qpo_jax.stages import Stage
 from qpo_jax.tasks import MAPS
 from qpo_jax.utils import atomic_write_text, read_json
 
-NEUTRAL = frozenset({
-    "target.batch_size", "target.length_multiple", "target.concurrency", "target.max_retries",
-    "target.timeout_s", "target.backoff_s", "target.api_key_env",
-    "data.inspect", "data.records_per_shard", "data.prompts_per_chunk",
-    "progress", "train.log_every", "train.checkpoint_every",
-    "train.round",  # older configs' name of `round`, which selects a stage rather than shaping it
-    "loop.num_loops", "loop.final_collection"})
-# Not neutral though they change no arithmetic: `policy.remat` and `sample.batch_size` change
-# the order of floating-point sums, and the trained policy's greedy prompts moved with them
-# (QPO 0.540-0.590 over four such runs of the quickstart), so they are part of a stage.
+# configs/base.py lists them beside the fields; `train.round`, older configs' name of
+# `round`, selected a stage rather than shaping it
+NEUTRAL: frozenset[str] = config_rules.NEUTRAL | {"train.round"}
+# Fields that moved: a stage recorded under the old name is compared under the new one.
+RENAMED = {f"target.{k}": f"target.{part}.{k}" for part, keys in (
+    ("local", ("chat", "batch_size", "length_multiple")),
+    ("http", ("base_url", "model", "api_key_env", "scoring", "concurrency", "max_retries",
+              "timeout_s", "backoff_s"))) for k in keys}
+# the fields that name a file or directory
+PATHS = ("dir", "data_dir", "path", "tokenizer_path", "prompts_dir", "prompts_file",
+         "aliases_file")
 # applied when a round draws its data
 FILTER = ("data.threshold", "data.top_fraction", "data.rank_by")
 _UNSET = "<unset>"
@@ -80,16 +82,30 @@ def stage_fields(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, A
   return {k: v for k, v in fields.items() if k not in FILTER} if stage.kind == "d0" else fields
 
 
+def _same(name: str, old: Any, new: Any) -> bool:
+  """Equal values; for a file or directory field, two spellings of the same path are equal
+  (`../data/x` and `/work/data/x`, `~/x`), so moving the working directory or the
+  way a config spells a path does not stop a run."""
+  if old == new:
+    return True
+  if (name.rsplit(".", 1)[-1] in PATHS and isinstance(old, str) and isinstance(new, str)
+      and old and new):
+    return os.path.realpath(os.path.expanduser(old)) == os.path.realpath(os.path.expanduser(new))
+  return False
+
+
 def check(path: str, fields: Mapping[str, Any], stage: str, artifact: str) -> bool:
   """Raises if `path` records other fields than `fields`; False if it records none yet."""
   old = read_json(path)
   if old is None:
     return False
+  old = {RENAMED.get(k, k): v for k, v in old.items()}
   # a field the record lacks joined the schema (configs/base.py) after the stage ran;
   # its default keeps the old behaviour, so only fields both know, or that left, count;
   # a recorded field that has since been found neutral (NEUTRAL) no longer counts
   changed = [f"{k}: {old.get(k, _UNSET)!r} -> {fields.get(k, _UNSET)!r}"
-             for k in sorted(old) if k not in NEUTRAL and old[k] != fields.get(k, _UNSET)]
+             for k in sorted(old)
+             if k not in NEUTRAL and not _same(k, old[k], fields.get(k, _UNSET))]
   if changed:
     raise ValueError(
         f"{stage} in this workdir was made with other settings ({path}):\n  "

@@ -32,22 +32,20 @@ from typing import Any
 from absl import logging
 import ml_collections
 
-from qpo_jax import config_rules, evaluation, explore, report, rewards, stages, tokens
+from qpo_jax import config_rules, d0, evaluation, explore, report, rewards, rounds, stages, tokens
 from qpo_jax.stages import Stage
 from qpo_jax import prompts as prompts_lib
 from qpo_jax.eval_cache import EvalCache, total_usage
-from qpo_jax.checkpoints.registry import LOADERS, load_model, load_tokenizer
-from qpo_jax.policy import rounds
+from qpo_jax.checkpoints.registry import LOADERS, load_tokenizer
 from qpo_jax.policy.settings import TrainSettings
-from qpo_jax import d0
+from qpo_jax.run import Run
 from qpo_jax.store import dataset, importers
 from qpo_jax.store.records import record_from_outcome
-from qpo_jax.targets import BACKENDS, Target, run_target
-from qpo_jax.tasks import TASKS, base as task_base, data_spec, load_source, load_splits, task_of
+from qpo_jax.targets import BACKENDS, Target
+from qpo_jax.tasks import TASKS, base as task_base, data_spec, load_source, task_of
 from qpo_jax.tasks.paper import svamp_fold_queries
 from qpo_jax.tasks.sources import read_json_list
 from qpo_jax.utils import atomic_write_text, peak_memory_gb, stage
-from qpo_jax.workdir import Workdir
 
 
 def _field(config: ml_collections.ConfigDict, name: str) -> Any:
@@ -171,16 +169,15 @@ def d0_queries(config: ml_collections.ConfigDict, train: list[task_base.Example]
                                   seed=config.seed, max_words=config.task.max_words)
 
 
-def build_d0(config: ml_collections.ConfigDict, workdir: str, target=None,
-                 cache: EvalCache | None = None) -> dict[str, Any]:
+def build_d0(run: Run) -> dict[str, Any]:
   """D_0 in <workdir>/data/loop_0: built on the target from source prompts, or imported."""
-  d = config.data
-  out = Workdir(workdir).data(0)
-  rounds.claim_stage(config, workdir, Stage("d0"))
+  config, d = run.config, run.config.data
+  out = run.wd.data(0)
+  run.claim(Stage("d0"))
   if os.path.exists(os.path.join(out, dataset.MANIFEST)):
     return dataset.read_manifest(out)
   started = time.time()
-  task, splits = load_splits(config.task)
+  task, splits = run.task, run.splits
   if d.source in ("qpo_json", "prompt_oirl"):
     recs, summary = _imported(config, task, splits)
     print(summary, flush=True)
@@ -191,17 +188,15 @@ def build_d0(config: ml_collections.ConfigDict, workdir: str, target=None,
     manifest = dataset.write_dataset(out, recs, normalizer=rewards.Normalizer.fit(
         r.reward for r in recs), records_per_shard=d.records_per_shard,
         meta={"loop": 0, "imported_from": d.path, "import_summary": summary,
-              "cost": stage_cost(cache or EvalCache.of_workdir(workdir), started)})
+              "cost": stage_cost(run.cache, started)})
   elif d.source == "build":
     queries = d0_queries(config, splits["train"])
     demos = task_base.demo_sets(splits["train"], d.num_demo_sets, d.num_demos, seed=config.seed,
                                 max_words=config.task.max_words) \
         if evaluation.FEW_SHOT in d.settings else ()
-    target = target or run_target(config)
-    cache = cache or EvalCache.of_workdir(workdir)
+    target, cache = run.target, run.cache
     manifest = d0.build(
-        out, task, target, queries, prompts_lib.source_prompts(config, task),
-        settings=list(d.settings),
+        out, task, target, queries, run.source_prompts, settings=list(d.settings),
         demo_sets=demos, cache=cache, prompts_per_chunk=d.prompts_per_chunk,
         prompts_per_query=d.prompts_per_query, seed=config.seed, max_new_tokens=d.max_new_tokens,
         nll_term=d.nll_term, meta={"task": task.name, "target": target.identity},
@@ -213,26 +208,26 @@ def build_d0(config: ml_collections.ConfigDict, workdir: str, target=None,
   return manifest
 
 
-def collect_round(config: ml_collections.ConfigDict, workdir: str, t: int, target: Target,
-                  cache: EvalCache) -> dict[str, Any]:
+def collect_round(run: Run, t: int) -> dict[str, Any]:
   """Loop t's collection: sample prompts for fresh collect-split queries, evaluate, merge -> D_t.
 
   With `loop.explore` the sampled prompts are candidates and explore.py picks which
   new ones are scored, and on which queries; without it each sampled prompt is scored
   on its own query (the spec).
   """
-  out = Workdir(workdir).data(t)
-  rounds.claim_stage(config, workdir, Stage("collect", t))
+  config, wd = run.config, run.wd
+  out = wd.data(t)
+  run.claim(Stage("collect", t))
   if os.path.exists(os.path.join(out, dataset.MANIFEST)):
     return dataset.read_manifest(out)
   started = time.time()
   c = config.loop
-  task, splits = load_splits(config.task, ("collect", "train"))
-  plan_path = Workdir(workdir).collect_plan(t)
+  task, splits, target, cache = run.task, run.splits, run.target, run.cache
+  plan_path = wd.collect_plan(t)
   queries = task_base.sample_queries(splits["collect"], c.collect_batches * c.collect_queries,
                                      seed=config.seed + 1000 * t, balanced=False,
                                      max_words=config.task.max_words)
-  old, previous = dataset.read_dataset(Workdir(workdir).data(t - 1))
+  old, previous = dataset.read_dataset(wd.data(t - 1))
   setting = list(config.data.settings)[0]  # collection rewards use the run's first setting
   demos = task_base.demo_sets(splits["train"], config.data.num_demo_sets, config.data.num_demos,
                               seed=config.seed, max_words=config.task.max_words) \
@@ -243,16 +238,16 @@ def collect_round(config: ml_collections.ConfigDict, workdir: str, t: int, targe
     if [q.uid for q in queries] != plan["query_ids"]:
       raise ValueError(f"{plan_path} was made for other queries; delete it to resample")
   else:
-    samples = rounds.policy_prompts(config, workdir, t, [q.query for q in queries],
-                                    collect=True, seed=config.seed + t)
+    samples = rounds.prompt_sampler(run, t)([q.query for q in queries], collect=True,
+                                            seed=config.seed + t)
     plan = {"query_ids": [q.uid for q in queries], "prompts": samples}
     if c.explore:
       d = config.data
       pairs, plan["explore"] = explore.plan(
           samples=samples, queries=queries, dataset_records=old,
           kept_records=rewards.expert_filter(old, d.threshold, d.top_fraction, d.rank_by),
-          source_prompts=[p for _, p in prompts_lib.source_prompts(config, task)],
-          lm=load_model({**config.policy, "lora_rank": 0}), train=splits["train"],
+          source_prompts=[p for _, p in run.source_prompts], lm=run.frozen_lm(),
+          train=splits["train"],
           score=lambda todo: evaluation.evaluate_pairs(
               task, target, todo, setting=setting, demo_sets=demos, cache=cache,
               max_new_tokens=config.data.max_new_tokens),
@@ -304,32 +299,32 @@ def collect_round(config: ml_collections.ConfigDict, workdir: str, t: int, targe
   return manifest
 
 
-def run_loop(config: ml_collections.ConfigDict, workdir: str, target=None) -> dict[str, Any]:
+def run_loop(config: ml_collections.ConfigDict, workdir: str, target: Target | None = None
+             ) -> dict[str, Any]:
   """The whole of Algorithm 1 plus the evaluation; returns the results table (see report.py).
   Checks the config and the workdir's stages first (`modes.run` does so, then calls
-  `run_stages`)."""
+  `run_stages`); `target` replaces the config's (tests)."""
   validate(config)
-  rounds.check_workdir(config, workdir)
-  return run_stages(config, workdir, target)
+  run = Run(config, workdir, target)
+  run.check_workdir()
+  return run_stages(run)
 
 
-def run_stages(config: ml_collections.ConfigDict, workdir: str, target=None) -> dict[str, Any]:
+def run_stages(run: Run) -> dict[str, Any]:
   """`run_loop` for a caller that has checked the config and the workdir."""
-  os.makedirs(workdir, exist_ok=True)
-  target = target or run_target(config)
-  cache = EvalCache.of_workdir(workdir)
-  wd, num_loops = Workdir(workdir), int(config.loop.num_loops)
+  os.makedirs(run.workdir, exist_ok=True)
+  wd, num_loops = run.wd, int(run.config.loop.num_loops)
   for s in stages.of_run(num_loops):
-    if s.kind == "collect" and s.t == num_loops and not config.loop.final_collection:
+    if s.kind == "collect" and s.t == num_loops and not run.config.loop.final_collection:
       continue  # its records would train nothing
-    if s.kind == "round" and s.t not in wd.finished_rounds() and hasattr(target, "release"):
-      target.release()  # a local target's parameters, reloaded by the collection (~5 s)
+    if s.kind == "round" and s.t not in wd.finished_rounds():
+      run.release_for_training()
     with stage(f"{s.work} ({s.artifact(wd)})"):
       if s.kind == "d0":
-        build_d0(config, workdir, target, cache)
+        build_d0(run)
       elif s.kind == "round":
-        rounds.train_policy_round(config, workdir, s.t)
+        rounds.train_policy_round(run, s.t)
       else:
-        collect_round(config, workdir, s.t, target, cache)
+        collect_round(run, s.t)
   with stage(f"the evaluation ({wd.eval('')})"):
-    return report.evaluate_and_report(config, workdir, target, cache)
+    return report.evaluate_and_report(run)

@@ -1,4 +1,5 @@
-"""What `main.py --mode` runs; each mode is a plain function(config, workdir) notebooks call too."""
+"""What `main.py --mode` runs: each mode is a function of the run (run.py), which `run`
+builds once from (config, workdir) after checking both; notebooks call `run` too."""
 
 from __future__ import annotations
 
@@ -14,26 +15,22 @@ import ml_collections
 
 import numpy as np
 
-from qpo_jax import decoding, distributed, evaluation, loop, optimize, report, sharding
+from qpo_jax import decoding, distributed, evaluation, loop, optimize, report, rounds, sharding
 from qpo_jax import workdir_lock
-from qpo_jax import prompts as prompts_lib
-from qpo_jax.eval_cache import EvalCache
 from qpo_jax.checkpoints.registry import load_model
-from qpo_jax.targets import run_target
 from qpo_jax.checkpoints import export
-from qpo_jax.policy import rounds
 from qpo_jax.policy.model import RETURN_SCALE
 from qpo_jax.policy.serve import PolicyServer
+from qpo_jax.run import Run
 from qpo_jax.store import dataset, summary
 from qpo_jax.targets.server import Limits, ModelServer, make_server
 from qpo_jax.tasks import base as task_base
-from qpo_jax.tasks import task_of, load_splits
 from qpo_jax.utils import atomic_write_text, compile_cache, show_progress, stage
-from qpo_jax.workdir import Workdir
 
 
-def generate_answers(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+def generate_answers(run: Run) -> list[dict]:
   """Answers `config.generate.questions` with the target LLM; prints and saves them."""
+  config, workdir = run.config, run.workdir
   start = time.time()
   lm = load_model(config.target)
   lm = dataclasses.replace(lm, params=sharding.shard_params(lm.params, None))  # once, not per call
@@ -48,37 +45,34 @@ def generate_answers(config: ml_collections.ConfigDict, workdir: str) -> list[di
   for r in records:
     print(f"Q: {r['question']}\nA: {r['answer']}\n", flush=True)
   os.makedirs(workdir, exist_ok=True)
-  atomic_write_text(Workdir(workdir).answers, json.dumps(records, indent=2))
+  atomic_write_text(run.wd.answers, json.dumps(records, indent=2))
   logging.info("wrote %s/answers.json (%.1fs in all)", workdir, time.time() - start)
   return records
 
 
-def sampled_queries(config: ml_collections.ConfigDict, split: str, n: int
-                    ) -> tuple[task_base.Task, list[task_base.Example]]:
-  """The task and `n` class-balanced queries of `split`, seeded by `config.seed` and cut to
+def sampled_queries(run: Run, split: str, n: int) -> list[task_base.Example]:
+  """`n` class-balanced queries of `split`, seeded by `config.seed` and cut to
   task.max_words: what evaluate_prompts and sample_prompts score (and `qpo_jax.queries`)."""
-  task, splits = load_splits(config.task, (split,))
-  return task, task_base.sample_queries(splits[split], n, seed=config.seed,
-                                        max_words=config.task.max_words)
+  return task_base.sample_queries(run.splits[split], n, seed=run.config.seed,
+                                  max_words=run.config.task.max_words)
 
 
-def evaluate_prompts(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def evaluate_prompts(run: Run) -> dict:
   """Accuracy of each prompt on sampled queries of a split, the best one, and the per-query oracle.
 
   The oracle (a query counts as solved if any prompt solves it) is the headroom
   query-dependent prompting can reach. Results go through the evaluation cache
   in the workdir, so a rerun or a larger prompt list only pays for new pairs.
   """
+  config, task = run.config, run.task
   ev = config.eval_prompts
-  task, queries = sampled_queries(config, ev.split, ev.num_queries)
+  queries = sampled_queries(run, ev.split, ev.num_queries)
   demos = ()
   if ev.setting == evaluation.FEW_SHOT:
-    _, train = load_splits(config.task, ("train",))
-    demos = task_base.demo_sets(train["train"], ev.num_demo_sets, ev.num_demos, seed=config.seed)
-  target = run_target(config)
-  os.makedirs(workdir, exist_ok=True)
-  cache = EvalCache.of_workdir(workdir)
-  prompts = prompts_lib.source_prompts(config, task, list(ev.prompts))
+    demos = task_base.demo_sets(run.splits["train"], ev.num_demo_sets, ev.num_demos,
+                                seed=config.seed)
+  target, cache = run.target, run.cache
+  prompts = [("config", p) for p in ev.prompts] or run.source_prompts
   rows, per_query = [], []
   for source, prompt in prompts:
     out = evaluation.evaluate_pairs(task, target, [(q, prompt) for q in queries],
@@ -94,7 +88,7 @@ def evaluate_prompts(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "usage": cache.usage().get(target.identity, {})}
   print(f"best single prompt {best['accuracy']:.3f}; per-query oracle {result['oracle']:.3f} "
         f"over {len(prompts)} prompts x {len(queries)} queries", flush=True)
-  atomic_write_text(Workdir(workdir).prompt_eval, json.dumps(result, indent=2))
+  atomic_write_text(run.wd.prompt_eval, json.dumps(result, indent=2))
   return result
 
 
@@ -113,11 +107,11 @@ def _api_key(config: ml_collections.ConfigDict) -> str:
   return os.environ.get(env, "") if env else ""
 
 
-def proxy(config: ml_collections.ConfigDict, workdir: str) -> PolicyServer:
+def proxy(run: Run) -> PolicyServer:
   """Round `round`'s policy (0: the last finished) in front of the run's target."""
-  sampler = rounds.prompt_sampler(config, workdir, config.round)
-  return PolicyServer(sampler, task_of(config.task), run_target(config),
-                      f"qpo-{config.task.name}-round{sampler.round}")
+  sampler = rounds.prompt_sampler(run, run.config.round)
+  return PolicyServer(sampler, run.task, run.target,
+                      f"qpo-{run.config.task.name}-round{sampler.round}")
 
 
 def _serve(config: ml_collections.ConfigDict, model, what: str) -> None:
@@ -133,73 +127,57 @@ def _serve(config: ml_collections.ConfigDict, model, what: str) -> None:
     server.server_close()
 
 
-def serve_target(config: ml_collections.ConfigDict, workdir: str) -> None:
+def serve_target(run: Run) -> None:
   """Serves `config.target` (a local model) over an OpenAI-compatible API until interrupted."""
-  del workdir
+  config = run.config
   _serve(config, ModelServer(load_model(config.target), config.target.name), config.target.name)
 
 
-def serve_policy(config: ml_collections.ConfigDict, workdir: str) -> None:
+def serve_policy(run: Run) -> None:
   """The trained policy as a prompt-optimising proxy in front of `config.target` (policy/serve.py).
 
   Uses round `round` (0: the last finished).
   """
-  model = proxy(config, workdir)
-  _serve(config, model, f"QPO policy round {model.round} in front of {config.target.name}")
+  model = proxy(run)
+  _serve(run.config, model,
+         f"QPO policy round {model.round} in front of {run.config.target.name}")
 
 
-def export_policy(config: ml_collections.ConfigDict, workdir: str) -> str:
+def export_policy(run: Run) -> str:
   """Round `round`'s policy (0: the last finished) as an HF-style directory (export.py)."""
-  sampler = rounds.prompt_sampler(config, workdir, config.round)
+  config = run.config
+  sampler = rounds.prompt_sampler(run, config.round)
   t = sampler.round
-  manifest = dataset.read_manifest(Workdir(workdir).data(t - 1))
+  manifest = dataset.read_manifest(run.wd.data(t - 1))
   meta = {"format": "qpo_jax PromptDT", "round": t, "task": config.task.name,
           "target": config.target.name, "policy_init": config.policy.name,
           "target_return": config.sample.target_return, "return_scale": RETURN_SCALE,
           "query_len": sampler.query_len, "prompt_len": sampler.prompt_len,
           "normalizer": manifest.get("normalizer")}
-  out = export.export_policy(config.export.dir or Workdir(workdir).export(t),
+  out = export.export_policy(config.export.dir or run.wd.export(t),
                              sampler.cfg, sampler.params, sampler.tokenizer, meta)
   print(f"exported policy round {t} -> {out}", flush=True)
   return out
 
 
-def build_d0(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """D_0 in <workdir>/data/loop_0: built on the target from source prompts, or imported logs."""
-  return loop.build_d0(config, workdir)
-
-
-def collect(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def collect(run: Run) -> dict:
   """Collection and merge of loop `round` (0: the last finished): its policy's prompts
   evaluated -> D_round."""
-  t = config.round or rounds.last_finished(workdir)
-  target = run_target(config)
-  manifest = loop.collect_round(config, workdir, t, target, EvalCache.of_workdir(workdir))
-  print(f"D_{t}: {manifest['count']} records -> {Workdir(workdir).data(t)}", flush=True)
+  t = run.config.round or rounds.last_finished(run.workdir)
+  manifest = loop.collect_round(run, t)
+  print(f"D_{t}: {manifest['count']} records -> {run.wd.data(t)}", flush=True)
   return manifest
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """The results table of a run: QPO per loop against the baselines on the test split."""
-  target = run_target(config)
-  return report.evaluate_and_report(config, workdir, target,
-                                    EvalCache.of_workdir(workdir))
-
-
-def run_loop(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Everything: D_0, T loops of train / collect / merge, evaluation, table and plot."""
-  return loop.run_stages(config, workdir)  # run() checked the config and the workdir
-
-
-def inspect_data(config: ml_collections.ConfigDict, workdir: str) -> str:
+def inspect_data(run: Run) -> str:
   """Prints a dataset's report and writes its reward plot (the latest loop unless data.inspect)."""
-  directory = config.data.inspect
+  directory = run.config.data.inspect
   if not directory:
-    loops = Workdir(workdir).datasets()
+    loops = run.wd.datasets()
     if not loops:
-      raise FileNotFoundError(f"no datasets under {workdir}/data; run --mode=build_d0 first "
-                              "or set --config.data.inspect")
-    directory = Workdir(workdir).data(loops[-1])
+      raise FileNotFoundError(f"no datasets under {run.workdir}/data; run --mode=build_d0 "
+                              "first or set --config.data.inspect")
+    directory = run.wd.data(loops[-1])
   recs, manifest = dataset.read_dataset(directory)
   report = summary.describe(recs, manifest)
   print(report, flush=True)
@@ -208,41 +186,42 @@ def inspect_data(config: ml_collections.ConfigDict, workdir: str) -> str:
   return report
 
 
-def train_policy(config: ml_collections.ConfigDict, workdir: str):
+def train_policy(run: Run):
   """Trains policy round `round` on D_{round-1} (0: the round after the last dataset; resumes
   if killed; skips if finished)."""
-  t = config.round or (max(Workdir(workdir).datasets(), default=0) + 1)
-  params = rounds.train_policy_round(config, workdir, t)
-  print(f"policy round {t}: {Workdir(workdir).round(t)}", flush=True)
+  t = run.config.round or (max(run.wd.datasets(), default=0) + 1)
+  params = rounds.train_policy_round(run, t)
+  print(f"policy round {t}: {run.wd.round(t)}", flush=True)
   return params
 
 
-def sample_prompts(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+def sample_prompts(run: Run) -> list[dict]:
   """Greedy prompts of round `round` (0: the last finished) for `eval_prompts.num_queries`
   test queries."""
-  _, queries = sampled_queries(config, "test", config.eval_prompts.num_queries)
-  sampler = rounds.prompt_sampler(config, workdir, config.round)
+  config = run.config
+  queries = sampled_queries(run, "test", config.eval_prompts.num_queries)
+  sampler = rounds.prompt_sampler(run, config.round)
   prompts = sampler([q.query for q in queries], collect=False, seed=config.seed)
   rows = [{"query": q.query, "prompt": p[0]} for q, p in zip(queries, prompts)]
   for r in rows:
     print(f"{r['query'][:70]!r}\n    -> {r['prompt']!r}", flush=True)
-  atomic_write_text(Workdir(workdir).sampled_prompts(sampler.round),
+  atomic_write_text(run.wd.sampled_prompts(sampler.round),
                     json.dumps(rows, indent=2))
   return rows
 
 
-MODES: dict[str, Callable[[ml_collections.ConfigDict, str], object]] = {
+MODES: dict[str, Callable[[Run], object]] = {
     "generate": generate_answers,
     "evaluate_prompts": evaluate_prompts,
     "serve_target": serve_target,
     "serve_policy": serve_policy,
-    "build_d0": build_d0,
+    "build_d0": loop.build_d0,  # D_0: built on the target from source prompts, or imported
     "inspect_data": inspect_data,
     "train_policy": train_policy,
     "collect": collect,
     "sample_prompts": sample_prompts,
-    "evaluate": evaluate,
-    "loop": run_loop,
+    "evaluate": report.evaluate_and_report,  # the results table of a finished run
+    "loop": loop.run_stages,  # everything: D_0, T loops, the evaluation
     "optimize": optimize.optimize,
     "export_policy": export_policy,
 }
@@ -270,12 +249,13 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str):
   staged = mode not in STAGELESS_MODES
   loop.validate(config, policy=staged)  # before any model is loaded or any byte written
   show_progress(config.progress)
+  run = Run(config, workdir)
   # one run per workdir (inspecting and serving the target read it and may run beside one)
   with (contextlib.nullcontext() if mode in SHARED_MODES else workdir_lock.locked(workdir, mode)):
     if staged:  # a stage made with other settings stops the run here
-      rounds.check_workdir(config, workdir)
+      run.check_workdir()
     # compiled programs persist in the workdir (off: JAX's own setting, e.g.
     # JAX_COMPILATION_CACHE_DIR)
-    with (compile_cache(Workdir(workdir).compile_cache) if config.compile_cache
+    with (compile_cache(run.wd.compile_cache) if config.compile_cache
           else contextlib.nullcontext()), stage(f"--mode={mode} in {workdir}"):
-      return MODES[mode](config, workdir)
+      return MODES[mode](run)

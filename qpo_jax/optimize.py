@@ -30,16 +30,14 @@ import re
 from typing import Any, Iterator
 
 from absl import logging
-import ml_collections
 import numpy as np
 
-from qpo_jax import evaluation
+from qpo_jax import evaluation, rounds
 from qpo_jax.eval_cache import EvalCache
-from qpo_jax.policy import rounds
-from qpo_jax.targets import Target, run_target
-from qpo_jax.tasks import CHOICE, Example, Task, task_of
+from qpo_jax.run import Run
+from qpo_jax.targets import Target
+from qpo_jax.tasks import CHOICE, Example, Task
 from qpo_jax.utils import progress_bar
-from qpo_jax.workdir import Workdir
 
 
 _LINE = "__text__"  # a .txt row's one field
@@ -192,15 +190,15 @@ def _done_rows(path: str) -> dict[int, dict[str, str]]:
 
 
 def _contiguous(batch: list[Row], index: dict[int, int]) -> Iterator[list[Row]]:
-  """The batch cut into runs of consecutive input rows."""
-  run: list[Row] = []
+  """The batch cut into spans of consecutive input rows."""
+  span: list[Row] = []
   for r in batch:
-    if run and index[r.line] != index[run[-1].line] + 1:
-      yield run
-      run = []
-    run.append(r)
-  if run:
-    yield run
+    if span and index[r.line] != index[span[-1].line] + 1:
+      yield span
+      span = []
+    span.append(r)
+  if span:
+    yield span
 
 
 def answers(task: Task, target: Target, pairs: list[tuple[Example, str]], cache: EvalCache,
@@ -212,16 +210,17 @@ def answers(task: Task, target: Target, pairs: list[tuple[Example, str]], cache:
   return [r["response"] for r in raw]
 
 
-def optimize(config: ml_collections.ConfigDict, workdir: str, target=None) -> dict[str, Any]:
+def optimize(run: Run) -> dict[str, Any]:
   """Prompts (and answers) for the queries in `optimize.input`; see the module docstring."""
+  config = run.config
   oc = config.optimize
   if not oc.input:
     raise ValueError("--mode=optimize needs --config.optimize.input=<.jsonl, .csv or .txt>")
-  task = task_of(config.task)
+  task = run.task
   rows, bad = read_queries(task, os.path.expanduser(oc.input), oc.field)
   for message in bad:
     logging.warning("skipped %s", message)
-  out_path = os.path.expanduser(oc.output) or Workdir(workdir).optimized
+  out_path = os.path.expanduser(oc.output) or run.wd.optimized
   done = _done_rows(out_path)
   changed = [r.line for r in rows if r.line in done and done[r.line] != dict(r.example.fields)]
   if changed:
@@ -229,11 +228,8 @@ def optimize(config: ml_collections.ConfigDict, workdir: str, target=None) -> di
                      f"{changed[0]} differs); set optimize.output to a new file")
   todo = [r for r in rows if r.line not in done]
   index = {r.line: i for i, r in enumerate(rows)}
-  sampler = rounds.prompt_sampler(config, workdir, config.round)
-  cache = None
-  if oc.answer:
-    target = target or run_target(config)
-    cache = EvalCache.of_workdir(workdir)
+  sampler = rounds.prompt_sampler(run, config.round)
+  target, cache = (run.target, run.cache) if oc.answer else (None, None)
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
   bar = progress_bar(total=len(rows), initial=len(rows) - len(todo), desc="optimize",
                      unit="query")
@@ -241,10 +237,10 @@ def optimize(config: ml_collections.ConfigDict, workdir: str, target=None) -> di
     for start in range(0, len(todo), oc.batch_size):
       batch = todo[start:start + oc.batch_size]
       prompts = []
-      for run in _contiguous(batch, index):  # a query's samples depend on its index only
-        prompts += sampler([r.example.query for r in run], collect=oc.num_samples > 0,
+      for span in _contiguous(batch, index):  # a query's samples depend on its index only
+        prompts += sampler([r.example.query for r in span], collect=oc.num_samples > 0,
                            seed=config.seed, num_samples=oc.num_samples or None,
-                           first_index=index[run[0].line])
+                           first_index=index[span[0].line])
       said = None
       if oc.answer:
         pairs = [(r.example, p) for r, ps in zip(batch, prompts) for p in ps]

@@ -5,17 +5,13 @@ Below both the loop (D_0 is built on them) and the report (they are its baseline
 
 from __future__ import annotations
 
-from typing import Sequence
-
 from qpo_jax.store import importers
 from qpo_jax.tasks.sources import read_json_list
 
 
-def source_prompts(config, task, configured: Sequence[str] = ()) -> list[tuple[str, str]]:
-  """(source, prompt) pairs: the given list, else data.prompts_file (a JSON list), else the
-  collection in data.prompts_dir, else the task's own collections, else manual + none."""
-  if configured:
-    return [("config", p) for p in configured]
+def source_prompts(config, task) -> list[tuple[str, str]]:
+  """(source, prompt) pairs: data.prompts_file (a JSON list), else the collection in
+  data.prompts_dir, else the task's own collections, else manual + none."""
   d = config.data
   if d.prompts_file:  # a JSON list of prompts, named by data.aliases_file (Prompt-OIRL's)
     prompts = read_json_list(d.prompts_file)

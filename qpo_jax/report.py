@@ -41,16 +41,15 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
-from qpo_jax import diagnostics, evaluation, report_plot, rewards, sharding, stages
-from qpo_jax import prompts as prompts_lib
+from qpo_jax import diagnostics, evaluation, report_plot, rewards, rounds, stages
 from qpo_jax.baselines import ClassifierLookup, RewardModel, TextEmbedder
 from qpo_jax.finetuned_baselines import FinetunedSelectors
 from qpo_jax.eval_cache import EvalCache, total_usage
-from qpo_jax.checkpoints.registry import load_model
-from qpo_jax.policy import rounds, train_step
+from qpo_jax.policy import train_step
 from qpo_jax.policy.settings import TrainSettings
+from qpo_jax.run import Run
 from qpo_jax.store import dataset
-from qpo_jax.tasks import CHOICE, base as task_base, load_splits
+from qpo_jax.tasks import CHOICE, base as task_base
 from qpo_jax.tasks.base import format_number
 from qpo_jax.utils import atomic_write_text, peak_memory_gb
 from qpo_jax.targets import Target
@@ -196,19 +195,20 @@ def report_queries(config: ml_collections.ConfigDict, rows: list[task_base.Examp
                                   max_words=config.task.max_words)
 
 
-def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str, target: Target,
-                        cache: EvalCache) -> dict[str, Any]:
+def evaluate_and_report(run: Run) -> dict[str, Any]:
   started = time.time()
+  config, workdir, wd = run.config, run.workdir, run.wd
+  target, cache = run.target, run.cache
   e, num_loops = config.eval, int(config.loop.num_loops)
-  task, splits = load_splits(config.task, ("train", "validation", e.split))
+  task, splits = run.task, run.splits
   queries = report_queries(config, splits[e.split])
   texts = [q.query for q in queries]
-  cands = prompts_lib.source_prompts(config, task)
+  cands = run.source_prompts
   candidate_texts = list(dict.fromkeys(p for _, p in cands))
-  d0, _ = dataset.read_dataset(Workdir(workdir).data(0))
+  d0, _ = dataset.read_dataset(wd.data(0))
   best_train = best_train_prompt(d0)
   prompts = list(dict.fromkeys(candidate_texts + ["", task.manual_prompt, best_train]))
-  lm = load_model({**config.policy, "lora_rank": 0})  # the frozen encoder
+  lm = run.take_frozen_lm()  # the frozen encoder (fine-tuned below)
   embed = TextEmbedder(lm)
   rm = RewardModel(embed, seed=config.seed)
   fits = {"reward_model": {**rm.fit(d0), "capacity": rm.capacity()}}
@@ -222,35 +222,30 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str, target:
   validation = task_base.sample_queries(splits["validation"], e.validation_queries,
                                         seed=config.seed + 17, max_words=config.task.max_words) \
       if e.split != "validation" else []
-  qpo_prompts, validation_prompts = {}, {}
-  for t in range(1, num_loops + 1):  # one policy in memory at a time
-    sampler = rounds.prompt_sampler(config, workdir, t)
+  greedy, validation_prompts = {}, {}
+  # one policy in memory at a time; the round the run holds (the last trained) goes first
+  for t in sorted(range(1, num_loops + 1), key=lambda t: (t != run.held_round, t)):
+    sampler = rounds.prompt_sampler(run, t)
     both = [p[0] for p in sampler(texts + [q.query for q in validation], collect=False,
                                   seed=config.seed)]
-    qpo_prompts[qpo_id(t)], validation_prompts[t] = both[:len(texts)], both[len(texts):]
-  if e.best_of_n:  # the critic picks among the last policy's greedy and sampled prompts
-    drawn = sampler(texts, collect=True, seed=config.seed + 19, num_samples=e.best_of_n)
-    critic = RewardModel(embed, seed=config.seed)
-    critic_fit = {"dataset": Workdir(workdir).datasets()[-1], **critic.fit(
-        dataset.read_dataset(Workdir(workdir).data(Workdir(workdir).datasets()[-1]))[0])}
-    qpo_prompts[BEST_OF_N] = [_critic_pick(critic, q, [g] + d) for q, g, d in zip(
-        texts, qpo_prompts[qpo_id(num_loops)], drawn)]
-    del critic
-  # does R* steer the policy? the last policy's greedy prompts at other returns
-  return_prompts = {float(r): [p[0] for p in sampler(texts, collect=False, seed=config.seed,
-                                                     target_return=float(r))]
-                    for r in e.returns}
-  trained = train_step.trained_parameters(sampler.params, config.train.freeze_backbone)
-  del sampler
+    greedy[t], validation_prompts[t] = both[:len(texts)], both[len(texts):]
+    if t == num_loops:
+      last = _last_policy(run, sampler, embed, texts, greedy[t])
+    del sampler
+  qpo_prompts = {qpo_id(t): greedy[t] for t in range(1, num_loops + 1)}
+  validation_prompts = {t: validation_prompts[t] for t in range(1, num_loops + 1)}
+  if last["best_of_n"] is not None:
+    qpo_prompts[BEST_OF_N] = last["best_of_n"]
+  critic_fit, return_prompts, trained = last["critic"], last["returns"], last["trained"]
   prompt_embeddings = embed(candidate_texts)
   del rm, embed  # the LM is now the fine-tuned encoder's, or freed
   if e.finetuned_baselines:  # the encoder trained as QPO's round 1 trains the policy
-    if hasattr(target, "release"):  # its training state is the evaluation's peak: no target
-      target.release()  # beside it (reloaded for the scoring below, ~5 s)
+    run.release_for_training()  # its training state is the evaluation's peak: no target
+    # beside it (reloaded for the scoring below, ~5 s)
     tuned = FinetunedSelectors(
         dataclasses.replace(lm, cfg=lm.cfg.replace(lora_rank=config.policy.lora_rank,
                                                    remat=config.policy.remat)),
-        TrainSettings.of(config.train), seed=config.seed, mesh=sharding.make_mesh(config.mesh))
+        TrainSettings.of(config.train), seed=config.seed, mesh=run.mesh)
     del lm
     fit = tuned.fit(d0, candidate_texts, prompt_embeddings)
     fit["capacity"] = tuned.capacity()
@@ -346,12 +341,33 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str, target:
                   for i, q in enumerate(queries)],
       "cost": _cost(workdir, cache, num_loops, started)}
   markdown = to_markdown(result)
-  atomic_write_text(Workdir(workdir).eval("results.json"), json.dumps(result, indent=2))
-  atomic_write_text(Workdir(workdir).eval("results.md"), markdown)
+  atomic_write_text(wd.eval("results.json"), json.dumps(result, indent=2))
+  atomic_write_text(wd.eval("results.md"), markdown)
   report_plot.plot(result, workdir, label)
   report_plot.tensorboard(result, workdir)
   print(markdown, flush=True)
   return result
+
+
+def _last_policy(run: Run, sampler, embed, texts: list[str], greedy: list[str]
+                 ) -> dict[str, Any]:
+  """What the report asks of the last loop's policy only: the critic's best of N
+  (eval.best_of_n), its greedy prompts at other returns (does R* steer it?) and its
+  trained parameter count."""
+  config, e = run.config, run.config.eval
+  out = {"best_of_n": None, "critic": None}
+  if e.best_of_n:  # the critic picks among the last policy's greedy and sampled prompts
+    drawn = sampler(texts, collect=True, seed=config.seed + 19, num_samples=e.best_of_n)
+    critic = RewardModel(embed, seed=config.seed)
+    last_data = run.wd.datasets()[-1]
+    out["critic"] = {"dataset": last_data,
+                     **critic.fit(dataset.read_dataset(run.wd.data(last_data))[0])}
+    out["best_of_n"] = [_critic_pick(critic, q, [g] + d) for q, g, d in zip(texts, greedy, drawn)]
+  out["returns"] = {float(r): [p[0] for p in sampler(texts, collect=False, seed=config.seed,
+                                                     target_return=float(r))]
+                    for r in e.returns}
+  out["trained"] = train_step.trained_parameters(sampler.params, config.train.freeze_backbone)
+  return out
 
 
 def _short(method: str) -> str:

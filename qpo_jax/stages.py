@@ -3,7 +3,7 @@ from, where it records them and its cost.
 
 A run is D_0, then per loop t a policy round (trained on D_{t-1}) and a collection
 (D_t = D_{t-1} + the round's evaluated prompts), then the report. The loop runs
-`of_run(T)` in order; resume checks (`policy.rounds.check_workdir`), stage fingerprints
+`of_run(T)` in order; resume checks (`Run.check_workdir`), stage fingerprints
 (fingerprint.py) and the report's cost table read the same `Stage`s, so a new stage or a
 moved artifact is one edit here.
 """

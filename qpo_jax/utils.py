@@ -118,6 +118,22 @@ def configs_dir() -> str:
                             "installed qpo_jax.configs)") from None
 
 
+DATA_ENV = "QPO_DATA"
+
+
+def data_dir(*parts: str) -> str:
+  """A path under $QPO_DATA: the folder of public task files and prompt collections this
+  package may not ship, which configs/paper.py and configs/nlu.py read (its layout:
+  docs/tasks_and_data.md)."""
+  root = os.environ.get(DATA_ENV, "")
+  if not root:
+    raise ValueError(f"${DATA_ENV} is not set: this config reads public task files or prompt "
+                     "collections from it; set it to a folder laid out as "
+                     "docs/tasks_and_data.md says (e.g. ag_news/test.csv, "
+                     "prompts/instructeval/instructions/)")
+  return os.path.join(os.path.expanduser(root), *parts)
+
+
 def config_module(path: str):
   """The module of a config file (its `get_config` and any constants it defines)."""
   if not os.path.isfile(path):

@@ -14,6 +14,53 @@ MANIFEST = "manifest.json"  # a dataset directory's index, written last (store/d
 
 
 @dataclasses.dataclass(frozen=True)
+class RoundDir:
+  """Paths inside one policy round's directory (policy/trainer.py writes them)."""
+
+  root: str
+
+  def _in(self, *parts: str) -> str:
+    return os.path.join(os.path.abspath(self.root), *parts)
+
+  @property
+  def final(self) -> str:
+    """The marker of a finished round: steps, last metrics, cost."""
+    return self._in("final")
+
+  @property
+  def metrics(self) -> str:
+    """One JSON line per logged step."""
+    return self._in("metrics.jsonl")
+
+  @property
+  def tensorboard(self) -> str:
+    return self._in("tb")
+
+  @property
+  def params(self) -> str:
+    """The finished round's parameters (orbax)."""
+    return self._in("params")
+
+  @property
+  def params_sums(self) -> str:
+    """sha256 of every file under `params`."""
+    return self._in("params.sha256.json")
+
+  @property
+  def checkpoints(self) -> str:
+    """Resumable training states (orbax CheckpointManager, one folder per step)."""
+    return self._in("checkpoints")
+
+  def step_sums(self, step: int) -> str:
+    """sha256 of every file of checkpoint `step`."""
+    return self._in("checkpoint_sums", f"{step}.json")
+
+  def damaged(self, step: int, stamp: int) -> str:
+    """Where a checkpoint that failed its checks is moved."""
+    return self._in("damaged", f"{step}-{stamp}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Workdir:
   """Paths of a run directory; nothing is created by asking."""
 
@@ -35,9 +82,13 @@ class Workdir:
     """Policy round t: orbax checkpoints, params, metrics, the `final` marker."""
     return os.path.join(self.root, "policy", f"round_{t}")
 
+  def round_files(self, t: int) -> RoundDir:
+    """The paths inside round t's directory."""
+    return RoundDir(self.round(t))
+
   def final(self, t: int) -> str:
     """Round t's `final` marker: training finished (steps, last metrics, cost)."""
-    return os.path.join(self.round(t), "final")
+    return self.round_files(t).final
 
   def sampled_prompts(self, t: int) -> str:
     """--mode=sample_prompts' output for round t."""

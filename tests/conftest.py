@@ -7,6 +7,9 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " " + EIGHT_DEVICES).strip()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# where configs/paper.py and nlu.py find public task files (tests/helpers.SHARED_DATA)
+os.environ.setdefault("QPO_DATA", os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "..", "shared", "data"))
 
 import gc  # noqa: E402
 
@@ -81,9 +84,10 @@ def one_device_env() -> dict[str, str]:
 def untrained_proxy(api_key: str, max_tokens: int):
   """(sampler, target, task, server) of a proxy over the tiny config's untrained policy,
   serving on loopback (request handling needs no trained run); shut the server down."""
-  from qpo_jax.policy import rounds
-  from qpo_jax.policy.settings import SampleSettings
+  from qpo_jax.policy.sampling import PromptSampler
   from qpo_jax.policy.serve import PolicyServer
+  from qpo_jax.policy.settings import SampleSettings
+  from qpo_jax.run import Run
   from qpo_jax.targets import build_target
   from qpo_jax.targets.server import Limits, make_server, serve_in_thread
   from qpo_jax.tasks import get_task
@@ -91,8 +95,8 @@ def untrained_proxy(api_key: str, max_tokens: int):
 
   config = load_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs",
                                     "tiny.py"))
-  cfg, params, tok = rounds.policy_init(config)
-  sampler = rounds.PromptSampler(cfg, params, tok, SampleSettings.of(config.sample),
+  cfg, params, tok = Run(config).pretrained_policy()
+  sampler = PromptSampler(cfg, params, tok, SampleSettings.of(config.sample),
                                  config.train.query_len, config.train.prompt_len, round=0)
   target, task = build_target(config.target), get_task("topics")
   server = make_server(PolicyServer(sampler, task, target, "qpo-topics"), api_key=api_key,

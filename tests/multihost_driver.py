@@ -71,13 +71,13 @@ def loop_dying(workdir, *args):
   _start(*args[:3])
   import jax  # pylint: disable=g-import-not-at-top
   from qpo_jax import loop  # pylint: disable=g-import-not-at-top
-  from qpo_jax.targets import run_target  # pylint: disable=g-import-not-at-top
+  from qpo_jax.run import Run  # pylint: disable=g-import-not-at-top
   from qpo_jax.utils import load_config  # pylint: disable=g-import-not-at-top
   from tests.killable import Killable  # pylint: disable=g-import-not-at-top
 
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   config = load_config(os.path.join(root, "configs", "tiny.py"))
-  target = run_target(config)
+  target = Run(config).target
   if jax.process_index() == jax.process_count() - 1:  # ends as a kill would: no cleanup
     target = Killable(target, int(args[3]), die=lambda: os._exit(9))  # pylint: disable=W0212
   loop.run_loop(config, workdir, target=target)

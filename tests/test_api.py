@@ -9,7 +9,8 @@ import zipfile
 import pytest
 
 import qpo_jax
-from qpo_jax.policy import rounds
+from qpo_jax import rounds
+from qpo_jax.run import Run
 
 from tests.helpers import ROOT, repo_config
 
@@ -39,7 +40,7 @@ def test_load_policy_writes_the_runs_prompts(tiny_run):
   policy = qpo_jax.load_policy(config, tiny_run[0])
   queries = ["Heavy rain is expected all weekend", "Our team won the final match"]
   assert policy.round == 2
-  assert policy.prompts(queries) == rounds.policy_prompts(config, tiny_run[0], 2, queries,
+  assert policy.prompts(queries) == rounds.prompt_sampler(Run(config, tiny_run[0]), 2)(queries,
                                                           collect=False, seed=0)
   drawn = policy.prompts(queries, samples=3, seed=1)
   assert [len(d) for d in drawn] == [3, 3]
@@ -82,7 +83,7 @@ def test_a_target_takes_strings_only_for_one_field_tasks():
 @pytest.mark.integration
 def test_readers_give_what_the_run_wrote_and_the_target_answers_once(tiny_run, tmp_path):
   from qpo_jax import evaluation
-  from qpo_jax.targets import run_target
+  from qpo_jax.run import Run
   from qpo_jax.tasks import task_of
 
   work = tiny_run[0]
@@ -97,7 +98,7 @@ def test_readers_give_what_the_run_wrote_and_the_target_answers_once(tiny_run, t
   assert len({q.uid for q in qs}) == 6 and all(q.uid.startswith("all:") for q in qs)
   target = qpo_jax.load_target(config, str(tmp_path / "w"))
   prompt = "What is the main topic of the sentence?"
-  want = evaluation.evaluate_pairs(task_of(config.task), run_target(config),
+  want = evaluation.evaluate_pairs(task_of(config.task), Run(config).target,
                                    [(q, prompt) for q in qs])  # no cache: asked afresh
   assert target.accuracy(qs, prompt) == evaluation.accuracy(want)
   calls = sum(u["calls"] for u in target.usage().values())

@@ -38,6 +38,11 @@ def test_every_numeric_field_of_the_schema_has_a_rule():
   assert set(config_rules.RULES.values()) <= set(config_rules.KINDS)
 
 
+def test_the_neutral_fields_are_fields_of_the_schema():
+  """base.py's NEUTRAL names fields by their current names (a moved field moves there too)."""
+  assert config_rules.NEUTRAL <= config_rules.fields(_base().to_dict())
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_keeps_the_rules(name):
   config_rules.check(load_config(os.path.join(ROOT, "configs", name)))
@@ -62,3 +67,15 @@ def test_a_value_outside_its_rule_is_named(name, kind):
     stored = section[leaf]  # as the config holds it (0 on a float field is 0.0)
     with pytest.raises(ValueError, match="^" + re.escape(f"{name}={stored!r} must be ")):
       loop.validate(config)
+
+
+@pytest.mark.parametrize("name", ["nlu.py:task=boolq", "paper.py:gsm8k,zero_shot,gpt-4o"])
+def test_a_config_of_public_files_names_qpo_data_when_it_is_unset(name, monkeypatch, tmp_path):
+  """configs/paper.py and nlu.py find task files and prompt collections under $QPO_DATA."""
+  monkeypatch.delenv("QPO_DATA", raising=False)
+  with pytest.raises(ValueError, match=r"\$QPO_DATA is not set.*docs/tasks_and_data.md"):
+    repo_config(name)
+  monkeypatch.setenv("QPO_DATA", str(tmp_path))
+  config = repo_config(name)
+  assert str(tmp_path) in (config.task.data.dir + config.data.prompts_dir
+                           + config.data.prompts_file)

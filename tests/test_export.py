@@ -17,8 +17,10 @@ from qpo_jax import modes
 from qpo_jax.checkpoints import export
 from qpo_jax.models.config import from_hf_config, preset
 from qpo_jax.models.transformer import Transformer
-from qpo_jax.policy import rounds, sampling
+from qpo_jax import rounds
+from qpo_jax.policy import sampling
 from qpo_jax.policy.model import init_policy
+from qpo_jax.run import Run
 from tests.hf_reference import hf_logits
 
 from tests.helpers import repo_config
@@ -78,9 +80,9 @@ def test_export_mode_on_a_trained_run(tiny_run, tmp_path):
   work = str(tmp_path / "work")
   shutil.copytree(tiny_run[0], work)
   config = repo_config("tiny.py")
-  out = modes.export_policy(config, work)
+  out = modes.export_policy(Run(config, work))
   assert out == os.path.join(work, "export", "round_2") and not os.path.exists(out + ".tmp")
-  sampler = rounds.prompt_sampler(config, work, 0)
+  sampler = rounds.prompt_sampler(Run(config, work), 0)
   cfg, params, tok, meta = export.load_policy_dir(out)
   assert cfg == sampler.cfg and meta["round"] == 2 and meta["normalizer"]
   _same(sampler.params, params)
@@ -102,4 +104,4 @@ def test_export_mode_on_a_trained_run(tiny_run, tmp_path):
   hf_cfg = json.load(open(os.path.join(out, "config.json")))
   assert hf_cfg["model_type"] == "llama" and hf_cfg["vocab_size"] == cfg.vocab_size
   config.export.dir = str(tmp_path / "elsewhere")
-  assert modes.export_policy(config, work) == config.export.dir  # replaced atomically
+  assert modes.export_policy(Run(config, work)) == config.export.dir  # replaced atomically

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from qpo_jax import fingerprint, loop, modes
-from qpo_jax.policy import rounds
+from qpo_jax.run import Run
 from qpo_jax.stages import Stage
 
 pytestmark = pytest.mark.integration  # whole runs of the tiny config
@@ -35,7 +35,7 @@ def test_stage_fields_leave_out_what_cannot_change_a_result():
     assert not set(fields) & fingerprint.NEUTRAL
   assert "loop.num_loops" not in c2  # more loops extend a run
   for retry in ("concurrency", "max_retries", "timeout_s", "backoff_s"):  # HTTP retries, all
-    assert f"target.{retry}" not in d0 and f"target.{retry}" in fingerprint.NEUTRAL
+    assert f"target.http.{retry}" not in d0 and f"target.http.{retry}" in fingerprint.NEUTRAL
   # they move the order of floating-point sums, and the trained policy's prompts with it
   assert "policy.remat" in r1 and "sample.batch_size" in r2
 
@@ -48,6 +48,36 @@ def test_a_field_recorded_before_it_was_found_neutral_does_not_count(tmp_path):
   assert fingerprint.check(path, fields, "D_0", "data/loop_0")
   with pytest.raises(ValueError, match=r"task.seed: 0 -> 5"):
     fingerprint.check(path, {**fields, "task.seed": 5}, "D_0", "data/loop_0")
+
+
+@pytest.mark.integration
+def test_a_stage_recorded_under_the_flat_target_names_still_matches(tmp_path):
+  """Stages recorded target.chat, target.scoring, ... before `target` had its local and
+  http parts; they are compared under the new names, and a change is named by them."""
+  path, fields = str(tmp_path / "d0.config.json"), fingerprint.stage_fields(_tiny(), Stage("d0"))
+  old_name = {new: old for old, new in fingerprint.RENAMED.items()}
+  recorded = {old_name.get(k, k): v for k, v in fields.items()}
+  assert "target.chat" in recorded and "target.http.scoring" not in recorded
+  fingerprint.claim(path, recorded, "D_0", "data/loop_0")
+  assert fingerprint.check(path, fields, "D_0", "data/loop_0")
+  with pytest.raises(ValueError, match=r"target.local.chat: True -> False"):
+    fingerprint.check(path, {**fields, "target.local.chat": False}, "D_0", "data/loop_0")
+
+
+@pytest.mark.integration
+def test_two_spellings_of_one_path_are_the_same_field(tmp_path):
+  """A data directory recorded as `<root>/x/../data` matches `<root>/data` and `~`-forms;
+  another directory is a change."""
+  (tmp_path / "data").mkdir()
+  (tmp_path / "x").mkdir()
+  path, fields = str(tmp_path / "d0.config.json"), fingerprint.stage_fields(_tiny(), Stage("d0"))
+  fingerprint.claim(path, {**fields, "task.data.dir": str(tmp_path / "x" / ".." / "data")},
+                    "D_0", "data/loop_0")
+  assert fingerprint.check(path, {**fields, "task.data.dir": str(tmp_path / "data")}, "D_0",
+                           "data/loop_0")
+  with pytest.raises(ValueError, match=r"task.data.dir: "):
+    fingerprint.check(path, {**fields, "task.data.dir": str(tmp_path / "x")}, "D_0",
+                      "data/loop_0")
 
 
 @pytest.fixture()
@@ -89,7 +119,7 @@ def test_changed_training_stops_the_round_and_every_mode(copied_run):
 @pytest.mark.integration
 def test_neutral_changes_and_more_loops_reuse_the_run(copied_run, tiny_run):
   config = _tiny()
-  config.train.log_every, config.progress, config.target.batch_size = 3, True, 4
+  config.train.log_every, config.progress, config.target.local.batch_size = 3, True, 4
   config.data.records_per_shard = 7
   got = loop.run_loop(config, copied_run)
   assert got["methods"] == tiny_run[1]["methods"]
@@ -100,13 +130,13 @@ def test_deleting_the_stage_as_told_redoes_it(copied_run):
   config = _tiny()
   config.data.threshold = 1.0  # a round-level field: D_0 stays, round 1 onwards is stale
   with pytest.raises(ValueError, match="policy round 1"):
-    rounds.check_workdir(config, copied_run)
+    Run(config, copied_run).check_workdir()
   shutil.rmtree(os.path.join(copied_run, "policy"))
   for name in os.listdir(os.path.join(copied_run, "data")):
     if not name.startswith("loop_0"):
       path = os.path.join(copied_run, "data", name)
       shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-  rounds.check_workdir(config, copied_run)  # nothing stale is left
+  Run(config, copied_run).check_workdir()  # nothing stale is left
 
 
 @pytest.mark.integration

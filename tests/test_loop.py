@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from qpo_jax import cli, loop, modes
+from qpo_jax.run import Run
 from qpo_jax.store import dataset
 from qpo_jax.targets import build_target
 from tests.conftest import one_device_env
@@ -248,7 +249,7 @@ def test_exploring_collection_scores_new_prompts_on_shared_queries(tmp_path, tin
   import shutil
   shutil.rmtree(os.path.join(work, "data", "loop_1"))
   target = build_target(config.target)
-  again = loop.collect_round(config, work, 1, Killable(target, 0), loop.EvalCache.of_workdir(work))
+  again = loop.collect_round(Run(config, work, Killable(target, 0)), 1)
   assert again["count"] == len(d1)
 
 
@@ -307,10 +308,9 @@ def test_modes_check_only_what_they_use(tmp_path, tiny_run):
 def test_the_main_path_checks_the_config_and_the_workdir_once(tiny_run, monkeypatch):
   """modes.run checks, then runs the stages; run_loop checks only when called directly."""
   import collections
-  from qpo_jax.policy import rounds
 
   calls = collections.Counter()
-  for module, name in ((loop, "validate"), (rounds, "check_workdir")):
+  for module, name in ((loop, "validate"), (Run, "check_workdir")):
     real = getattr(module, name)
     monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **k:
                         calls.update([_name]) or _real(*a, **k))

@@ -7,7 +7,8 @@ import shutil
 import pytest
 
 from qpo_jax import optimize
-from qpo_jax.policy import rounds
+from qpo_jax import rounds
+from qpo_jax.run import Run
 from qpo_jax.tasks import get_task
 
 from tests.helpers import repo_config
@@ -69,11 +70,11 @@ def test_greedy_prompts_and_answers_resume_after_a_cut(work, tmp_path):
   lines = [json.dumps({"query": q}) for q in QUERIES[:3]] + ["not json"] + \
       [json.dumps({"query": q}) for q in QUERIES[3:]]
   config = _config(tmp_path, input=_jsonl(tmp_path / "q.jsonl", lines), answer=True)
-  summary = optimize.optimize(config, work)
+  summary = optimize.optimize(Run(config, work))
   assert summary["rows"] == 6 and summary["skipped"] == 1 and summary["round"] == 2
   full = _rows(config.optimize.output)
   assert [r["line"] for r in full] == [1, 2, 3, 5, 6, 7]
-  expected = rounds.policy_prompts(config, work, 2, QUERIES, collect=False, seed=config.seed)
+  expected = rounds.prompt_sampler(Run(config, work), 2)(QUERIES, collect=False, seed=config.seed)
   assert [r["prompt"] for r in full] == [p[0] for p in expected]
   options = get_task("topics").verbalizers
   assert all(r["answer"] in options for r in full)
@@ -81,7 +82,7 @@ def test_greedy_prompts_and_answers_resume_after_a_cut(work, tmp_path):
   text = open(config.optimize.output).read().splitlines(keepends=True)
   with open(config.optimize.output, "w") as f:
     f.write("".join(text[:2]) + text[2][:10])
-  again = optimize.optimize(config, work)
+  again = optimize.optimize(Run(config, work))
   assert again["written_now"] == 4 and _rows(config.optimize.output) == full
 
 
@@ -91,14 +92,14 @@ def test_sampled_prompts_do_not_depend_on_where_a_run_was_cut(work, tmp_path):
   config = _config(tmp_path, input=path, num_samples=3)
   config.round = 1
   config.optimize.batch_size = 6
-  optimize.optimize(config, work)
+  optimize.optimize(Run(config, work))
   whole = _rows(config.optimize.output)
   assert all(len(r["prompts"]) == 3 and r["prompt"] == r["prompts"][0] for r in whole)
   os.remove(config.optimize.output)
   config.optimize.batch_size = 4
   with open(config.optimize.output, "w") as f:  # as if killed after the first 2 rows
     f.write("".join(json.dumps(r) + "\n" for r in whole[:2]))
-  optimize.optimize(config, work)
+  optimize.optimize(Run(config, work))
   assert _rows(config.optimize.output) == whole
 
 
@@ -109,21 +110,21 @@ def test_never_changes_a_file_it_did_not_write(tmp_path):
   foreign.write_text('{"id": 1, "note": "mine"}\n{"id": 2, "no')  # a user's file, cut short
   before = foreign.read_bytes()
   with pytest.raises(ValueError, match=f"{foreign}:1: not a row that --mode=optimize wrote"):
-    optimize.optimize(config, str(tmp_path / "w"))
+    optimize.optimize(Run(config, str(tmp_path / "w")))
   assert foreign.read_bytes() == before
   foreign.write_text(json.dumps({"line": 1, "fields": {"text": "another query"}, "prompt": "p"})
                      + "\n")
   with pytest.raises(ValueError, match=r"was written for another version of .* \(line 1 differs\)"):
-    optimize.optimize(config, str(tmp_path / "w"))
+    optimize.optimize(Run(config, str(tmp_path / "w")))
 
 
 def test_needs_input_and_a_trained_policy(tmp_path):
   config = _config(tmp_path)
   with pytest.raises(ValueError, match="needs --config.optimize.input"):
-    optimize.optimize(config, str(tmp_path / "w"))
+    optimize.optimize(Run(config, str(tmp_path / "w")))
   config.optimize.input = _jsonl(tmp_path / "q.jsonl", [json.dumps({"query": "x"})])
   with pytest.raises(FileNotFoundError, match="no trained policy in"):
-    optimize.optimize(config, str(tmp_path / "w"))
+    optimize.optimize(Run(config, str(tmp_path / "w")))
 
 
 def test_a_single_foreign_line_without_newline_is_refused_not_dropped(tmp_path):
@@ -133,7 +134,7 @@ def test_a_single_foreign_line_without_newline_is_refused_not_dropped(tmp_path):
     foreign = tmp_path / "out.jsonl"
     foreign.write_text(text)
     with pytest.raises(ValueError, match=f"{foreign}:1: not a row that --mode=optimize wrote"):
-      optimize.optimize(config, str(tmp_path / "w"))
+      optimize.optimize(Run(config, str(tmp_path / "w")))
     assert foreign.read_text() == text
 
 

@@ -9,8 +9,9 @@ import urllib.request
 import numpy as np
 import pytest
 
-from qpo_jax.policy import rounds
+from qpo_jax import rounds
 from qpo_jax.policy.serve import PolicyServer
+from qpo_jax.run import Run
 from qpo_jax.targets import HttpTarget, LocalTarget, build_target
 from qpo_jax.targets.server import Limits, ModelServer, make_server, serve_in_thread
 from qpo_jax.tasks import Example, get_task
@@ -44,7 +45,7 @@ def setup(tiny_run, tmp_path_factory):
   work = str(tmp_path_factory.mktemp("serve") / "work")
   shutil.copytree(tiny_run[0], work)
   config = repo_config("tiny.py")
-  sampler = rounds.prompt_sampler(config, work, 0)
+  sampler = rounds.prompt_sampler(Run(config, work), 0)
   target = build_target(config.target)
   task = get_task("topics")
   proxy = make_server(PolicyServer(sampler, task, target, "qpo-topics"), api_key=KEY,
@@ -70,7 +71,7 @@ def _expected(setup, query, target=None):
   """(prompt, rendered text, the target's likeliest option, option NLLs) done by hand."""
   config, work, _, default, task, _ = setup
   target = target or default
-  prompt = rounds.policy_prompts(config, work, 2, [query], collect=False, seed=0)[0][0]
+  prompt = rounds.prompt_sampler(Run(config, work), 2)([query], collect=False, seed=0)[0][0]
   ex = Example(uid="q", fields={"text": query})
   rendered = task.render(ex, prompt)
   nll, _ = target.score_options([rendered], [list(task.verbalizers)])

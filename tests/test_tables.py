@@ -107,8 +107,8 @@ def test_table_script_runs_a_paper_setting_end_to_end(tmp_path, smollm2_tokenize
   smollm2_tokenizer.save_pretrained(tok_dir)
   small = {
       "target.name": "random", "target.preset": "tiny-llama", "target.tokenizer_path": tok_dir,
-      "target.dtype": "float32", "target.param_dtype": "float32", "target.batch_size": "8",
-      "target.length_multiple": "16", "policy.name": "random", "policy.preset": "tiny-llama",
+      "target.dtype": "float32", "target.param_dtype": "float32", "target.local.batch_size": "8",
+      "target.local.length_multiple": "16", "policy.name": "random", "policy.preset": "tiny-llama",
       "policy.tokenizer_path": tok_dir, "data.num_queries": "6",
       "data.prompt_sources": "('manual', 'generic_instruction')", "train.epochs": "2",
       "train.finetune_epochs": "1", "train.batch_size": "8", "train.query_len": "16",

@@ -9,17 +9,19 @@ authors' code decodes a fixed 40 tokens and drops the mask while decoding.)
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qpo_jax import decoding
+from qpo_jax import decoding, distributed
 from qpo_jax.models.config import ModelConfig
 from qpo_jax.models.transformer import init_cache
 from qpo_jax.policy.model import PromptDT
+from qpo_jax.policy.settings import SampleSettings
 from qpo_jax.tokens import pad_id, tokenize
 from qpo_jax.utils import progress_bar
 
@@ -81,3 +83,38 @@ def decode_prompts(cfg: ModelConfig, params, tokenizer, queries: Sequence[str], 
     bar.update(len(chunk))
   bar.close()
   return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptSampler:
+  """A trained round's policy, loaded once, and the config's sampling settings."""
+
+  cfg: Any
+  params: Any
+  tokenizer: Any
+  sample: SampleSettings
+  query_len: int
+  prompt_len: int
+  round: int
+
+  def __call__(self, queries: Sequence[str], *, collect: bool, seed: int,
+               num_samples: int | None = None, first_index: int = 0,
+               target_return: float | None = None) -> list[list[str]]:
+    """Greedy prompts (test) or the collection sampler's `num_samples` per query, at R* =
+    `target_return` (default: the config's `sample.target_return`).
+
+    Over several processes each samples its share of the queries on its own
+    devices and the prompts are gathered (a query's prompts depend only on its
+    index, so they are those of one process).
+    """
+    sc = self.sample
+    knobs = dataclasses.asdict(sc.collect if collect else sc.test)
+    n = (num_samples or sc.num_samples) if collect else 1
+    mine = distributed.share(len(queries))
+    local = decode_prompts(
+        self.cfg, self.params, self.tokenizer, list(queries)[mine.start:mine.stop],
+        target_return=sc.target_return if target_return is None else target_return,
+        query_len=self.query_len, prompt_len=self.prompt_len,
+        seed=seed, num_samples=n, batch_size=sc.batch_size, first_index=first_index + mine.start,
+        **knobs)
+    return distributed.allgather(local)

@@ -26,7 +26,7 @@ from typing import Any, Callable
 from absl import logging
 import numpy as np
 
-from qpo_jax.policy.rounds import PromptSampler
+from qpo_jax.policy.sampling import PromptSampler
 from qpo_jax.targets.server import Limits, RequestError, hold, int_field
 from qpo_jax.tasks import CHOICE, Example, Task
 from qpo_jax.targets import Target

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from qpo_jax.config_rules import typed
+
 SCHEDULES = ("step", "cosine")
 
 
@@ -42,14 +44,8 @@ class TrainSettings:
 
   @classmethod
   def of(cls, train: Mapping[str, Any]) -> TrainSettings:
-    """From a config's `train` section (every field; `round` and the like are not training)."""
-    values = {}
-    for field in dataclasses.fields(cls):
-      if field.name not in train:
-        raise ValueError(f"train.{field.name} is missing (configs/base.py lists every field)")
-      kind = {"float": float, "int": int, "bool": bool, "str": str}[field.type]
-      values[field.name] = kind(train[field.name])
-    return cls(**values)
+    """From a config's `train` section."""
+    return typed(cls, train, "train")
 
   def for_round(self, t: int) -> TrainSettings:
     """Round t's settings: rounds after the first fine-tune (finetune_lr, finetune_epochs)."""

@@ -30,6 +30,7 @@ from qpo_jax.policy.batches import Batches
 from qpo_jax.policy.settings import TrainSettings
 from qpo_jax.policy.training_rows import TrainingRows
 from qpo_jax.utils import atomic_write_text, peak_memory_gb, progress_bar
+from qpo_jax.workdir import RoundDir
 
 
 def _trim_metrics(path: str, last_step: int) -> None:
@@ -52,7 +53,8 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, rows: Traini
   call) in the process that finished it, and its peak memory.
   """
   entered = time.time()
-  final = os.path.join(round_dir, "final")
+  files = RoundDir(round_dir)
+  final = files.final
   if os.path.exists(final):
     return load_final_params(round_dir, init_params)
   batches = Batches(rows, batch_size=tc.batch_size, seed=seed, mesh=mesh,
@@ -62,11 +64,11 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, rows: Traini
   manager, state, latest = _restore_latest_good(round_dir, step_fns, batches, total)
   if state is None:
     state = step_fns.init(init_params)
-  metrics_path = os.path.join(round_dir, "metrics.jsonl")
+  metrics_path = files.metrics
   _trim_metrics(metrics_path, int(latest or 0))
   from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
   writes = distributed.is_writer()  # the other processes of a multi-process run log nothing
-  writer = SummaryWriter(os.path.join(round_dir, "tb")) if writes else None
+  writer = SummaryWriter(files.tensorboard) if writes else None
   rng = jax.random.key(seed)
   log_every, ckpt_every = tc.log_every, tc.checkpoint_every
   start_step = int(state.step)
@@ -111,7 +113,7 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, rows: Traini
     if writer:
       writer.close()
   if int(state.step) == total:
-    params_dir = os.path.join(os.path.abspath(round_dir), "params")
+    params_dir = files.params
     if os.path.exists(params_dir) and writes:  # left by a run killed before marking final
       shutil.rmtree(params_dir)
     distributed.barrier(f"{round_dir} params")
@@ -120,7 +122,7 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, rows: Traini
     checkpointer.wait_until_finished()
     distributed.barrier(f"{round_dir} params saved")
     if writes:
-      checksums.write(params_dir, _params_sums(round_dir))
+      checksums.write(params_dir, files.params_sums)
     cost = {"seconds": round(time.time() - (started or entered), 1),  # with the model's load
             "peak_memory_gb": peak_memory_gb()}
     atomic_write_text(final, json.dumps({"steps": total, "last": history_tail(metrics_path),
@@ -132,10 +134,11 @@ def train_round(round_dir: str, cfg: ModelConfig, init_params: Any, rows: Traini
 def load_final_params(round_dir: str, like: Any) -> Any:
   """A finished round's parameters, restored with the shapes and shardings of `like`, after
   their checksums (rounds saved before checksums existed: a finite check) pass."""
-  params_dir = os.path.join(os.path.abspath(round_dir), "params")
-  redo = (f"; delete {os.path.join(round_dir, 'final')} and {params_dir} and rerun: the round "
+  files = RoundDir(round_dir)
+  params_dir = files.params
+  redo = (f"; delete {files.final} and {params_dir} and rerun: the round "
           "resumes from its last checkpoint")
-  sums = _params_sums(round_dir)
+  sums = files.params_sums
   why = checksums.problem(params_dir, sums) if os.path.exists(sums) else None
   if why:
     raise ValueError(f"the parameters of {round_dir} are damaged: {why}{redo}")
@@ -156,14 +159,6 @@ def abstract(tree: Any, shardings: Any = None) -> Any:
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def _params_sums(round_dir: str) -> str:
-  return os.path.join(os.path.abspath(round_dir), "params.sha256.json")
-
-
-def _step_sums(round_dir: str, step: int) -> str:
-  return os.path.join(os.path.abspath(round_dir), "checkpoint_sums", f"{step}.json")
-
-
 def _finite(tree) -> bool:
   return all(bool(jnp.isfinite(x).all()) for x in jax.tree_util.tree_leaves(tree)
              if jnp.issubdtype(x.dtype, jnp.inexact))
@@ -176,9 +171,10 @@ def _record_sums(round_dir: str, manager: ocp.CheckpointManager) -> None:
   distributed.barrier(f"{round_dir} checkpoint saved")
   if distributed.is_writer():
     step = manager.latest_step()
-    checksums.write(os.path.join(manager.directory, str(step)), _step_sums(round_dir, step))
+    sums = RoundDir(round_dir).step_sums(step)
+    checksums.write(os.path.join(manager.directory, str(step)), sums)
     kept = {f"{s}.json" for s in manager.all_steps()}
-    folder = os.path.dirname(_step_sums(round_dir, step))
+    folder = os.path.dirname(sums)
     for name in os.listdir(folder):
       if name not in kept:
         os.remove(os.path.join(folder, name))
@@ -190,14 +186,15 @@ def _restore_latest_good(round_dir: str, step_fns, batches: Batches, total: int)
   pass, that orbax reads and whose parameters are finite. A damaged one is moved to
   <round_dir>/damaged/ with a warning naming it and the step resumed instead (none left:
   the round starts over, its data being the same)."""
-  directory = os.path.join(os.path.abspath(round_dir), "checkpoints")
+  files = RoundDir(round_dir)
+  directory = files.checkpoints
   options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
   while True:
     manager = ocp.CheckpointManager(directory, options=options)
     latest = manager.latest_step()
     if latest is None:
       return manager, None, None
-    step_dir, sums = os.path.join(directory, str(latest)), _step_sums(round_dir, latest)
+    step_dir, sums = os.path.join(directory, str(latest)), files.step_sums(latest)
     why = checksums.problem(step_dir, sums) if os.path.exists(sums) else None
     if why is None:
       try:
@@ -213,7 +210,7 @@ def _restore_latest_good(round_dir: str, step_fns, batches: Batches, total: int)
           return manager, restored["state"], latest
         why = "its parameters are not finite"
     older = [s for s in manager.all_steps() if s < latest]
-    aside = os.path.join(os.path.abspath(round_dir), "damaged", f"{latest}-{int(time.time())}")
+    aside = files.damaged(latest, int(time.time()))
     logging.warning("checkpoint %s is damaged: %s. Moved to %s; %s.", step_dir, why, aside,
                     f"resuming from step {max(older)} ({os.path.join(directory, str(max(older)))})"
                     if older else "the round starts over")
@@ -233,7 +230,6 @@ def history_tail(path: str) -> dict[str, float]:
 
 
 def metrics_history(round_dir: str) -> list[dict[str, float]]:
-  path = os.path.join(round_dir, "metrics.jsonl")
-  with open(path) as f:
+  with open(RoundDir(round_dir).metrics) as f:
     return [json.loads(ln) for ln in f if ln.strip()]
 

@@ -1,15 +1,19 @@
 """Target LLM backends by config: `target.backend` is "local" (JAX) or "http" (OpenAI API).
 
-Both expose `identity` (the evaluation-cache key part), `score_options(user_texts,
+A config's `target` section names the model (what `local` loads; `http` sends its
+name) and has one part per backend, `target.local` and `target.http`, read here
+into typed options; only the backend's own part applies. Both backends expose `identity` (the evaluation-cache key part), `score_options(user_texts,
 options) -> ([N, K] mean NLL, prompt tokens)` and `generate(user_texts,
 max_new_tokens) -> [Generation]`; the evaluation code uses nothing else.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Mapping, Protocol, Sequence
 
+from qpo_jax.config_rules import typed
 from qpo_jax.targets.http import HttpTarget, TargetError
 from qpo_jax.targets.local import Generation, LocalTarget
 
@@ -32,35 +36,45 @@ class Target(Protocol):
   def generate(self, user_texts: Sequence[str], max_new_tokens: int) -> list[Generation]: ...
 
 
+@dataclasses.dataclass(frozen=True)
+class LocalOptions:
+  """`target.local`: how our JAX model is asked."""
+  chat: bool  # render prompts with the model's chat template
+  batch_size: int  # scoring / generation batch
+  length_multiple: int  # pad lengths to a multiple of this (fewer compilations)
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpOptions:
+  """`target.http`: how an OpenAI-compatible server is asked."""
+  base_url: str  # "" : $OPENAI_BASE_URL
+  model: str  # "" : target.name
+  api_key_env: str  # the environment variable holding the key
+  scoring: str  # completions or chat_first_token
+  concurrency: int
+  max_retries: int
+  timeout_s: float
+  backoff_s: float
+
+
 def _local(cfg: Mapping[str, Any], mesh):
   from qpo_jax.checkpoints.registry import load_model  # pylint: disable=g-import-not-at-top
 
-  return LocalTarget(load_model(cfg), chat=bool(cfg["chat"]),
-                     batch_size=int(cfg["batch_size"]),
-                     length_multiple=int(cfg["length_multiple"]), mesh=mesh,
+  o = typed(LocalOptions, cfg["local"], "target.local")
+  return LocalTarget(load_model(cfg), chat=o.chat, batch_size=o.batch_size,
+                     length_multiple=o.length_multiple, mesh=mesh,
                      reload=lambda: load_model(cfg))
 
 
 def _http(cfg: Mapping[str, Any], mesh):
   del mesh
-  return HttpTarget(cfg["base_url"] or os.environ.get("OPENAI_BASE_URL", ""),
-                    cfg["model"] or cfg["name"],
-                    api_key_env=cfg["api_key_env"],
-                    scoring=cfg["scoring"],
-                    concurrency=int(cfg["concurrency"]),
-                    max_retries=int(cfg["max_retries"]),
-                    timeout_s=float(cfg["timeout_s"]),
-                    backoff_s=float(cfg["backoff_s"]))
+  o = typed(HttpOptions, cfg["http"], "target.http")
+  return HttpTarget(o.base_url or os.environ.get("OPENAI_BASE_URL", ""), o.model or cfg["name"],
+                    api_key_env=o.api_key_env, scoring=o.scoring, concurrency=o.concurrency,
+                    max_retries=o.max_retries, timeout_s=o.timeout_s, backoff_s=o.backoff_s)
 
 
 BACKENDS = {"local": _local, "http": _http}
-
-
-def run_target(config) -> Target:
-  """The target of a run: `config.target` on the mesh `config.mesh` describes."""
-  from qpo_jax import sharding  # pylint: disable=g-import-not-at-top
-
-  return build_target(config.target, mesh=sharding.make_mesh(config.mesh))
 
 
 def build_target(cfg: Mapping[str, Any], mesh=None) -> Target:
@@ -71,5 +85,5 @@ def build_target(cfg: Mapping[str, Any], mesh=None) -> Target:
   return BACKENDS[backend](cfg, mesh)
 
 
-__all__ = ["BACKENDS", "Generation", "HttpTarget", "LocalTarget", "Target", "TargetError",
-           "build_target", "run_target"]
+__all__ = ["BACKENDS", "Generation", "HttpOptions", "HttpTarget", "LocalOptions", "LocalTarget",
+           "Target", "TargetError", "build_target"]

@@ -53,9 +53,10 @@ class HttpTarget:
                timeout_s: float = 60.0, backoff_s: float = 1.0, top_logprobs: int = 20,
                chat_tokenizer=None):
     if not base_url:
-      raise ValueError("target.base_url is empty; e.g. http://127.0.0.1:8000/v1")
+      raise ValueError("target.http.base_url is empty; e.g. http://127.0.0.1:8000/v1")
     if scoring not in ("completions", "chat_first_token"):
-      raise ValueError(f"target.scoring={scoring!r} is not 'completions' or 'chat_first_token'")
+      raise ValueError(f"target.http.scoring={scoring!r} is not 'completions' or "
+                       "'chat_first_token'")
     self.base_url = base_url.rstrip("/")
     self.model = model
     self.scoring = scoring
@@ -121,7 +122,7 @@ class HttpTarget:
                 else f"timed out after {self.timeout_s:g}s")
         if last:
           raise TargetError(f"POST {url}: {what} ({attempts} attempts)"
-                            + ("" if dropped else "; raise target.timeout_s or check the server")
+                            + ("" if dropped else "; raise target.http.timeout_s or check the server")
                             ) from None
         logging.warning("POST %s: %s, retry %d/%d", url, what, attempt + 1, self.max_retries)
       time.sleep(wait)

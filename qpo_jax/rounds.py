@@ -1,0 +1,90 @@
+"""Policy rounds of a run: train round t on D_{t-1}; round t's policy as a prompt sampler.
+
+Round 1 starts from the pretrained LM (`config.policy`) with `config.train`;
+round t > 1 fine-tunes round t-1's final policy with `train.finetune_lr` and
+`train.finetune_epochs` (spec: lr 1e-4, 20 epochs). The round trains on the
+dataset's expert records (`data.threshold` on the raw reward and/or each
+query's best `data.top_fraction`, ranked by `data.rank_by`); rewards are
+normalised by the dataset's stored min/max (D_0's) when `train.normalize` is
+on. Every stage checks and records the config fields it depends on
+(`Run.claim`, fingerprint.py), so a workdir is never reused with settings it
+was not made with.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from qpo_jax import sharding
+from qpo_jax.policy import trainer, training_rows
+from qpo_jax.policy.sampling import PromptSampler
+from qpo_jax.policy.settings import SampleSettings, TrainSettings
+from qpo_jax.run import Run
+from qpo_jax.stages import Stage
+from qpo_jax.store import dataset
+from qpo_jax.workdir import Workdir
+
+
+def train_policy_round(run: Run, t: int, stop_after: int | None = None) -> Any:
+  """Trains (or resumes, or loads) round t; returns its final parameters, which the run
+  holds for the next stage.
+
+  Round 1 starts from the pretrained policy, round t > 1 from round t-1's parameters
+  (the run's, if it holds them). `stop_after` ends this call after that many steps
+  (tests; a rerun resumes).
+  """
+  started = time.time()
+  if t < 1:
+    raise ValueError(f"policy rounds start at 1, got {t}")
+  config, wd = run.config, run.wd
+  data = wd.data(t - 1)
+  dataset.read_manifest(data)  # fails first if D_{t-1} is not there
+  run.claim(Stage("round", t))
+  if t in wd.finished_rounds():
+    return run.round_params(t)
+  tc = TrainSettings.of(config.train).for_round(t)
+  if t == 1:
+    cfg, params, tok = run.pretrained_policy()
+  else:  # the init is never read: never two copies of the policy (+0.5 GB)
+    cfg, tok, _ = run.policy_spec()
+    params = run.take_round(t - 1)
+  rows, _ = training_rows.from_dataset(
+      data, tok, query_len=tc.query_len, prompt_len=tc.prompt_len,
+      normalize=tc.normalize, threshold=config.data.threshold,
+      top_fraction=config.data.top_fraction, rank_by=config.data.rank_by)
+  if not len(rows):
+    raise ValueError(f"no record of {data} passes the expert filter "
+                     f"(data.threshold={config.data.threshold}, data.top_fraction="
+                     f"{config.data.top_fraction}); lower data.threshold")
+  params = sharding.shard_params(params, run.mesh)
+  params = trainer.train_round(wd.round(t), cfg, params, rows, tc, mesh=run.mesh,
+                               seed=config.seed + t, stop_after=stop_after, started=started)
+  if t in wd.finished_rounds():  # not when `stop_after` ended it early
+    run.hold_round(t, params)
+  return params
+
+
+def last_finished(workdir: str) -> int:
+  """The last round whose training finished; an error naming the directory if none has."""
+  finished = Workdir(workdir).finished_rounds()
+  if not finished:
+    raise FileNotFoundError(f"no trained policy in {os.path.join(workdir, 'policy')}; run "
+                            "the loop or --mode=train_policy first")
+  return finished[-1]
+
+
+def prompt_sampler(run: Run, t: int) -> PromptSampler:
+  """Round t's policy (0: the last finished), checked against the config's fingerprint;
+  its parameters are the run's (held, or read from disk)."""
+  wd = run.wd
+  finished = wd.finished_rounds()
+  t = t or last_finished(run.workdir)
+  if t not in finished:
+    raise FileNotFoundError(f"policy round {t} has not finished training in {wd.round(t)}; "
+                            f"finished rounds: {finished or 'none'}")
+  run.claim(Stage("round", t), record=False)
+  cfg, tok, _ = run.policy_spec()
+  return PromptSampler(cfg, run.round_params(t), tok, SampleSettings.of(run.config.sample),
+                       run.config.train.query_len, run.config.train.prompt_len, t)
