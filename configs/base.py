@@ -135,7 +135,7 @@ def get_config() -> ml_collections.ConfigDict:
       collect=dict(temperature=1.0, top_k=2, top_p=0.9))  # collection sampling
 
   c.loop = dict(
-      num_loops=3,  # QPO loops (rounds)
+      num_loops=3,  # QPO loops T (loop t: round t, then collect t)
       collect_batches=10,  # collection batches per loop
       collect_queries=100,  # queries per collection batch (avg_acc is over one batch)
       # collect after the last round too: its records train nothing, but its accuracy is a
