@@ -69,7 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
           header=placeholder(bool),  # csv: first line is a header (None: the task's default)
           label_base=placeholder(int)))  # subtract from labels (1-based label files)
 
-  c.data = dict(
+  c.offline = dict(
       source="build",  # build D_0 with the target, or import a published offline file
       path="",  # import: the file
       prompts_dir="",  # source prompts: InstructEval-style YAML directory ("" : the packaged ones)
@@ -219,11 +219,12 @@ RULES = {
     "target.http.backoff_s": "non_negative",
     "task.seed": "seed", "task.max_words": "positive_int", "task.data.size": "positive_int",
     "task.data.seed": "seed", "task.data.label_base": "count",
-    "data.num_queries": "count", "data.num_demo_sets": "positive_int",
-    "data.num_demos": "positive_int", "data.threshold": "any", "data.top_fraction": "fraction",
-    "data.prompts_per_query": "count", "data.max_bad_fraction": "unit",
-    "data.prompts_per_chunk": "positive_int", "data.records_per_shard": "positive_int",
-    "data.max_new_tokens": "positive_int",
+    "offline.num_queries": "count", "offline.num_demo_sets": "positive_int",
+    "offline.num_demos": "positive_int", "offline.threshold": "any",
+    "offline.top_fraction": "fraction",
+    "offline.prompts_per_query": "count", "offline.max_bad_fraction": "unit",
+    "offline.prompts_per_chunk": "positive_int", "offline.records_per_shard": "positive_int",
+    "offline.max_new_tokens": "positive_int",
     "policy.seed": "seed", "policy.lora_rank": "count", "policy.lora_alpha": "positive",
     "train.learning_rate": "positive", "train.epochs": "positive",
     "train.decay_every_epochs": "positive", "train.decay_rate": "fraction",
@@ -255,13 +256,28 @@ RULES = {
     "generate.max_new_tokens": "positive_int", "generate.batch_size": "positive_int",
 }
 
+# Fields that moved: old name -> new name. A stage recorded under an old name is compared
+# under the new one (fingerprint.py), and an old name on the command line says where it went.
+MOVED = {
+    **{f"target.{k}": f"target.local.{k}" for k in ("chat", "batch_size", "length_multiple")},
+    **{f"target.{k}": f"target.http.{k}" for k in (
+        "base_url", "model", "api_key_env", "scoring", "concurrency", "max_retries",
+        "timeout_s", "backoff_s")},
+    **{f"data.{k}": f"offline.{k}" for k in (  # `data` was a second name beside task.data
+        "source", "path", "prompts_dir", "prompt_sources", "lp_model", "prompts_file",
+        "aliases_file", "target_name", "num_queries", "settings", "num_demo_sets", "num_demos",
+        "threshold", "top_fraction", "rank_by", "prompts_per_query", "nll_term",
+        "max_bad_fraction", "prompts_per_chunk", "records_per_shard", "max_new_tokens",
+        "inspect")},
+}
+
 # Fields that cannot change a result: left out of stage fingerprints (qpo_jax/fingerprint.py),
 # so changing one never stops a workdir from resuming.
 NEUTRAL = frozenset({
     "target.local.batch_size", "target.local.length_multiple", "target.http.concurrency",
     "target.http.max_retries", "target.http.timeout_s", "target.http.backoff_s",
     "target.http.api_key_env",
-    "data.inspect", "data.records_per_shard", "data.prompts_per_chunk",
+    "offline.inspect", "offline.records_per_shard", "offline.prompts_per_chunk",
     "progress", "train.log_every", "train.checkpoint_every",
     "loop.num_loops", "loop.final_collection"})
 # Not neutral though they change no arithmetic: `policy.remat` and `sample.batch_size` change

@@ -39,7 +39,7 @@ def get_config(arg: str = "task=ag_news") -> ml_collections.ConfigDict:
   c = quickstart.get_config()
   c.task.name = task
   c.task.data.update(kind="files", dir=data_dir(task), files=files)
-  c.data.update(prompts_dir=data_dir("prompts", "instructeval", "instructions"), lp_model="llama7b",
-                num_queries=num_queries)
+  c.offline.update(prompts_dir=data_dir("prompts", "instructeval", "instructions"),
+                   lp_model="llama7b", num_queries=num_queries)
   c.train.update(query_len=query_len, prompt_len=64)
   return c

@@ -94,14 +94,14 @@ def get_config(arg: str = "task=tweet_emotion,setting=few_shot,target=llama-2-7b
     c.target.http.update(base_url="https://api.openai.com/v1", model=target,
                          scoring="chat_first_token", concurrency=8, timeout_s=120.0)
   c.policy.update(name="hf", preset="gpt2-small")
-  c.data.update(prompts_dir=data_dir("prompts", "instructeval", "instructions"), lp_model="llama7b",
-                settings=(setting,), num_demo_sets=5, num_demos=6,
-                threshold=THRESHOLD[setting], top_fraction=0.05, prompts_per_chunk=8,
-                max_new_tokens=512)
+  c.offline.update(prompts_dir=data_dir("prompts", "instructeval", "instructions"),
+                   lp_model="llama7b", settings=(setting,), num_demo_sets=5, num_demos=6,
+                   threshold=THRESHOLD[setting], top_fraction=0.05, prompts_per_chunk=8,
+                   max_new_tokens=512)
   if math:  # source prompts: Prompt-OIRL's 6 training prompts
-    c.data.update(prompts_dir="", prompts_file=data_dir("prompt_oirl", "prompts_16.json"),
-                  aliases_file=data_dir("prompt_oirl", "prompt_aliases_16.json"),
-                  prompt_sources=("nan", "CoT", "APE", "Dis", "ToT", "Decomp"))
+    c.offline.update(prompts_dir="", prompts_file=data_dir("prompt_oirl", "prompts_16.json"),
+                     aliases_file=data_dir("prompt_oirl", "prompt_aliases_16.json"),
+                     prompt_sources=("nan", "CoT", "APE", "Dis", "ToT", "Decomp"))
   c.train.update(prompt_len=64)
   c.eval.update(settings=(setting,), num_queries=200 if math else 100)
   c.eval_prompts.update(setting=setting)

@@ -15,7 +15,7 @@ def get_config():
   c.task.update(name="topics")
   c.task.data.update(kind="builtin", size=80)
   c.eval_prompts.update(num_queries=8, num_demo_sets=3, num_demos=4, max_new_tokens=128)
-  c.data.update(num_queries=8, num_demo_sets=3, num_demos=4)
+  c.offline.update(num_queries=8, num_demo_sets=3, num_demos=4)
   c.policy.update(name="random", preset="tiny-llama", tokenizer="smollm2")
   c.train.update(epochs=3, decay_every_epochs=1, batch_size=8, query_len=16, prompt_len=18,
                  finetune_epochs=2, log_every=10, checkpoint_every=200)

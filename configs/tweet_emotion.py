@@ -18,6 +18,5 @@ from qpo_jax.configs import quickstart
 
 def get_config():
   c = quickstart.get_config()
-  c.data.num_queries = 400
   c.eval.num_queries = 1421  # all of TweetEval emotion's test split (after deduplication)
   return c

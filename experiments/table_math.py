@@ -11,7 +11,7 @@ Runs (or resumes) every setting it needs with main.py under --root, then writes
 Hardware: any machine for the API targets (OPENAI_API_KEY in the environment; the policy trains on
 one GPU, or slowly on CPU); one >= 40 GB GPU for the Llama-2-7B-chat column.
 Runtime: estimated, not measured: dominated by generation. Importing Prompt-OIRL's logs as D_0
-(--override=data.source=prompt_oirl ...) leaves 3 x 1,000 collection and ~2,000 test
+(--override=offline.source=prompt_oirl ...) leaves 3 x 1,000 collection and ~2,000 test
 generations per column: about 1-2 h per API column at 8 concurrent requests, 2-4 h for
 the local 7B column on one H100.
 """

@@ -11,7 +11,7 @@ Runs (or resumes) every setting it needs with main.py under --root, then writes
 Hardware: one GPU with >= 40 GB (A100/H100).
 Runtime: estimated, not measured: 5-10x the zero-shot table's target calls, about 2-5 days on one
 H100; import the authors' published few-shot logs instead of building D_0
-(--override=data.source=qpo_json --override=data.path=...) to skip most of it.
+(--override=offline.source=qpo_json --override=offline.path=...) to skip most of it.
 """
 
 import paper_table

@@ -44,6 +44,7 @@ KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 _BASE = config_module(os.path.join(configs_dir(), "base.py"))
 RULES: dict[str, str] = _BASE.RULES  # beside the fields they check, in configs/base.py
 NEUTRAL: frozenset[str] = _BASE.NEUTRAL  # fields that cannot change a result (fingerprint.py)
+MOVED: dict[str, str] = _BASE.MOVED  # old field name -> new
 
 
 def leaves(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

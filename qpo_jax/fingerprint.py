@@ -34,16 +34,14 @@ from qpo_jax.utils import atomic_write_text, read_json
 # configs/base.py lists them beside the fields; `train.round`, older configs' name of
 # `round`, selected a stage rather than shaping it
 NEUTRAL: frozenset[str] = config_rules.NEUTRAL | {"train.round"}
-# Fields that moved: a stage recorded under the old name is compared under the new one.
-RENAMED = {f"target.{k}": f"target.{part}.{k}" for part, keys in (
-    ("local", ("chat", "batch_size", "length_multiple")),
-    ("http", ("base_url", "model", "api_key_env", "scoring", "concurrency", "max_retries",
-              "timeout_s", "backoff_s"))) for k in keys}
+# Fields that moved (configs/base.py): a stage recorded under the old name is compared
+# under the new one.
+RENAMED = config_rules.MOVED
 # the fields that name a file or directory
 PATHS = ("dir", "data_dir", "path", "tokenizer_path", "prompts_dir", "prompts_file",
          "aliases_file")
 # applied when a round draws its data
-FILTER = ("data.threshold", "data.top_fraction", "data.rank_by")
+FILTER = ("offline.threshold", "offline.top_fraction", "offline.rank_by")
 _UNSET = "<unset>"
 
 

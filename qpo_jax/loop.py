@@ -78,8 +78,8 @@ def validate(config: ml_collections.ConfigDict, policy: bool = True) -> None:
   the modes that never train or run the policy (then its prompt length is not checked).
   """
   config_rules.check(config)
-  if _field(config, "data.rank_by") not in rewards.RANK_BY:
-    raise ValueError(f"data.rank_by={config.data.rank_by!r} must be one of {rewards.RANK_BY}")
+  if _field(config, "offline.rank_by") not in rewards.RANK_BY:
+    raise ValueError(f"offline.rank_by={config.offline.rank_by!r} must be one of {rewards.RANK_BY}")
   if 0 < _field(config, "loop.prompt_queries") < _field(config, "loop.screen_queries"):
     raise ValueError(f"loop.screen_queries={config.loop.screen_queries} must be at most "
                      f"loop.prompt_queries={config.loop.prompt_queries} (0: all D_0 queries; the screening "
@@ -97,8 +97,9 @@ def validate(config: ml_collections.ConfigDict, policy: bool = True) -> None:
   for role in ("target", "policy") if backend == "local" else ("policy",):
     _check_model_path(config, role)
   TrainSettings.of(config.train)  # the settings a round trains with, checked now
-  if config.data.nll_term not in rewards.NLL_TERMS:
-    raise ValueError(f"data.nll_term={config.data.nll_term!r} is not one of {rewards.NLL_TERMS}")
+  if config.offline.nll_term not in rewards.NLL_TERMS:
+    raise ValueError(f"offline.nll_term={config.offline.nll_term!r} is not one of "
+                     f"{rewards.NLL_TERMS}")
   task = task_of(config.task)
   spec = data_spec(task, config.task.data)
   if spec["kind"] == "files" and not os.path.isdir(os.path.expanduser(spec.get("dir") or "")):
@@ -108,14 +109,14 @@ def validate(config: ml_collections.ConfigDict, policy: bool = True) -> None:
     raise ValueError(f"eval.returns={tuple(config.eval.returns)!r} must be numbers (R* values)")
   if config.eval.split not in ("test", "validation"):
     raise ValueError(f"eval.split={config.eval.split!r} must be 'test' or 'validation'")
-  for s in list(config.data.settings) + list(config.eval.settings):
+  for s in list(config.offline.settings) + list(config.eval.settings):
     if s not in evaluation.SETTINGS:
       raise ValueError(f"setting {s!r} is not one of {evaluation.SETTINGS}")
-  if policy and config.data.source == "build":  # imported prompts: when D_0 is imported
+  if policy and config.offline.source == "build":  # imported prompts: when D_0 is imported
     tokenizer = load_tokenizer(config.policy)
     if tokenizer is not None:
       tokens.check_prompt_lengths(tokenizer,
-                                  [p for _, p in prompts_lib.source_prompts(config, task)],
+                                  [p for _, p in prompts_lib.source_prompts(config.offline, task)],
                                   config.train.prompt_len)
 
 
@@ -139,7 +140,7 @@ def _imported(config, task, splits) -> tuple[list, str]:
   train and collect) and SVAMP's five CV folds (MAWPS, ASDiv-A and SVAMP problems);
   records of collect or test queries are dropped, and the rest get their query texts.
   """
-  d = config.data
+  d = config.offline
   if d.source == "qpo_json":
     recs, summary = importers.import_qpo_json(d.path, task=task.name, target=d.target_name or None,
                                               verbalizers=task.verbalizers,
@@ -163,15 +164,15 @@ def _imported(config, task, splits) -> tuple[list, str]:
 
 def d0_queries(config: ml_collections.ConfigDict, train: list[task_base.Example]
                ) -> list[task_base.Example]:
-  """The train queries a built D_0 tries every source prompt on (data.num_queries, seeded);
+  """The train queries a built D_0 tries every source prompt on (offline.num_queries, seeded);
   a peer optimiser compared with QPO is given the same ones."""
-  return task_base.sample_queries(train, config.data.num_queries or len(train),
+  return task_base.sample_queries(train, config.offline.num_queries or len(train),
                                   seed=config.seed, max_words=config.task.max_words)
 
 
 def build_d0(run: Run) -> dict[str, Any]:
   """D_0 in <workdir>/data/loop_0: built on the target from source prompts, or imported."""
-  config, d = run.config, run.config.data
+  config, d = run.config, run.config.offline
   out = run.wd.data(0)
   run.claim(Stage("d0"))
   if os.path.exists(os.path.join(out, dataset.MANIFEST)):
@@ -202,7 +203,7 @@ def build_d0(run: Run) -> dict[str, Any]:
         nll_term=d.nll_term, meta={"task": task.name, "target": target.identity},
         final_meta=lambda: {"cost": stage_cost(cache, started)})
   else:
-    raise ValueError(f"data.source={d.source!r} is not 'build', 'qpo_json' or 'prompt_oirl'")
+    raise ValueError(f"offline.source={d.source!r} is not 'build', 'qpo_json' or 'prompt_oirl'")
   print(f"D_0: {manifest['count']} records, {manifest['queries']} queries, "
         f"{manifest['prompts']} prompts, reward {manifest['reward']} -> {out}", flush=True)
   return manifest
@@ -228,8 +229,9 @@ def collect_round(run: Run, t: int) -> dict[str, Any]:
                                      seed=config.seed + 1000 * t, balanced=False,
                                      max_words=config.task.max_words)
   old, previous = dataset.read_dataset(wd.data(t - 1))
-  setting = list(config.data.settings)[0]  # collection rewards use the run's first setting
-  demos = task_base.demo_sets(splits["train"], config.data.num_demo_sets, config.data.num_demos,
+  setting = list(config.offline.settings)[0]  # collection rewards use the run's first setting
+  demos = task_base.demo_sets(splits["train"], config.offline.num_demo_sets,
+                              config.offline.num_demos,
                               seed=config.seed, max_words=config.task.max_words) \
       if setting == evaluation.FEW_SHOT else ()
   if os.path.exists(plan_path):  # the prompts sampled before a kill are reused, not redrawn
@@ -242,7 +244,7 @@ def collect_round(run: Run, t: int) -> dict[str, Any]:
                                             seed=config.seed + t)
     plan = {"query_ids": [q.uid for q in queries], "prompts": samples}
     if c.explore:
-      d = config.data
+      d = config.offline
       pairs, plan["explore"] = explore.plan(
           samples=samples, queries=queries, dataset_records=old,
           kept_records=rewards.expert_filter(old, d.threshold, d.top_fraction, d.rank_by),
@@ -250,7 +252,7 @@ def collect_round(run: Run, t: int) -> dict[str, Any]:
           train=splits["train"],
           score=lambda todo: evaluation.evaluate_pairs(
               task, target, todo, setting=setting, demo_sets=demos, cache=cache,
-              max_new_tokens=config.data.max_new_tokens),
+              max_new_tokens=config.offline.max_new_tokens),
           new_prompts=c.new_prompts, prompt_queries=c.prompt_queries,
           screen_queries=c.screen_queries, max_screen=c.max_screen,
           junk_quantile=c.junk_quantile, seed=config.seed + 1000 * t,
@@ -265,23 +267,23 @@ def collect_round(run: Run, t: int) -> dict[str, Any]:
                    for ex in splits["train"]})
     pairs = [(by_uid[uid], p) for uid, p in plan["pairs"]]
     outcomes = evaluation.evaluate_pairs(task, target, pairs, setting=setting, demo_sets=demos,
-                                         cache=cache, max_new_tokens=config.data.max_new_tokens)
+                                         cache=cache, max_new_tokens=config.offline.max_new_tokens)
     prior: dict[str, list[float]] = collections.defaultdict(list)
     for r in old:
       if r.setting == setting:
         prior[r.prompt].append(r.accuracy)
     rows = rewards.with_rewards([p for _, p in pairs], outcomes, setting, task.kind,
-                                nll_term=config.data.nll_term, prior=prior)
+                                nll_term=config.offline.nll_term, prior=prior)
   else:
     pairs = [(q, p) for q, ps in zip(queries, plan["prompts"]) for p in ps]
     outcomes = evaluation.evaluate_pairs(task, target, pairs, setting=setting, demo_sets=demos,
-                                         cache=cache, max_new_tokens=config.data.max_new_tokens)
+                                         cache=cache, max_new_tokens=config.offline.max_new_tokens)
     rows = []  # avg_acc: each collection batch's accuracy (the policy's prompts, evaluated together)
     per_batch = c.collect_queries * len(plan["prompts"][0])
     for start in range(0, len(pairs), per_batch):
       rows += rewards.with_rewards([p for _, p in pairs[start:start + per_batch]],
                                    outcomes[start:start + per_batch], setting, task.kind,
-                                   by_prompt=False, nll_term=config.data.nll_term)
+                                   by_prompt=False, nll_term=config.offline.nll_term)
   collect_ids = {q.uid for q in queries}
   collect_accuracy = evaluation.accuracy(  # the policy's own samples on collect queries
       [o for (q, _), o in zip(pairs, outcomes) if q.uid in collect_ids])
@@ -291,7 +293,7 @@ def collect_round(run: Run, t: int) -> dict[str, Any]:
          for (q, p), o in zip(pairs, rows)]
   manifest = dataset.write_dataset(  # D_0's normaliser: R* means the same raw reward every round
       out, dataset.merge(old, new), normalizer=rewards.Normalizer.from_dict(previous["normalizer"]),
-      records_per_shard=config.data.records_per_shard,
+      records_per_shard=config.offline.records_per_shard,
       meta={"loop": t, "collected": len(new), "collect_accuracy": collect_accuracy,
             "cost": stage_cost(cache, started)})
   logging.info("loop %d: %d new records (collect accuracy %.3f), D_%d has %d", t, len(new),

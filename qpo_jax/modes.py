@@ -170,13 +170,14 @@ def collect(run: Run) -> dict:
 
 
 def inspect_data(run: Run) -> str:
-  """Prints a dataset's report and writes its reward plot (the latest loop unless data.inspect)."""
-  directory = run.config.data.inspect
+  """Prints a dataset's report and writes its reward plot (the latest loop unless
+  offline.inspect)."""
+  directory = run.config.offline.inspect
   if not directory:
     loops = run.wd.datasets()
     if not loops:
       raise FileNotFoundError(f"no datasets under {run.workdir}/data; run --mode=build_d0 "
-                              "first or set --config.data.inspect")
+                              "first or set --config.offline.inspect")
     directory = run.wd.data(loops[-1])
   recs, manifest = dataset.read_dataset(directory)
   report = summary.describe(recs, manifest)

@@ -98,7 +98,7 @@ def reward(outcome: Outcome, avg_acc: float, setting: str, kind: str,
   if setting != "zero_shot":
     raise ValueError(f"setting {setting!r} is not zero_shot or few_shot")
   if nll_term not in NLL_TERMS:
-    raise ValueError(f"data.nll_term={nll_term!r} is not one of {NLL_TERMS}")
+    raise ValueError(f"offline.nll_term={nll_term!r} is not one of {NLL_TERMS}")
   if kind != CHOICE:
     penalty = outcome.response_nll
   elif nll_term == "choice":
@@ -214,7 +214,7 @@ def top_per_query(records: Sequence[Any], fraction: float | None,
   if fraction is None:
     return list(records)
   if not 0 < fraction <= 1:
-    raise ValueError(f"data.top_fraction={fraction} must be in (0, 1]")
+    raise ValueError(f"offline.top_fraction={fraction} must be in (0, 1]")
   scores = [_reward_of(r) for r in records] if scores is None else list(scores)
   by_query = collections.defaultdict(list)
   for i, r in enumerate(records):
@@ -235,7 +235,7 @@ def expert_filter(records: Sequence[Any], threshold: float | None = None,
   query's top fraction ranked by `rank_by`: the reward, or its `advantages` (computed over
   all of `records`, before the threshold)."""
   if rank_by not in RANK_BY:
-    raise ValueError(f"data.rank_by={rank_by!r} must be one of {RANK_BY}")
+    raise ValueError(f"offline.rank_by={rank_by!r} must be one of {RANK_BY}")
   scores = advantages(records) if rank_by == "advantage" else [_reward_of(r) for r in records]
   kept = [i for i, r in enumerate(records) if threshold is None or _reward_of(r) >= threshold]
   return top_per_query([records[i] for i in kept], top_fraction, [scores[i] for i in kept])

@@ -3,8 +3,8 @@
 Round 1 starts from the pretrained LM (`config.policy`) with `config.train`;
 round t > 1 fine-tunes round t-1's final policy with `train.finetune_lr` and
 `train.finetune_epochs` (spec: lr 1e-4, 20 epochs). The round trains on the
-dataset's expert records (`data.threshold` on the raw reward and/or each
-query's best `data.top_fraction`, ranked by `data.rank_by`); rewards are
+dataset's expert records (`offline.threshold` on the raw reward and/or each
+query's best `offline.top_fraction`, ranked by `offline.rank_by`); rewards are
 normalised by the dataset's stored min/max (D_0's) when `train.normalize` is
 on. Every stage checks and records the config fields it depends on
 (`Run.claim`, fingerprint.py), so a workdir is never reused with settings it
@@ -52,12 +52,12 @@ def train_policy_round(run: Run, t: int, stop_after: int | None = None) -> Any:
     params = run.take_round(t - 1)
   rows, _ = training_rows.from_dataset(
       data, tok, query_len=tc.query_len, prompt_len=tc.prompt_len,
-      normalize=tc.normalize, threshold=config.data.threshold,
-      top_fraction=config.data.top_fraction, rank_by=config.data.rank_by)
+      normalize=tc.normalize, threshold=config.offline.threshold,
+      top_fraction=config.offline.top_fraction, rank_by=config.offline.rank_by)
   if not len(rows):
     raise ValueError(f"no record of {data} passes the expert filter "
-                     f"(data.threshold={config.data.threshold}, data.top_fraction="
-                     f"{config.data.top_fraction}); lower data.threshold")
+                     f"(offline.threshold={config.offline.threshold}, offline.top_fraction="
+                     f"{config.offline.top_fraction}); lower offline.threshold")
   params = sharding.shard_params(params, run.mesh)
   params = trainer.train_round(wd.round(t), cfg, params, rows, tc, mesh=run.mesh,
                                seed=config.seed + t, stop_after=stop_after, started=started)

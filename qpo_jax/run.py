@@ -70,7 +70,7 @@ class Run:
   @functools.cached_property
   def source_prompts(self) -> list[tuple[str, str]]:
     """(source, prompt) pairs D_0 is built on and the report's baselines choose among."""
-    return prompts_lib.source_prompts(self.config, self.task)
+    return prompts_lib.source_prompts(self.config.offline, self.task)
 
   @functools.cached_property
   def mesh(self):

@@ -17,7 +17,7 @@ from qpo_jax.utils import read_json
 from qpo_jax.workdir import Workdir
 
 KINDS = ("d0", "round", "collect")
-_D0_SECTIONS = ("seed", "task", "target", "data")
+_D0_SECTIONS = ("seed", "task", "target", "offline")
 
 
 @dataclasses.dataclass(frozen=True)

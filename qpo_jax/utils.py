@@ -156,14 +156,18 @@ def load_config(spec: str):
 
 
 def unknown_field(config, dotted: str) -> str | None:
-  """Why `config` lacks the field `dotted` ('target.pathh'), with its fields; None if it has it."""
+  """Why `config` lacks the field `dotted` ('target.pathh'), with its fields, or where a
+  field that moved went (configs/base.py's MOVED); None if it has it."""
   node, walked = config, []
+  moved = config_module(os.path.join(configs_dir(), "base.py")).MOVED.get(dotted)
   for name in dotted.split("."):
     keys = list(node.keys()) if hasattr(node, "keys") else []
     if walked and not hasattr(node, "keys"):  # e.g. task.data.columns: a dict or list value
       where = ".".join(walked)
       return (f"{where} is one value, not a section: set it whole, e.g. "
               f"--config.{where}=\"{{'{name}': ...}}\"")
+    if name not in keys and moved:
+      return f"{dotted} is now {moved} (--config.{moved}=...)"
     if name not in keys:
       where = ".".join(walked) or "the config"
       close = difflib.get_close_matches(name, keys, n=1)

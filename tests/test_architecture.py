@@ -147,7 +147,7 @@ def test_the_stage_table_lists_a_run_in_order_with_its_records_and_costs(tmp_pat
   wd = Workdir(str(tmp_path))
   run = stages.of_run(2)
   assert [s.name for s in run] == ["d0", "round_1", "collect_1", "round_2", "collect_2"]
-  assert [s.sections[-1] for s in run] == ["data", "train", "loop", "loop", "loop"]
+  assert [s.sections[-1] for s in run] == ["offline", "train", "loop", "loop", "loop"]
   assert [s.record(wd) for s in run] == [wd.data(0) + ".config.json",
                                          wd.round(1) + ".config.json", wd.data(1) + ".config.json",
                                          wd.round(2) + ".config.json", wd.data(2) + ".config.json"]

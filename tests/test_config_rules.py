@@ -32,7 +32,7 @@ def _numeric_fields(node, prefix=""):
 def test_every_numeric_field_of_the_schema_has_a_rule():
   """A new number in configs/base.py fails here until it gets a rule."""
   numeric = _numeric_fields(_base())
-  assert "task.data.label_base" in numeric and "data.threshold" in numeric  # placeholders
+  assert "task.data.label_base" in numeric and "offline.threshold" in numeric  # placeholders
   assert numeric == set(config_rules.RULES), (sorted(numeric - set(config_rules.RULES)),
                                               sorted(set(config_rules.RULES) - numeric))
   assert set(config_rules.RULES.values()) <= set(config_rules.KINDS)
@@ -77,5 +77,20 @@ def test_a_config_of_public_files_names_qpo_data_when_it_is_unset(name, monkeypa
     repo_config(name)
   monkeypatch.setenv("QPO_DATA", str(tmp_path))
   config = repo_config(name)
-  assert str(tmp_path) in (config.task.data.dir + config.data.prompts_dir
-                           + config.data.prompts_file)
+  assert str(tmp_path) in (config.task.data.dir + config.offline.prompts_dir
+                           + config.offline.prompts_file)
+
+
+def test_a_moved_field_says_where_it_went():
+  """base.py's MOVED: each new name is a field, no old name is one, and an old name on the
+  command line is answered with the new one."""
+  from qpo_jax import fingerprint, utils
+
+  have = config_rules.fields(_base().to_dict())
+  assert set(config_rules.MOVED.values()) <= have and not set(config_rules.MOVED) & have
+  assert fingerprint.RENAMED == config_rules.MOVED
+  config = repo_config("tiny.py")
+  assert utils.unknown_field(config, "data.threshold") == (
+      "data.threshold is now offline.threshold (--config.offline.threshold=...)")
+  assert "target.local.chat" in utils.unknown_field(config, "target.chat")
+  assert "did you mean 'name'" in utils.unknown_field(config, "target.nam")

@@ -340,8 +340,8 @@ def test_main_build_and_inspect_data(tmp_path):
 def test_main_imports_published_qpo_logs(tmp_path):
   path = os.path.join(SHARED, "qpo_offline", "tweet_emotion",
                       "tweet_emotion_llama7b_ocml_round1_few_shot_expert.json")
-  r = run_main("--config=configs/tiny.py", "--mode=build_d0", "--config.data.source=qpo_json",
-            f"--config.data.path={path}", "--config.task.name=tweet_emotion",
+  r = run_main("--config=configs/tiny.py", "--mode=build_d0", "--config.offline.source=qpo_json",
+            f"--config.offline.path={path}", "--config.task.name=tweet_emotion",
             "--config.task.data.kind=files", "--config.train.prompt_len=64",
             f"--config.task.data.dir={os.path.join(SHARED, 'tweet_emotion')}", workdir=tmp_path)
   assert r.returncode == 0, r.stderr[-3000:]

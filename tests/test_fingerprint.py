@@ -27,8 +27,8 @@ def test_stage_fields_leave_out_what_cannot_change_a_result():
   c = _tiny()
   d0, r1, r2, c2 = (fingerprint.stage_fields(c, stage) for stage in (
       Stage("d0"), Stage("round", 1), Stage("round", 2), Stage("collect", 2)))
-  assert "task.name" in d0 and "target.name" in d0 and "data.num_queries" in d0
-  assert "data.threshold" not in d0 and "data.threshold" in r1  # filtering is at training
+  assert "task.name" in d0 and "target.name" in d0 and "offline.num_queries" in d0
+  assert "offline.threshold" not in d0 and "offline.threshold" in r1  # filtering is at training
   assert "train.epochs" in r1 and "sample.target_return" not in r1
   assert "sample.target_return" in r2 and "loop.collect_queries" in r2
   for fields in (d0, r1, r2, c2):
@@ -120,7 +120,7 @@ def test_changed_training_stops_the_round_and_every_mode(copied_run):
 def test_neutral_changes_and_more_loops_reuse_the_run(copied_run, tiny_run):
   config = _tiny()
   config.train.log_every, config.progress, config.target.local.batch_size = 3, True, 4
-  config.data.records_per_shard = 7
+  config.offline.records_per_shard = 7
   got = loop.run_loop(config, copied_run)
   assert got["methods"] == tiny_run[1]["methods"]
 
@@ -128,7 +128,7 @@ def test_neutral_changes_and_more_loops_reuse_the_run(copied_run, tiny_run):
 @pytest.mark.integration
 def test_deleting_the_stage_as_told_redoes_it(copied_run):
   config = _tiny()
-  config.data.threshold = 1.0  # a round-level field: D_0 stays, round 1 onwards is stale
+  config.offline.threshold = 1.0  # a round-level field: D_0 stays, round 1 onwards is stale
   with pytest.raises(ValueError, match="policy round 1"):
     Run(config, copied_run).check_workdir()
   shutil.rmtree(os.path.join(copied_run, "policy"))

@@ -113,9 +113,10 @@ def test_without_final_collection_then_extended(tmp_path, tiny_run):
     ("--config.target.name=gpt5", "target.name='gpt5' is not one of"),
     ("--config.loop.num_loops=0", "loop.num_loops=0 must be a positive whole number"),
     ("--config.train.batch_size=-8", "train.batch_size=-8 must be a positive whole number"),
-    ("--config.data.prompts_per_chunk=0", "data.prompts_per_chunk=0 must be a positive whole number"),
-    ("--config.data.top_fraction=1.5", "data.top_fraction=1.5 must be a number in (0, 1]"),
-    ("--config.data.rank_by=nll", "data.rank_by='nll' must be one of"),
+    ("--config.offline.prompts_per_chunk=0",
+     "offline.prompts_per_chunk=0 must be a positive whole number"),
+    ("--config.offline.top_fraction=1.5", "offline.top_fraction=1.5 must be a number in (0, 1]"),
+    ("--config.offline.rank_by=nll", "offline.rank_by='nll' must be one of"),
     ("--config.train.schedule=linear", "train.schedule='linear' is not 'step' or 'cosine'"),
     ("--config.eval.split=train", "eval.split='train' must be 'test' or 'validation'"),
     ("--config.loop.junk_quantile=0", "loop.junk_quantile=0.0 must be a number in (0, 1]"),
@@ -157,7 +158,7 @@ def test_every_mode_checks_the_config_first(tmp_path, mode):
   assert not os.path.exists(tmp_path / "w")
 
 
-QUICK_SMALL = ["--config.data.num_queries=8", "--config.data.top_fraction=0.25",
+QUICK_SMALL = ["--config.offline.num_queries=8", "--config.offline.top_fraction=0.25",
                "--config.train.epochs=1", "--config.progress=False",
                "--config.loop.num_loops=1",
                "--config.loop.collect_batches=1", "--config.loop.collect_queries=8",

@@ -28,7 +28,8 @@ def _config(task, tok_dir, **data):
   config.task.data.dir = os.path.join(DATA, task)
   # a random target answers nothing right: no expert filter, so that 8 queries x 6 prompts
   # = 48 records train, one epoch being one step (the filter is tested in test_rewards)
-  config.data.update(num_queries=8, max_new_tokens=8, threshold=None, top_fraction=None, **data)
+  config.offline.update(num_queries=8, max_new_tokens=8, threshold=None, top_fraction=None,
+                        **data)
   config.train.update(batch_size=48, epochs=1)
   config.progress = False
   return config
@@ -70,7 +71,7 @@ def test_prompt_oirl_import_has_train_texts_only(task, tmp_path, smollm2_tokeniz
   held_out = {loop._plain_text(ex.query) for s in ("collect", "test") for ex in splits[s]}
   assert not any(r.query.startswith("#") for r in recs)
   assert not {loop._plain_text(r.query) for r in recs} & held_out
-  assert {r.prompt_source for r in recs} == set(config.data.prompt_sources)
+  assert {r.prompt_source for r in recs} == set(config.offline.prompt_sources)
   if task == "gsm8k":  # the train split's queries, each with all 6 prompts' outcomes
     assert manifest["queries"] == len(splits["train"]) and len(recs) == 6 * len(splits["train"])
   else:  # the first 15,000 fold rows, less those that are SVAMP collect / test problems

@@ -109,14 +109,14 @@ def test_table_script_runs_a_paper_setting_end_to_end(tmp_path, smollm2_tokenize
       "target.name": "random", "target.preset": "tiny-llama", "target.tokenizer_path": tok_dir,
       "target.dtype": "float32", "target.param_dtype": "float32", "target.local.batch_size": "8",
       "target.local.length_multiple": "16", "policy.name": "random", "policy.preset": "tiny-llama",
-      "policy.tokenizer_path": tok_dir, "data.num_queries": "6",
-      "data.prompt_sources": "('manual', 'generic_instruction')", "train.epochs": "2",
+      "policy.tokenizer_path": tok_dir, "offline.num_queries": "6",
+      "offline.prompt_sources": "('manual', 'generic_instruction')", "train.epochs": "2",
       "train.finetune_epochs": "1", "train.batch_size": "8", "train.query_len": "16",
       "train.prompt_len": "48", "progress": "False", "sample.batch_size": "8",
       "loop.num_loops": "1", "loop.collect_batches": "1", "loop.collect_queries": "8",
       "eval.num_queries": "8",
       # a random target answers nothing right: keep every record for training
-      "data.threshold": "-100.0", "data.top_fraction": "1.0"}
+      "offline.threshold": "-100.0", "offline.top_fraction": "1.0"}
   root = str(tmp_path / "runs")
   r = subprocess.run([sys.executable, SCRIPTS["nlu_zero_shot"], f"--root={root}",
                       "--tasks=tweet_emotion"] + [f"--override={k}={v}" for k, v in small.items()],

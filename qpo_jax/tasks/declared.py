@@ -22,7 +22,7 @@ without writing Python. Every mode uses it as it uses a registered task.
 
 `data` is the `task.data` section's defaults (dir relative to the file; the config's
 `task.data` fields still override); the source prompts come from `prompts` unless
-`data.prompts_dir` names a collection. Every mistake is a ValueError naming the file and
+`offline.prompts_dir` names a collection. Every mistake is a ValueError naming the file and
 the key.
 """
 

@@ -125,17 +125,17 @@ def read_file_split(data: Mapping[str, Any], split: str) -> tuple[list[dict], st
   """Raw rows of one source split from files, and a description for error messages."""
   files = dict(data.get("files") or {})
   if split not in files:
-    raise DataError(f"data.files has no entry for split {split!r} (has {sorted(files)})")
+    raise DataError(f"task.data.files has no entry for split {split!r} (has {sorted(files)})")
   m = _SLICE.match(files[split])
   directory = os.path.expanduser(data.get("dir") or "")
   if not directory or not os.path.isdir(directory):
-    raise DataError(f"data.dir {directory!r} is not a directory")
+    raise DataError(f"task.data.dir {directory!r} is not a directory")
   path = os.path.join(directory, m["file"])
   fmt = data.get("format", "")
   if fmt == "auto":
     fmt = {".csv": "csv", ".jsonl": "jsonl", ".json": "json"}.get(os.path.splitext(path)[1], "")
     if not fmt:
-      raise DataError(f"data.format='auto' cannot tell the format of {path} by its extension")
+      raise DataError(f"task.data.format='auto' cannot tell the format of {path} by its extension")
   if fmt == "tweeteval":
     rows = _read_tweeteval(path)
   elif not os.path.exists(path):
@@ -147,7 +147,7 @@ def read_file_split(data: Mapping[str, Any], split: str) -> tuple[list[dict], st
   elif fmt == "json":
     rows = read_json_list(path)
   else:
-    raise DataError(f"data.format {fmt!r} is not one of tweeteval, csv, jsonl, json")
+    raise DataError(f"task.data.format {fmt!r} is not one of tweeteval, csv, jsonl, json")
   rows, offset = _slice(rows, m["lo"], m["hi"])
   columns = data.get("columns")
   label_base = int(data.get("label_base", 0) or 0)
@@ -178,7 +178,8 @@ def read_tfds_split(data: Mapping[str, Any], split: str) -> tuple[list[dict], st
 
   name = data.get("name")
   if not name:
-    raise DataError("data.kind='tfds' needs data.name (a tfds builder, e.g. 'ag_news_subset')")
+    raise DataError("task.data.kind='tfds' needs task.data.name (a tfds builder, e.g. "
+                    "'ag_news_subset')")
   if name.split(":")[0] in _TFDS_MODULES:
     importlib.import_module(_TFDS_MODULES[name.split(":")[0]])
   tfds_split = dict(data.get("splits") or {}).get(split, split)
@@ -200,7 +201,7 @@ def load_split(task, data: Mapping[str, Any], split: str) -> list:
   elif kind == "tfds":
     rows, where = read_tfds_split(data, split)
   else:
-    raise DataError(f"data.kind {kind!r} is not 'files' or 'tfds'")
+    raise DataError(f"task.data.kind {kind!r} is not 'files' or 'tfds'")
   return list(to_examples(task, rows, where, split))
 
 
