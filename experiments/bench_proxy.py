@@ -30,10 +30,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from qpo_jax import decoding  # noqa: E402
 from qpo_jax import rounds  # noqa: E402
+from qpo_jax.context import Run  # noqa: E402
 from qpo_jax.policy.sampling import PromptSampler  # noqa: E402
 from qpo_jax.policy.serve import PolicyServer  # noqa: E402
 from qpo_jax.policy.settings import SampleSettings  # noqa: E402
-from qpo_jax.run import Run  # noqa: E402
 from qpo_jax.targets.server import make_server, serve_in_thread  # noqa: E402
 from qpo_jax.utils import load_config, show_progress, write_table  # noqa: E402
 

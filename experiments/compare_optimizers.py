@@ -61,8 +61,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from qpo_jax import evaluation, loop, report  # noqa: E402
+from qpo_jax.context import Run  # noqa: E402
 from qpo_jax.eval_cache import EvalCache  # noqa: E402
-from qpo_jax.run import Run  # noqa: E402
 from qpo_jax.targets import HttpTarget, LocalTarget  # noqa: E402
 from qpo_jax.tasks import CHOICE, load_splits  # noqa: E402
 from qpo_jax.utils import atomic_write_text, load_config, read_json, show_progress  # noqa: E402

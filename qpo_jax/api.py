@@ -18,11 +18,11 @@ import ml_collections
 
 from qpo_jax import evaluation, loop, modes, rounds
 from qpo_jax import optimize as optimize_lib
+from qpo_jax.context import Run
 from qpo_jax.eval_cache import EvalCache
 from qpo_jax.evaluation import Outcome
 from qpo_jax.policy import trainer
 from qpo_jax.policy.sampling import PromptSampler
-from qpo_jax.run import Run
 from qpo_jax.store import dataset
 from qpo_jax.store.records import Record
 from qpo_jax.targets import server as server_lib

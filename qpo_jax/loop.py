@@ -33,12 +33,12 @@ from absl import logging
 import ml_collections
 
 from qpo_jax import config_rules, d0, evaluation, explore, report, rewards, rounds, stages, tokens
+from qpo_jax.context import Run
 from qpo_jax.stages import Stage
 from qpo_jax import prompts as prompts_lib
 from qpo_jax.eval_cache import EvalCache, total_usage
 from qpo_jax.checkpoints.registry import LOADERS, load_tokenizer
 from qpo_jax.policy.settings import TrainSettings
-from qpo_jax.run import Run
 from qpo_jax.store import dataset, importers
 from qpo_jax.store.records import record_from_outcome
 from qpo_jax.targets import BACKENDS, Target

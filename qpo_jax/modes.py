@@ -1,4 +1,4 @@
-"""What `main.py --mode` runs: each mode is a function of the run (run.py), which `run`
+"""What `main.py --mode` runs: each mode is a function of the run (context.py), which `run`
 builds once from (config, workdir) after checking both; notebooks call `run` too."""
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from qpo_jax import decoding, distributed, evaluation, loop, optimize, report, r
 from qpo_jax import workdir_lock
 from qpo_jax.checkpoints.registry import load_model
 from qpo_jax.checkpoints import export
+from qpo_jax.context import Run
 from qpo_jax.policy.model import RETURN_SCALE
 from qpo_jax.policy.serve import PolicyServer
-from qpo_jax.run import Run
 from qpo_jax.store import dataset, summary
 from qpo_jax.targets.server import Limits, ModelServer, make_server
 from qpo_jax.tasks import base as task_base
@@ -187,13 +187,13 @@ def inspect_data(run: Run) -> str:
   return report
 
 
-def train_policy(run: Run):
+def train_policy(run: Run) -> str:
   """Trains policy round `round` on D_{round-1} (0: the round after the last dataset; resumes
-  if killed; skips if finished)."""
+  if killed; skips if finished); returns the round's directory."""
   t = run.config.round or (max(run.wd.datasets(), default=0) + 1)
-  params = rounds.train_policy_round(run, t)
+  rounds.train_policy_round(run, t)
   print(f"policy round {t}: {run.wd.round(t)}", flush=True)
-  return params
+  return run.wd.round(t)
 
 
 def sample_prompts(run: Run) -> list[dict]:

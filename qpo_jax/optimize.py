@@ -33,8 +33,8 @@ from absl import logging
 import numpy as np
 
 from qpo_jax import evaluation, rounds
+from qpo_jax.context import Run
 from qpo_jax.eval_cache import EvalCache
-from qpo_jax.run import Run
 from qpo_jax.targets import Target
 from qpo_jax.tasks import CHOICE, Example, Task
 from qpo_jax.utils import progress_bar

@@ -43,11 +43,11 @@ import numpy as np
 
 from qpo_jax import diagnostics, evaluation, report_plot, rewards, rounds, stages
 from qpo_jax.baselines import ClassifierLookup, RewardModel, TextEmbedder
+from qpo_jax.context import Run
 from qpo_jax.finetuned_baselines import FinetunedSelectors
 from qpo_jax.eval_cache import EvalCache, total_usage
 from qpo_jax.policy import train_step
 from qpo_jax.policy.settings import TrainSettings
-from qpo_jax.run import Run
 from qpo_jax.store import dataset
 from qpo_jax.tasks import CHOICE, base as task_base
 from qpo_jax.tasks.base import format_number
@@ -232,6 +232,7 @@ def evaluate_and_report(run: Run) -> dict[str, Any]:
     if t == num_loops:
       last = _last_policy(run, sampler, embed, texts, greedy[t])
     del sampler
+  run.drop_round()  # no policy beside the fine-tuned selectors' training below
   qpo_prompts = {qpo_id(t): greedy[t] for t in range(1, num_loops + 1)}
   validation_prompts = {t: validation_prompts[t] for t in range(1, num_loops + 1)}
   if last["best_of_n"] is not None:

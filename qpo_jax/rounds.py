@@ -15,21 +15,20 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
 
 from qpo_jax import sharding
+from qpo_jax.context import Run
 from qpo_jax.policy import trainer, training_rows
 from qpo_jax.policy.sampling import PromptSampler
 from qpo_jax.policy.settings import SampleSettings, TrainSettings
-from qpo_jax.run import Run
 from qpo_jax.stages import Stage
 from qpo_jax.store import dataset
 from qpo_jax.workdir import Workdir
 
 
-def train_policy_round(run: Run, t: int, stop_after: int | None = None) -> Any:
-  """Trains (or resumes, or loads) round t; returns its final parameters, which the run
-  holds for the next stage.
+def train_policy_round(run: Run, t: int, stop_after: int | None = None) -> None:
+  """Trains (or resumes) round t unless it has finished; the run holds the trained
+  parameters for the next stage (`run.round_params(t)`).
 
   Round 1 starts from the pretrained policy, round t > 1 from round t-1's parameters
   (the run's, if it holds them). `stop_after` ends this call after that many steps
@@ -43,7 +42,7 @@ def train_policy_round(run: Run, t: int, stop_after: int | None = None) -> Any:
   dataset.read_manifest(data)  # fails first if D_{t-1} is not there
   run.claim(Stage("round", t))
   if t in wd.finished_rounds():
-    return run.round_params(t)
+    return  # read when a stage asks for it
   tc = TrainSettings.of(config.train).for_round(t)
   if t == 1:
     cfg, params, tok = run.pretrained_policy()
@@ -63,7 +62,6 @@ def train_policy_round(run: Run, t: int, stop_after: int | None = None) -> Any:
                                seed=config.seed + t, stop_after=stop_after, started=started)
   if t in wd.finished_rounds():  # not when `stop_after` ended it early
     run.hold_round(t, params)
-  return params
 
 
 def last_finished(workdir: str) -> int:

@@ -84,10 +84,10 @@ def one_device_env() -> dict[str, str]:
 def untrained_proxy(api_key: str, max_tokens: int):
   """(sampler, target, task, server) of a proxy over the tiny config's untrained policy,
   serving on loopback (request handling needs no trained run); shut the server down."""
+  from qpo_jax.context import Run
   from qpo_jax.policy.sampling import PromptSampler
   from qpo_jax.policy.serve import PolicyServer
   from qpo_jax.policy.settings import SampleSettings
-  from qpo_jax.run import Run
   from qpo_jax.targets import build_target
   from qpo_jax.targets.server import Limits, make_server, serve_in_thread
   from qpo_jax.tasks import get_task

@@ -71,7 +71,7 @@ def loop_dying(workdir, *args):
   _start(*args[:3])
   import jax  # pylint: disable=g-import-not-at-top
   from qpo_jax import loop  # pylint: disable=g-import-not-at-top
-  from qpo_jax.run import Run  # pylint: disable=g-import-not-at-top
+  from qpo_jax.context import Run  # pylint: disable=g-import-not-at-top
   from qpo_jax.utils import load_config  # pylint: disable=g-import-not-at-top
   from tests.killable import Killable  # pylint: disable=g-import-not-at-top
 

@@ -10,7 +10,7 @@ import pytest
 
 import qpo_jax
 from qpo_jax import rounds
-from qpo_jax.run import Run
+from qpo_jax.context import Run
 
 from tests.helpers import ROOT, repo_config
 
@@ -83,7 +83,7 @@ def test_a_target_takes_strings_only_for_one_field_tasks():
 @pytest.mark.integration
 def test_readers_give_what_the_run_wrote_and_the_target_answers_once(tiny_run, tmp_path):
   from qpo_jax import evaluation
-  from qpo_jax.run import Run
+  from qpo_jax.context import Run
   from qpo_jax.tasks import task_of
 
   work = tiny_run[0]

@@ -15,12 +15,12 @@ import transformers
 
 from qpo_jax import modes
 from qpo_jax.checkpoints import export
+from qpo_jax.context import Run
 from qpo_jax.models.config import from_hf_config, preset
 from qpo_jax.models.transformer import Transformer
 from qpo_jax import rounds
 from qpo_jax.policy import sampling
 from qpo_jax.policy.model import init_policy
-from qpo_jax.run import Run
 from tests.hf_reference import hf_logits
 
 from tests.helpers import repo_config

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from qpo_jax import fingerprint, loop, modes
-from qpo_jax.run import Run
+from qpo_jax.context import Run
 from qpo_jax.stages import Stage
 
 pytestmark = pytest.mark.integration  # whole runs of the tiny config

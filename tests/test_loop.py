@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from qpo_jax import cli, loop, modes
-from qpo_jax.run import Run
+from qpo_jax.context import Run
 from qpo_jax.store import dataset
 from qpo_jax.targets import build_target
 from tests.conftest import one_device_env

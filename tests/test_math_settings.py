@@ -7,8 +7,8 @@ import pytest
 
 from qpo_jax import loop
 from qpo_jax import rounds
+from qpo_jax.context import Run
 from qpo_jax.policy import trainer
-from qpo_jax.run import Run
 from qpo_jax.store import dataset
 from qpo_jax.tasks import load_splits
 from qpo_jax.workdir import Workdir

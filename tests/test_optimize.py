@@ -8,7 +8,7 @@ import pytest
 
 from qpo_jax import optimize
 from qpo_jax import rounds
-from qpo_jax.run import Run
+from qpo_jax.context import Run
 from qpo_jax.tasks import get_task
 
 from tests.helpers import repo_config

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from qpo_jax import rounds
+from qpo_jax.context import Run
 from qpo_jax.policy.serve import PolicyServer
-from qpo_jax.run import Run
 from qpo_jax.targets import HttpTarget, LocalTarget, build_target
 from qpo_jax.targets.server import Limits, ModelServer, make_server, serve_in_thread
 from qpo_jax.tasks import Example, get_task

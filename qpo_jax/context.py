@@ -154,6 +154,10 @@ class Run:
     round from disk with the single-device layout it has always decoded with."""
     self._held = (t, params) if self.mesh.size == 1 else None
 
+  def drop_round(self) -> None:
+    """Frees the held round (a stage that needs no policy after this)."""
+    self._held = None
+
   @property
   def held_round(self) -> int | None:
     return self._held[0] if self._held is not None else None
