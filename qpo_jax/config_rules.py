@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import typing
 from typing import Any, Callable, Mapping
 
 import ml_collections
@@ -92,13 +93,14 @@ def schema_problem(config: Mapping[str, Any]) -> str | None:
 
 
 def typed(cls, section: Mapping[str, Any], name: str):
-  """The dataclass `cls` (fields typed float, int, bool or str) from config section `name`."""
+  """The dataclass `cls` from config section `name`: fields typed float, int, bool or str
+  are converted, a field typed as another dataclass is read from its subsection."""
   values = {}
-  for field in dataclasses.fields(cls):
-    if field.name not in section:
-      raise ValueError(f"{name}.{field.name} is missing (configs/base.py lists every field)")
-    kind = {"float": float, "int": int, "bool": bool, "str": str}[field.type]
-    values[field.name] = kind(section[field.name])
+  for field, kind in typing.get_type_hints(cls).items():
+    if field not in section:
+      raise ValueError(f"{name}.{field} is missing (configs/base.py lists every field)")
+    values[field] = (typed(kind, section[field], f"{name}.{field}")
+                     if dataclasses.is_dataclass(kind) else kind(section[field]))
   return cls(**values)
 
 

@@ -94,3 +94,17 @@ def test_a_moved_field_says_where_it_went():
       "data.threshold is now offline.threshold (--config.offline.threshold=...)")
   assert "target.local.chat" in utils.unknown_field(config, "target.chat")
   assert "did you mean 'name'" in utils.unknown_field(config, "target.nam")
+
+
+def test_typed_settings_read_subsections_and_name_a_missing_field():
+  """config_rules.typed converts each field and reads a dataclass field from its subsection."""
+  from qpo_jax.policy.settings import Decoding, SampleSettings
+
+  sample = repo_config("quickstart.py").sample
+  settings = SampleSettings.of(sample)
+  assert settings.collect == Decoding(temperature=1.0, top_k=50, top_p=0.95)
+  assert isinstance(settings.target_return, float) and isinstance(settings.test.top_k, int)
+  broken = sample.to_dict()
+  del broken["test"]["top_k"]
+  with pytest.raises(ValueError, match=r"sample\.test\.top_k is missing"):
+    SampleSettings.of(broken)

@@ -72,8 +72,5 @@ class SampleSettings:
 
   @classmethod
   def of(cls, sample: Mapping[str, Any]) -> SampleSettings:
-    """From a config's `sample` section."""
-    def decoding(d: Mapping[str, Any]) -> Decoding:
-      return Decoding(float(d["temperature"]), int(d["top_k"]), float(d["top_p"]))
-    return cls(float(sample["target_return"]), int(sample["num_samples"]),
-               int(sample["batch_size"]), decoding(sample["test"]), decoding(sample["collect"]))
+    """From a config's `sample` section (its `test` and `collect` subsections)."""
+    return typed(cls, sample, "sample")
