@@ -1,0 +1,78 @@
+"""experiments/filter_ablation.py: its runs are real configs with the filter applied, runs
+share one D_0, and its table is the runs' own figures."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from experiments import filter_ablation as fa
+from tests.helpers import ROOT, parse_config
+
+SCRIPT = os.path.join(ROOT, "experiments", "filter_ablation.py")
+
+
+@pytest.mark.parametrize("task", sorted(fa.CONFIGS))
+@pytest.mark.parametrize("name", sorted(fa.FILTERS))
+def test_each_command_parses_to_its_filter(task, name, tmp_path):
+  cmd = fa.command(str(tmp_path), task, name)
+  assert cmd[1] == os.path.join(ROOT, "main.py")
+  assert f"--workdir={tmp_path}/{task}_{name}" in cmd
+  config = parse_config(*[a for a in cmd[2:] if not a.startswith("--workdir")])
+  assert config.task.name == task and config.loop.num_loops == 1
+  assert config.eval.split == "validation" and not config.eval.finetuned_baselines
+  expected = {"recipe": ("advantage", 0.05, 3), "reward": ("reward", 0.05, 3),
+              "all_right": ("advantage", 1.0, 1)}[name]
+  assert (config.offline.rank_by, config.offline.top_fraction, config.train.epochs) == expected
+
+
+@pytest.mark.multiprocess
+def test_dry_run_and_bad_flags(tmp_path):
+  r = subprocess.run([sys.executable, SCRIPT, f"--root={tmp_path}", "--dry_run",
+                      "--tasks=boolq", "--filters=recipe,all_right"],
+                     capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  lines = r.stdout.strip().splitlines()
+  assert len(lines) == 2 and "--config.offline.top_fraction=1.0" in lines[1]
+  r = subprocess.run([sys.executable, SCRIPT, f"--root={tmp_path}", "--dry_run",
+                      "--filters=recipe,best"], capture_output=True, text=True, cwd=ROOT,
+                     timeout=300)
+  assert r.returncode != 0 and "unknown ['best']" in r.stderr
+
+
+def test_share_d0_copies_once_and_names_a_missing_source(tmp_path):
+  src, dst = tmp_path / "a", tmp_path / "b"
+  (src / "data" / "loop_0").mkdir(parents=True)
+  (src / "data" / "loop_0" / "shard").write_text("records")
+  (src / "data" / "loop_0.config.json").write_text("{}")
+  (src / "eval_cache.sqlite").write_text("cache")
+  fa.share_d0(str(src), str(dst))
+  assert (dst / "data" / "loop_0" / "shard").read_text() == "records"
+  assert (dst / "eval_cache.sqlite").read_text() == "cache"
+  (dst / "eval_cache.sqlite").write_text("grown")  # the run's own cache is never replaced
+  fa.share_d0(str(src), str(dst))
+  assert (dst / "eval_cache.sqlite").read_text() == "grown"
+  (src / "eval_cache.sqlite").unlink()
+  with pytest.raises(FileNotFoundError, match="eval_cache.sqlite is missing"):
+    fa.share_d0(str(src), str(tmp_path / "c"))
+  assert not list(tmp_path.glob("c/**/*.partial"))
+
+
+@pytest.mark.integration
+def test_table_is_the_runs_figures(tiny_run, tmp_path):
+  result = json.load(open(os.path.join(tiny_run[0], "eval", "results.json")))
+  root = str(tmp_path)
+  run = fa.workdir(root, "boolq", "all_right")
+  os.makedirs(os.path.join(run, "eval"))
+  shutil.copy(os.path.join(tiny_run[0], "eval", "results.json"), os.path.join(run, "eval"))
+  markdown, missing = fa.table(root, ["boolq"], ["recipe", "all_right"])
+  assert missing == ["boolq_recipe"]
+  rows = json.load(open(os.path.join(root, "filter_ablation.json")))["rows"]
+  assert len(rows) == 1 and rows[0]["filter"] == "all_right"
+  assert rows[0]["qpo"] == result["methods"]["qpo_loop_1"]["zero_shot"]
+  assert rows[0]["label_forcing"] == result["routing"]["qpo_loop_1"]["pure_fraction"]
+  assert rows[0]["best_train_prompt"] == result["methods"]["best_train_prompt"]["zero_shot"]
+  assert "| boolq | all_right |" in markdown
