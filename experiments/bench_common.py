@@ -1,9 +1,12 @@
-"""Helpers shared by the benchmarks in experiments/: timing and the matmul peak (random policy
-batches: qpo_jax.testing.policy_batch, the ones the tests check)."""
+"""Helpers shared by the scripts in experiments/: timing, the matmul peak (random policy
+batches: qpo_jax.testing.policy_batch, the ones the tests check) and the commit a dated
+result names."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
 import time
 from typing import Any, Callable
 
@@ -20,6 +23,12 @@ PAPER_TRAIN = dataclasses.replace(
     TrainSettings.of(base.get_config().train),
     learning_rate=1e-3, schedule="step", decay_every_epochs=20, decay_rate=0.65, grad_clip=0.25,
     weight_decay=1e-4, epochs=100)
+
+
+def git_commit() -> str:
+  """The short commit of this checkout ("" outside a git checkout): every dated result names it."""
+  return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                        cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
 
 
 def best_time(fn: Callable[[], Any], repeats: int) -> float:

@@ -17,7 +17,6 @@ import concurrent.futures
 import datetime
 import json
 import os
-import subprocess
 import sys
 import time
 import urllib.request
@@ -28,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from experiments import bench_common  # noqa: E402
 from qpo_jax import decoding  # noqa: E402
 from qpo_jax import rounds  # noqa: E402
 from qpo_jax.context import Run  # noqa: E402
@@ -101,8 +101,7 @@ def main(argv):
         print(rows[-1], flush=True)
   decoding.batch_rows = exact
   server.shutdown()
-  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                          text=True).stdout.strip()
+  commit = bench_common.git_commit()
   meta = {"date": datetime.date.today().isoformat(), "commit": commit,
           "config": os.path.relpath(_CONFIG.value, ROOT), "requests_per_row": _REQUESTS.value,
           "policy": f"round {sampler.round}" if _WORKDIR.value else "pretrained LM, fresh heads",

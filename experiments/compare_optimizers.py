@@ -60,6 +60,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from experiments import bench_common  # noqa: E402
 from qpo_jax import evaluation, loop, report  # noqa: E402
 from qpo_jax.context import Run  # noqa: E402
 from qpo_jax.eval_cache import EvalCache  # noqa: E402
@@ -405,8 +406,7 @@ def main(argv):
                    "resumed": found["resumed"]})
       print(rows[-1], flush=True)
 
-  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                          text=True).stdout.strip()
+  commit = bench_common.git_commit()
   meta = {"date": datetime.date.today().isoformat(), "commit": commit,
           "config": os.path.relpath(_CONFIG.value.partition(":")[0], ROOT) + (
               ":" + _CONFIG.value.partition(":")[2] if ":" in _CONFIG.value else ""),

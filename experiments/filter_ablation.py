@@ -26,6 +26,7 @@ passages). Measured: experiments/results/filter_ablation.md.
 
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
 import subprocess
@@ -34,8 +35,11 @@ import sys
 from absl import app
 from absl import flags
 
-from qpo_jax.report import interval_text
-from qpo_jax.utils import read_json, write_table
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from experiments.bench_common import git_commit  # noqa: E402
+from qpo_jax.report import interval_text  # noqa: E402
+from qpo_jax.utils import read_json, write_table  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {"tweet_emotion": "configs/quickstart.py", "ag_news": "configs/nlu.py:task=ag_news",
@@ -122,7 +126,7 @@ def table(root: str, tasks: list[str], names: list[str]) -> tuple[str, list[str]
   columns = ["task", "filter", "queries", *BASELINES, "qpo", "qpo_minus_best_train",
              "qpo_minus_classifier", "distinct", "label_forcing", "follows_label", "new",
              "same_at_r0", "minutes"]
-  meta = {"filters": {n: {**COMMON, **FILTERS[n]} for n in names},
+  meta = {"date": datetime.date.today().isoformat(), "commit": git_commit(), "filters": {n: {**COMMON, **FILTERS[n]} for n in names},
           "configs": {t: CONFIGS[t] for t in tasks}, "missing": missing}
   out = os.path.join(root, "filter_ablation.json")
   return write_table(out, rows, columns, meta), missing
