@@ -51,7 +51,8 @@ FILTERS = {
 }
 COMMON = {"loop.num_loops": "1", "eval.split": "validation",
           "eval.finetuned_baselines": "False", "progress": "False"}
-D0_FILES = ("data/loop_0", "data/loop_0.config.json", "eval_cache.sqlite")
+# D_0 itself last: its presence marks a finished copy
+D0_FILES = ("eval_cache.sqlite", "data/loop_0.config.json", "data/loop_0")
 BASELINES = ("none", "best_train_prompt", "reward_model", "classifier_lookup", "oracle")
 
 _ROOT = flags.DEFINE_string("root", "runs/filter_ablation", "directory of the runs")
@@ -82,6 +83,7 @@ def share_d0(source: str, dest: str) -> None:
     if not os.path.exists(src):
       raise FileNotFoundError(f"{src} is missing: {source}'s D_0 did not finish")
     os.makedirs(os.path.dirname(dst), exist_ok=True)
+    shutil.rmtree(dst + ".partial", ignore_errors=True)  # left by an interrupted copy
     (shutil.copytree if os.path.isdir(src) else shutil.copy2)(src, dst + ".partial")
     os.replace(dst + ".partial", dst)
 

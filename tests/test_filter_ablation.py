@@ -55,10 +55,14 @@ def test_share_d0_copies_once_and_names_a_missing_source(tmp_path):
   (dst / "eval_cache.sqlite").write_text("grown")  # the run's own cache is never replaced
   fa.share_d0(str(src), str(dst))
   assert (dst / "eval_cache.sqlite").read_text() == "grown"
-  (src / "eval_cache.sqlite").unlink()
-  with pytest.raises(FileNotFoundError, match="eval_cache.sqlite is missing"):
-    fa.share_d0(str(src), str(tmp_path / "c"))
+  (tmp_path / "c" / "data" / "loop_0.partial").mkdir(parents=True)  # an interrupted copy
+  fa.share_d0(str(src), str(tmp_path / "c"))
+  assert (tmp_path / "c" / "data" / "loop_0" / "shard").exists()
   assert not list(tmp_path.glob("c/**/*.partial"))
+  shutil.rmtree(src / "data" / "loop_0")
+  with pytest.raises(FileNotFoundError, match="loop_0 is missing"):
+    fa.share_d0(str(src), str(tmp_path / "d"))
+  assert not (tmp_path / "d" / "data" / "loop_0").exists()
 
 
 @pytest.mark.integration
