@@ -9,9 +9,8 @@ is not read), beside the report's frozen selectors and the best train prompt:
   recipe     offline.rank_by=advantage, top_fraction=0.05: each query's one right prompt
              that is most specific to it (the quickstart's recipe), 3 epochs
   reward     rank_by=reward, top_fraction=0.05: the spec's ranking, 3 epochs
-  all_right  top_fraction=1.0: every prompt that was right on the query, 1 epoch (about as
-             many rows as the other two see in 3 epochs times the mean number of right
-             prompts per query / 3)
+  all_right  top_fraction=1.0: every prompt that was right on the query (8-16 rows per
+             query on these tasks), 1 epoch: already more steps than the others' 3
 The filter decides what the policy can learn: one row per query teaches it which prompt
 goes with which query (routing), all right rows teach it which prompts are right most
 often. Tasks: tweet_emotion (configs/quickstart.py), ag_news and boolq (configs/nlu.py,
@@ -66,12 +65,16 @@ def workdir(root: str, task: str, name: str) -> str:
   return os.path.join(os.path.abspath(root), f"{task}_{name}")
 
 
+def overrides(name: str) -> dict[str, str]:
+  """The config fields a filter's run sets."""
+  return {**COMMON, **FILTERS[name]}
+
+
 def command(root: str, task: str, name: str) -> list[str]:
   """The main.py command line of one (task, filter) run."""
-  overrides = {**COMMON, **FILTERS[name]}
   return [sys.executable, os.path.join(ROOT, "main.py"), f"--config={CONFIGS[task]}",
           f"--workdir={workdir(root, task, name)}"] + [f"--config.{k}={v}"
-                                                       for k, v in overrides.items()]
+                                                       for k, v in overrides(name).items()]
 
 
 def share_d0(source: str, dest: str) -> None:
@@ -128,7 +131,8 @@ def table(root: str, tasks: list[str], names: list[str]) -> tuple[str, list[str]
   columns = ["task", "filter", "queries", *BASELINES, "qpo", "qpo_minus_best_train",
              "qpo_minus_classifier", "distinct", "label_forcing", "follows_label", "new",
              "same_at_r0", "minutes"]
-  meta = {"date": datetime.date.today().isoformat(), "commit": git_commit(), "filters": {n: {**COMMON, **FILTERS[n]} for n in names},
+  meta = {"date": datetime.date.today().isoformat(), "commit": git_commit(),
+          "filters": {n: overrides(n) for n in names},
           "configs": {t: CONFIGS[t] for t in tasks}, "missing": missing}
   out = os.path.join(root, "filter_ablation.json")
   return write_table(out, rows, columns, meta), missing
