@@ -263,8 +263,11 @@ def test_sigint_and_sigterm_stop_with_one_line_and_a_rerun_finishes(tmp_path):
          "--config.train.epochs=30", "--config.loop.num_loops=1", f"--workdir={work}"]
 
   def stopped(sig, ready):
+    # a shell without job control starts a background job (`pytest ... &`, nohup) with
+    # SIGINT ignored, and the child would inherit that: Ctrl-C's default, as in a terminal
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not ready() and time.time() < deadline and proc.poll() is None:
       time.sleep(0.2)
