@@ -1,7 +1,7 @@
 """Which rows round 1 learns from, across tasks: the recipe's expert filter against two others.
 
   QPO_DATA=/path/to/data python experiments/filter_ablation.py --root=/tmp/qpo_filters \
-      [--tasks=tweet_emotion,boolq] [--filters=recipe,all_right] [--dry_run]
+      [--tasks=tweet_emotion,boolq] [--filters=recipe,all_right] [--num_loops=2] [--dry_run]
 
 Round 1 of QPO is trained from one D_0 per task under each filter and its greedy prompts
 are scored on the task's *validation* split (never in D_0, never collected; the test split
@@ -16,8 +16,11 @@ goes with which query (routing), all right rows teach it which prompts are right
 often. Tasks: tweet_emotion (configs/quickstart.py), ag_news and boolq (configs/nlu.py,
 which read $QPO_DATA). D_0 is built by the first filter's run and copied, with its
 result cache, into the others' workdirs, so the runs differ in the filter alone.
-Each run is a plain main.py process (one loop, eval.split=validation, the fine-tuned
+Each run is a plain main.py process (one loop unless --num_loops, eval.split=validation, the fine-tuned
 selectors left out); a rerun resumes it. Writes <root>/filter_ablation.json and .md.
+`--num_loops=2` continues the same runs with the config's own loops (round 1 and D_0 are
+reused) and writes filter_ablation_2_loops.json/.md with the last loop's columns added:
+its accuracy, its gain over loop 1 on the same queries, and what it writes.
 Runtime on 2 CPU cores: about 25 min for tweet_emotion's D_0, 70 for ag_news', 35 for
 boolq's, then 5-40 min per filter (all_right trains the most rows; boolq's queries are
 passages). Measured: experiments/results/filter_ablation.md.
@@ -37,7 +40,7 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments.bench_common import git_commit  # noqa: E402
-from qpo_jax.report import interval_text  # noqa: E402
+from qpo_jax.report import interval_text, paired_bootstrap  # noqa: E402
 from qpo_jax.utils import read_json, write_table  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,8 +51,7 @@ FILTERS = {
     "reward": {"offline.rank_by": "reward"},
     "all_right": {"offline.top_fraction": "1.0", "train.epochs": "1"},
 }
-COMMON = {"loop.num_loops": "1", "eval.split": "validation",
-          "eval.finetuned_baselines": "False", "progress": "False"}
+COMMON = {"eval.split": "validation", "eval.finetuned_baselines": "False", "progress": "False"}
 # D_0 itself last: its presence marks a finished copy
 D0_FILES = ("eval_cache.sqlite", "data/loop_0.config.json", "data/loop_0")
 BASELINES = ("none", "best_train_prompt", "reward_model", "classifier_lookup", "oracle")
@@ -59,22 +61,24 @@ _TASKS = flags.DEFINE_list("tasks", list(CONFIGS), f"tasks, of {list(CONFIGS)}")
 _FILTERS = flags.DEFINE_list("filters", list(FILTERS), f"filters, of {list(FILTERS)}")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "print the commands only")
 _ONLY_TABLE = flags.DEFINE_bool("only_table", False, "write the table from finished runs only")
+_NUM_LOOPS = flags.DEFINE_integer("num_loops", 1, "loops per run; more continue the runs of fewer",
+                                  lower_bound=1)
 
 
 def workdir(root: str, task: str, name: str) -> str:
   return os.path.join(os.path.abspath(root), f"{task}_{name}")
 
 
-def overrides(name: str) -> dict[str, str]:
+def overrides(name: str, num_loops: int) -> dict[str, str]:
   """The config fields a filter's run sets."""
-  return {**COMMON, **FILTERS[name]}
+  return {"loop.num_loops": str(num_loops), **COMMON, **FILTERS[name]}
 
 
-def command(root: str, task: str, name: str) -> list[str]:
+def command(root: str, task: str, name: str, num_loops: int) -> list[str]:
   """The main.py command line of one (task, filter) run."""
   return [sys.executable, os.path.join(ROOT, "main.py"), f"--config={CONFIGS[task]}",
-          f"--workdir={workdir(root, task, name)}"] + [f"--config.{k}={v}"
-                                                       for k, v in overrides(name).items()]
+          f"--workdir={workdir(root, task, name)}"] + [
+              f"--config.{k}={v}" for k, v in overrides(name, num_loops).items()]
 
 
 def share_d0(source: str, dest: str) -> None:
@@ -91,50 +95,84 @@ def share_d0(source: str, dest: str) -> None:
     os.replace(dst + ".partial", dst)
 
 
-def run_all(root: str, tasks: list[str], names: list[str]) -> None:
+def run_all(root: str, tasks: list[str], names: list[str], num_loops: int) -> None:
   for task in tasks:
     for i, name in enumerate(names):
       if i:
         share_d0(workdir(root, task, names[0]), workdir(root, task, name))
-      cmd = command(root, task, name)
+      cmd = command(root, task, name, num_loops)
       print("+", " ".join(cmd), flush=True)
       if subprocess.run(cmd, cwd=ROOT, check=False).returncode:
         raise SystemExit(f"{task} / {name} failed; rerun to resume it")
 
 
-def row(task: str, name: str, result: dict) -> dict:
-  """One table row: round 1 on validation, its routing and writing, the frozen selectors."""
+def round_cost(result: dict, t: int) -> dict:
+  """Round t's cost (reports before dacdfe9 named it train_<t>)."""
+  cost = result["cost"]
+  return cost[f"round_{t}"] if f"round_{t}" in cost else cost[f"train_{t}"]
+
+
+def row(task: str, name: str, result: dict, num_loops: int) -> dict:
+  """One table row: round 1 on validation, its routing and writing, the frozen selectors;
+  with more loops, the last loop's accuracy, its gain over loop 1 and what it writes.
+  `same_at_r0` is the run's last loop's (the report measures R* there)."""
   methods = {m: v["zero_shot"] for m, v in result["methods"].items()}
   qpo, routing = "qpo_loop_1", result["routing"]["qpo_loop_1"]
-  return {
+  right = [q["correct"]["zero_shot"] for q in result["queries"]]
+
+  def minus(a: str, b: str) -> str:  # the report's paired bootstrap (its configs' seed: 0)
+    return interval_text(paired_bootstrap([r[a] for r in right], [r[b] for r in right], seed=0))
+
+  out = {
       "task": task, "filter": name, "queries": result["num_test_queries"],
       **{m: methods[m] for m in BASELINES if m in methods}, "qpo": methods[qpo],
-      "qpo_minus_best_train": interval_text(result["qpo_vs_best_train"]["zero_shot"]),
-      "qpo_minus_classifier": interval_text(result["qpo_vs_classifier_lookup"]["zero_shot"]),
+      "qpo_minus_best_train": minus(qpo, "best_train_prompt"),
+      "qpo_minus_classifier": minus(qpo, "classifier_lookup"),
       "distinct": result["qpo_prompt_stats"]["1"]["distinct"],
       "label_forcing": routing["pure_fraction"], "follows_label": routing["follows_majority"],
       "new": result["writing"][qpo]["new_fraction"],
       "same_at_r0": result["return_sensitivity"]["by_return"]["0.0"]["same_prompt"],
-      "minutes": round(result["cost"]["round_1"]["seconds"] / 60, 1),
+      "minutes": round(round_cost(result, 1)["seconds"] / 60, 1),
   }
+  if num_loops > 1:
+    last = f"qpo_loop_{num_loops}"
+    writing = result["writing"][last]
+    out.update({
+        "qpo_last": methods[last], "last_minus_loop1": minus(last, qpo),
+        "last_minus_best_train": minus(last, "best_train_prompt"),
+        "label_forcing_last": result["routing"][last]["pure_fraction"],
+        "new_last": writing["new_fraction"], "with_new_last": writing["accuracy_with_new"],
+        "with_pool_last": writing["accuracy_with_pool"],
+        "new_right_where_no_source_is": writing["new_right_where_no_source_is"],
+        "minutes_total": round(result["cost"]["total"]["seconds"] / 60, 1),
+    })
+  return out
 
 
-def table(root: str, tasks: list[str], names: list[str]) -> tuple[str, list[str]]:
+LAST_LOOP_COLUMNS = ["qpo_last", "last_minus_loop1", "last_minus_best_train",
+                     "label_forcing_last", "new_last", "with_new_last", "with_pool_last",
+                     "new_right_where_no_source_is", "minutes_total"]
+
+
+def table(root: str, tasks: list[str], names: list[str],
+          num_loops: int = 1) -> tuple[str, list[str]]:
+  """The runs' rows (a run that has not finished `num_loops` loops is listed as missing)."""
   rows, missing = [], []
   for task in tasks:
     for name in names:
       result = read_json(os.path.join(workdir(root, task, name), "eval", "results.json"))
-      if result is None:
+      if result is None or f"qpo_loop_{num_loops}" not in result["methods"]:
         missing.append(f"{task}_{name}")
       else:
-        rows.append(row(task, name, result))
+        rows.append(row(task, name, result, num_loops))
   columns = ["task", "filter", "queries", *BASELINES, "qpo", "qpo_minus_best_train",
              "qpo_minus_classifier", "distinct", "label_forcing", "follows_label", "new",
-             "same_at_r0", "minutes"]
+             "same_at_r0", "minutes"] + (LAST_LOOP_COLUMNS if num_loops > 1 else [])
   meta = {"date": datetime.date.today().isoformat(), "commit": git_commit(),
-          "filters": {n: overrides(n) for n in names},
+          "filters": {n: overrides(n, num_loops) for n in names},
           "configs": {t: CONFIGS[t] for t in tasks}, "missing": missing}
-  out = os.path.join(root, "filter_ablation.json")
+  suffix = "" if num_loops == 1 else f"_{num_loops}_loops"
+  out = os.path.join(root, f"filter_ablation{suffix}.json")
   return write_table(out, rows, columns, meta), missing
 
 
@@ -144,15 +182,15 @@ def main(argv):
   bad = sorted(set(_TASKS.value) - set(CONFIGS)) + sorted(set(_FILTERS.value) - set(FILTERS))
   if bad:
     raise app.UsageError(f"--tasks / --filters: unknown {bad}")
-  root, tasks, names = _ROOT.value, _TASKS.value, _FILTERS.value
+  root, tasks, names, num_loops = _ROOT.value, _TASKS.value, _FILTERS.value, _NUM_LOOPS.value
   if _DRY_RUN.value:
     for task in tasks:
       for name in names:
-        print(" ".join(command(root, task, name)))
+        print(" ".join(command(root, task, name, num_loops)))
     return
   if not _ONLY_TABLE.value:
-    run_all(root, tasks, names)
-  markdown, missing = table(root, tasks, names)
+    run_all(root, tasks, names, num_loops)
+  markdown, missing = table(root, tasks, names, num_loops)
   print(markdown)
   if missing:
     print(f"not finished: {missing}")

@@ -17,12 +17,13 @@ SCRIPT = os.path.join(ROOT, "experiments", "filter_ablation.py")
 
 @pytest.mark.parametrize("task", sorted(fa.CONFIGS))
 @pytest.mark.parametrize("name", sorted(fa.FILTERS))
-def test_each_command_parses_to_its_filter(task, name, tmp_path):
-  cmd = fa.command(str(tmp_path), task, name)
+@pytest.mark.parametrize("num_loops", [1, 2])
+def test_each_command_parses_to_its_filter(task, name, num_loops, tmp_path):
+  cmd = fa.command(str(tmp_path), task, name, num_loops)
   assert cmd[1] == os.path.join(ROOT, "main.py")
   assert f"--workdir={tmp_path}/{task}_{name}" in cmd
   config = parse_config(*[a for a in cmd[2:] if not a.startswith("--workdir")])
-  assert config.task.name == task and config.loop.num_loops == 1
+  assert config.task.name == task and config.loop.num_loops == num_loops
   assert config.eval.split == "validation" and not config.eval.finetuned_baselines
   expected = {"recipe": ("advantage", 0.05, 3), "reward": ("reward", 0.05, 3),
               "all_right": ("advantage", 1.0, 1)}[name]
@@ -80,3 +81,31 @@ def test_table_is_the_runs_figures(tiny_run, tmp_path):
   assert rows[0]["label_forcing"] == result["routing"]["qpo_loop_1"]["pure_fraction"]
   assert rows[0]["best_train_prompt"] == result["methods"]["best_train_prompt"]["zero_shot"]
   assert "| boolq | all_right |" in markdown
+
+
+@pytest.mark.integration
+def test_table_of_more_loops_adds_the_last_loop(tiny_run, tmp_path):
+  """Two loops: loop 1's columns stay loop 1's (the report's comparisons are the last
+  loop's), and the last loop's accuracy, gain and writing are added; a run with fewer
+  loops is not finished."""
+  result = json.load(open(os.path.join(tiny_run[0], "eval", "results.json")))
+  root = str(tmp_path)
+  run = fa.workdir(root, "boolq", "reward")
+  os.makedirs(os.path.join(run, "eval"))
+  shutil.copy(os.path.join(tiny_run[0], "eval", "results.json"), os.path.join(run, "eval"))
+  _, missing = fa.table(root, ["boolq"], ["reward"], num_loops=3)
+  assert missing == ["boolq_reward"]
+  fa.table(root, ["boolq"], ["reward"], num_loops=2)
+  saved = json.load(open(os.path.join(root, "filter_ablation_2_loops.json")))
+  (one,) = saved["rows"]
+  assert saved["meta"]["filters"]["reward"]["loop.num_loops"] == "2"
+  right = [q["correct"]["zero_shot"] for q in result["queries"]]
+  loop1 = [r["qpo_loop_1"] - r["best_train_prompt"] for r in right]
+  assert one["qpo_minus_best_train"].startswith(f"{sum(loop1) / len(loop1):+.3f} [")
+  assert one["qpo"] == result["methods"]["qpo_loop_1"]["zero_shot"]
+  assert one["qpo_last"] == result["methods"]["qpo_loop_2"]["zero_shot"]
+  gain = [r["qpo_loop_2"] - r["qpo_loop_1"] for r in right]
+  assert one["last_minus_loop1"].startswith(f"{sum(gain) / len(gain):+.3f} [")
+  assert one["last_minus_best_train"] == fa.interval_text(result["qpo_vs_best_train"]["zero_shot"])
+  assert one["new_last"] == result["writing"]["qpo_loop_2"]["new_fraction"]
+  assert one["label_forcing_last"] == result["routing"]["qpo_loop_2"]["pure_fraction"]

@@ -272,7 +272,10 @@ def test_sigint_and_sigterm_stop_with_one_line_and_a_rerun_finishes(tmp_path):
     while not ready() and time.time() < deadline and proc.poll() is None:
       time.sleep(0.2)
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
+    try:
+      _, err = proc.communicate(timeout=120)
+    finally:
+      proc.kill()  # a run that did not stop is not left running (no-op once it exited)
     assert "Traceback" not in err and "Segmentation" not in err, err[-3000:]
     return proc.returncode, err.strip().splitlines()[-1]
 
