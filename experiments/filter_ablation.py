@@ -16,8 +16,9 @@ goes with which query (routing), all right rows teach it which prompts are right
 often. Tasks: tweet_emotion (configs/quickstart.py), ag_news and boolq (configs/nlu.py,
 which read $QPO_DATA). D_0 is built by the first filter's run and copied, with its
 result cache, into the others' workdirs, so the runs differ in the filter alone.
-Each run is a plain main.py process (one loop unless --num_loops, eval.split=validation, the fine-tuned
-selectors left out); a rerun resumes it. Writes <root>/filter_ablation.json and .md.
+Each run is a plain main.py process (one loop unless --num_loops, eval.split=validation,
+the fine-tuned selectors left out); a rerun resumes it. Writes <root>/filter_ablation.json
+and .md.
 `--num_loops=2` continues the same runs with the config's own loops (round 1 and D_0 are
 reused) and writes filter_ablation_2_loops.json/.md with the last loop's columns added:
 its accuracy, its gain over loop 1 on the same queries, and what it writes.
