@@ -41,6 +41,7 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments.bench_common import git_commit  # noqa: E402
+from qpo_jax.diagnostics import is_new_text  # noqa: E402
 from qpo_jax.report import interval_text, paired_bootstrap  # noqa: E402
 from qpo_jax.utils import read_json, write_table  # noqa: E402
 
@@ -115,7 +116,9 @@ def round_cost(result: dict, t: int) -> dict:
 
 def row(task: str, name: str, result: dict, num_loops: int) -> dict:
   """One table row: round 1 on validation, its routing and writing, the frozen selectors;
-  with more loops, the last loop's accuracy, its gain over loop 1 and what it writes.
+  with more loops, the last loop's accuracy, its gain over loop 1 and what it writes
+  (`with_new_last`: its accuracy on the queries it gives a new text; `loop1_there`,
+  `best_train_there`: loop 1's and the best train prompt's on those same queries).
   `same_at_r0` is the run's last loop's (the report measures R* there)."""
   methods = {m: v["zero_shot"] for m, v in result["methods"].items()}
   qpo, routing = "qpo_loop_1", result["routing"]["qpo_loop_1"]
@@ -138,12 +141,20 @@ def row(task: str, name: str, result: dict, num_loops: int) -> dict:
   if num_loops > 1:
     last = f"qpo_loop_{num_loops}"
     writing = result["writing"][last]
+    sources = [s["prompt"] for s in result["source_prompts"]]
+    new = [r for q, r in zip(result["queries"], right)
+           if is_new_text(q["qpo"][str(num_loops)], sources)]
+
+    def on_new(m: str) -> float | None:  # a method's accuracy on the queries given a new text
+      return sum(r[m] for r in new) / len(new) if new else None
+
     out.update({
         "qpo_last": methods[last], "last_minus_loop1": minus(last, qpo),
         "last_minus_best_train": minus(last, "best_train_prompt"),
         "label_forcing_last": result["routing"][last]["pure_fraction"],
         "new_last": writing["new_fraction"], "with_new_last": writing["accuracy_with_new"],
         "with_pool_last": writing["accuracy_with_pool"],
+        "loop1_there": on_new(qpo), "best_train_there": on_new("best_train_prompt"),
         "new_right_where_no_source_is": writing["new_right_where_no_source_is"],
         "minutes_total": round(result["cost"]["total"]["seconds"] / 60, 1),
     })
@@ -151,7 +162,8 @@ def row(task: str, name: str, result: dict, num_loops: int) -> dict:
 
 
 LAST_LOOP_COLUMNS = ["qpo_last", "last_minus_loop1", "last_minus_best_train",
-                     "label_forcing_last", "new_last", "with_new_last", "with_pool_last",
+                     "label_forcing_last", "new_last", "with_new_last", "loop1_there",
+                     "best_train_there", "with_pool_last",
                      "new_right_where_no_source_is", "minutes_total"]
 
 

@@ -109,3 +109,7 @@ def test_table_of_more_loops_adds_the_last_loop(tiny_run, tmp_path):
   assert one["last_minus_best_train"] == fa.interval_text(result["qpo_vs_best_train"]["zero_shot"])
   assert one["new_last"] == result["writing"]["qpo_loop_2"]["new_fraction"]
   assert one["label_forcing_last"] == result["routing"]["qpo_loop_2"]["pure_fraction"]
+  sources = {s["prompt"] for s in result["source_prompts"]}
+  there = [r["qpo_loop_1"] for q, r in zip(result["queries"], right)
+           if q["qpo"]["2"] not in sources]  # the tiny policy's texts are not fragments
+  assert there and one["loop1_there"] == pytest.approx(sum(there) / len(there))
