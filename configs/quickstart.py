@@ -60,7 +60,7 @@ def get_config():
   c = base.get_config()
   # task: tweet_emotion from the packaged files; target and policy: the embedded SmolLM2.
   c.eval_prompts.update(num_queries=200, num_demo_sets=3, num_demos=4, max_new_tokens=128)
-  c.offline.update(num_queries=400, threshold=5.0, top_fraction=0.05, rank_by="advantage",
+  c.offline.update(num_queries=400, threshold=5.0, top_fraction=0.05, rank_by="reward",
                    nll_term="choice")
   c.train.update(learning_rate=2e-4, epochs=3, decay_every_epochs=1, batch_size=8,
                  query_len=48, prompt_len=32, finetune_epochs=2, log_every=10,
