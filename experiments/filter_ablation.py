@@ -1,14 +1,14 @@
-"""Which rows round 1 learns from, across tasks: the recipe's expert filter against two others.
+"""Which rows the policy learns from, across tasks: three expert filters.
 
   QPO_DATA=/path/to/data python experiments/filter_ablation.py --root=/tmp/qpo_filters \
-      [--tasks=tweet_emotion,boolq] [--filters=recipe,all_right] [--num_loops=2] [--dry_run]
+      [--tasks=tweet_emotion,boolq] [--filters=reward,all_right] [--num_loops=2] [--dry_run]
 
 Round 1 of QPO is trained from one D_0 per task under each filter and its greedy prompts
 are scored on the task's *validation* split (never in D_0, never collected; the test split
 is not read), beside the report's frozen selectors and the best train prompt:
-  recipe     offline.rank_by=advantage, top_fraction=0.05: each query's one right prompt
-             that is most specific to it (the quickstart's recipe), 3 epochs
-  reward     rank_by=reward, top_fraction=0.05: the spec's ranking, 3 epochs
+  advantage  offline.rank_by=advantage, top_fraction=0.05: each query's one right prompt
+             that is most specific to it (the quickstart's recipe before a7ce397), 3 epochs
+  reward     rank_by=reward, top_fraction=0.05: the spec's ranking (the recipe's), 3 epochs
   all_right  top_fraction=1.0: every prompt that was right on the query (8-16 rows per
              query on these tasks), 1 epoch: already more steps than the others' 3
 The filter decides what the policy can learn: one row per query teaches it which prompt
@@ -49,7 +49,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {"tweet_emotion": "configs/quickstart.py", "ag_news": "configs/nlu.py:task=ag_news",
            "boolq": "configs/nlu.py:task=boolq"}
 FILTERS = {
-    "recipe": {},
+    "advantage": {"offline.rank_by": "advantage"},
     "reward": {"offline.rank_by": "reward"},
     "all_right": {"offline.top_fraction": "1.0", "train.epochs": "1"},
 }

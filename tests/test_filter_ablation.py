@@ -25,7 +25,7 @@ def test_each_command_parses_to_its_filter(task, name, num_loops, tmp_path):
   config = parse_config(*[a for a in cmd[2:] if not a.startswith("--workdir")])
   assert config.task.name == task and config.loop.num_loops == num_loops
   assert config.eval.split == "validation" and not config.eval.finetuned_baselines
-  expected = {"recipe": ("advantage", 0.05, 3), "reward": ("reward", 0.05, 3),
+  expected = {"advantage": ("advantage", 0.05, 3), "reward": ("reward", 0.05, 3),
               "all_right": ("advantage", 1.0, 1)}[name]
   assert (config.offline.rank_by, config.offline.top_fraction, config.train.epochs) == expected
 
@@ -33,13 +33,13 @@ def test_each_command_parses_to_its_filter(task, name, num_loops, tmp_path):
 @pytest.mark.multiprocess
 def test_dry_run_and_bad_flags(tmp_path):
   r = subprocess.run([sys.executable, SCRIPT, f"--root={tmp_path}", "--dry_run",
-                      "--tasks=boolq", "--filters=recipe,all_right"],
+                      "--tasks=boolq", "--filters=advantage,all_right"],
                      capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
   lines = r.stdout.strip().splitlines()
   assert len(lines) == 2 and "--config.offline.top_fraction=1.0" in lines[1]
   r = subprocess.run([sys.executable, SCRIPT, f"--root={tmp_path}", "--dry_run",
-                      "--filters=recipe,best"], capture_output=True, text=True, cwd=ROOT,
+                      "--filters=advantage,best"], capture_output=True, text=True, cwd=ROOT,
                      timeout=300)
   assert r.returncode != 0 and "unknown ['best']" in r.stderr
 
@@ -73,8 +73,8 @@ def test_table_is_the_runs_figures(tiny_run, tmp_path):
   run = fa.workdir(root, "boolq", "all_right")
   os.makedirs(os.path.join(run, "eval"))
   shutil.copy(os.path.join(tiny_run[0], "eval", "results.json"), os.path.join(run, "eval"))
-  markdown, missing = fa.table(root, ["boolq"], ["recipe", "all_right"])
-  assert missing == ["boolq_recipe"]
+  markdown, missing = fa.table(root, ["boolq"], ["advantage", "all_right"])
+  assert missing == ["boolq_advantage"]
   rows = json.load(open(os.path.join(root, "filter_ablation.json")))["rows"]
   assert len(rows) == 1 and rows[0]["filter"] == "all_right"
   assert rows[0]["qpo"] == result["methods"]["qpo_loop_1"]["zero_shot"]
