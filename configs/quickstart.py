@@ -27,8 +27,15 @@ was read by the final run above and by the earlier recipes' runs in
 experiments/results/quickstart_history.md; nothing was chosen on them):
 - nll_term="choice": round 1 on held-out train tweets +7.0 points over the best train prompt
   (se 2.9) against +5.0 (se 4.1) for the token NLL, which ranks prompts by reply format.
-- threshold=5.0, top_fraction=0.05, rank_by="advantage": round 1 0.590 on held-out train
-  tweets, 0.485 ranked by reward (best train prompt 0.400); each query's top 15% lost too.
+- rank_by="reward" (the spec's ranking: each query keeps its right prompt with the highest
+  reward): chosen on validation queries of TweetEval, AG News and BoolQ with two loops
+  (experiments/results/filter_ablation.md): loop 2 0.495 / 0.690 / 0.585 against 0.580 /
+  0.655 / 0.367 ranked by advantage (the query's right prompt that is worst elsewhere, this
+  recipe's ranking until a7ce397), which wins on TweetEval alone by routing tweets to
+  label-forcing prompts and ends below no instruction on BoolQ.
+- threshold=5.0, top_fraction=0.05: round 1 0.590 on held-out train tweets ranked by
+  advantage (best train prompt 0.400); each query's top 15% lost too. The settings below
+  were chosen with the advantage ranking too and not re-tuned.
 - num_queries=400 (the full grid): 200 queries gave 0.415 (400: 0.590); 400 queries x 6
   random prompts lost (0.406 vs 0.456).
 - epochs=3, learning_rate=2e-4 x0.65 per epoch, batch 8: 2 epochs gave 0.505, 3 gave 0.590
