@@ -7,22 +7,22 @@ sadness), whose files ship in the package, with our own 23 source prompts
 
 Command (after `bash scripts/setup.sh`):
   .venv/bin/python main.py --config configs/quickstart.py --workdir /tmp/qpo_quickstart
-Runtime: about 31 minutes on 2 CPU cores (D_0 5.4, two rounds 4.5 + 4.9, the exploring
-collection 6.2, the report 9.7); peak memory 4.5 GB, in the report
+Runtime: about 31 minutes on 2 CPU cores (D_0 5.9, two rounds 4.6 + 4.8, the exploring
+collection 5.9, the report 8.7); peak memory 4.3 GB, in the report
 (experiments/results/quickstart.md: each stage's time, memory and target calls).
 Expected, 200 class-balanced test tweets, zero-shot (<workdir>/eval/results.md):
   best source prompt, chosen on train           0.470  ('Answer the question.')
   reward model best-of-N, frozen / fine-tuned   0.565 / 0.620
   classifier then lookup, frozen / fine-tuned   0.500 / 0.575
-  QPO loop 1                                    0.540
-  QPO loop 2                                    0.645  (23% new texts, 99% label-forcing)
+  QPO loop 1                                    0.510
+  QPO loop 2                                    0.485  (53% new texts, 0% label-forcing)
   per-query oracle over source prompts          0.935  (0.880 without label-forcing ones)
-  QPO loop 2 minus: best train prompt +0.175 [+0.090, +0.260], reward model +0.080
-  [-0.010, +0.170], classifier +0.145 [+0.060, +0.230], fine-tuned reward model +0.025
-  [-0.060, +0.110], fine-tuned classifier +0.070 [-0.015, +0.155] (paired bootstrap 95%).
-  On 100 validation tweets: loop 1 0.500, loop 2 0.600.
+  QPO loop 2 minus: best train prompt +0.015 [-0.035, +0.065], reward model -0.080
+  [-0.155, -0.005], classifier -0.015 [-0.100, +0.070], fine-tuned reward model -0.135
+  [-0.200, -0.070], fine-tuned classifier -0.090 [-0.175, -0.005] (paired bootstrap 95%).
+  On 100 validation tweets: loop 1 0.420, loop 2 0.440.
 
-How each value was chosen (on train, collect and validation tweets only; the test split
+How each value was chosen (on train, collect and validation queries only; the test split
 was read by the final run above and by the earlier recipes' runs in
 experiments/results/quickstart_history.md; nothing was chosen on them):
 - nll_term="choice": round 1 on held-out train tweets +7.0 points over the best train prompt

@@ -8,9 +8,10 @@ mix: 39% anger, 9% optimism) with every source prompt.
 
 Command (after `bash scripts/setup.sh`):
   .venv/bin/python main.py --config configs/tweet_emotion.py --workdir /tmp/qpo_tweet_emotion
-Runtime and Expected: not yet measured with the current two-loop recipe (about 60 minutes
-on 2 cores by the quickstart's stage times: its D_0 and rounds, plus 34,100 test pairs). The
-last measurement, of the earlier one-loop recipe, is experiments/results/tweet_emotion_full.md.
+Runtime and Expected: not yet measured with the current recipe (two loops, reward
+ranking; about 60 minutes on 2 cores by the quickstart's stage times: its D_0 and rounds,
+plus 34,100 test pairs). The last measurement, of the earlier one-loop recipe, is
+experiments/results/tweet_emotion_full.md.
 """
 
 from qpo_jax.configs import quickstart

@@ -189,16 +189,17 @@ def test_quickstart_full(tmp_path):
   got = {k: v["zero_shot"] for k, v in result["methods"].items()}
   documented = {"none": 0.375, "best_train_prompt": 0.470, "reward_model": 0.565,
                 "classifier_lookup": 0.500, "reward_model_finetuned": 0.620,
-                "classifier_lookup_finetuned": 0.575, "qpo_loop_1": 0.540,
-                "qpo_loop_2": 0.645, "oracle": 0.935, "oracle_impure": 0.880}
+                "classifier_lookup_finetuned": 0.575, "qpo_loop_1": 0.510,
+                "qpo_loop_2": 0.485, "oracle": 0.935, "oracle_impure": 0.880}
   assert result["num_test_queries"] == 200
   assert all(abs(got[k] - v) <= 0.035 for k, v in documented.items()), got
-  # the documented run: QPO loop 2 - best train prompt +0.175 [+0.090, +0.260]
-  assert result["qpo_vs_best_train"]["zero_shot"]["low"] > 0
-  assert result["qpo_prompt_stats"]["2"]["not_a_source_prompt"] >= 0.15  # 0.23 documented
+  # the documented run: QPO loop 2 - best train prompt +0.015 [-0.035, +0.065]
+  assert result["qpo_vs_best_train"]["zero_shot"]["low"] > -0.1
+  assert result["qpo_prompt_stats"]["2"]["not_a_source_prompt"] >= 0.4  # 0.54 documented
+  assert result["routing"]["qpo_loop_2"]["pure_fraction"] <= 0.05  # 0.00 documented
   v = result["validation"]["methods"]
-  assert v["qpo_loop_2"] > v["qpo_loop_1"]  # 0.600 vs 0.500 documented
-  # 4.47 measured (experiments/results/quickstart.md)
+  assert v["qpo_loop_2"] >= v["qpo_loop_1"]  # 0.440 vs 0.420 documented
+  # 4.33 measured (experiments/results/quickstart.md)
   assert result["cost"]["total"]["peak_memory_gb"] <= 4.6
 
 
