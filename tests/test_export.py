@@ -105,3 +105,17 @@ def test_export_mode_on_a_trained_run(tiny_run, tmp_path):
   assert hf_cfg["model_type"] == "llama" and hf_cfg["vocab_size"] == cfg.vocab_size
   config.export.dir = str(tmp_path / "elsewhere")
   assert modes.export_policy(Run(config, work)) == config.export.dir  # replaced atomically
+
+
+@pytest.mark.multiprocess
+def test_the_pipeline_does_not_import_torch():
+  """Only the exported script needs PyTorch; importing it would put ~0.27 GiB into every
+  run's memory (the quickstart has a 4 GB budget)."""
+  code = ("import os, sys, main, qpo_jax.report, qpo_jax.loop, qpo_jax.modes, qpo_jax.api\n"
+          "from qpo_jax.checkpoints import export\n"
+          "assert os.path.isfile(export.GENERATE_SCRIPT), export.GENERATE_SCRIPT\n"
+          "print(sorted(m for m in ('torch', 'tensorflow') if m in sys.modules))\n")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "-c", code], cwd=root, check=True,
+                       capture_output=True, text=True).stdout
+  assert out.strip().splitlines()[-1] == "[]"
