@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from qpo_jax import fingerprint, sharding, stages
+from qpo_jax import fingerprint, sharding, stages, utils
 from qpo_jax import prompts as prompts_lib
 from qpo_jax.checkpoints.registry import load_model
 from qpo_jax.eval_cache import EvalCache
@@ -89,10 +89,11 @@ class Run:
 
   def release_for_training(self) -> None:
     """Frees what would sit beside a training state: a local target's parameters (its
-    next call reloads them, ~5 s) and the frozen LM."""
+    next call reloads them, ~5 s) and the frozen LM, and returns freed memory to the OS."""
     if self._target is not None and hasattr(self._target, "release"):
       self._target.release()
     self._lm = None
+    utils.return_freed_memory()
 
   # -- the workdir's stages ---------------------------------------------------------------
 

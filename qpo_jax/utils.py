@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import difflib
 import errno
+import gc
 import importlib.util
 import io
 import json
@@ -70,6 +72,18 @@ def atomic_write_text(path: str, text: str) -> None:
 def peak_memory_gb() -> float:
   """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
   return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
+
+
+def return_freed_memory() -> None:
+  """Hands memory that Python and XLA have freed back to the OS. glibc keeps freed heap
+  pages in the process, so a training state built after a target's scoring would stack
+  on them in the resident set (the peak a laptop's budget is about). No-op off glibc."""
+  gc.collect()
+  try:
+    trim = ctypes.CDLL(None).malloc_trim  # the process's own symbols: glibc's, on Linux
+  except (OSError, AttributeError):
+    return
+  trim(0)
 
 
 def read_json(path: str, default: Any = None) -> Any:
