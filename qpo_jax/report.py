@@ -479,10 +479,10 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines.append(f"| QPO policy | {result['policy_trained_parameters']:,} | 0 | "
                  "the whole prompt decision transformer |")
   lines += ["", "| stage | target calls | prompt tokens | generated tokens | wall time | "
-            "peak memory |", "|---|---|---|---|---|---|"]
+            "peak memory (GiB) |", "|---|---|---|---|---|---|"]
   for stage, u in result["cost"].items():
     wall = f"{u['seconds'] / 60:.1f} min" if "seconds" in u else "-"
-    memory = f"{u['peak_memory_gb']:.1f} GB" if "peak_memory_gb" in u else "-"
+    memory = f"{u['peak_memory_gb']:.2f}" if "peak_memory_gb" in u else "-"
     lines.append(f"| {stage} | {u['calls']} | {u['prompt_tokens']} | {u['generated_tokens']} | "
                  f"{wall} | {memory} |")
   lines += ["", f"Best source prompt on train: {result['best_train_prompt']!r}"]

@@ -70,7 +70,7 @@ def atomic_write_text(path: str, text: str) -> None:
 
 
 def peak_memory_gb() -> float:
-  """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+  """This process's peak resident memory so far, in GiB (Linux reports ru_maxrss in KiB)."""
   return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
 
 
