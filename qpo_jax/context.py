@@ -94,7 +94,7 @@ class Run:
     if self._target is not None and hasattr(self._target, "release"):
       self._target.release()
     self._lm = None
-    jax.clear_caches()  # the scoring's programs, one per shape bucket: 0.3 GiB of round 1.s peak
+    jax.clear_caches()  # the scoring's programs, one per shape bucket: 0.3 GiB of round 1's peak
     utils.return_freed_memory()
 
   # -- the workdir's stages ---------------------------------------------------------------
