@@ -2,7 +2,10 @@
 
 import os
 import shutil
+import subprocess
+import sys
 
+import jax
 import pytest
 
 from qpo_jax import modes, rounds
@@ -69,22 +72,19 @@ def test_on_a_multi_device_mesh_the_round_is_read_back(tiny_run):
 def test_release_for_training_drops_compiled_programs(tmp_path):
   """The scoring's compiled programs (one per shape bucket) are not kept under a training
   state: after D_0 they put round 1's peak at 3.89 GiB instead of 3.59."""
-  import jax
   add_one = jax.jit(lambda x: x + 1)
   add_one(1)
   assert add_one._cache_size() == 1  # pylint: disable=protected-access
   Run(repo_config("tiny.py"), str(tmp_path)).release_for_training()
   assert add_one._cache_size() == 0  # pylint: disable=protected-access
 
+
 @pytest.mark.multiprocess
 def test_freed_heap_goes_back_to_the_os_before_training():
   """A heap left full of holes (what scoring leaves) would sit under a training state in
   the resident set: `Run.release_for_training` gives its free pages back. A fresh process,
   so that the heap is this test's alone."""
-  import subprocess
-  import sys
   code = """
-import sys
 from qpo_jax import utils
 def rss():
   return int([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])
