@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import ctypes
 import difflib
@@ -17,6 +18,7 @@ import resource
 import signal
 import sys
 import tempfile
+import threading
 import traceback
 from typing import IO, Any, Callable, Iterator, Sequence
 
@@ -318,7 +320,19 @@ def exit_on_signal(fn: Callable[[], Any], what: str) -> Any:
     del signum, frame
     raise Terminated()
 
+  def redeliver(unraisable):
+    # a signal that lands in a finalizer (__del__, e.g. a tokenizer's regex objects) raises
+    # there, and Python only prints and drops the exception: the run went on to the end.
+    # Delivered again from another thread once the finalizer is left, it raises where the
+    # main thread is then (again here if that is another finalizer).
+    if isinstance(unraisable.exc_value, (KeyboardInterrupt, Terminated)):
+      signum = signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT
+      threading.Timer(0.01, _thread.interrupt_main, (signum,)).start()
+    else:
+      previous_hook(unraisable)
+
   previous = signal.signal(signal.SIGTERM, terminate)
+  previous_hook, sys.unraisablehook = sys.unraisablehook, redeliver
   try:
     return fn()
   except (KeyboardInterrupt, Terminated) as e:
@@ -331,6 +345,7 @@ def exit_on_signal(fn: Callable[[], Any], what: str) -> Any:
     os._exit(code)  # pylint: disable=protected-access
   finally:
     signal.signal(signal.SIGTERM, previous)
+    sys.unraisablehook = previous_hook
 
 
 @contextlib.contextmanager

@@ -325,3 +325,32 @@ def test_the_main_path_checks_the_config_and_the_workdir_once(tiny_run, monkeypa
   result = modes.run("loop", repo_config("tiny.py"), tiny_run[0])  # finished: every stage skips
   assert calls == {"validate": 1, "check_workdir": 1}
   assert result["methods"] == tiny_run[1]["methods"]
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_that_lands_in_a_finalizer_still_stops_the_run(sig, code):
+  """A signal raised inside __del__ (a tokenizer's regex objects are collected all the
+  time) was printed as 'Exception ignored' and dropped, and the run went on to the end:
+  it must still stop, with the one line."""
+  child = f"""
+import os, time
+from qpo_jax import utils
+class Collected:
+  def __del__(self):
+    os.kill(os.getpid(), {int(sig)})
+    time.sleep(0.01)  # the handler runs here, inside the finalizer
+def work():
+  with utils.stage("the work"):
+    Collected()
+    for _ in range(200):
+      time.sleep(0.01)
+    print("went on to the end")
+utils.exit_on_signal(work, "the run")
+"""
+  proc = subprocess.run([sys.executable, "-c", child], cwd=ROOT, capture_output=True, text=True,
+                        timeout=60,
+                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  assert "went on to the end" not in proc.stdout
+  assert proc.returncode == code, proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      f"Stopped by {signal.Signals(sig).name} during the work."), proc.stderr[-2000:]
