@@ -25,6 +25,13 @@ def run_main(*args: str, workdir, env: dict[str, str] | None = None,
                         timeout=timeout, env=env)
 
 
+def run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+  """`python -c CODE` in a fresh process from the repository root, output captured (what a
+  test checks about a process's own state: its imports, heap, signals)."""
+  return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                        timeout=timeout)
+
+
 def parse_config(*args: str) -> ml_collections.ConfigDict:
   """The config `main.py --config=... --config.<field>=...` would run, parsed in process
   by the same absl / ml_collections flags (a fresh flag set each call)."""

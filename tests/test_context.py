@@ -2,8 +2,6 @@
 
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import pytest
@@ -13,7 +11,7 @@ from qpo_jax import context
 from qpo_jax.context import Run
 from qpo_jax.policy import trainer
 
-from tests.helpers import repo_config
+from tests.helpers import repo_config, run_python
 
 pytestmark = pytest.mark.integration  # the tiny config's run
 
@@ -95,8 +93,7 @@ before = rss()
 utils.return_freed_memory()
 print(before, rss(), len(kept))
 """
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  out = subprocess.run([sys.executable, "-c", code], cwd=root, check=True, capture_output=True,
-                       text=True).stdout.split()
-  before, after = int(out[0]), int(out[1])
+  proc = run_python(code)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  before, after = map(int, proc.stdout.split()[:2])
   assert before - after > 200_000, (before, after)  # KiB: most of the ~300 MB freed

@@ -23,7 +23,7 @@ from qpo_jax.policy import sampling
 from qpo_jax.policy.model import init_policy
 from tests.hf_reference import hf_logits
 
-from tests.helpers import repo_config
+from tests.helpers import repo_config, run_python
 
 
 def _same(a, b):
@@ -115,7 +115,6 @@ def test_the_pipeline_does_not_import_torch():
           "from qpo_jax.checkpoints import export\n"
           "assert os.path.isfile(export.GENERATE_SCRIPT), export.GENERATE_SCRIPT\n"
           "print(sorted(m for m in ('torch', 'tensorflow') if m in sys.modules))\n")
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  out = subprocess.run([sys.executable, "-c", code], cwd=root, check=True,
-                       capture_output=True, text=True).stdout
-  assert out.strip().splitlines()[-1] == "[]"
+  proc = run_python(code)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip().splitlines()[-1] == "[]"

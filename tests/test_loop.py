@@ -17,7 +17,7 @@ from qpo_jax.store import dataset
 from qpo_jax.targets import build_target
 from tests.conftest import one_device_env
 from tests.killable import Killable
-from tests.helpers import ROOT, parse_config, repo_config, run_main
+from tests.helpers import ROOT, parse_config, repo_config, run_main, run_python
 
 
 def _scalars(directory):
@@ -350,8 +350,7 @@ def work():
     print("went on to the end")
 utils.exit_on_signal(work, "the run")
 """
-  proc = subprocess.run([sys.executable, "-c", child], cwd=ROOT, capture_output=True, text=True,
-                        timeout=60)
+  proc = run_python(child)
   assert "went on to the end" not in proc.stdout
   assert proc.returncode == code, proc.stderr[-2000:]
   assert proc.stderr.strip().splitlines()[-1].startswith(
