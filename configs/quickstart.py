@@ -7,10 +7,9 @@ sadness), whose files ship in the package, with our own 23 source prompts
 
 Command (after `bash scripts/setup.sh`):
   .venv/bin/python main.py --config configs/quickstart.py --workdir /tmp/qpo_quickstart
-Runtime: about 31 minutes on 2 CPU cores (D_0 5.9, two rounds 4.6 + 4.8, the exploring
-collection 5.9, the report 8.7); peak memory 4.34 GiB, in the report, measured before
-504565e, which lowered round 1's by 0.3 GiB (experiments/results/quickstart.md: each
-stage's time, memory and target calls).
+Runtime: about 30 minutes on 2 CPU cores with the set-up (D_0 5.4, two rounds 4.3 + 4.5,
+the exploring collection 5.6, the report 8.6); peak memory 3.97 GiB, in round 2 and the
+report (experiments/results/quickstart.md: each stage's time, memory and target calls).
 Expected, 200 class-balanced test tweets, zero-shot (<workdir>/eval/results.md):
   best source prompt, chosen on train           0.470  ('Answer the question.')
   reward model best-of-N, frozen / fine-tuned   0.565 / 0.620

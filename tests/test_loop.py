@@ -199,8 +199,8 @@ def test_quickstart_full(tmp_path):
   assert result["routing"]["qpo_loop_2"]["pure_fraction"] <= 0.05  # 0.00 documented
   v = result["validation"]["methods"]
   assert v["qpo_loop_2"] > v["qpo_loop_1"]  # 0.440 vs 0.420 documented
-  # 4.33 measured (experiments/results/quickstart.md)
-  assert result["cost"]["total"]["peak_memory_gb"] <= 4.6
+  # 3.97 measured (experiments/results/quickstart.md)
+  assert result["cost"]["total"]["peak_memory_gb"] <= 4.2
 
 
 @pytest.mark.integration
