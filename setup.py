@@ -40,6 +40,7 @@ setup(
                  "tfrecord",  # an independent TFRecord reader for the store's tests
                  "nbclient", "nbformat", "ipykernel",  # the colab/ notebooks run in tests
                  "openai",  # the servers are tested with the OpenAI client
+                 "filelock",  # JAX locks the suite's shared compile cache with it (conftest)
                  # qpo_jax.dspy_adapter is tested with DSPy; experiments/compare_optimizers.py
                  # runs its MIPROv2 (which needs optuna) and GEPA
                  "dspy==3.4.1", "optuna==5.1.0"],

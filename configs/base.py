@@ -21,7 +21,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.round = 0
   c.progress = True  # tqdm bars with rate and ETA for every long stage (False for logs and CI)
   c.mesh = dict(data=-1, fsdp=1, tensor=1)  # device mesh axis sizes (-1: the rest)
-  c.compile_cache = True  # keep compiled XLA programs in <workdir>/xla_cache: reruns load them (False: JAX's own setting)
+  # keep compiled XLA programs in <workdir>/xla_cache (or JAX_COMPILATION_CACHE_DIR, if set,
+  # shared by workdirs): reruns load them (False: JAX's own setting)
+  c.compile_cache = True
 
   c.target = dict(
       backend="local",  # local: our JAX model (target.local applies); http: a server (target.http)

@@ -11,7 +11,8 @@ is there, and every stage resumes when it is not:
                                the last round only with `loop.final_collection`)
   eval/                        test-split outcomes (through the cache), results table
   eval_cache.sqlite            every target result; nothing is evaluated twice
-  xla_cache/                   compiled programs, when run through modes.run (config `compile_cache`)
+  xla_cache/                   compiled programs, when run through modes.run (config
+                               `compile_cache`; JAX_COMPILATION_CACHE_DIR, if set, instead)
 
 A stage's cost (cumulative target usage when it ended, its wall time, peak memory)
 is written with its artifact, in one atomic step: the `cost` field of a dataset's

@@ -255,8 +255,17 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str):
   with (contextlib.nullcontext() if mode in SHARED_MODES else workdir_lock.locked(workdir, mode)):
     if staged:  # a stage made with other settings stops the run here
       run.check_workdir()
-    # compiled programs persist in the workdir (off: JAX's own setting, e.g.
-    # JAX_COMPILATION_CACHE_DIR)
-    with (compile_cache(run.wd.compile_cache) if config.compile_cache
-          else contextlib.nullcontext()), stage(f"--mode={mode} in {workdir}"):
+    with _persist_compiled(run), stage(f"--mode={mode} in {workdir}"):
       return MODES[mode](run)
+
+
+def _persist_compiled(run: Run) -> contextlib.AbstractContextManager:
+  """Where compiled programs persist: JAX's cache directory when the user gave one
+  (JAX_COMPILATION_CACHE_DIR or jax.config: one cache for many workdirs of the same models,
+  as in a sweep or CI), else the workdir's xla_cache; `compile_cache=False`: JAX's own
+  setting."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if not run.config.compile_cache or jax.config.jax_compilation_cache_dir:
+    return contextlib.nullcontext()
+  return compile_cache(run.wd.compile_cache)

@@ -1,6 +1,9 @@
-"""Test setup: 8 simulated CPU devices (set before JAX starts) and shared fixtures."""
+"""Test setup: 8 simulated CPU devices and one compile cache (both set before JAX starts),
+and shared fixtures."""
 
 import os
+import shutil
+import tempfile
 
 EIGHT_DEVICES = "--xla_force_host_platform_device_count=8"
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -11,12 +14,29 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("QPO_DATA", os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "..", "shared", "data"))
 
+# One persistent compile cache for the session, used by this process and every process it
+# starts (main.py runs, notebooks, multihost; modes.run keeps programs there instead of in
+# each workdir): the same small programs then compile once, not once per test. JAX keys
+# entries by this path too, so all share one path. A maximum size turns on JAX's file lock,
+# so processes that compile the same program at once never read half an entry.
+_SESSION_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _SESSION_CACHE = tempfile.mkdtemp(prefix="qpo_tests_xla_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _SESSION_CACHE
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
+
 import gc  # noqa: E402
 
 import pytest  # noqa: E402
 
 
 TIERS = ("integration", "multiprocess", "real_model", "repro")
+
+
+def pytest_sessionfinish():
+  if _SESSION_CACHE:
+    shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):

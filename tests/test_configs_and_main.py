@@ -294,20 +294,29 @@ def test_compiled_programs_persist_and_the_setting_is_restored(tmp_path):
 
 @pytest.mark.multiprocess
 def test_main_evaluate_prompts_and_cache_resume(tmp_path):
-  r = run_main("--config=configs/tiny.py", "--mode=evaluate_prompts", workdir=tmp_path)
+  own = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}  # not the suite's cache
+  run = lambda env: run_main("--config=configs/tiny.py", "--mode=evaluate_prompts",  # noqa: E731
+                             workdir=tmp_path / "w", env=env)
+  r = run(own)
   assert r.returncode == 0, r.stderr[-3000:]
-  result = json.loads((tmp_path / "prompt_eval.json").read_text())
+  result = json.loads((tmp_path / "w" / "prompt_eval.json").read_text())
   assert result["task"] == "topics" and result["num_queries"] == 8
   assert len(result["prompts"]) == 11 and result["usage"]["calls"] == 11 * 8
   best = max(p["accuracy"] for p in result["prompts"])
   assert result["best"]["accuracy"] == best <= result["oracle"]
-  programs = {p: os.path.getmtime(p) for p in glob.glob(str(tmp_path / "xla_cache" / "*"))}
+  kept = lambda d: {p: os.path.getmtime(p) for p in glob.glob(str(d / "*"))}  # noqa: E731
+  programs = kept(tmp_path / "w" / "xla_cache")
   assert programs  # the first run kept its compiled programs in the workdir
-  r = run_main("--config=configs/tiny.py", "--mode=evaluate_prompts", workdir=tmp_path)
-  again = json.loads((tmp_path / "prompt_eval.json").read_text())
+  r = run(own)
+  again = json.loads((tmp_path / "w" / "prompt_eval.json").read_text())
   assert again["usage"]["calls"] == 11 * 8 and again["prompts"] == result["prompts"]
   # the rerun loaded them: a miss would have compiled and rewritten its entry
-  assert {p: os.path.getmtime(p) for p in glob.glob(str(tmp_path / "xla_cache" / "*"))} == programs
+  assert kept(tmp_path / "w" / "xla_cache") == programs
+  # a cache the user gave JAX (one for many workdirs) holds them instead of the workdir
+  r = run({**own, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "shared"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert kept(tmp_path / "shared") and kept(tmp_path / "w" / "xla_cache") == programs
 
 
 @pytest.mark.multiprocess
