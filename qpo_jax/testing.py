@@ -6,6 +6,7 @@ tests check, and so there is one slow-but-obvious NLL that the fast paths are he
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -34,11 +35,24 @@ def policy_batch(b: int, lq: int, lp: int, *, vocab: int = 500, seed: int = 0,
 
 
 def naive_option_nll(lm: Any, prefix: Sequence[int], option: Sequence[int]) -> float:
-  """Mean NLL of `option`'s tokens after `prefix`: one full forward of one unpadded
-  sequence, no cache, no batching (what scoring and evaluation must equal)."""
-  seq = np.array([list(prefix) + list(option)])
-  logits = Transformer(lm.cfg).apply({"params": lm.params}, jnp.asarray(seq),
-                                     jnp.ones(seq.shape, bool), method=Transformer.lm)
-  logp = np.asarray(jax.nn.log_softmax(logits[0]))
+  """Mean NLL of `option`'s tokens after `prefix`: one full forward of one sequence, no
+  cache, no batching, no attention mask (what scoring and evaluation must equal).
+
+  The sequence is followed by filler tokens up to a multiple of 64 (at most the model's
+  length), so that a test's many lengths compile a few programs, not one each: a causal
+  model's logits at a position do not depend on the tokens after it.
+  """
+  seq = list(prefix) + list(option)
+  width = min(-(-len(seq) // 64) * 64, max(lm.cfg.max_len, len(seq)))
+  ids = np.zeros((1, width), np.int32)
+  ids[0, :len(seq)] = seq
+  logp = np.asarray(_log_probs(lm.cfg, lm.params, jnp.asarray(ids))[0, :len(seq)])
   n = len(prefix)
   return float(-np.mean([logp[n - 1 + j, t] for j, t in enumerate(option)]))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _log_probs(cfg, params, ids):
+  logits = Transformer(cfg).apply({"params": params}, ids, jnp.ones(ids.shape, bool),
+                                  method=Transformer.lm)
+  return jax.nn.log_softmax(logits.astype(jnp.float32))

@@ -18,12 +18,14 @@ os.environ.setdefault("QPO_DATA", os.path.join(os.path.dirname(os.path.dirname(
 # starts (main.py runs, notebooks, multihost; modes.run keeps programs there instead of in
 # each workdir): the same small programs then compile once, not once per test. JAX keys
 # entries by this path too, so all share one path. A maximum size turns on JAX's file lock,
-# so processes that compile the same program at once never read half an entry.
+# so processes that compile the same program at once never read half an entry; the lock's
+# price is a scan of the directory per entry written, so only programs that took 0.2 s to
+# compile are kept, as modes.run does (all of them: thousands of entries, slower overall).
 _SESSION_CACHE = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _SESSION_CACHE = tempfile.mkdtemp(prefix="qpo_tests_xla_")
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _SESSION_CACHE
-  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
   os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
 
 import gc  # noqa: E402
