@@ -19,10 +19,14 @@ def repo_config(name: str) -> ml_collections.ConfigDict:
 
 def run_main(*args: str, workdir, env: dict[str, str] | None = None,
              timeout: float = 600) -> subprocess.CompletedProcess:
-  """`python main.py ARGS --workdir=WORKDIR` from the repository root, output captured."""
+  """`python main.py ARGS --workdir=WORKDIR` from the repository root, output captured; by
+  default on one CPU device, as a user runs it (the tests' 8 simulated devices are for
+  their own process: a child on them compiles and runs a third slower)."""
+  from tests.conftest import one_device_env  # pylint: disable=g-import-not-at-top
+
   return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args,
                          f"--workdir={workdir}"], capture_output=True, text=True, cwd=ROOT,
-                        timeout=timeout, env=env)
+                        timeout=timeout, env=one_device_env() if env is None else env)
 
 
 def run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess:

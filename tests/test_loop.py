@@ -267,7 +267,7 @@ def test_sigint_and_sigterm_stop_with_one_line_and_a_rerun_finishes(tmp_path):
     # a shell without job control starts a background job (`pytest ... &`, nohup) with
     # SIGINT ignored, and the child would inherit that: Ctrl-C's default, as in a terminal
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True,
+                            text=True, env=one_device_env(),
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not ready() and time.time() < deadline and proc.poll() is None:
@@ -287,7 +287,8 @@ def test_sigint_and_sigterm_stop_with_one_line_and_a_rerun_finishes(tmp_path):
   code, last = stopped(signal.SIGINT, lambda: checkpoints.exists())
   assert code == 130 and last.startswith(
       f"Stopped by SIGINT during policy round 1's training ({work / 'policy' / 'round_1'})")
-  done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                        env=one_device_env())
   assert done.returncode == 0, done.stderr[-2000:]
   assert (work / "eval" / "results.json").exists()
 

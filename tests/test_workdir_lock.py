@@ -11,6 +11,7 @@ import pytest
 
 from qpo_jax import modes, workdir_lock
 
+from tests.conftest import one_device_env
 from tests.helpers import ROOT
 
 
@@ -61,22 +62,23 @@ def test_the_same_command_twice_one_second_apart(tmp_path):
   of a run alone."""
   cmd = [sys.executable, os.path.join(ROOT, "main.py"), "--config=configs/tiny.py",
          "--config.loop.num_loops=1", f"--workdir={tmp_path / 'w'}"]
+  env = one_device_env()
   first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True)
+                           text=True, env=env)
   lock = tmp_path / "w" / ".lock"
   deadline = time.time() + 120
   while not (lock.exists() and lock.read_text()) and time.time() < deadline:
     time.sleep(0.2)
   time.sleep(1)
   started = time.time()
-  second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
   assert second.returncode != 0 and time.time() - started < 60
   assert f"is in use by PID {first.pid} on {socket.gethostname()} (--mode=loop" in second.stderr
   out, err = first.communicate(timeout=900)
   assert first.returncode == 0, err[-2000:]
   alone = tmp_path / "alone"
   subprocess.run(cmd[:-1] + [f"--workdir={alone}"], cwd=ROOT, check=True, capture_output=True,
-                 timeout=900)
+                 timeout=900, env=env)
   got, want = (json.loads((d / "eval" / "results.json").read_text())
                for d in (tmp_path / "w", alone))
   assert got["methods"] == want["methods"]
