@@ -11,6 +11,7 @@ import time
 from typing import Callable
 
 from absl import logging
+import jax
 import ml_collections
 
 import numpy as np
@@ -264,8 +265,6 @@ def _persist_compiled(run: Run) -> contextlib.AbstractContextManager:
   (JAX_COMPILATION_CACHE_DIR or jax.config: one cache for many workdirs of the same models,
   as in a sweep or CI), else the workdir's xla_cache; `compile_cache=False`: JAX's own
   setting."""
-  import jax  # pylint: disable=g-import-not-at-top
-
   if not run.config.compile_cache or jax.config.jax_compilation_cache_dir:
     return contextlib.nullcontext()
   return compile_cache(run.wd.compile_cache)

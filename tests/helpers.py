@@ -7,6 +7,7 @@ import sys
 import ml_collections
 
 from qpo_jax.utils import load_config
+from tests.conftest import one_device_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
@@ -22,8 +23,6 @@ def run_main(*args: str, workdir, env: dict[str, str] | None = None,
   """`python main.py ARGS --workdir=WORKDIR` from the repository root, output captured; by
   default on one CPU device, as a user runs it (the tests' 8 simulated devices are for
   their own process: a child on them compiles and runs a third slower)."""
-  from tests.conftest import one_device_env  # pylint: disable=g-import-not-at-top
-
   return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args,
                          f"--workdir={workdir}"], capture_output=True, text=True, cwd=ROOT,
                         timeout=timeout, env=one_device_env() if env is None else env)
