@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from qpo_jax import distributed
 from qpo_jax.store import dataset
 from qpo_jax.utils import atomic_open
 from qpo_jax.workdir import Workdir
@@ -25,7 +26,10 @@ def _loops(result: dict[str, Any]) -> list[int]:
 
 
 def plot(result: dict[str, Any], workdir: str, labels) -> str:
-  """Writes <workdir>/eval/results.png; `labels(method)` gives a method's display label."""
+  """Writes <workdir>/eval/results.png; `labels(method)` gives a method's display label
+  (the writer process only: the others' picture would go nowhere)."""
+  if not distributed.is_writer():
+    return Workdir(workdir).eval("results.png")
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -93,10 +97,14 @@ def plot(result: dict[str, Any], workdir: str, labels) -> str:
 
 def tensorboard(result: dict[str, Any], workdir: str) -> str:
   """Every method's accuracy (step: the last loop) and QPO's per loop on the report's and
-  the validation queries, as `eval/<setting>/<method>` scalars in <workdir>/eval/tb."""
+  the validation queries, as `eval/<setting>/<method>` scalars in <workdir>/eval/tb.
+  Written by the writer process only: in a multi-process run the others would add their
+  own event files (the same scalars twice) and race it to create the folder."""
   from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
 
   directory = Workdir(workdir).eval("tb")
+  if not distributed.is_writer():
+    return directory
   loops = _loops(result)
   validation = (result.get("validation") or {}).get("methods", {})
   with SummaryWriter(directory) as writer:

@@ -48,3 +48,16 @@ def parse_config(*args: str) -> ml_collections.ConfigDict:
                                   lock_config=True)
   values(argv)
   return values.config
+
+
+def scalars(directory) -> dict[str, list[tuple[int, float]]]:
+  """{tag: [(step, value)]} of the TensorBoard event files in a directory."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  from qpo_jax.store.tfrecord import read_records  # pylint: disable=g-import-not-at-top
+  out = {}
+  for name in sorted(os.listdir(directory)):
+    for raw in read_records(os.path.join(directory, name)):
+      event = event_pb2.Event.FromString(raw)
+      for v in event.summary.value:
+        out.setdefault(v.tag, []).append((event.step, v.simple_value))
+  return out

@@ -17,20 +17,7 @@ from qpo_jax.store import dataset
 from qpo_jax.targets import build_target
 from tests.conftest import one_device_env
 from tests.killable import Killable
-from tests.helpers import ROOT, parse_config, repo_config, run_main, run_python
-
-
-def _scalars(directory):
-  """{tag: [(step, value)]} of the TensorBoard event files in a directory."""
-  from tensorboardX.proto import event_pb2
-  from qpo_jax.store.tfrecord import read_records
-  out = {}
-  for name in sorted(os.listdir(directory)):
-    for raw in read_records(os.path.join(directory, name)):
-      event = event_pb2.Event.FromString(raw)
-      for v in event.summary.value:
-        out.setdefault(v.tag, []).append((event.step, v.simple_value))
-  return out
+from tests.helpers import ROOT, parse_config, repo_config, run_main, run_python, scalars
 
 
 @pytest.mark.integration
@@ -69,10 +56,10 @@ def test_loop_killed_in_collection_resumes_to_the_same_table(tmp_path, tiny_run)
     ci = got["intervals"][m]["zero_shot"]
     assert ci["low"] <= accs["zero_shot"] <= ci["high"]
     assert accs["zero_shot"] == pytest.approx(ci["mean"])
-  scalars = _scalars(os.path.join(work, "eval", "tb"))  # the report's accuracies in TensorBoard
-  assert scalars["eval/zero_shot/qpo"] == [
+  tb = scalars(os.path.join(work, "eval", "tb"))  # the report's accuracies in TensorBoard
+  assert tb["eval/zero_shot/qpo"] == [
       (t, pytest.approx(got["methods"][f"qpo_loop_{t}"]["zero_shot"])) for t in (1, 2)]
-  assert scalars["eval/zero_shot/reward_model"] == [
+  assert tb["eval/zero_shot/reward_model"] == [
       (2, pytest.approx(got["methods"]["reward_model"]["zero_shot"]))]
   d0 = json.load(open(os.path.join(work, "data", "loop_0", "manifest.json")))
   d2 = json.load(open(os.path.join(work, "data", "loop_2", "manifest.json")))

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import EIGHT_DEVICES
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, scalars
 LIMIT_S = 900
 
 
@@ -131,6 +131,9 @@ def test_two_processes_run_the_loop_as_one_process_does(tmp_path, one_process_ru
   _same_run(one_process_run, work)
   for name in os.listdir(os.path.join(work, "eval")):
     assert ".tmp" not in name
+  # TensorBoard's events have one writer too: each scalar once, as in the one-process run
+  tb = [scalars(os.path.join(w, "eval", "tb")) for w in (one_process_run, work)]
+  assert tb[0] and tb[1] == tb[0]
   with open(tmp_path / "logs_two" / "process_1.log") as f:
     assert "[process 1/2]" in f.read()  # log lines name their process
 

@@ -127,3 +127,21 @@ def test_results_say_whether_the_return_steers_the_policy(tiny_run):
     assert 0 <= b["accuracy"] <= 1
   assert "Does the return steer the last policy?" in open(
       os.path.join(work, "eval", "results.md")).read()
+
+
+@pytest.mark.integration  # the whole tiny run (session fixture)
+def test_only_the_writer_process_draws_and_logs_the_report(tiny_run, tmp_path, monkeypatch):
+  """In a multi-process run the other processes write no picture and no TensorBoard events:
+  theirs were a second event file of the same scalars, and a race to create eval/tb."""
+  from qpo_jax import distributed, report_plot
+  from tests.helpers import scalars
+
+  _, result = tiny_run
+  monkeypatch.setattr(distributed, "is_writer", lambda: False)
+  report_plot.tensorboard(result, str(tmp_path))
+  report_plot.plot(result, str(tmp_path), report.label)
+  assert not os.path.exists(tmp_path / "eval")
+  monkeypatch.setattr(distributed, "is_writer", lambda: True)
+  tb = report_plot.tensorboard(result, str(tmp_path))
+  assert scalars(tb)["eval/zero_shot/qpo"] == [
+      (t, pytest.approx(result["methods"][f"qpo_loop_{t}"]["zero_shot"])) for t in (1, 2)]
