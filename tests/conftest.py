@@ -74,14 +74,13 @@ def smollm2():
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-  """(workdir, results) of one uninterrupted QPO run on configs/tiny.py, shared by tests."""
+  """(workdir, results) of one uninterrupted QPO run on configs/tiny.py (one device:
+  helpers.tiny_config), shared by tests."""
   from qpo_jax import loop
-  from qpo_jax.utils import load_config
+  from tests.helpers import tiny_config
 
   work = str(tmp_path_factory.mktemp("tiny_run"))
-  config = load_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs",
-                                    "tiny.py"))
-  return work, loop.run_loop(config, work)
+  return work, loop.run_loop(tiny_config(), work)
 
 
 @pytest.fixture(scope="session")

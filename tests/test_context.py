@@ -11,7 +11,7 @@ from qpo_jax import context
 from qpo_jax.context import Run
 from qpo_jax.policy import trainer
 
-from tests.helpers import repo_config, run_python
+from tests.helpers import repo_config, run_python, tiny_config
 
 pytestmark = pytest.mark.integration  # the tiny config's run
 
@@ -26,7 +26,7 @@ def test_a_process_reads_the_task_and_the_backbone_once(tiny_run, monkeypatch):
     real = getattr(module, name)
     monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **k: (
         calls.update({_name: calls.get(_name, 0) + 1}) or _real(*a, **k)))
-  result = modes.run("loop", repo_config("tiny.py"), tiny_run[0])
+  result = modes.run("loop", tiny_config(), tiny_run[0])
   assert calls == {"load_splits": 1, "pretrained_policy": 1, "load_model": 1,
                    "load_final_params": 2}
   assert result["methods"] == tiny_run[1]["methods"]
@@ -40,8 +40,7 @@ def test_the_round_a_stage_trained_is_handed_on_not_read_back(tiny_run, tmp_path
   for name in ("round_2", "round_2.config.json"):
     path = os.path.join(work, "policy", name)
     (shutil.rmtree if os.path.isdir(path) else os.remove)(path)
-  config = repo_config("tiny.py")
-  config.mesh.update(data=1)  # one device: a multi-device mesh lays the params out to train
+  config = tiny_config()  # one device: a multi-device mesh lays the params out to train
   run = Run(config, work)
   rounds.train_policy_round(run, 2)
   assert run.held_round == 2

@@ -10,7 +10,7 @@ from qpo_jax import loop, modes
 from qpo_jax.tasks import declared, load_splits, task_of
 from qpo_jax.tasks.base import Example
 
-from tests.helpers import ROOT, repo_config
+from tests.helpers import ROOT, tiny_config
 DOC = open(os.path.join(ROOT, "docs", "your_own_task.md")).read()
 BLOCKS = dict(re.findall(r"```(\w+)\n(.*?)```", DOC, flags=re.S))
 
@@ -33,7 +33,7 @@ def reviews(tmp_path):
 
 
 def _config(folder):
-  config = repo_config("tiny.py")
+  config = tiny_config()
   config.task.file = str(folder / "task.yaml")
   config.task.data.kind = "files"
   return config

@@ -23,7 +23,7 @@ from qpo_jax.policy import sampling
 from qpo_jax.policy.model import init_policy
 from tests.hf_reference import hf_logits
 
-from tests.helpers import repo_config, run_python
+from tests.helpers import run_python, tiny_config
 
 
 def _same(a, b):
@@ -79,7 +79,7 @@ def test_round_trip_is_exact_and_transformers_agrees(cfg, tmp_path):
 def test_export_mode_on_a_trained_run(tiny_run, tmp_path):
   work = str(tmp_path / "work")
   shutil.copytree(tiny_run[0], work)
-  config = repo_config("tiny.py")
+  config = tiny_config()
   out = modes.export_policy(Run(config, work))
   assert out == os.path.join(work, "export", "round_2") and not os.path.exists(out + ".tmp")
   sampler = rounds.prompt_sampler(Run(config, work), 0)

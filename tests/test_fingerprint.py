@@ -11,11 +11,11 @@ from qpo_jax.stages import Stage
 
 pytestmark = pytest.mark.integration  # whole runs of the tiny config
 
-from tests.helpers import repo_config
+from tests.helpers import tiny_config
 
 
 def _tiny():
-  return repo_config("tiny.py")
+  return tiny_config()
 
 
 def _listing(root):

@@ -17,12 +17,12 @@ from qpo_jax.store import dataset
 from qpo_jax.targets import build_target
 from tests.conftest import one_device_env
 from tests.killable import Killable
-from tests.helpers import ROOT, parse_config, repo_config, run_main, run_python, scalars
+from tests.helpers import ROOT, parse_config, run_main, run_python, scalars, tiny_config
 
 
 @pytest.mark.integration
 def test_loop_killed_in_collection_resumes_to_the_same_table(tmp_path, tiny_run):
-  config = repo_config("tiny.py")
+  config = tiny_config()
   target = build_target(config.target)
   ref = tiny_run[1]  # uninterrupted
   work = str(tmp_path / "b")
@@ -76,7 +76,7 @@ def test_loop_killed_in_collection_resumes_to_the_same_table(tmp_path, tiny_run)
 @pytest.mark.integration
 def test_without_final_collection_then_extended(tmp_path, tiny_run):
   """`loop.final_collection=False` skips only the last collection; more loops collect it then."""
-  config = repo_config("tiny.py")
+  config = tiny_config()
   target = build_target(config.target)
   work = str(tmp_path / "w")
   config.loop.update(num_loops=1, final_collection=False)
@@ -149,7 +149,7 @@ QUICK_SMALL = ["--config.offline.num_queries=8", "--config.offline.top_fraction=
                "--config.train.epochs=1", "--config.progress=False",
                "--config.loop.num_loops=1",
                "--config.loop.collect_batches=1", "--config.loop.collect_queries=8",
-               "--config.eval.num_queries=8"]
+               "--config.eval.num_queries=8", "--config.eval.validation_queries=8"]
 
 
 @pytest.mark.multiprocess
@@ -161,6 +161,7 @@ def test_quickstart_small_variant(tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   result = json.loads((tmp_path / "eval" / "results.json").read_text())
   assert result["num_test_queries"] == 8 and "qpo_loop_1" in result["methods"]
+  assert "qpo_loop_1" in result["validation"]["methods"]  # on 8 validation tweets
   assert "| QPO loop 1 |" in r.stdout
 
 
@@ -195,7 +196,7 @@ def test_exploring_collection_scores_new_prompts_on_shared_queries(tmp_path, tin
   """loop.explore: every sampled prompt is scored on its query; new, fluent texts are
   screened on the first shared D_0 queries and the best by group gain scored on all of
   them; every outcome is kept; a rerun of the stage reuses its plan."""
-  config = repo_config("tiny.py")
+  config = tiny_config()
   config.loop.update(explore=True, new_prompts=3, prompt_queries=6, screen_queries=4,
                      max_screen=5, edits=8, rewrites=1, parents=4)
   config.sample.num_samples = 2
@@ -288,12 +289,12 @@ def test_modes_check_only_what_they_use(tmp_path, tiny_run):
   import shutil
   work = str(tmp_path / "w")
   shutil.copytree(tiny_run[0], work)
-  short = repo_config("tiny.py")
+  short = tiny_config()
   short.train.prompt_len = 4
   assert modes.run("evaluate_prompts", short, work)["num_queries"] == 8
   with pytest.raises(ValueError, match="train.prompt_len=4 cannot hold the source prompt"):
     modes.run("sample_prompts", short, work)
-  changed = repo_config("tiny.py")
+  changed = tiny_config()
   changed.train.epochs = 7
   assert "records" in modes.run("inspect_data", changed, work)
   with pytest.raises(ValueError, match=r"train.epochs: 3 -> 7"):
@@ -310,7 +311,7 @@ def test_the_main_path_checks_the_config_and_the_workdir_once(tiny_run, monkeypa
     real = getattr(module, name)
     monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **k:
                         calls.update([_name]) or _real(*a, **k))
-  result = modes.run("loop", repo_config("tiny.py"), tiny_run[0])  # finished: every stage skips
+  result = modes.run("loop", tiny_config(), tiny_run[0])  # finished: every stage skips
   assert calls == {"validate": 1, "check_workdir": 1}
   assert result["methods"] == tiny_run[1]["methods"]
 

@@ -125,21 +125,10 @@ def one_process_run(tmp_path_factory):
 
 
 @pytest.mark.multiprocess
-def test_two_processes_run_the_loop_as_one_process_does(tmp_path, one_process_run):
-  work = str(tmp_path / "w")
-  _run(tmp_path, "two", _main(work), 2, 2)
-  _same_run(one_process_run, work)
-  for name in os.listdir(os.path.join(work, "eval")):
-    assert ".tmp" not in name
-  # TensorBoard's events have one writer too: each scalar once, as in the one-process run
-  tb = [scalars(os.path.join(w, "eval", "tb")) for w in (one_process_run, work)]
-  assert tb[0] and tb[1] == tb[0]
-  with open(tmp_path / "logs_two" / "process_1.log") as f:
-    assert "[process 1/2]" in f.read()  # log lines name their process
-
-
-@pytest.mark.multiprocess
 def test_a_process_killed_in_collection_then_both_rerun_resumes(tmp_path, one_process_run):
+  """Two processes build D_0 and train round 1, one dies in loop 1's collection, both rerun
+  to the end: every stage ran over two processes, and the run equals the one-process run
+  (records, parameters, the report, the calls it counts)."""
   work = str(tmp_path / "w")
   logs = tmp_path / "logs_dying"
   logs.mkdir()
@@ -158,6 +147,13 @@ def test_a_process_killed_in_collection_then_both_rerun_resumes(tmp_path, one_pr
   assert not os.path.exists(os.path.join(work, "data", "loop_1"))
   _run(tmp_path, "rerun", _main(work), 2, 2)
   _same_run(one_process_run, work)
+  for name in os.listdir(os.path.join(work, "eval")):
+    assert ".tmp" not in name
+  # TensorBoard's events have one writer too: each scalar once, as in the one-process run
+  tb = [scalars(os.path.join(w, "eval", "tb")) for w in (one_process_run, work)]
+  assert tb[0] and tb[1] == tb[0]
+  with open(tmp_path / "logs_rerun" / "process_1.log") as f:
+    assert "[process 1/2]" in f.read()  # log lines name their process
 
 
 @pytest.mark.multiprocess

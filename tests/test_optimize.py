@@ -11,7 +11,7 @@ from qpo_jax import rounds
 from qpo_jax.context import Run
 from qpo_jax.tasks import get_task
 
-from tests.helpers import repo_config
+from tests.helpers import tiny_config
 QUERIES = ["The election results are in tonight", "Fresh pasta with basil tonight",
            "Heavy rain is expected all weekend", "The new phone has a faster chip",
            "Our team won the final match", "A sunny and warm afternoon"]
@@ -26,7 +26,7 @@ def work(tiny_run, tmp_path):
 
 
 def _config(tmp_path, **optimize_fields):
-  config = repo_config("tiny.py")
+  config = tiny_config()
   config.optimize.update(output=str(tmp_path / "out.jsonl"), batch_size=2, **optimize_fields)
   return config
 

@@ -17,7 +17,7 @@ from qpo_jax.targets.server import Limits, ModelServer, make_server, serve_in_th
 from qpo_jax.tasks import Example, get_task
 from tests.conftest import untrained_proxy
 
-from tests.helpers import repo_config
+from tests.helpers import tiny_config
 KEY = "sk-proxy-789"
 QUERY = "Our team won the final match"
 
@@ -44,7 +44,7 @@ def test_optimize_route_gives_the_samplers_greedy_prompt(untrained):
 def setup(tiny_run, tmp_path_factory):
   work = str(tmp_path_factory.mktemp("serve") / "work")
   shutil.copytree(tiny_run[0], work)
-  config = repo_config("tiny.py")
+  config = tiny_config()
   sampler = rounds.prompt_sampler(Run(config, work), 0)
   target = build_target(config.target)
   task = get_task("topics")
