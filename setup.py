@@ -36,7 +36,8 @@ setup(
     extras_require={
         # torch==2.13.0 is the CPU wheel on the build machines' disk; HF's GGUF
         # loader (the reference in tests) needs accelerate.
-        "test": ["pytest", "torch==2.13.0", "accelerate",
+        "test": ["pytest", "pytest-xdist==3.8.0",  # `-n 2`: the suite on both cores
+                 "torch==2.13.0", "accelerate",
                  "tfrecord",  # an independent TFRecord reader for the store's tests
                  "nbclient", "nbformat", "ipykernel",  # the colab/ notebooks run in tests
                  "openai",  # the servers are tested with the OpenAI client
