@@ -161,7 +161,8 @@ def test_quickstart_small_variant(tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   result = json.loads((tmp_path / "eval" / "results.json").read_text())
   assert result["num_test_queries"] == 8 and "qpo_loop_1" in result["methods"]
-  assert "qpo_loop_1" in result["validation"]["methods"]  # on 8 validation tweets
+  validation = result["validation"]
+  assert validation["num_queries"] == 8 and "qpo_loop_1" in validation["methods"]
   assert "| QPO loop 1 |" in r.stdout
 
 
