@@ -157,7 +157,7 @@ QUICK_SMALL = ["--config.offline.num_queries=8", "--config.offline.top_fraction=
 def test_quickstart_small_variant(tmp_path):
   """The quickstart (SmolLM2 target and policy, packaged TweetEval) at a CI-sized scale."""
   r = run_main("--config=configs/quickstart.py", "--mode=loop", *QUICK_SMALL, workdir=tmp_path,
-               env=one_device_env(), timeout=1800)
+               timeout=1800)
   assert r.returncode == 0, r.stderr[-3000:]
   result = json.loads((tmp_path / "eval" / "results.json").read_text())
   assert result["num_test_queries"] == 8 and "qpo_loop_1" in result["methods"]
@@ -171,8 +171,7 @@ def test_quickstart_small_variant(tmp_path):
 @pytest.mark.multiprocess
 def test_quickstart_full(tmp_path):
   """The embedded default reproduces the table its docstring and the README give."""
-  r = run_main("--config=configs/quickstart.py", "--mode=loop", workdir=tmp_path,
-               env=one_device_env(), timeout=1800)
+  r = run_main("--config=configs/quickstart.py", "--mode=loop", workdir=tmp_path, timeout=1800)
   assert r.returncode == 0, r.stderr[-3000:]
   result = json.loads((tmp_path / "eval" / "results.json").read_text())
   got = {k: v["zero_shot"] for k, v in result["methods"].items()}
