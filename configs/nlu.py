@@ -1,22 +1,29 @@
-"""The quickstart's recipe, unchanged, on another NLU task with its public prompt
-collection (InstructEval's, the paper's sources): ag_news or boolq.
+"""The quickstart's recipe, unchanged, on one of the paper's NLU tasks with its public
+prompt collection (InstructEval's, the paper's sources): ag_news, boolq, cosmos_qa,
+hellaswag, imdb or tweet_emotion.
 
 Command (after `bash scripts/setup.sh`, with $QPO_DATA laid out as docs/tasks_and_data.md
 says):
   .venv/bin/python main.py --config configs/nlu.py:task=ag_news --workdir /tmp/qpo_ag_news
 Every method setting is configs/quickstart.py's (how each was chosen is said there);
-only sizes that the texts force differ: the policy's query length (a BoolQ or Cosmos QA
-query is a passage and a question), the prompt length (InstructEval's prompts run to 49
-tokens), and D_0's queries for the long-text task (a BoolQ pair costs about three times a
-tweet's). The files: AG News is read from its test split only (test.csv), whose first
-half is the train split (the spec's rules then cut train / collect / validation / test);
-BoolQ from its dev split, whose first half is the train split. (Cosmos QA's rules leave 13
-validation rows of its valid split: too few to choose anything on, so it is not here.)
+only sizes that the texts force differ: the policy's query length, the prompt length
+(InstructEval's prompts run to 49 tokens), and D_0's queries for the tasks whose query is
+a passage (a BoolQ pair costs about three times a tweet's). Query lengths: a passage task's
+query (each field cut to task.max_words = 100 words) takes 160 tokens (SmolLM2's tokenizer
+on the train split: Cosmos QA 100% fit, BoolQ 90%, its longest passages lose the question's
+end); a tweet 48 (99%); an AG News article 64 (79%: its title and first sentences).
+The files: AG News is read from its test split only (test.csv), whose first half is the
+train split (the spec's rules then cut train / collect / validation / test); BoolQ from its
+dev split and Cosmos QA from its valid split, whose first half is the train split (Cosmos
+QA's rules then leave 13 validation rows: too few to choose on; with its train.csv, set
+--config.task.data.files.train=train.csv --config.task.data.files.validation=valid.csv);
+TweetEval from the package; HellaSwag and IMDB from prepared tensorflow-datasets
+(`--config.task.data.data_dir=...`, default ~/tensorflow_datasets).
 Runtime and Expected (validation queries, `--config.eval.split=validation`; the test
 splits were never read): the `reward` rows of experiments/results/filter_ablation.md's
 two-loop table: QPO loop 2 0.690 on AG News (best source prompt 0.470), 0.585 on BoolQ
 (0.578); about 100 and 65 minutes on 2 CPU cores. The recipe before a7ce397 (advantage
-ranking): experiments/results/recipe_tasks.md.
+ranking): experiments/results/recipe_tasks.md. The other tasks have not been run with it.
 """
 
 import ml_collections
@@ -24,10 +31,15 @@ import ml_collections
 from qpo_jax.configs import quickstart
 from qpo_jax.utils import data_dir
 
-TASKS = {  # task -> (its files under $QPO_DATA/<task>, policy query tokens, D_0 queries)
+TASKS = {  # task -> (its files under $QPO_DATA/<task>, or None; query tokens; D_0 queries)
     "ag_news": ({"train": "test.csv[:50%]", "test": "test.csv[50%:]"}, 64, 400),
     "boolq": ({"train": "dev.jsonl[:50%]", "validation": "dev.jsonl[50%:]"}, 160, 200),
+    "cosmos_qa": ({"train": "valid.csv[:50%]", "validation": "valid.csv[50%:]"}, 160, 200),
+    "hellaswag": (None, 160, 200),  # tensorflow-datasets
+    "imdb": (None, 160, 200),  # tensorflow-datasets
+    "tweet_emotion": (None, 48, 400),  # the package's files
 }
+TFDS = ("hellaswag", "imdb")
 
 
 def settings() -> list[str]:
@@ -42,7 +54,10 @@ def get_config(arg: str = "task=ag_news") -> ml_collections.ConfigDict:
   files, query_len, num_queries = TASKS[task]
   c = quickstart.get_config()
   c.task.name = task
-  c.task.data.update(kind="files", dir=data_dir(task), files=files)
+  if task in TFDS:
+    c.task.data.kind = "tfds"
+  elif files:
+    c.task.data.update(kind="files", dir=data_dir(task), files=files)
   c.offline.update(prompts_dir=data_dir("prompts", "instructeval", "instructions"),
                    lp_model="llama7b", num_queries=num_queries)
   c.train.update(query_len=query_len, prompt_len=64)

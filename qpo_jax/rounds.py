@@ -16,6 +16,9 @@ from __future__ import annotations
 import os
 import time
 
+from absl import logging
+import numpy as np
+
 from qpo_jax import sharding
 from qpo_jax.context import Run
 from qpo_jax.policy import trainer, training_rows
@@ -57,11 +60,24 @@ def train_policy_round(run: Run, t: int, stop_after: int | None = None) -> None:
     raise ValueError(f"no record of {data} passes the expert filter "
                      f"(offline.threshold={config.offline.threshold}, offline.top_fraction="
                      f"{config.offline.top_fraction}); lower offline.threshold")
+  report_cut_queries(rows, t)
   params = sharding.shard_params(params, run.mesh)
   params = trainer.train_round(wd.round(t), cfg, params, rows, tc, mesh=run.mesh,
                                seed=config.seed + t, stop_after=stop_after, started=started)
   if t in wd.finished_rounds():  # not when `stop_after` ended it early
     run.hold_round(t, params)
+
+
+def report_cut_queries(rows: training_rows.TrainingRows, t: int, tolerated: float = 0.01
+                        ) -> None:
+  """Warns when `train.query_len` cuts more than `tolerated` of the round's queries: the
+  policy sees only their first tokens (a passage task's question may be what is lost)."""
+  cut = rows.cut_queries()
+  if cut > tolerated:
+    fits = int(np.ceil(np.percentile(rows.query_tokens, 99)))
+    logging.warning("round %d: train.query_len=%d cuts %.1f%% of its %d training rows' queries "
+                    "(the policy sees their first %d tokens); %d tokens hold 99%% of them",
+                    t, rows.query_len, 100 * cut, len(rows), rows.query_len, fits)
 
 
 def last_finished(workdir: str) -> int:

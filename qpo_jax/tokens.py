@@ -60,6 +60,15 @@ def tokenize(tokenizer, texts: Sequence[str], length: int, append_eos: bool
   return ids, mask
 
 
+def token_counts(tokenizer, texts: Sequence[str]) -> np.ndarray:
+  """[N] each text's number of tokens, without special tokens (what `tokenize` would keep
+  if `length` were unbounded)."""
+  if not texts:
+    return np.zeros(0, np.int64)
+  return np.asarray([len(t) for t in tokenizer(list(texts), add_special_tokens=False)["input_ids"]],
+                    np.int64)
+
+
 def check_prompt_lengths(tokenizer, prompts: Sequence[str], prompt_len: int) -> None:
   """Fails, naming the prompt, if `train.prompt_len` cannot hold a prompt and its EOS."""
   if not prompts:

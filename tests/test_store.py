@@ -374,6 +374,42 @@ def test_length_grouped_batches_pad_little_and_resume(smollm2_tokenizer):
       np.testing.assert_array_equal(got[k], want[k])
 
 
+def test_rows_count_the_queries_query_len_cuts_and_the_round_says_so(tmp_path,
+                                                                      smollm2_tokenizer, caplog):
+  """A query longer than train.query_len is cut to its first tokens; the rows know how long
+  each query was, read from a dataset or from records, and a round warns with the share."""
+  from qpo_jax import rounds
+  from qpo_jax.tokens import token_counts
+
+  recs = [dataclasses.replace(r, query=r.query + " and more words" * (2 * i))
+          for i, r in enumerate(_records(8))]
+  d = str(tmp_path / "ds")
+  dataset.write_dataset(d, recs, records_per_shard=3)
+  rows, _ = training_rows.from_dataset(d, smollm2_tokenizer, query_len=24, prompt_len=6)
+  want = training_rows.from_records(recs, smollm2_tokenizer, query_len=24, prompt_len=6)
+  whole = token_counts(smollm2_tokenizer, [r.query for r in recs])
+  np.testing.assert_array_equal(rows.query_tokens, whole)
+  np.testing.assert_array_equal(want.query_tokens, whole)
+  np.testing.assert_array_equal(rows.query_lengths, np.minimum(whole, 24))
+  assert set(want.load(np.arange(2))) == set(training_rows.TOKEN_FIELDS)
+  cut = float(np.mean(whole > 24))
+  assert 0.25 < cut < 1 and rows.cut_queries() == cut
+  with caplog.at_level("WARNING"):
+    rounds.report_cut_queries(rows, 2)
+  said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+  fits = int(np.ceil(np.percentile(whole, 99)))
+  assert said == [f"round 2: train.query_len=24 cuts {100 * cut:.1f}% of its 8 training rows' "
+                  f"queries (the policy sees their first 24 tokens); {fits} tokens hold 99% of "
+                  "them"]
+  caplog.clear()
+  whole_rows, _ = training_rows.from_dataset(d, smollm2_tokenizer, query_len=int(whole.max()),
+                                             prompt_len=6)
+  assert whole_rows.cut_queries() == 0
+  with caplog.at_level("WARNING"):
+    rounds.report_cut_queries(whole_rows, 1)
+  assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_dataset_rows_equal_filtered_records_and_read_only_what_is_asked(tmp_path,
                                                                           smollm2_tokenizer,
                                                                           monkeypatch):
@@ -392,6 +428,7 @@ def test_dataset_rows_equal_filtered_records_and_read_only_what_is_asked(tmp_pat
   np.testing.assert_array_equal(rows.returns, want.returns)
   np.testing.assert_array_equal(rows.query_lengths, want.query_lengths)
   np.testing.assert_array_equal(rows.prompt_lengths, want.prompt_lengths)
+  np.testing.assert_array_equal(rows.query_tokens, want.query_tokens)
   pick = np.asarray([3, 0, len(want) - 1])
   for k, v in want.load(pick).items():
     np.testing.assert_array_equal(rows.load(pick)[k], v)

@@ -1,7 +1,8 @@
 """What a policy round trains on, read so that each process holds only what it places.
 
 Batching (batches.Batches) needs three facts of every training record: its
-return and how many query and prompt tokens it keeps. The epoch's permutation,
+return and how many query and prompt tokens it keeps (and the round reports how many
+queries `query_len` cuts). The epoch's permutation,
 the length-sorted batches and each batch's padded width follow from them, the
 same on every process. Token ids are needed only for the rows a process places
 on its own devices.
@@ -26,7 +27,7 @@ import numpy as np
 
 from qpo_jax import distributed, rewards
 from qpo_jax.store.dataset import RecordIndex
-from qpo_jax.tokens import tokenize
+from qpo_jax.tokens import token_counts, tokenize
 from qpo_jax.store.records import Record
 
 TOKEN_FIELDS = ("query", "query_mask", "prompt", "prompt_mask")
@@ -43,6 +44,7 @@ class TrainingRows:
   returns: np.ndarray  # [N] float32, normalised when the round asks
   query_lengths: np.ndarray  # [N] query tokens kept (<= query_len)
   prompt_lengths: np.ndarray  # [N] prompt tokens kept, EOS included (<= prompt_len)
+  query_tokens: np.ndarray  # [N] the whole query's tokens (> query_len: the query was cut)
   query_len: int
   prompt_len: int
   load: Callable[[np.ndarray], dict[str, np.ndarray]]
@@ -50,12 +52,17 @@ class TrainingRows:
   def __len__(self) -> int:
     return len(self.returns)
 
+  def cut_queries(self) -> float:
+    """The share of rows whose query is longer than `query_len` (the policy sees its start)."""
+    return float(np.mean(self.query_tokens > self.query_len)) if len(self) else 0.0
+
 
 def _tokens(recs: Sequence[Record], tokenizer, query_len: int, prompt_len: int
             ) -> dict[str, np.ndarray]:
   q, qm = tokenize(tokenizer, [r.query for r in recs], query_len, False)
   p, pm = tokenize(tokenizer, [r.prompt for r in recs], prompt_len, True)
-  return {"query": q, "query_mask": qm, "prompt": p, "prompt_mask": pm}
+  return {"query": q, "query_mask": qm, "prompt": p, "prompt_mask": pm,
+          "query_tokens": token_counts(tokenizer, [r.query for r in recs])}
 
 
 def from_records(recs: Sequence[Record], tokenizer, *, query_len: int, prompt_len: int,
@@ -66,7 +73,8 @@ def from_records(recs: Sequence[Record], tokenizer, *, query_len: int, prompt_le
   if normalizer is not None:
     returns = normalizer(returns).astype(np.float32)
   return TrainingRows(returns, tokens["query_mask"].sum(1), tokens["prompt_mask"].sum(1),
-                      query_len, prompt_len, lambda rows: {k: v[rows] for k, v in tokens.items()})
+                      tokens["query_tokens"], query_len, prompt_len,
+                      lambda rows: {k: tokens[k][rows] for k in TOKEN_FIELDS})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,18 +133,19 @@ def from_dataset(directory: str, tokenizer, *, query_len: int, prompt_len: int,
     index.verify_shards(shards)
     recs = index.read(mine)
     got = tokens.add(mine, recs)
-    return [[_digest(r.query_id or r.query), _digest(r.prompt), r.reward, int(q), int(p)]
-            for r, q, p in zip(recs, got["query_mask"].sum(1), got["prompt_mask"].sum(1))]
+    return [[_digest(r.query_id or r.query), _digest(r.prompt), r.reward, int(q), int(p), int(n)]
+            for r, q, p, n in zip(recs, got["query_mask"].sum(1), got["prompt_mask"].sum(1),
+                                  got["query_tokens"])]
 
   facts = distributed.allgather(distributed.agree(read_share))
-  keys = [_FilterKeys(i, q, p, reward) for i, (q, p, reward, _, _) in enumerate(facts)]
+  keys = [_FilterKeys(i, q, p, reward) for i, (q, p, reward, *_) in enumerate(facts)]
   kept = np.asarray([k.index for k in rewards.expert_filter(keys, threshold, top_fraction,
                                                             rank_by)], np.int64)
   returns = np.asarray([facts[i][2] for i in kept], np.float32)
   stored = index.manifest.get("normalizer")
   if normalize and stored:
     returns = rewards.Normalizer.from_dict(stored)(returns).astype(np.float32)
-  lengths = np.asarray([facts[i][3:] for i in kept], np.int64).reshape(-1, 2)
-  rows = TrainingRows(returns, lengths[:, 0], lengths[:, 1], query_len, prompt_len,
+  lengths = np.asarray([facts[i][3:] for i in kept], np.int64).reshape(-1, 3)
+  rows = TrainingRows(returns, lengths[:, 0], lengths[:, 1], lengths[:, 2], query_len, prompt_len,
                       lambda rows: tokens(kept[rows]))
   return rows, index.manifest
