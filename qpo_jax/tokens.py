@@ -73,7 +73,7 @@ def check_prompt_lengths(tokenizer, prompts: Sequence[str], prompt_len: int) -> 
   """Fails, naming the prompt, if `train.prompt_len` cannot hold a prompt and its EOS."""
   if not prompts:
     return
-  lengths = [len(x) for x in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+  lengths = token_counts(tokenizer, prompts)
   i = int(np.argmax(lengths))
   if lengths[i] + 1 > prompt_len:
     raise ValueError(f"train.prompt_len={prompt_len} cannot hold the source prompt "

@@ -1,8 +1,8 @@
 """What a policy round trains on, read so that each process holds only what it places.
 
 Batching (batches.Batches) needs three facts of every training record: its
-return and how many query and prompt tokens it keeps (and the round reports how many
-queries `query_len` cuts). The epoch's permutation,
+return and how many query and prompt tokens it keeps (the round also reports how
+many queries `query_len` cut: each row's whole query length). The epoch's permutation,
 the length-sorted batches and each batch's padded width follow from them, the
 same on every process. Token ids are needed only for the rows a process places
 on its own devices.
