@@ -146,6 +146,31 @@ def test_tfds_mock_hellaswag():
   assert task.render(ex, "Pick.").endswith("Sentence: " + ex.fields["context"] + "\nAnswer:")
 
 
+@needs_data
+def test_the_nlu_config_reads_its_tfds_tasks_from_tensorflow_datasets(monkeypatch):
+  """configs/nlu.py:task=hellaswag / imdb: the recipe's task section loads the splits from
+  tensorflow-datasets (mock rows here), and its prompts from InstructEval's collection."""
+  from qpo_jax import prompts
+  from tests.helpers import repo_config
+
+  tfds = pytest.importorskip("tensorflow_datasets")
+  monkeypatch.setenv("QPO_DATA", DATA)
+
+  def source(builder, split, **kwargs):
+    if "hellaswag" in str(builder):
+      return _hellaswag_rows(str(split), **kwargs)
+    return [{"text": f"{split} review {i}".encode(), "label": np.array(i % 2, np.int64)}
+            for i in range(40)]
+
+  for name in ("hellaswag", "imdb"):
+    config = repo_config(f"nlu.py:task={name}")
+    with tfds.testing.mock_data(as_data_source_fn=source):
+      task, s = tasks.load_splits(config.task)
+    assert task.name == name and s["train"] and s["test"]
+    sources_ = prompts.source_prompts(config.offline, task)
+    assert len(sources_) == 31 and {src for src, _ in sources_} >= {"manual", "rlprompt"}
+
+
 def test_tfds_mock_gsm8k():
   tfds = pytest.importorskip("tensorflow_datasets")
 
