@@ -7,11 +7,12 @@ says):
   .venv/bin/python main.py --config configs/nlu.py:task=ag_news --workdir /tmp/qpo_ag_news
 Every method setting is configs/quickstart.py's (how each was chosen is said there);
 only sizes that the texts force differ: the policy's query length, the prompt length
-(InstructEval's prompts run to 49 tokens), and D_0's queries for the tasks whose query is
-a passage (a BoolQ pair costs about three times a tweet's). Query lengths: a passage task's
-query (each field cut to task.max_words = 100 words) takes 160 tokens (SmolLM2's tokenizer
-on the train split: Cosmos QA 100% fit, BoolQ 90%, its longest passages lose the question's
-end); a tweet 48 (99%); an AG News article 64 (79%: its title and first sentences).
+(InstructEval's prompts run to 49 tokens), and D_0's queries. A long-text task, whose query
+runs to task.max_words = 100 words per field (BoolQ's and Cosmos QA's passages, IMDB's
+reviews, HellaSwag's WikiHow contexts), takes 160 query tokens (SmolLM2's tokenizer on the
+train split: Cosmos QA 100% fit, BoolQ 90%, its longest passages lose the question's end)
+and 200 D_0 queries (a BoolQ pair costs about three times a tweet's); a tweet 48 tokens
+(99% fit), an AG News article 64 (79%: its title and first sentences), 400 queries each.
 The files: AG News is read from its test split only (test.csv), whose first half is the
 train split (the spec's rules then cut train / collect / validation / test); BoolQ from its
 dev split and Cosmos QA from its valid split, whose first half is the train split (Cosmos
