@@ -68,7 +68,7 @@ def train_policy_round(run: Run, t: int, stop_after: int | None = None) -> None:
     run.hold_round(t, params)
 
 
-def report_cut_queries(rows: training_rows.TrainingRows, t: int, tolerated: float = 0.01
+def report_cut_queries(rows: training_rows.TrainingRows, t: int, tolerated: float = 0.05
                         ) -> None:
   """Warns when `train.query_len` cuts more than `tolerated` of the round's queries: the
   policy sees only their first tokens (a passage task's question may be what is lost)."""
