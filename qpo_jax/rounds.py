@@ -19,7 +19,7 @@ import time
 from absl import logging
 import numpy as np
 
-from qpo_jax import sharding
+from qpo_jax import distributed, sharding
 from qpo_jax.context import Run
 from qpo_jax.policy import trainer, training_rows
 from qpo_jax.policy.sampling import PromptSampler
@@ -71,9 +71,10 @@ def train_policy_round(run: Run, t: int, stop_after: int | None = None) -> None:
 def report_cut_queries(rows: training_rows.TrainingRows, t: int, tolerated: float = 0.05
                         ) -> None:
   """Warns when `train.query_len` cuts more than `tolerated` of the round's queries: the
-  policy sees only their first tokens (a passage task's question may be what is lost)."""
+  policy sees only their first tokens (a passage task's question may be what is lost).
+  Every process holds the same counts; the writer says it once."""
   cut = rows.cut_queries()
-  if cut > tolerated:
+  if cut > tolerated and distributed.is_writer():
     fits = int(np.ceil(np.percentile(rows.query_tokens, 99)))
     logging.warning("round %d: train.query_len=%d cuts %.1f%% of its %d training rows' queries "
                     "(the policy sees their first %d tokens); %d tokens hold 99%% of them",

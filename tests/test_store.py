@@ -374,10 +374,11 @@ def test_length_grouped_batches_pad_little_and_resume(smollm2_tokenizer):
       np.testing.assert_array_equal(got[k], want[k])
 
 
-def test_rows_count_the_queries_query_len_cuts_and_the_round_says_so(tmp_path,
-                                                                      smollm2_tokenizer, caplog):
+def test_rows_count_the_queries_query_len_cuts_and_the_round_says_so(tmp_path, smollm2_tokenizer,
+                                                                      caplog, monkeypatch):
   """A query longer than train.query_len is cut to its first tokens; the rows know how long
-  each query was, read from a dataset or from records, and a round warns with the share."""
+  each query was, read from a dataset or from records, and a round warns with the share
+  (once: the writer process)."""
   from qpo_jax import rounds
   from qpo_jax.tokens import token_counts
 
@@ -402,6 +403,11 @@ def test_rows_count_the_queries_query_len_cuts_and_the_round_says_so(tmp_path,
                   f"queries (the policy sees their first 24 tokens); {fits} tokens hold 99% of "
                   "them"]
   caplog.clear()
+  monkeypatch.setattr(rounds.distributed, "is_writer", lambda: False)  # another process
+  with caplog.at_level("WARNING"):
+    rounds.report_cut_queries(rows, 2)
+  assert not [r for r in caplog.records if r.levelname == "WARNING"]
+  monkeypatch.undo()
   whole_rows, _ = training_rows.from_dataset(d, smollm2_tokenizer, query_len=int(whole.max()),
                                              prompt_len=6)
   assert whole_rows.cut_queries() == 0
