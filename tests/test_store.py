@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from qpo_jax import evaluation, rewards, sharding
+from qpo_jax import evaluation, rewards, rounds, sharding
 from qpo_jax.eval_cache import EvalCache
 from qpo_jax.checkpoints.registry import load_model
 from qpo_jax import d0
@@ -18,6 +18,7 @@ from qpo_jax.policy import batches, training_rows
 from qpo_jax.store import dataset, importers, records, summary, tfrecord
 from qpo_jax.store.records import Record
 from qpo_jax.targets import LocalTarget
+from qpo_jax.tokens import token_counts
 from qpo_jax.tasks import get_task
 
 from tests.helpers import SHARED_DATA as DATA
@@ -379,9 +380,6 @@ def test_rows_count_the_queries_query_len_cuts_and_the_round_says_so(tmp_path, s
   """A query longer than train.query_len is cut to its first tokens; the rows know how long
   each query was, read from a dataset or from records, and a round warns with the share
   (once: the writer process)."""
-  from qpo_jax import rounds
-  from qpo_jax.tokens import token_counts
-
   recs = [dataclasses.replace(r, query=r.query + " and more words" * (2 * i))
           for i, r in enumerate(_records(8))]
   d = str(tmp_path / "ds")

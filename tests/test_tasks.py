@@ -6,10 +6,10 @@ import os
 import numpy as np
 import pytest
 
-from qpo_jax import tasks
+from qpo_jax import prompts, tasks
 from qpo_jax.tasks import base, sources
 
-from tests.helpers import SHARED_DATA as DATA
+from tests.helpers import SHARED_DATA as DATA, repo_config
 needs_data = pytest.mark.skipif(not os.path.isdir(DATA), reason="../shared/data not present")
 
 
@@ -150,9 +150,6 @@ def test_tfds_mock_hellaswag():
 def test_the_nlu_config_reads_its_tfds_tasks_from_tensorflow_datasets(monkeypatch):
   """configs/nlu.py:task=hellaswag / imdb: the recipe's task section loads the splits from
   tensorflow-datasets (mock rows here), and its prompts from InstructEval's collection."""
-  from qpo_jax import prompts
-  from tests.helpers import repo_config
-
   tfds = pytest.importorskip("tensorflow_datasets")
   monkeypatch.setenv("QPO_DATA", DATA)
 
