@@ -45,13 +45,19 @@ def stop_ids(tokenizer) -> list[int]:
   return sorted({i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None})
 
 
-def tokenize(tokenizer, texts: Sequence[str], length: int, append_eos: bool
-             ) -> tuple[np.ndarray, np.ndarray]:
-  """[N, length] ids and masks, right-padded; with `append_eos` the text ends in EOS."""
-  pad = pad_id(tokenizer)
-  ids = np.full((len(texts), length), pad, np.int32)
-  mask = np.zeros((len(texts), length), bool)
-  encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+def token_ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+  """Each text's token ids, without special tokens (nothing cut)."""
+  if not texts:
+    return []
+  return [list(t) for t in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
+def padded(tokenizer, encoded: Sequence[Sequence[int]], length: int, append_eos: bool
+           ) -> tuple[np.ndarray, np.ndarray]:
+  """[N, length] ids and masks of `token_ids`' output, cut to `length` and right-padded;
+  with `append_eos` each row ends in EOS."""
+  ids = np.full((len(encoded), length), pad_id(tokenizer), np.int32)
+  mask = np.zeros((len(encoded), length), bool)
   for i, toks in enumerate(encoded):
     toks = list(toks)[:length - 1 if append_eos else length]
     if append_eos:
@@ -60,13 +66,16 @@ def tokenize(tokenizer, texts: Sequence[str], length: int, append_eos: bool
   return ids, mask
 
 
+def tokenize(tokenizer, texts: Sequence[str], length: int, append_eos: bool
+             ) -> tuple[np.ndarray, np.ndarray]:
+  """[N, length] ids and masks, right-padded; with `append_eos` the text ends in EOS."""
+  return padded(tokenizer, token_ids(tokenizer, texts), length, append_eos)
+
+
 def token_counts(tokenizer, texts: Sequence[str]) -> np.ndarray:
   """[N] each text's number of tokens, without special tokens (what `tokenize` would keep
   if `length` were unbounded)."""
-  if not texts:
-    return np.zeros(0, np.int64)
-  return np.asarray([len(t) for t in tokenizer(list(texts), add_special_tokens=False)["input_ids"]],
-                    np.int64)
+  return np.asarray([len(t) for t in token_ids(tokenizer, texts)], np.int64)
 
 
 def check_prompt_lengths(tokenizer, prompts: Sequence[str], prompt_len: int) -> None:

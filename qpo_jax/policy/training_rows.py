@@ -27,7 +27,7 @@ import numpy as np
 
 from qpo_jax import distributed, rewards
 from qpo_jax.store.dataset import RecordIndex
-from qpo_jax.tokens import token_counts, tokenize
+from qpo_jax.tokens import padded, token_ids, tokenize
 from qpo_jax.store.records import Record
 
 TOKEN_FIELDS = ("query", "query_mask", "prompt", "prompt_mask")
@@ -59,10 +59,11 @@ class TrainingRows:
 
 def _tokens(recs: Sequence[Record], tokenizer, query_len: int, prompt_len: int
             ) -> dict[str, np.ndarray]:
-  q, qm = tokenize(tokenizer, [r.query for r in recs], query_len, False)
+  queries = token_ids(tokenizer, [r.query for r in recs])  # once: cut below, counted whole
+  q, qm = padded(tokenizer, queries, query_len, False)
   p, pm = tokenize(tokenizer, [r.prompt for r in recs], prompt_len, True)
   return {"query": q, "query_mask": qm, "prompt": p, "prompt_mask": pm,
-          "query_tokens": token_counts(tokenizer, [r.query for r in recs])}
+          "query_tokens": np.asarray([len(t) for t in queries], np.int64)}
 
 
 def from_records(recs: Sequence[Record], tokenizer, *, query_len: int, prompt_len: int,
