@@ -36,15 +36,16 @@ import ml_collections
 from qpo_jax.configs import quickstart
 from qpo_jax.utils import data_dir
 
-TASKS = {  # task -> (its files under $QPO_DATA/<task>, or None; query tokens; D_0 queries)
+# task -> (where its rows are: files under $QPO_DATA/<task>, "tfds" or "package"; query
+# tokens; D_0 queries)
+TASKS = {
     "ag_news": ({"train": "test.csv[:50%]", "test": "test.csv[50%:]"}, 64, 400),
     "boolq": ({"train": "dev.jsonl[:50%]", "validation": "dev.jsonl[50%:]"}, 160, 200),
     "cosmos_qa": ({"train": "valid.csv[:50%]", "validation": "valid.csv[50%:]"}, 160, 200),
-    "hellaswag": (None, 160, 200),  # tensorflow-datasets
-    "imdb": (None, 160, 200),  # tensorflow-datasets
-    "tweet_emotion": (None, 48, 400),  # the package's files
+    "hellaswag": ("tfds", 160, 200),
+    "imdb": ("tfds", 160, 200),
+    "tweet_emotion": ("package", 48, 400),
 }
-TFDS = ("hellaswag", "imdb")
 
 
 def settings() -> list[str]:
@@ -59,9 +60,9 @@ def get_config(arg: str = "task=ag_news") -> ml_collections.ConfigDict:
   files, query_len, num_queries = TASKS[task]
   c = quickstart.get_config()
   c.task.name = task
-  if task in TFDS:
+  if files == "tfds":
     c.task.data.kind = "tfds"
-  elif files:
+  elif files != "package":  # the quickstart's data section already reads the package's files
     c.task.data.update(kind="files", dir=data_dir(task), files=files)
   c.offline.update(prompts_dir=data_dir("prompts", "instructeval", "instructions"),
                    lp_model="llama7b", num_queries=num_queries)
