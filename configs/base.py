@@ -87,6 +87,8 @@ def get_config() -> ml_collections.ConfigDict:
       threshold=placeholder(float),  # expert filter: least raw reward a trained record has
       top_fraction=placeholder(float),  # expert filter: each query's best fraction of prompts
       rank_by="reward",  # expert filter ranks a query's prompts by: reward or advantage
+      rows_per_query=0,  # after the filter: a random this many of each query's rows (0: all)
+      returns="reward",  # a row's return: reward (normalised) or query_centred (vs its query)
       prompts_per_query=0,  # sparse D_0: random prompts per query (0: every prompt)
       nll_term="token",  # reward's NLL: token (gold text) or choice (over the options)
       max_bad_fraction=0.01,  # import: most rows that may be rejected
@@ -225,6 +227,7 @@ RULES = {
     "offline.num_demos": "positive_int", "offline.threshold": "any",
     "offline.top_fraction": "fraction",
     "offline.prompts_per_query": "count", "offline.max_bad_fraction": "unit",
+    "offline.rows_per_query": "count",
     "offline.prompts_per_chunk": "positive_int", "offline.records_per_shard": "positive_int",
     "offline.max_new_tokens": "positive_int",
     "policy.seed": "seed", "policy.lora_rank": "count", "policy.lora_alpha": "positive",

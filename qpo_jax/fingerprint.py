@@ -41,7 +41,8 @@ RENAMED = config_rules.MOVED
 PATHS = ("dir", "data_dir", "path", "tokenizer_path", "prompts_dir", "prompts_file",
          "aliases_file")
 # applied when a round draws its data
-FILTER = ("offline.threshold", "offline.top_fraction", "offline.rank_by")
+FILTER = ("offline.threshold", "offline.top_fraction", "offline.rank_by",
+          "offline.rows_per_query", "offline.returns")
 _UNSET = "<unset>"
 
 

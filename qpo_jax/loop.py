@@ -81,6 +81,11 @@ def validate(config: ml_collections.ConfigDict, policy: bool = True) -> None:
   config_rules.check(config)
   if _field(config, "offline.rank_by") not in rewards.RANK_BY:
     raise ValueError(f"offline.rank_by={config.offline.rank_by!r} must be one of {rewards.RANK_BY}")
+  if _field(config, "offline.returns") not in rewards.RETURNS:
+    raise ValueError(f"offline.returns={config.offline.returns!r} must be one of {rewards.RETURNS}")
+  if config.offline.returns == "query_centred" and not _field(config, "train.normalize"):
+    raise ValueError("offline.returns='query_centred' centres normalised rewards: set "
+                     "train.normalize=True")
   if 0 < _field(config, "loop.prompt_queries") < _field(config, "loop.screen_queries"):
     raise ValueError(f"loop.screen_queries={config.loop.screen_queries} must be at most "
                      f"loop.prompt_queries={config.loop.prompt_queries} (0: all D_0 queries; the screening "

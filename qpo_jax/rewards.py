@@ -227,6 +227,44 @@ def top_per_query(records: Sequence[Any], fraction: float | None,
 
 
 RANK_BY = ("reward", "advantage")
+RETURNS = ("reward", "query_centred")
+
+
+def query_centred(queries: Sequence[str], returns: Sequence[float]) -> np.ndarray:
+  """50 + each return minus the mean return of its query's records, clipped to [0, 100].
+
+  The spec's return (the normalised reward) is mostly the prompt's `10 * avg_acc` and
+  whether the query is easy: a policy conditioned on it learns which prompt a row
+  carries, not what it did for this query. Centred per query, a return says how much
+  better than the query's other prompts the row's prompt did, so R* = 100 asks for the
+  prompt that beats the rest on this query (`offline.returns="query_centred"`; pass every
+  record of the dataset, before any filter, so the mean is over all its prompts).
+  """
+  values = np.asarray(returns, np.float64)
+  sums, counts = collections.defaultdict(float), collections.Counter()
+  for q, v in zip(queries, values, strict=True):
+    sums[q] += v
+    counts[q] += 1
+  means = np.asarray([sums[q] / counts[q] for q in queries], np.float64)
+  return np.clip(50.0 + values - means, 0.0, 100.0)
+
+
+def per_query_sample(records: Sequence[Any], k: int, seed: int) -> list[Any]:
+  """A random `k` of each query's records (all of a query with fewer; 0: every record), in
+  order: rows across the reward range at a fraction of the training steps
+  (`offline.rows_per_query`). The draw depends on `seed` and on the records' order."""
+  if k < 0:
+    raise ValueError(f"offline.rows_per_query={k} must be >= 0")
+  if not k:
+    return list(records)
+  by_query = collections.defaultdict(list)
+  for i, r in enumerate(records):
+    by_query[_query_of(r)].append(i)
+  rng = np.random.default_rng(seed)
+  keep = set()
+  for rows in by_query.values():  # queries in order of their first record
+    keep.update(rows if len(rows) <= k else rng.choice(rows, k, replace=False).tolist())
+  return [r for i, r in enumerate(records) if i in keep]
 
 
 def expert_filter(records: Sequence[Any], threshold: float | None = None,

@@ -4,9 +4,10 @@ Round 1 starts from the pretrained LM (`config.policy`) with `config.train`;
 round t > 1 fine-tunes round t-1's final policy with `train.finetune_lr` and
 `train.finetune_epochs` (spec: lr 1e-4, 20 epochs). The round trains on the
 dataset's expert records (`offline.threshold` on the raw reward and/or each
-query's best `offline.top_fraction`, ranked by `offline.rank_by`); rewards are
-normalised by the dataset's stored min/max (D_0's) when `train.normalize` is
-on. Every stage checks and records the config fields it depends on
+query's best `offline.top_fraction`, ranked by `offline.rank_by`; then a random
+`offline.rows_per_query` of each query's); rewards are normalised by the dataset's
+stored min/max (D_0's) when `train.normalize` is on, and centred on each query's mean
+with `offline.returns="query_centred"`. Every stage checks and records the config fields it depends on
 (`Run.claim`, fingerprint.py), so a workdir is never reused with settings it
 was not made with.
 """
@@ -55,7 +56,9 @@ def train_policy_round(run: Run, t: int, stop_after: int | None = None) -> None:
   rows, _ = training_rows.from_dataset(
       data, tok, query_len=tc.query_len, prompt_len=tc.prompt_len,
       normalize=tc.normalize, threshold=config.offline.threshold,
-      top_fraction=config.offline.top_fraction, rank_by=config.offline.rank_by)
+      top_fraction=config.offline.top_fraction, rank_by=config.offline.rank_by,
+      returns=config.offline.returns, rows_per_query=config.offline.rows_per_query,
+      seed=config.seed + t)
   if not len(rows):
     raise ValueError(f"no record of {data} passes the expert filter "
                      f"(offline.threshold={config.offline.threshold}, offline.top_fraction="

@@ -1,5 +1,7 @@
 """Rewards on hand-made records against the spec's formulas."""
 
+import collections
+
 import numpy as np
 import pytest
 
@@ -105,6 +107,35 @@ def test_expert_filter_by_advantage_keeps_what_a_prompt_adds_for_the_query():
   # a prompt only one record has is measured against the mean of all the other records
   novel = recs + [{"query_id": "q4", "query": "", "prompt": "new", "reward": 9.0}]
   assert rewards.advantages(novel)[-1] == pytest.approx(9.0 - 45.5 / 9)
+
+
+def test_query_centred_returns_say_how_a_prompt_did_against_its_querys_others():
+  """offline.returns="query_centred": 50 + return - the query's mean, clipped to [0, 100];
+  the same prompt gets a high return where it beat the query's others, a low one where
+  it did worse, whatever the query's level."""
+  queries = ["a", "a", "a", "b", "b", "c"]
+  out = rewards.query_centred(queries, [90.0, 30.0, 30.0, 40.0, 20.0, 70.0])
+  np.testing.assert_allclose(out, [90.0, 30.0, 30.0, 60.0, 40.0, 50.0])
+  np.testing.assert_allclose(rewards.query_centred(["a", "a"], [100.0, 0.0]), [100.0, 0.0])
+  np.testing.assert_allclose(rewards.query_centred(["a", "a", "a", "a"], [100.0, 0, 0, 0]),
+                             [100.0, 25.0, 25.0, 25.0])
+
+
+def test_per_query_sample_keeps_k_of_each_query_the_same_for_a_seed():
+  recs = [{"query_id": q, "query": "", "reward": float(i)}
+          for i, q in enumerate("aaaaabbbbbbc")]
+  one = rewards.per_query_sample(recs, 3, seed=1)
+  counts = collections.Counter(r["query_id"] for r in one)
+  assert counts == {"a": 3, "b": 3, "c": 1}
+  assert one == rewards.per_query_sample(recs, 3, seed=1)
+  assert [r["reward"] for r in one] == sorted(r["reward"] for r in one)  # in order
+  draws = {tuple(r["reward"] for r in rewards.per_query_sample(recs, 3, seed=s))
+           for s in range(8)}
+  assert len(draws) > 1  # the seed draws
+  assert rewards.per_query_sample(recs, 0, seed=1) == recs
+  assert rewards.per_query_sample(recs, 6, seed=1) == recs
+  with pytest.raises(ValueError, match="rows_per_query"):
+    rewards.per_query_sample(recs, -1, seed=1)
 
 
 def test_choice_nll_term_is_the_gold_options_share():

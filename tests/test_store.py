@@ -452,6 +452,36 @@ def test_dataset_rows_equal_filtered_records_and_read_only_what_is_asked(tmp_pat
   assert read == [[2, 9], [4]]
 
 
+def test_dataset_rows_centre_returns_on_all_of_a_querys_records_then_sample(tmp_path,
+                                                                           smollm2_tokenizer):
+  """offline.returns="query_centred" centres the normalised returns on each query's mean
+  over every record of the dataset (before the filter), and offline.rows_per_query keeps
+  a seeded random few of each query's filtered rows."""
+  recs = [dataclasses.replace(r, query_id=f"train:{i % 4}") for i, r in enumerate(_records(23))]
+  norm = rewards.Normalizer.fit(r.reward for r in recs)
+  d = str(tmp_path / "ds")
+  dataset.write_dataset(d, recs, records_per_shard=5, normalizer=norm)
+  plain, _ = training_rows.from_dataset(d, smollm2_tokenizer, query_len=12, prompt_len=6,
+                                        normalize=True)
+  centred, _ = training_rows.from_dataset(d, smollm2_tokenizer, query_len=12, prompt_len=6,
+                                          normalize=True, returns="query_centred")
+  want = rewards.query_centred([r.query_id for r in recs], norm([r.reward for r in recs]))
+  np.testing.assert_allclose(centred.returns, want, rtol=1e-6)
+  assert not np.allclose(centred.returns, plain.returns)
+  best, _ = training_rows.from_dataset(d, smollm2_tokenizer, query_len=12, prompt_len=6,
+                                       normalize=True, returns="query_centred", top_fraction=0.2)
+  kept = rewards.top_per_query(recs, 0.2)
+  np.testing.assert_allclose(best.returns, [want[recs.index(r)] for r in kept], rtol=1e-6)
+  few, _ = training_rows.from_dataset(d, smollm2_tokenizer, query_len=12, prompt_len=6,
+                                      normalize=True, returns="query_centred", rows_per_query=2,
+                                      seed=3)
+  drawn = rewards.per_query_sample(recs, 2, seed=3)
+  assert len(few) == 8
+  np.testing.assert_allclose(few.returns, [want[recs.index(r)] for r in drawn], rtol=1e-6)
+  with pytest.raises(ValueError, match="offline.returns"):
+    training_rows.from_dataset(d, smollm2_tokenizer, query_len=12, prompt_len=6, returns="mean")
+
+
 def test_random_access_reads_check_records(tmp_path):
   d = str(tmp_path / "ds")
   dataset.write_dataset(d, _records(5))

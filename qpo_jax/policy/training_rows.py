@@ -118,13 +118,18 @@ class _DatasetTokens:
 
 def from_dataset(directory: str, tokenizer, *, query_len: int, prompt_len: int,
                  normalize: bool = False, threshold: float | None = None,
-                 top_fraction: float | None = None, rank_by: str = "reward"
+                 top_fraction: float | None = None, rank_by: str = "reward",
+                 returns: str = "reward", rows_per_query: int = 0, seed: int = 0
                  ) -> tuple[TrainingRows, dict[str, Any]]:
   """The expert rows of a finished dataset (module docstring), and its manifest.
 
-  The filter is `rewards.expert_filter(threshold, top_fraction, rank_by)`; with
-  `normalize` the returns are mapped by the manifest's stored normaliser.
+  The filter is `rewards.expert_filter(threshold, top_fraction, rank_by)`, then
+  `rewards.per_query_sample(rows_per_query, seed)`; with `normalize` the returns are
+  mapped by the manifest's stored normaliser; `returns="query_centred"` centres them
+  on each query's mean over all the dataset's records (`rewards.query_centred`).
   """
+  if returns not in rewards.RETURNS:
+    raise ValueError(f"offline.returns={returns!r} must be one of {rewards.RETURNS}")
   index = RecordIndex(directory)
   tokens = _DatasetTokens(index, tokenizer, query_len, prompt_len)
 
@@ -140,12 +145,16 @@ def from_dataset(directory: str, tokenizer, *, query_len: int, prompt_len: int,
 
   facts = distributed.allgather(distributed.agree(read_share))
   keys = [_FilterKeys(i, q, p, reward) for i, (q, p, reward, *_) in enumerate(facts)]
-  kept = np.asarray([k.index for k in rewards.expert_filter(keys, threshold, top_fraction,
-                                                            rank_by)], np.int64)
-  returns = np.asarray([facts[i][2] for i in kept], np.float32)
+  expert = rewards.expert_filter(keys, threshold, top_fraction, rank_by)
+  kept = np.asarray([k.index for k in rewards.per_query_sample(expert, rows_per_query, seed)],
+                    np.int64)
+  values = np.asarray([f[2] for f in facts], np.float32)  # as stored, then normalised
   stored = index.manifest.get("normalizer")
   if normalize and stored:
-    returns = rewards.Normalizer.from_dict(stored)(returns).astype(np.float32)
+    values = np.asarray(rewards.Normalizer.from_dict(stored)(values))
+  if returns == "query_centred":
+    values = rewards.query_centred([f[0] for f in facts], values)
+  returns = values[kept].astype(np.float32)
   lengths = np.asarray([facts[i][3:] for i in kept], np.int64).reshape(-1, 3)
   rows = TrainingRows(returns, lengths[:, 0], lengths[:, 1], lengths[:, 2], query_len, prompt_len,
                       lambda rows: tokens(kept[rows]))

@@ -1,0 +1,37 @@
+"""Does a per-query-centred return make R* steer the policy? (issue 30, section 2)
+
+The quickstart's round 1 with a different training set: every D_0 record of a query, not
+its best one (no threshold, no top fraction), a random 4 of each query's 23 (so a round
+costs about what the recipe's does), and returns centred on the query's mean
+(`offline.returns="query_centred"`: 50 + normalised reward - the query's mean; a right
+prompt on a tweet most prompts miss is near 100, a wrong prompt on one most get right
+near 0). The recipe's rows all carry returns of 82-95 that restate which prompt a row
+holds, and its greedy prompts at R* = 0 are 92-97% those at R* = 100; here the policy
+sees failures with low returns, so R* = 100 has to mean "better than this query's
+other prompts". The report's R* rows (`eval.returns`) measure whether it does.
+
+Validation tweets only (`eval.split="validation"`, 200 queries; the test split is not
+read). Reuses the quickstart's D_0 when its `data/loop_0` is copied into the workdir.
+
+Command (after `bash scripts/setup.sh`):
+  .venv/bin/python main.py --config configs/centred_returns.py --workdir /tmp/qpo_centred
+Runtime: about 22 minutes on 2 CPU cores with the quickstart's D_0 copied in (round 1 17,
+400 steps; the report 5), 28 without it; peak memory 4.9 GiB (round 1).
+Expected (200 validation tweets, experiments/results/centred_returns.md): QPO loop 1
+0.290 at R* = 100 (best source prompt 0.410, reward model 0.480, the recipe's round 1
+0.485); greedy prompts at R* = 0 / 25 / 50 / 75 equal to those at 100 for 59 / 68 / 81 /
+95% of tweets, accuracy 0.275 / 0.270 / 0.295 / 0.295: R* steers, toward no better prompt.
+"""
+
+from qpo_jax.configs import quickstart
+
+
+def get_config():
+  c = quickstart.get_config()
+  c.offline.update(threshold=None, top_fraction=None, rows_per_query=4,
+                   returns="query_centred")
+  c.train.update(epochs=2)
+  c.loop.update(num_loops=1)
+  c.eval.update(split="validation", finetuned_baselines=False,
+                returns=(0.0, 25.0, 50.0, 75.0))
+  return c
