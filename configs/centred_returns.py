@@ -15,12 +15,14 @@ read). Reuses the quickstart's D_0 when its `data/loop_0` is copied into the wor
 
 Command (after `bash scripts/setup.sh`):
   .venv/bin/python main.py --config configs/centred_returns.py --workdir /tmp/qpo_centred
-Runtime: about 22 minutes on 2 CPU cores with the quickstart's D_0 copied in (round 1 17,
-400 steps; the report 5), 28 without it; peak memory 4.9 GiB (round 1).
-Expected (200 validation tweets, experiments/results/centred_returns.md): QPO loop 1
-0.290 at R* = 100 (best source prompt 0.410, reward model 0.480, the recipe's round 1
-0.485); greedy prompts at R* = 0 / 25 / 50 / 75 equal to those at 100 for 59 / 68 / 81 /
-95% of tweets, accuracy 0.275 / 0.270 / 0.295 / 0.295: R* steers, toward no better prompt.
+Runtime: about 17 minutes on 2 CPU cores with the quickstart's D_0 copied in (round 1 11,
+400 steps; the report 5), 23 without it; peak memory 4.98 GiB (round 1).
+Expected (200 validation tweets; measured at 164ad23, experiments/results/centred_returns.md):
+QPO loop 1 0.300 at R* = 100 (best source prompt 0.410, reward model 0.480, classifier
+0.485, the recipe's round 1 0.485); greedy prompts at R* = 0 / 25 / 50 / 75 equal to
+those at 100 for 96 / 97 / 99 / 100% of tweets ('Possible emotions: ... Answer with one
+word.' on 163 of 200). Another draw of the 4 rows (the same run before 164ad23 fixed the
+draw's order) gave 0.290 and 59% equal at R* = 0: R* moved the prompts, to none better.
 """
 
 from qpo_jax.configs import quickstart

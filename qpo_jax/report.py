@@ -36,7 +36,7 @@ import collections
 import dataclasses
 import json
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import ml_collections
 import numpy as np
@@ -45,7 +45,7 @@ from qpo_jax import diagnostics, evaluation, report_plot, rewards, rounds, stage
 from qpo_jax.baselines import ClassifierLookup, RewardModel, TextEmbedder
 from qpo_jax.context import Run
 from qpo_jax.finetuned_baselines import FinetunedSelectors
-from qpo_jax.eval_cache import EvalCache, total_usage
+from qpo_jax.eval_cache import total_usage
 from qpo_jax.policy import train_step
 from qpo_jax.policy.settings import TrainSettings
 from qpo_jax.store import dataset
@@ -130,24 +130,28 @@ def stage_costs(workdir: str, num_loops: int) -> dict[str, dict[str, Any]]:
   return {name: cost for name, cost in found.items() if cost}
 
 
-def _cost(workdir: str, cache: EvalCache, num_loops: int, started: float) -> dict[str, Any]:
-  """Per stage: target usage (differences of the cumulative counts), wall time, peak memory.
+def cost_table(stages_cost: Mapping[str, Mapping[str, Any]], now: Mapping[str, int],
+               at_start: Mapping[str, int], seconds: float) -> dict[str, Any]:
+  """Per stage: target usage (differences of the cumulative counts), wall time, peak memory;
+  then the evaluation (`seconds` long, the cache at `at_start` when it began and at `now`)
+  and the total.
 
   Training calls no target. A cache deleted to recover from corruption restarts its
-  counts, so a difference is never taken below 0.
+  counts, so a difference is never taken below 0. The evaluation counts from the last
+  stage's count, or from the cache's count when it began where that is lower: a stage
+  copied in from another workdir counted in that workdir's cache.
   """
   zero = {"calls": 0, "prompt_tokens": 0, "generated_tokens": 0}
   out, previous = {}, zero
-  for name, cost in stage_costs(workdir, num_loops).items():
+  for name, cost in stages_cost.items():
     usage = cost.get("usage")
     out[name] = {**({k: max(0, usage[k] - previous[k]) for k in zero} if usage else zero),
                  "seconds": cost["seconds"], "peak_memory_gb": cost["peak_memory_gb"]}
     previous = {k: usage[k] for k in zero} if usage else previous
-  total = total_usage(cache.usage().values())
-  out["evaluation"] = {**{k: max(0, total[k] - previous[k]) for k in zero},
-                       "seconds": round(time.time() - started, 1),
-                       "peak_memory_gb": peak_memory_gb()}
-  out["total"] = {**total, "seconds": round(sum(v.get("seconds", 0) for v in out.values()), 1),
+  out["evaluation"] = {**{k: max(0, now[k] - min(previous[k], at_start[k])) for k in zero},
+                       "seconds": round(seconds, 1), "peak_memory_gb": peak_memory_gb()}
+  out["total"] = {**{k: sum(v[k] for v in out.values()) for k in zero},
+                  "seconds": round(sum(v.get("seconds", 0) for v in out.values()), 1),
                   "peak_memory_gb": max(v.get("peak_memory_gb", 0) for v in out.values())}
   return out
 
@@ -199,6 +203,7 @@ def evaluate_and_report(run: Run) -> dict[str, Any]:
   started = time.time()
   config, workdir, wd = run.config, run.workdir, run.wd
   target, cache = run.target, run.cache
+  at_start = total_usage(cache.usage().values())
   e, num_loops = config.eval, int(config.loop.num_loops)
   task, splits = run.task, run.splits
   queries = report_queries(config, splits[e.split])
@@ -340,7 +345,8 @@ def evaluate_and_report(run: Run) -> dict[str, Any]:
                    "correct": {s: {m: v[i] for m, v in per_query[s].items()}
                                for s in e.settings}}
                   for i, q in enumerate(queries)],
-      "cost": _cost(workdir, cache, num_loops, started)}
+      "cost": cost_table(stage_costs(workdir, num_loops), total_usage(cache.usage().values()),
+                         at_start, time.time() - started)}
   markdown = to_markdown(result)
   atomic_write_text(wd.eval("results.json"), json.dumps(result, indent=2))
   atomic_write_text(wd.eval("results.md"), markdown)

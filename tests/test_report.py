@@ -44,6 +44,30 @@ def test_labels_come_from_ids():
   assert report.label("best_train_prompt") == "best source prompt, chosen on train"
 
 
+def test_the_cost_table_counts_each_stage_and_an_evaluation_beside_copied_stages():
+  """Stages store the cache's cumulative counts; each row is the difference. A D_0 copied in
+  from another workdir counted in that workdir's cache: the evaluation then counts from
+  the cache's own count when it began, and the total is the rows' sum."""
+  def usage(calls):
+    return {"usage": {"calls": calls, "prompt_tokens": 10 * calls, "generated_tokens": 0},
+            "seconds": 60.0, "peak_memory_gb": 1.5}
+
+  run = report.cost_table({"d0": usage(100), "round_1": {"seconds": 30.0, "peak_memory_gb": 2.0},
+                           "collect_1": usage(160)},
+                          now={"calls": 200, "prompt_tokens": 2000, "generated_tokens": 0},
+                          at_start={"calls": 170, "prompt_tokens": 1700, "generated_tokens": 0},
+                          seconds=12.0)
+  assert {k: v["calls"] for k, v in run.items()} == {
+      "d0": 100, "round_1": 0, "collect_1": 60, "evaluation": 40, "total": 200}
+  assert run["total"]["prompt_tokens"] == 2000 and run["total"]["seconds"] == 162.0
+  assert run["total"]["peak_memory_gb"] >= 2.0
+  copied = report.cost_table({"d0": usage(9200)},
+                             now={"calls": 4801, "prompt_tokens": 48010, "generated_tokens": 0},
+                             at_start={"calls": 0, "prompt_tokens": 0, "generated_tokens": 0},
+                             seconds=300.0)
+  assert copied["evaluation"]["calls"] == 4801 and copied["total"]["calls"] == 9200 + 4801
+
+
 @pytest.mark.integration  # the whole tiny run (session fixture)
 def test_results_file_says_whether_qpo_is_query_dependent(tiny_run):
   work, result = tiny_run
