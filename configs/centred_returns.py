@@ -23,6 +23,8 @@ QPO loop 1 0.300 at R* = 100 (best source prompt 0.410, reward model 0.480, clas
 those at 100 for 96 / 97 / 99 / 100% of tweets ('Possible emotions: ... Answer with one
 word.' on 163 of 200). Another draw of the 4 rows (the same run before 164ad23 fixed the
 draw's order) gave 0.290 and 59% equal at R* = 0: R* moved the prompts, to none better.
+Every row (--config.offline.rows_per_query=0 --config.train.epochs=1; 38 min, 5.01 GiB):
+0.290, one prompt for every tweet at every R*.
 """
 
 from qpo_jax.configs import quickstart
