@@ -9,6 +9,12 @@ label is a classifier, not a prompt writer. These statistics tell them apart:
                   queries; >= PURE marks a label-forcing prompt
   routing         of a method's per-query prompts: the share that are pure, and
                   how often the target's answer is the prompt's majority label
+  label router    what a method's prompts say about the query's class: how often
+                  a prompt's majority label is the gold one (the method's implicit
+                  classifier), and the accuracy a pure label router would get
+                  from the same labels (each query given its prompt's majority
+                  label's best D_0 prompt): a method whose prompts do no more than
+                  carry a label is no better than that router
   new text        a prompt that is neither a source prompt nor a piece of one
                   (case, spacing and punctuation folded): a source prompt with
                   words cut off is not new
@@ -62,16 +68,30 @@ def is_new_text(prompt: str, sources: Sequence[str]) -> bool:
   return not any(f" {p} " in f" {_folded(s)} " for s in sources)
 
 
-def routing(prompts: Sequence[str], preds: Sequence[int],
-            purity: Mapping[str, Purity]) -> dict[str, float]:
+def routing(prompts: Sequence[str], preds: Sequence[int], purity: Mapping[str, Purity],
+            gold: Sequence[int] | None = None,
+            label_route: Mapping[int, Sequence[float]] | None = None) -> dict[str, float]:
   """Share of per-query prompts that are label-forcing, and how often the target's answer is
-  the prompt's majority label (over the queries whose prompt has a measured purity)."""
+  the prompt's majority label (over the queries whose prompt has a measured purity).
+
+  With the queries' `gold` labels: how often the prompt's majority label is the gold one;
+  with `label_route[y][i]` (query i's outcome after label y's best D_0 prompt) too, the
+  accuracy of routing each query by its prompt's majority label instead (a label without a
+  route counts as wrong).
+  """
   known = [i for i, p in enumerate(prompts) if p in purity]
   n = max(len(known), 1)
-  return {
+  out = {
       "pure_fraction": sum(purity[prompts[i]].purity >= PURE for i in known) / n,
       "follows_majority": sum(int(preds[i]) == purity[prompts[i]].majority for i in known) / n,
       "measured": len(known) / max(len(prompts), 1)}
+  if gold is not None:
+    said = {i: purity[prompts[i]].majority for i in known}
+    out["majority_is_gold"] = sum(said[i] == int(gold[i]) for i in known) / n
+    if label_route is not None:
+      out["as_label_router"] = sum(float(label_route[said[i]][i]) if said[i] in label_route
+                                   else 0.0 for i in known) / n
+  return out
 
 
 def writing(prompts: Sequence[str], correct: Sequence[float], pool_correct: np.ndarray,

@@ -14,12 +14,15 @@ results.json by stable ids (display labels live in the Markdown only):
   best_test_prompt    (reference) the best single prompt chosen on the test queries
   oracle              (reference) per query, any source prompt that is right
   oracle_impure       (reference) the same without label-forcing prompts
+  label_oracle        (reference) each query given its gold label's best D_0 prompt:
+                      a label router with a perfect classifier (choice tasks)
 Whether QPO really wins is a paired question (the same queries): the report
 gives the mean difference of QPO's last loop to each baseline that picks per
 query or overall, with a paired bootstrap 95% interval. Whether it wins by
 writing or by routing (diagnostics.py): every source prompt's label purity, and
 for every per-query method the share of label-forcing prompts and how often
-the target follows them; for QPO the share of new texts, how they did against
+the target follows them, how often a prompt's majority label is the gold one and what
+routing by those labels alone would score; for QPO the share of new texts, how they did against
 the source prompts on the same queries, and the most used ones. Each baseline's
 capacity stands beside the policy's trained parameters. QPO's prompts of every
 loop are also scored on validation queries (`eval.validation_queries`), which
@@ -42,7 +45,7 @@ import ml_collections
 import numpy as np
 
 from qpo_jax import diagnostics, evaluation, report_plot, rewards, rounds, stages
-from qpo_jax.baselines import ClassifierLookup, RewardModel, TextEmbedder
+from qpo_jax.baselines import ClassifierLookup, RewardModel, TextEmbedder, class_best_prompts
 from qpo_jax.context import Run
 from qpo_jax.finetuned_baselines import FinetunedSelectors
 from qpo_jax.eval_cache import total_usage
@@ -67,6 +70,7 @@ LABELS = {
     "best_test_prompt": "(reference) best source prompt, chosen on test",
     "oracle": "(reference) per-query oracle over source prompts",
     "oracle_impure": "(reference) per-query oracle without label-forcing prompts",
+    "label_oracle": "(reference) label router given the gold label (its class's best D_0 prompt)",
     BEST_OF_N: "QPO last loop, best of N by the critic",
 }
 BOOTSTRAP_RESAMPLES = 10_000
@@ -296,10 +300,14 @@ def evaluate_and_report(run: Run) -> dict[str, Any]:
                              e.purity_queries, config.seed + 13, config.task.max_words)
       impure = [row[p] for p in candidate_texts if purity[p].purity < diagnostics.PURE]
       vectors["oracle_impure"] = acc[impure].max(axis=0) if impure else np.zeros(len(queries))
+      label_route = {y: acc[row[p]] for y, p in class_best_prompts(d0).items()}
+      gold = [q.label for q in queries]
+      vectors["label_oracle"] = np.asarray([label_route[y][i] if y in label_route else 0.0
+                                            for i, y in enumerate(gold)])
       grid_pred = np.asarray([o.pred for o in grid]).reshape(len(prompts), len(queries))
       pool_nll = _gold_choice_nll(grid).reshape(len(prompts), len(queries))[cand_rows]
       diag = _diagnostics(task, purity, candidate_texts, cands, d0, chosen, grid_pred, row,
-                          qpo_prompts, qpo_outs, acc[cand_rows], pool_nll)
+                          qpo_prompts, qpo_outs, acc[cand_rows], pool_nll, gold, label_route)
     if setting == e.settings[0] and return_prompts:
       base = qpo_prompts[qpo_id(num_loops)]
       returns = {"target_return": float(config.sample.target_return), "setting": setting,
@@ -389,7 +397,7 @@ def _critic_pick(critic: RewardModel, query: str, prompts: Sequence[str]) -> str
 
 
 def _diagnostics(task, purity, candidate_texts, cands, d0, chosen, grid_pred, row, qpo_prompts,
-                 qpo_outs, pool_correct, pool_nll) -> dict[str, Any]:
+                 qpo_outs, pool_correct, pool_nll, gold, label_route) -> dict[str, Any]:
   """Purity of the source prompts, routing statistics of every per-query method, and what
   QPO's new prompts did (diagnostics.py)."""
   names = list(task.verbalizers)
@@ -404,11 +412,11 @@ def _diagnostics(task, purity, candidate_texts, cands, d0, chosen, grid_pred, ro
                         "majority": names[pu.majority] if names else pu.majority,
                         "purity_queries": pu.n})
   routing = {name: diagnostics.routing(ps, [grid_pred[row[p], i] for i, p in enumerate(ps)],
-                                       purity) for name, ps in chosen.items()}
+                                       purity, gold, label_route) for name, ps in chosen.items()}
   writing, examples = {}, {}
   for m, ps in qpo_prompts.items():
     outs = qpo_outs[m]
-    routing[m] = diagnostics.routing(ps, [o.pred for o in outs], purity)
+    routing[m] = diagnostics.routing(ps, [o.pred for o in outs], purity, gold, label_route)
     writing[m] = diagnostics.writing(ps, _correct(outs), pool_correct, _gold_choice_nll(outs),
                                      pool_nll, candidate_texts)
     examples[m] = diagnostics.examples(ps, _correct(outs), candidate_texts, purity, names)
@@ -449,7 +457,7 @@ def to_markdown(result: dict[str, Any]) -> str:
            "| method | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
   for method, accs in result["methods"].items():
     lines.append(f"| {label(method, result['source_sizes'])} | "
-                 + " | ".join(f"{accs[s]:.3f}" for s in settings) + " |")
+                 + " | ".join(f"{accs[s]:.3f}" if s in accs else "-" for s in settings) + " |")
   lines += ["", f"QPO loop {last} minus a baseline, same queries (paired bootstrap 95% interval, "
             f"{BOOTSTRAP_RESAMPLES} resamples):", "",
             "| comparison | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
@@ -502,12 +510,14 @@ def _diagnostics_markdown(result: dict[str, Any]) -> list[str]:
   lines = ["", f"Writing or routing? (label-forcing: purity >= {pure}, the share of a prompt's "
            "most-predicted label)", "",
            "| method | label-forcing prompts | target gives the prompt's majority label | "
+           "prompt's majority label is the gold one | a label router with those labels | "
            "new texts | accuracy with a new / a pool prompt | new right where no source is | "
-           "new below every source's gold NLL |", "|---|---|---|---|---|---|---|"]
+           "new below every source's gold NLL |", "|---|---|---|---|---|---|---|---|---|"]
   for method, r in result["routing"].items():
     w = result["writing"].get(method, {})
     lines.append(
         f"| {label(method)} | {r['pure_fraction']:.2f} | {r['follows_majority']:.2f} | "
+        f"{_share(r.get('majority_is_gold'))} | {_share(r.get('as_label_router'))} | "
         f"{_share(w.get('new_fraction'))} | {_share(w.get('accuracy_with_new'))} / "
         f"{_share(w.get('accuracy_with_pool'))} | "
         f"{_share(w.get('new_right_where_no_source_is'))} | "

@@ -34,6 +34,19 @@ def test_routing_counts_label_forcing_prompts_and_followed_answers():
   assert got == {"pure_fraction": 2 / 3, "follows_majority": 2 / 3, "measured": 0.75}
 
 
+def test_routing_scores_the_label_router_that_a_methods_prompts_amount_to():
+  purity = {"force0": diagnostics.Purity(1.0, 0, 10), "mixed": diagnostics.Purity(0.5, 2, 10)}
+  prompts = ["force0", "force0", "mixed", "mixed", "unmeasured"]
+  # label y's best D_0 prompt on each of the 5 queries; label 2 has no route
+  route = {0: [1, 0, 1, 1, 1], 1: [0, 1, 0, 0, 0]}
+  got = diagnostics.routing(prompts, [0, 0, 2, 1, 3], purity, gold=[0, 1, 2, 0, 0],
+                            label_route=route)
+  assert got["majority_is_gold"] == 0.5  # queries 0 and 2 of the 4 measured
+  assert got["as_label_router"] == 0.25  # query 0 by route 0 (1), query 1 by route 0 (0),
+  # queries 2 and 3 by label 2, which has no route (0)
+  assert "as_label_router" not in diagnostics.routing(prompts, [0] * 5, purity, gold=[0] * 5)
+
+
 def test_writing_compares_new_prompts_with_every_source_prompt_on_the_same_query():
   sources = ["s1", "s2"]
   pool = np.asarray([[1, 0, 0, 0], [0, 1, 0, 0]], float)  # queries 2 and 3: no source is right

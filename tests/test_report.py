@@ -68,6 +68,22 @@ def test_the_cost_table_counts_each_stage_and_an_evaluation_beside_copied_stages
   assert copied["evaluation"]["calls"] == 4801 and copied["total"]["calls"] == 9200 + 4801
 
 
+def test_the_table_marks_a_method_measured_in_one_setting_only():
+  """The label-forcing references are measured zero-shot only: in a run of both settings
+  their few-shot cell is '-', not a KeyError."""
+  result = {"task": "t", "target": "x", "policy": "p", "num_test_queries": 2, "split": "test",
+            "settings": ["zero_shot", "few_shot"], "source_sizes": {},
+            "methods": {"qpo_loop_1": {"zero_shot": 0.5, "few_shot": 0.25},
+                        "label_oracle": {"zero_shot": 1.0}},
+            "qpo_prompts": {"1": ["a", "b"]},
+            "qpo_prompt_stats": {"1": {"distinct": 2, "not_a_source_prompt": 0.0,
+                                       "best_train_prompt": 0.5}},
+            "cost": {}, "best_train_prompt": "a"}
+  md = report.to_markdown(result)
+  assert "| QPO loop 1 | 0.500 | 0.250 |" in md
+  assert f"| {report.label('label_oracle')} | 1.000 | - |" in md
+
+
 @pytest.mark.integration  # the whole tiny run (session fixture)
 def test_results_file_says_whether_qpo_is_query_dependent(tiny_run):
   work, result = tiny_run
@@ -129,6 +145,15 @@ def test_results_file_tells_routing_from_writing(tiny_run):
     pure = [purity[p] >= saved["pure_threshold"] for p in prompts if p in purity]
     if r["measured"] == 1.0 and len(pure) == len(prompts):
       assert r["pure_fraction"] == pytest.approx(np.mean(pure))
+  # the label router each selector amounts to: how often its prompt's majority label is the
+  # gold one, from the saved purity table and per-query prompts
+  majority = {row["prompt"]: row["majority"] for row in saved["source_prompts"]}
+  for name in ("reward_model", "classifier_lookup"):
+    said = [majority[q[f"{name}_prompt"]] == q["gold"] for q in saved["queries"]]
+    assert saved["routing"][name]["majority_is_gold"] == pytest.approx(np.mean(said))
+    assert 0 <= saved["routing"][name]["as_label_router"] <= methods["oracle"]["zero_shot"]
+  # one source prompt per query: never above the per-query oracle over them
+  assert 0 < methods["label_oracle"]["zero_shot"] <= methods["oracle"]["zero_shot"]
   v = saved["validation"]
   assert v["num_queries"] > 0 and {"best_train_prompt", "qpo_loop_1", "qpo_loop_2"} <= set(
       v["methods"])
@@ -136,6 +161,7 @@ def test_results_file_tells_routing_from_writing(tiny_run):
   assert saved["split"] == "test" and test_uids  # validation queries are another split
   md = open(os.path.join(work, "eval", "results.md")).read()
   assert "classifier, then the class's best D_0 prompt" in md and "purity" in md
+  assert "| (reference) label router given the gold label" in md
 
 
 @pytest.mark.integration  # the whole tiny run (session fixture)
