@@ -17,6 +17,7 @@ Expected, 200 class-balanced test tweets, zero-shot (<workdir>/eval/results.md):
   QPO loop 1                                    0.510
   QPO loop 2                                    0.485  (53% new texts, 0% label-forcing)
   per-query oracle over source prompts          0.935  (0.880 without label-forcing ones)
+  label router given the gold label             0.920  (its class's best D_0 prompt)
   QPO loop 2 minus: best train prompt +0.015 [-0.035, +0.065], reward model -0.080
   [-0.155, -0.005], classifier -0.015 [-0.100, +0.070], fine-tuned reward model -0.135
   [-0.200, -0.070], fine-tuned classifier -0.090 [-0.175, -0.005] (paired bootstrap 95%).

@@ -178,7 +178,8 @@ def test_quickstart_full(tmp_path):
   documented = {"none": 0.375, "best_train_prompt": 0.470, "reward_model": 0.565,
                 "classifier_lookup": 0.500, "reward_model_finetuned": 0.620,
                 "classifier_lookup_finetuned": 0.575, "qpo_loop_1": 0.510,
-                "qpo_loop_2": 0.485, "oracle": 0.935, "oracle_impure": 0.880}
+                "qpo_loop_2": 0.485, "oracle": 0.935, "oracle_impure": 0.880,
+                "label_oracle": 0.920}
   assert result["num_test_queries"] == 200
   assert all(abs(got[k] - v) <= 0.035 for k, v in documented.items()), got
   # the documented run: QPO loop 2 - best train prompt +0.015 [-0.035, +0.065]
