@@ -14,7 +14,7 @@ label is a classifier, not a prompt writer. These statistics tell them apart:
                   classifier), and the accuracy a pure label router would get
                   from the same labels (each query given its prompt's majority
                   label's best D_0 prompt): a method whose prompts do no more than
-                  carry a label is no better than that router
+                  carry a label scores about what that router scores
   new text        a prompt that is neither a source prompt nor a piece of one
                   (case, spacing and punctuation folded): a source prompt with
                   words cut off is not new
