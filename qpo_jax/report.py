@@ -20,11 +20,11 @@ Whether QPO really wins is a paired question (the same queries): the report
 gives the mean difference of QPO's last loop to each baseline that picks per
 query or overall, with a paired bootstrap 95% interval. Whether it wins by
 writing or by routing (diagnostics.py): every source prompt's label purity, and
-for every per-query method the share of label-forcing prompts and how often
-the target follows them, how often a prompt's majority label is the gold one and what
-routing by those labels alone would score; for QPO the share of new texts, how they did against
-the source prompts on the same queries, and the most used ones. Each baseline's
-capacity stands beside the policy's trained parameters. QPO's prompts of every
+for every per-query method the share of label-forcing prompts, how often the
+target follows them, how often a prompt's majority label is the gold one and
+what routing by those labels alone would score; for QPO the share of new texts,
+how they did against the source prompts on the same queries, and the most used
+ones. Each baseline's capacity stands beside the policy's trained parameters. QPO's prompts of every
 loop are also scored on validation queries (`eval.validation_queries`), which
 no stage trains on or collects. Every query is listed with its gold answer and
 each method's prompt, and the source prompts with their texts, so another
