@@ -86,12 +86,20 @@ def routing(prompts: Sequence[str], preds: Sequence[int], purity: Mapping[str, P
       "follows_majority": sum(int(preds[i]) == purity[prompts[i]].majority for i in known) / n,
       "measured": len(known) / max(len(prompts), 1)}
   if gold is not None:
-    said = {i: purity[prompts[i]].majority for i in known}
-    out["majority_is_gold"] = sum(said[i] == int(gold[i]) for i in known) / n
+    said = [purity[prompts[i]].majority for i in known]
+    out["majority_is_gold"] = sum(y == int(gold[i]) for i, y in zip(known, said)) / n
     if label_route is not None:
-      out["as_label_router"] = sum(float(label_route[said[i]][i]) if said[i] in label_route
-                                   else 0.0 for i in known) / n
+      out["as_label_router"] = float(routed_by_label(said, label_route, known).sum()) / n
   return out
+
+
+def routed_by_label(labels: Sequence[int], label_route: Mapping[int, Sequence[float]],
+                    queries: Sequence[int] | None = None) -> np.ndarray:
+  """Each query's outcome when routed by its label: `label_route[y][i]` for query i (of
+  `queries`, default 0, 1, ...) given label y; a label without a route is wrong (0)."""
+  queries = range(len(labels)) if queries is None else queries
+  return np.asarray([float(label_route[y][i]) if y in label_route else 0.0
+                     for i, y in zip(queries, labels, strict=True)])
 
 
 def writing(prompts: Sequence[str], correct: Sequence[float], pool_correct: np.ndarray,

@@ -24,9 +24,9 @@ for every per-query method the share of label-forcing prompts, how often the
 target follows them, how often a prompt's majority label is the gold one and
 what routing by those labels alone would score; for QPO the share of new texts,
 how they did against the source prompts on the same queries, and the most used
-ones. Each baseline's capacity stands beside the policy's trained parameters. QPO's prompts of every
-loop are also scored on validation queries (`eval.validation_queries`), which
-no stage trains on or collects. Every query is listed with its gold answer and
+ones. Each baseline's capacity stands beside the policy's trained parameters.
+QPO's prompts of every loop are also scored on validation queries
+(`eval.validation_queries`), which no stage trains on or collects. Every query is listed with its gold answer and
 each method's prompt, and the source prompts with their texts, so another
 implementation can re-score them. The cost of the run is read from each stage's
 artifact (loop.py) and the evaluation cache. Everything goes through the cache,
@@ -302,8 +302,7 @@ def evaluate_and_report(run: Run) -> dict[str, Any]:
       vectors["oracle_impure"] = acc[impure].max(axis=0) if impure else np.zeros(len(queries))
       label_route = {y: acc[row[p]] for y, p in class_best_prompts(d0).items()}
       gold = [q.label for q in queries]
-      vectors["label_oracle"] = np.asarray([label_route[y][i] if y in label_route else 0.0
-                                            for i, y in enumerate(gold)])
+      vectors["label_oracle"] = diagnostics.routed_by_label(gold, label_route)
       grid_pred = np.asarray([o.pred for o in grid]).reshape(len(prompts), len(queries))
       pool_nll = _gold_choice_nll(grid).reshape(len(prompts), len(queries))[cand_rows]
       diag = _diagnostics(task, purity, candidate_texts, cands, d0, chosen, grid_pred, row,
