@@ -55,6 +55,10 @@ def get_config() -> ml_collections.ConfigDict:
       file="",  # a YAML/JSON file declaring your own task (tasks/declared.py); then it names it
       seed=0,  # split shuffles
       max_words=100,  # queries are cut to this many words (spec: texts cut to 100 words)
+      # each split's rows as 'source[lo%:hi%]' of a source split after the seeded shuffle,
+      # e.g. validation='validation[:10%]' (None or '': the task's rule, the spec's)
+      split_rules=dict(train=placeholder(str), collect=placeholder(str),
+                       validation=placeholder(str), test=placeholder(str)),
       data=dict(
           kind="files",  # files, tfds or builtin
           size=800,  # builtin: number of generated rows

@@ -16,8 +16,11 @@ and 200 D_0 queries (a BoolQ pair costs about three times a tweet's); a tweet 48
 The files: AG News is read from its test split only (test.csv), whose first half is the
 train split (the spec's rules then cut train / collect / validation / test); BoolQ from its
 dev split and Cosmos QA from its valid split, whose first half is the train split (Cosmos
-QA's rules then leave 13 validation rows: too few to choose on; with its train.csv, set
---config.task.data.files.train=train.csv --config.task.data.files.validation=valid.csv);
+QA's own rules keep 1% of its train split for validation, 13 rows of that half: too few to
+choose on, so the first 10% of the second half are the validation split and the rest the
+test split; with its train.csv, set --config.task.data.files.train=train.csv
+--config.task.data.files.validation=valid.csv --config.task.split_rules.validation=
+--config.task.split_rules.test= for the spec's splits);
 TweetEval from the package; HellaSwag and IMDB from prepared tensorflow-datasets
 (`--config.task.data.data_dir=...`, default ~/tensorflow_datasets).
 Runtime and Expected (validation queries, `--config.eval.split=validation`; the test
@@ -46,6 +49,8 @@ TASKS = {
     "imdb": ("tfds", 160, 200),
     "tweet_emotion": ("package", 48, 400),
 }
+# task -> task.split_rules where the files above leave a split too small (see above)
+SPLIT_RULES = {"cosmos_qa": {"validation": "validation[:10%]", "test": "validation[10%:]"}}
 
 
 def settings() -> list[str]:
@@ -64,6 +69,7 @@ def get_config(arg: str = "task=ag_news") -> ml_collections.ConfigDict:
     c.task.data.kind = "tfds"
   elif files != "package":  # the quickstart's data section already reads the package's files
     c.task.data.update(kind="files", dir=data_dir(task), files=files)
+  c.task.split_rules.update(SPLIT_RULES.get(task, {}))
   c.offline.update(prompts_dir=data_dir("prompts", "instructeval", "instructions"),
                    lp_model="llama7b", num_queries=num_queries)
   c.train.update(query_len=query_len, prompt_len=64)

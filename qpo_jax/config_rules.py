@@ -60,7 +60,7 @@ def leaves(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 # fields whose value is a mapping (or a list) of the user's keys, compared as one field
-_VALUES = ("task.data.files", "task.data.splits", "task.data.columns")
+_VALUES = ("task.data.files", "task.data.splits", "task.data.columns", "task.split_rules")
 
 
 def fields(config: Mapping[str, Any]) -> set[str]:

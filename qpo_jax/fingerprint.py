@@ -46,8 +46,13 @@ FILTER = ("offline.threshold", "offline.top_fraction", "offline.rank_by",
 _UNSET = "<unset>"
 
 
+# recorded as one value, so a change names the whole mapping (files / splits predate this
+# and stay recorded per entry)
+WHOLE = ("task.split_rules",)
+
+
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
-  if isinstance(node, Mapping):
+  if isinstance(node, Mapping) and prefix[:-1] not in WHOLE:
     out = {}
     for k, v in node.items():
       out.update(_flat(v, f"{prefix}{k}."))
@@ -56,12 +61,14 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _set_entries(d: dict[str, Any]) -> dict[str, Any]:
-  """`task.data.files` / `splits` as the entries a config sets (None: none set), the form
-  stages recorded when these fields were plain dicts, so older workdirs still resume."""
-  data = d.get("task", {}).get("data", {})
-  for k in MAPS:
-    if isinstance(data.get(k), Mapping):
-      data[k] = {s: v for s, v in data[k].items() if v is not None} or None
+  """`task.data.files` / `splits` and `task.split_rules` as the entries a config sets
+  (an entry None or "" is unset; None: none set), the form stages recorded when these
+  fields were plain dicts, so older workdirs still resume."""
+  task = d.get("task", {})
+  data = task.get("data", {})
+  for node, k in [(data, k) for k in MAPS] + [(task, "split_rules")]:
+    if isinstance(node.get(k), Mapping):
+      node[k] = {s: v for s, v in node[k].items() if v not in (None, "")} or None
   return d
 
 
@@ -105,6 +112,9 @@ def check(path: str, fields: Mapping[str, Any], stage: str, artifact: str) -> bo
   changed = [f"{k}: {old.get(k, _UNSET)!r} -> {fields.get(k, _UNSET)!r}"
              for k in sorted(old)
              if k not in NEUTRAL and not _same(k, old[k], fields.get(k, _UNSET))]
+  # a WHOLE field is None unless set: set now, it changes a stage recorded before it existed
+  changed += [f"{k}: {_UNSET!r} -> {fields[k]!r}" for k in WHOLE
+              if k not in old and fields.get(k) is not None]
   if changed:
     raise ValueError(
         f"{stage} in this workdir was made with other settings ({path}):\n  "

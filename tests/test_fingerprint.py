@@ -51,6 +51,28 @@ def test_a_field_recorded_before_it_was_found_neutral_does_not_count(tmp_path):
 
 
 @pytest.mark.integration
+def test_split_rules_are_part_of_the_data_an_unset_entry_is_not(tmp_path):
+  """task.split_rules changes which queries D_0 and every later stage see: a set entry is a
+  change, named; '' and None both leave the task's rule and record the same."""
+  c = _tiny()
+  path, fields = str(tmp_path / "d0.config.json"), fingerprint.stage_fields(c, Stage("d0"))
+  assert fields["task.split_rules"] is None
+  fingerprint.claim(path, fields, "D_0", "data/loop_0")
+  c.task.split_rules.update(validation="", test=None)
+  assert fingerprint.check(path, fingerprint.stage_fields(c, Stage("d0")), "D_0", "data/loop_0")
+  c.task.split_rules.train = "all[:40%]"
+  with pytest.raises(ValueError, match=r"task.split_rules: None -> \{'train': 'all\[:40%\]'\}"):
+    fingerprint.check(path, fingerprint.stage_fields(c, Stage("d0")), "D_0", "data/loop_0")
+  # a stage recorded before the field existed: unset it matches, set it is a change
+  older = str(tmp_path / "older.config.json")
+  fingerprint.claim(older, {k: v for k, v in fields.items() if k != "task.split_rules"},
+                    "D_0", "data/loop_0")
+  assert fingerprint.check(older, fields, "D_0", "data/loop_0")
+  with pytest.raises(ValueError, match=r"task.split_rules: '<unset>' -> \{'train'"):
+    fingerprint.check(older, fingerprint.stage_fields(c, Stage("d0")), "D_0", "data/loop_0")
+
+
+@pytest.mark.integration
 def test_a_stage_recorded_under_the_flat_target_names_still_matches(tmp_path):
   """Stages recorded target.chat, target.scoring, ... before `target` had its local and
   http parts; they are compared under the new names, and a change is named by them."""

@@ -79,6 +79,59 @@ def test_boolq_and_cosmos_files():
   assert len(s["test"]) == 854  # 985 rows, 131 repeat a (passage, question) of another
 
 
+@needs_data
+def test_the_nlu_config_keeps_cosmos_qa_enough_validation_rows(monkeypatch):
+  """configs/nlu.py:task=cosmos_qa reads Cosmos QA's valid split alone: the task's own rules
+  (validation = 1% of the train half) left 13 rows; its task.split_rules take the first
+  10% of the test half instead, disjoint from the test split, which keeps the rest."""
+  monkeypatch.setenv("QPO_DATA", DATA)
+  config = repo_config("nlu.py:task=cosmos_qa")
+  task, s = tasks.load_splits(config.task)
+  assert task.splits["validation"] == base.SplitRule("validation", 0.0, 0.1)
+  assert task.splits["test"] == base.SplitRule("validation", 0.1, 1.0)
+  assert task.splits["train"] == tasks.get_task("cosmos_qa").splits["train"]
+  _, whole = tasks.load_splits({**config.task.to_dict(),
+                                "split_rules": {"validation": None, "test": None}})
+  assert len(whole["validation"]) == 13  # the spec's rules on this layout
+  assert len(s["validation"]) == 130 and len(s["test"]) == 1167
+  assert len(s["validation"]) + len(s["test"]) == len(whole["test"])  # the same rows, split
+  assert not {e.query for e in s["validation"]} & {e.query for e in s["test"]}
+  assert [e.query for e in s["train"]] == [e.query for e in whole["train"]]
+
+
+@pytest.mark.parametrize("text, rule", [
+    ("validation", base.SplitRule("validation", 0.0, 1.0)),
+    ("validation[:10%]", base.SplitRule("validation", 0.0, 0.1)),
+    (" train[90%:95.5%] ", base.SplitRule("train", 0.9, 0.955)),
+    ("test[10%:]", base.SplitRule("test", 0.1, 1.0))])
+def test_a_split_rule_is_read_from_its_config_text(text, rule):
+  assert base.parse_split_rule(text, "task.split_rules.test") == rule
+
+
+@pytest.mark.parametrize("text", ["train[:10]", "train[20%:10%]", "train[0%:120%]",
+                                  "train[a%:]", "train[:10%", "", "train validation"])
+def test_a_bad_split_rule_names_its_field(text):
+  with pytest.raises(ValueError, match=r"task.split_rules.collect="):
+    base.parse_split_rule(text, "task.split_rules.collect")
+
+
+def test_split_rules_replace_the_tasks_own_and_name_an_unknown_source():
+  """A built-in task (no files): its one source split 'all' cut differently by the config;
+  an unset entry keeps the task's rule; a source the task does not have is named."""
+  cfg = {"name": "topics", "seed": 0, "data": {"kind": "builtin", "size": 400, "seed": 0}}
+  own, s_own = tasks.load_splits(cfg)
+  task, s = tasks.load_splits({**cfg, "split_rules": {"collect": "all[50%:60%]",
+                                                      "validation": "all[60%:75%]",
+                                                      "test": "", "train": None}})
+  assert task.splits["validation"] == base.SplitRule("all", 0.6, 0.75)
+  assert task.splits["collect"] == base.SplitRule("all", 0.5, 0.6)
+  assert task.splits["train"] == own.splits["train"] and task.splits["test"] == own.splits["test"]
+  assert len(s["validation"]) == 3 * len(s_own["validation"])
+  assert [e.query for e in s["test"]] == [e.query for e in s_own["test"]]
+  with pytest.raises(ValueError, match=r"task.split_rules.test='train\[:10%\]'.*'all'"):
+    tasks.task_of({**cfg, "split_rules": {"test": "train[:10%]"}})
+
+
 def test_general_csv_and_jsonl_with_column_names(tmp_path):
   (tmp_path / "train.csv").write_text("review,stars\ngreat film,1\nawful,0\nfine,1\n")
   (tmp_path / "test.jsonl").write_text('{"body": "boring", "y": 0}\n{"body": "superb", "y": 1}\n')

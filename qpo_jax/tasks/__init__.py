@@ -6,16 +6,18 @@ A config's `task` section:
   max_words queries and demonstrations are cut to this many words (spec: 100)
   data      where rows come from: kind="files" | "tfds" | "builtin", plus that
             kind's fields (sources.py); the task's defaults fill what is not set.
+  split_rules  {split: "source[lo%:hi%]"} in place of the task's own rules (None: its own)
 Adding a task means adding one function returning a `Task` and a line here, or
 declaring it in a YAML/JSON file (`task.file`, tasks/declared.py) without code.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Mapping
 
 from qpo_jax.tasks import builtin, declared, paper, sources
-from qpo_jax.tasks.base import CHOICE, MATH, Example, Task, split_rows
+from qpo_jax.tasks.base import CHOICE, MATH, Example, Task, parse_split_rule, split_rows
 
 TASKS: dict[str, Callable[[], Task]] = {
     "ag_news": paper.ag_news,
@@ -44,10 +46,32 @@ def get_task(name: str) -> Task:
 
 def task_of(task_cfg: Mapping[str, Any]) -> Task:
   """The task a config's `task` section names: declared in `task.file` (tasks/declared.py),
-  else the registry's `task.name`."""
-  if task_cfg.get("file"):
-    return declared.load_task(task_cfg["file"])
-  return get_task(task_cfg["name"])
+  else the registry's `task.name`; with the split rules `task.split_rules` sets."""
+  task = declared.load_task(task_cfg["file"]) if task_cfg.get("file") else \
+      get_task(task_cfg["name"])
+  return with_split_rules(task, task_cfg.get("split_rules"))
+
+
+def with_split_rules(task: Task, given: Mapping[str, str | None] | None) -> Task:
+  """The task with the rules `given` ({split: 'source[lo%:hi%]'}, unset entries None) in
+  place of its own: a data layout whose source splits are smaller than the spec's (Cosmos
+  QA with its valid split alone) can keep enough validation rows."""
+  given = {s: v for s, v in (given or {}).items() if v not in (None, "")}
+  if not given:
+    return task
+  sources = sorted({r.source for r in task.splits.values()}
+                   | set((task.file_defaults.get("files") or {}))
+                   | set((task.tfds_defaults.get("splits") or {})))
+  rules = dict(task.splits)
+  for split, text in given.items():
+    field = f"task.split_rules.{split}"
+    if split not in SPLITS:
+      raise ValueError(f"{field}: {split!r} is not one of the splits {list(SPLITS)}")
+    rules[split] = parse_split_rule(text, field)
+    if rules[split].source not in sources:
+      raise ValueError(f"{field}={text!r}: task {task.name!r} has no source split "
+                       f"{rules[split].source!r}; its source splits: {sources}")
+  return dataclasses.replace(task, splits=rules)
 
 
 def data_spec(task: Task, data: Mapping[str, Any] | None) -> dict:

@@ -59,6 +59,32 @@ class SplitRule:
   stop: float = 1.0
 
 
+_RULE = re.compile(r"^(?P<source>\w+)(?:\[(?P<lo>[^:\]]*):(?P<hi>[^:\]]*)\])?$")
+
+
+def parse_split_rule(text: str, field: str) -> SplitRule:
+  """A split rule written as a config value: 'source' (all of it) or 'source[lo%:hi%]',
+  percentages of the source split after its seeded shuffle ('validation[:10%]')."""
+  m = _RULE.match(str(text).strip())
+
+  def bound(b: str | None, default: float) -> float | None:
+    if not b:
+      return default
+    if not b.endswith("%"):
+      return None
+    try:
+      return float(b[:-1]) / 100
+    except ValueError:
+      return None
+
+  lo, hi = (bound(m["lo"], 0.0), bound(m["hi"], 1.0)) if m else (None, None)
+  if lo is None or hi is None or not 0 <= lo < hi <= 1:
+    raise ValueError(f"{field}={text!r} must be a source split, optionally with a range in "
+                     "percent of it: 'train', 'validation[:10%]', 'train[90%:95%]' (0 <= lo < hi "
+                     "<= 100)")
+  return SplitRule(m["source"], lo, hi)
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
   """A task of the registry; see the module docstring."""
