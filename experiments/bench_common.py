@@ -1,10 +1,11 @@
 """Helpers shared by the scripts in experiments/: timing, the matmul peak (random policy
-batches: qpo_jax.testing.policy_batch, the ones the tests check) and the commit a dated
-result names."""
+batches: qpo_jax.testing.policy_batch, the ones the tests check) and the date, commit and
+machine a dated result names."""
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import subprocess
 import time
@@ -29,6 +30,29 @@ def git_commit() -> str:
   """The short commit of this checkout ("" outside a git checkout): every dated result names it."""
   return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                         cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+
+
+def cpu_info() -> dict[str, Any]:
+  """The CPU's model name and its widest vector units (Linux; empty where unreadable): a
+  cloud "Intel Xeon Processor" names no generation, its AVX-512 and AMX flags do."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      lines = f.read().splitlines()
+  except OSError:
+    return {"cpu": "", "isa": []}
+  field = lambda name: next((l.split(":", 1)[1].strip() for l in lines  # noqa: E731
+                             if l.startswith(name)), "")
+  flags = set(field("flags").split())
+  return {"cpu": field("model name"),
+          "isa": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]}
+
+
+def run_meta(**extra: Any) -> dict[str, Any]:
+  """What every dated result records first: date, commit and machine (the same code runs
+  at different speeds on different days' machines), then the script's own fields."""
+  return {"date": datetime.date.today().isoformat(), "commit": git_commit(),
+          "machine": {**cpu_info(), "cpus": os.cpu_count(), "jax": jax.__version__,
+                      "device": jax.devices()[0].device_kind}, **extra}
 
 
 def best_time(fn: Callable[[], Any], repeats: int) -> float:

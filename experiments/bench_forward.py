@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qpo_jax import decoding
-from bench_common import best_time, matmul_peak
+from bench_common import best_time, matmul_peak, run_meta
 from qpo_jax.models import config as config_lib
 from qpo_jax.checkpoints.registry import load_model
 from qpo_jax.models.transformer import Transformer, init_params
@@ -67,7 +67,7 @@ def main(argv):
       "decode_new_tokens_per_s": b * _NEW.value / gen_s,
   }
   rows = [{"metric": k, "value": v} for k, v in result.items()]
-  print(write_table(_OUT.value, rows, ["metric", "value"], {"repeats": _REPEATS.value}))
+  print(write_table(_OUT.value, rows, ["metric", "value"], run_meta(repeats=_REPEATS.value)))
 
 
 if __name__ == "__main__":

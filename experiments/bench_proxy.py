@@ -14,7 +14,6 @@ proxy did before (one request's single row decoded as 32).
 from __future__ import annotations
 
 import concurrent.futures
-import datetime
 import json
 import os
 import sys
@@ -101,11 +100,10 @@ def main(argv):
         print(rows[-1], flush=True)
   decoding.batch_rows = exact
   server.shutdown()
-  commit = bench_common.git_commit()
-  meta = {"date": datetime.date.today().isoformat(), "commit": commit,
-          "config": os.path.relpath(_CONFIG.value, ROOT), "requests_per_row": _REQUESTS.value,
-          "policy": f"round {sampler.round}" if _WORKDIR.value else "pretrained LM, fresh heads",
-          "sample.batch_size": int(config.sample.batch_size), "cpus": os.cpu_count()}
+  meta = bench_common.run_meta(**{
+      "config": os.path.relpath(_CONFIG.value, ROOT), "requests_per_row": _REQUESTS.value,
+      "policy": f"round {sampler.round}" if _WORKDIR.value else "pretrained LM, fresh heads",
+      "sample.batch_size": int(config.sample.batch_size)})
   print(meta)
   print(write_table(_OUT.value, rows, list(rows[0]), meta))
 

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qpo_jax import decoding, tokens
-from bench_common import best_times
+from bench_common import best_times, run_meta
 from qpo_jax.checkpoints.registry import load_model, smollm2_gguf_path
 from qpo_jax.policy import sampling
 from qpo_jax.policy.model import init_policy
@@ -115,9 +115,8 @@ def main(argv):
     rows.append({"decoder": "greedy agreement with HF", "mode": "greedy", "batch": b,
                  "prefix tokens": ids.shape[1], "new tokens/s": "-", "s/batch": "-",
                  "HF s / this s": f"rows {rows_same:.0%}, tokens {tokens_same:.0%}"})
-  meta = {"model": "smollm2-135m-instruct (Q4_1 GGUF, dequantized, float32)",
-          "new_tokens": n_new, "device": jax.devices()[0].device_kind,
-          "torch_threads": torch.get_num_threads(), "sampled": SAMPLED}
+  meta = run_meta(model="smollm2-135m-instruct (Q4_1 GGUF, dequantized, float32)",
+                  new_tokens=n_new, torch_threads=torch.get_num_threads(), sampled=SAMPLED)
   print(meta)
   print(write_table(_OUT.value, rows, list(rows[0]), meta))
 

@@ -231,6 +231,7 @@ def main(argv):
     return
   if _PROCESSES.value:
     from qpo_jax.utils import write_table  # pylint: disable=g-import-not-at-top
+    from bench_common import run_meta  # pylint: disable=g-import-not-at-top
     rows = []
     for count in [int(x) for x in _PROCESSES.value.split(",")]:
       rows.append(run_processes(count))
@@ -239,14 +240,15 @@ def main(argv):
       r["step vs 1 process"] = r["s/step"] / rows[0]["s/step"]
       r["scoring vs 1 process"] = r["scoring pairs/s"] / rows[0]["scoring pairs/s"]
     out = os.path.splitext(_OUT.value)[0] + "_processes.json" if _OUT.value else ""
-    print(write_table(out, rows, list(rows[0]), {
-        "policy": _POLICY.value, "batch": _BATCH.value, "query_len": _LQ.value,
-        "prompt_len": _LP.value, "pairs": _PAIRS.value, "machine": "see README"}))
+    print(write_table(out, rows, list(rows[0]), run_meta(
+        policy=_POLICY.value, batch=_BATCH.value, query_len=_LQ.value,
+        prompt_len=_LP.value, pairs=_PAIRS.value)))
     return
   if _CHILD.value:
     print(json.dumps(run_child(_CHILD.value, _REF.value)))
     return
   from qpo_jax.utils import write_table  # pylint: disable=g-import-not-at-top
+  from bench_common import run_meta  # pylint: disable=g-import-not-at-top
 
   results = []
   ref_path = os.path.join(tempfile.mkdtemp(prefix="qpo_scaling_"), "params.npz")
@@ -263,9 +265,9 @@ def main(argv):
            "max abs param diff": r["max abs param diff"],
            "param diff / update": r["param diff / update"],
            "s/step": r["s/step"]} for r in results]
-  meta = {"policy": _POLICY.value, "batch": _BATCH.value, "query_len": _LQ.value,
-          "prompt_len": _LP.value, "steps": _STEPS.value, "simulated": _SIMULATE.value,
-          "platform": base["platform"], "losses": {r["mesh"]: r["losses"] for r in results}}
+  meta = run_meta(policy=_POLICY.value, batch=_BATCH.value, query_len=_LQ.value,
+                  prompt_len=_LP.value, steps=_STEPS.value, simulated=_SIMULATE.value,
+                  platform=base["platform"], losses={r["mesh"]: r["losses"] for r in results})
   print(write_table(_OUT.value, rows, list(rows[0]), meta))
 
 

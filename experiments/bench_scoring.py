@@ -27,11 +27,10 @@ import time
 
 from absl import app
 from absl import flags
-import jax
 import numpy as np
 
 from qpo_jax import scoring
-from bench_common import best_times
+from bench_common import best_times, run_meta
 from qpo_jax.checkpoints.registry import load_model, smollm2_gguf_path
 from qpo_jax.sharding import shard_params
 from qpo_jax.tasks.paper import package_data
@@ -115,10 +114,10 @@ def main(argv):
            "max abs NLL diff to ours": float(np.abs(nll - ours).max()),
            "ours speed-up": seconds[name] / seconds["qpo_jax batched"]}
           for name, nll in results.items()]
-  meta = {"model": "smollm2-135m-instruct (Q4_1 GGUF, dequantized, float32)",
-          "pairs": len(texts), "options": len(LABELS), "ours_batch": _BATCH.value,
-          "length_multiple": _MULTIPLE.value, "hf_batch": _HF_BATCH.value,
-          "device": jax.devices()[0].device_kind, "torch_threads": torch.get_num_threads()}
+  meta = run_meta(model="smollm2-135m-instruct (Q4_1 GGUF, dequantized, float32)",
+                  pairs=len(texts), options=len(LABELS), ours_batch=_BATCH.value,
+                  length_multiple=_MULTIPLE.value, hf_batch=_HF_BATCH.value,
+                  torch_threads=torch.get_num_threads())
   print(meta)
   print(write_table(_OUT.value, rows, list(rows[0]), meta))
 

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from qpo_jax import sharding
-from bench_common import PAPER_TRAIN, best_time, best_times, matmul_peak
+from bench_common import PAPER_TRAIN, best_time, best_times, matmul_peak, run_meta
 from qpo_jax.models.config import preset
 from qpo_jax.policy import train_step
 from qpo_jax.testing import policy_batch
@@ -237,9 +237,7 @@ def main(argv):
     print(rows[-1], flush=True)
   cols = list(rows[0])
   print(f"matmul peak {peak / 1e9:.0f} GFLOP/s ({jax.devices()[0].device_kind})")
-  print(write_table(_OUT.value, rows, cols, {"peak_flops": peak,
-                                               "device": jax.devices()[0].device_kind,
-                                               "steps": _STEPS.value}))
+  print(write_table(_OUT.value, rows, cols, run_meta(peak_flops=peak, steps=_STEPS.value)))
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import datetime
 import json
 import os
 import re
@@ -406,14 +405,13 @@ def main(argv):
                    "resumed": found["resumed"]})
       print(rows[-1], flush=True)
 
-  commit = bench_common.git_commit()
-  meta = {"date": datetime.date.today().isoformat(), "commit": commit,
-          "config": os.path.relpath(_CONFIG.value.partition(":")[0], ROOT) + (
-              ":" + _CONFIG.value.partition(":")[2] if ":" in _CONFIG.value else ""),
-          "overrides": _SET.value,
-          "task": task.name, "target": config.target.name, "test_queries": len(queries),
-          "peer_train": cut, "peer_val": len(train_rows) - cut, "dspy": dspy.__version__,
-          "server": _BASE_URL.value or "serve_target on 127.0.0.1", "cpus": os.cpu_count()}
+  meta = bench_common.run_meta(
+      config=os.path.relpath(_CONFIG.value.partition(":")[0], ROOT) + (
+          ":" + _CONFIG.value.partition(":")[2] if ":" in _CONFIG.value else ""),
+      overrides=_SET.value,
+      task=task.name, target=config.target.name, test_queries=len(queries),
+      peer_train=cut, peer_val=len(train_rows) - cut, dspy=dspy.__version__,
+      server=_BASE_URL.value or "serve_target on 127.0.0.1")
   if _OUT.value:
     columns = ["method", "accuracy", "interval", "qpo_minus", "dspy_metric", "offline_calls",
                "online_calls", "generated_tokens", "minutes", "instruction"]
@@ -424,7 +422,7 @@ def main(argv):
       table.append("| " + " | ".join(cells) + " |")
     atomic_write_text(_OUT.value, json.dumps({"meta": meta, "rows": rows}, indent=2))
     head = (f"# {task.name}: QPO beside DSPy's optimisers on {config.target.name}\n\n"
-            f"Measured {meta['date']} at {commit} ({meta['cpus']} CPUs) by "
+            f"Measured {meta['date']} at {meta['commit']} ({meta['machine']['cpus']} CPUs) by "
             f"experiments/compare_optimizers.py: every accuracy is qpo_jax's evaluator on the "
             f"same {len(queries)} {config.eval.split} queries; peers' calls are the requests "
             f"the server answered while they optimised (their test evaluation apart: `test_calls` "

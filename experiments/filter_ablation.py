@@ -29,7 +29,6 @@ passages). Measured: experiments/results/filter_ablation.md.
 
 from __future__ import annotations
 
-import datetime
 import os
 import shutil
 import subprocess
@@ -40,7 +39,7 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.bench_common import git_commit  # noqa: E402
+from experiments.bench_common import run_meta  # noqa: E402
 from qpo_jax.diagnostics import is_new_text  # noqa: E402
 from qpo_jax.report import interval_text, paired_bootstrap  # noqa: E402
 from qpo_jax.utils import read_json, write_table  # noqa: E402
@@ -184,9 +183,8 @@ def table(root: str, tasks: list[str], names: list[str],
   columns = ["task", "filter", "queries", *BASELINES, "qpo", "qpo_minus_best_train",
              "qpo_minus_classifier", "distinct", "label_forcing", "follows_label", "new",
              "same_at_r0", "minutes"] + (LAST_LOOP_COLUMNS if num_loops > 1 else [])
-  meta = {"date": datetime.date.today().isoformat(), "commit": git_commit(),
-          "filters": {n: overrides(n, num_loops) for n in names},
-          "configs": {t: CONFIGS[t] for t in tasks}, "missing": missing}
+  meta = run_meta(filters={n: overrides(n, num_loops) for n in names},
+                  configs={t: CONFIGS[t] for t in tasks}, missing=missing)
   suffix = "" if num_loops == 1 else f"_{num_loops}_loops"
   out = os.path.join(root, f"filter_ablation{suffix}.json")
   return write_table(out, rows, columns, meta), missing
