@@ -28,7 +28,7 @@ import ml_collections
 
 from qpo_jax import config_rules
 from qpo_jax.stages import Stage
-from qpo_jax.tasks import MAPS
+from qpo_jax.tasks import MAPS, set_entries
 from qpo_jax.utils import atomic_write_text, read_json
 
 # configs/base.py lists them beside the fields; `train.round`, older configs' name of
@@ -68,7 +68,7 @@ def _set_entries(d: dict[str, Any]) -> dict[str, Any]:
   data = task.get("data", {})
   for node, k in [(data, k) for k in MAPS] + [(task, "split_rules")]:
     if isinstance(node.get(k), Mapping):
-      node[k] = {s: v for s, v in node[k].items() if v not in (None, "")} or None
+      node[k] = set_entries(node[k]) or None
   return d
 
 

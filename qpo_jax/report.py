@@ -26,11 +26,11 @@ what routing by those labels alone would score; for QPO the share of new texts,
 how they did against the source prompts on the same queries, and the most used
 ones. Each baseline's capacity stands beside the policy's trained parameters.
 QPO's prompts of every loop are also scored on validation queries
-(`eval.validation_queries`), which no stage trains on or collects. Every query is listed with its gold answer and
-each method's prompt, and the source prompts with their texts, so another
-implementation can re-score them. The cost of the run is read from each stage's
-artifact (loop.py) and the evaluation cache. Everything goes through the cache,
-so a rerun only reads.
+(`eval.validation_queries`), which no stage trains on or collects. Every query is
+listed with its gold answer and each method's prompt, and the source prompts with
+their texts, so another implementation can re-score them. The cost of the run is
+read from each stage's artifact (loop.py) and the evaluation cache. Everything goes
+through the cache, so a rerun only reads.
 """
 
 from __future__ import annotations

@@ -37,6 +37,11 @@ SPLITS = ("train", "collect", "validation", "test")
 MAPS = ("files", "splits")  # task.data fields keyed by source split
 
 
+def set_entries(given: Mapping[str, Any] | None) -> dict[str, Any]:
+  """The entries of a config mapping that are set: an entry None or "" leaves the default."""
+  return {k: v for k, v in (given or {}).items() if v not in (None, "")}
+
+
 def get_task(name: str) -> Task:
   if name not in TASKS:
     raise ValueError(f"task.name={name!r} is not one of {sorted(TASKS)} (or declare your "
@@ -56,7 +61,7 @@ def with_split_rules(task: Task, given: Mapping[str, str | None] | None) -> Task
   """The task with the rules `given` ({split: 'source[lo%:hi%]'}, unset entries None) in
   place of its own: a data layout whose source splits are smaller than the spec's (Cosmos
   QA with its valid split alone) can keep enough validation rows."""
-  given = {s: v for s, v in (given or {}).items() if v not in (None, "")}
+  given = set_entries(given)
   if not given:
     return task
   sources = sorted({r.source for r in task.splits.values()}
@@ -85,7 +90,7 @@ def data_spec(task: Task, data: Mapping[str, Any] | None) -> dict:
     raise ValueError(f"task {task.name!r} is not built in; set data.kind to 'files' or 'tfds'")
   spec = {**defaults, **{k: v for k, v in data.items() if v not in (None, "") and k not in MAPS}}
   for k in MAPS:  # {source split: ...}: each split the config sets replaces the default's
-    given = {s: v for s, v in (data.get(k) or {}).items() if v not in (None, "")}
+    given = set_entries(data.get(k))
     read = sorted({rule.source for rule in task.splits.values()})
     if unknown := sorted(set(given) - set(read)):
       raise ValueError(f"task.data.{k} names {unknown}, which task {task.name!r} does not "
