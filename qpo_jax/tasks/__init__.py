@@ -88,7 +88,7 @@ def data_spec(task: Task, data: Mapping[str, Any] | None) -> dict:
     raise ValueError(f"task {task.name!r} has no tensorflow-datasets builder; use data.kind='files'")
   if kind == "builtin" and task.builtin_rows is None:
     raise ValueError(f"task {task.name!r} is not built in; set data.kind to 'files' or 'tfds'")
-  spec = {**defaults, **{k: v for k, v in data.items() if v not in (None, "") and k not in MAPS}}
+  spec = {**defaults, **{k: v for k, v in set_entries(data).items() if k not in MAPS}}
   for k in MAPS:  # {source split: ...}: each split the config sets replaces the default's
     given = set_entries(data.get(k))
     read = sorted({rule.source for rule in task.splits.values()})
