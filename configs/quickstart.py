@@ -8,7 +8,7 @@ sadness), whose files ship in the package, with our own 23 source prompts
 Command (after `bash scripts/setup.sh`):
   .venv/bin/python main.py --config configs/quickstart.py --workdir /tmp/qpo_quickstart
 Runtime: about 30 minutes on 2 CPU cores with the set-up (D_0 5.4, two rounds 4.3 + 4.5,
-the exploring collection 5.6, the report 8.6), 50 on a slower machine; peak memory 3.97
+the exploring collection 5.6, the report 8.6), 48-50 on a slower machine; peak memory 3.97
 GiB, in round 2 and the report (experiments/results/quickstart.md: each stage's time,
 memory and target calls, and the other machine's numbers: every trained one moves, on
 test tweets by up to 2.5 points; loop 2 0.470 there).
